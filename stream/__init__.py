@@ -1,0 +1,3 @@
+"""glmix-stream: streaming, incrementally trained GLMix models on Kafka."""
+
+__version__ = "0.1.0"

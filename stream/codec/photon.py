@@ -1,0 +1,123 @@
+"""Photon-ML interop: ``TrainingExampleAvro`` and ``BayesianLinearModelAvro`` container files.
+
+These let a team hand training data to Photon-ML (GAME on Spark) and read its models
+back. Field names and types are Photon-ML's own; records are plain dicts in that shape.
+Photon-ML names the intercept ``(INTERCEPT)`` with an empty term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from stream.codec.exceptions import DecodeError, EncodeError
+from stream.codec.schemas import load_schema
+
+INTERCEPT_NAME = "(INTERCEPT)"
+
+PHOTON_LOSS_FUNCTIONS = {
+    "logistic": "com.linkedin.photon.ml.function.glm.LogisticLossFunction",
+    "linear": "com.linkedin.photon.ml.function.glm.SquaredLossFunction",
+    "poisson": "com.linkedin.photon.ml.function.glm.PoissonLossFunction",
+}
+PHOTON_MODEL_CLASSES = {
+    "logistic": "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel",
+    "linear": "com.linkedin.photon.ml.supervised.regression.LinearRegressionModel",
+    "poisson": "com.linkedin.photon.ml.supervised.regression.PoissonRegressionModel",
+}
+
+
+@dataclass(frozen=True)
+class PhotonModel:
+    """One Photon-ML linear model: coefficients by (name, term), with optional variances."""
+
+    model_id: str
+    keys: Sequence[tuple[str, str]]
+    means: Sequence[float]
+    variances: Sequence[float] | None = None
+    loss: str = "logistic"
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``BayesianLinearModelAvro`` record of this model."""
+        if len(self.keys) != len(self.means) or (self.variances is not None and len(self.variances) != len(self.keys)):
+            raise EncodeError(f"model {self.model_id!r}: keys, means and variances differ in length")
+        return {
+            "modelId": self.model_id,
+            "modelClass": PHOTON_MODEL_CLASSES.get(self.loss),
+            "means": _ntv(self.keys, self.means),
+            "variances": None if self.variances is None else _ntv(self.keys, self.variances),
+            "lossFunction": PHOTON_LOSS_FUNCTIONS.get(self.loss),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> PhotonModel:
+        """Read a ``BayesianLinearModelAvro`` record; variances are matched by (name, term)."""
+        keys = [(m["name"], m["term"]) for m in record["means"]]
+        variances = None
+        if record.get("variances") is not None:
+            by_key = {(v["name"], v["term"]): float(v["value"]) for v in record["variances"]}
+            variances = [by_key.get(k, 0.0) for k in keys]
+        loss_by_class = {v: k for k, v in PHOTON_LOSS_FUNCTIONS.items()}
+        return cls(
+            model_id=record["modelId"],
+            keys=keys,
+            means=[float(m["value"]) for m in record["means"]],
+            variances=variances,
+            loss=loss_by_class.get(record.get("lossFunction") or "", "logistic"),
+        )
+
+
+def _ntv(keys: Sequence[tuple[str, str]], values: Sequence[float]) -> list[dict[str, Any]]:
+    return [{"name": name, "term": term, "value": float(value)} for (name, term), value in zip(keys, values)]
+
+
+def _write(path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str) -> int:
+    schema = load_schema(schema_name)
+    count = 0
+
+    def counted() -> Iterator[Mapping[str, Any]]:
+        nonlocal count
+        for record in records:
+            count += 1
+            yield record
+
+    try:
+        with open(path, "wb") as out:
+            fastavro.writer(out, schema.parsed, counted(), codec=codec)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
+    return count
+
+
+def _read(path: str | Path, schema_name: str) -> Iterator[dict[str, Any]]:
+    schema = load_schema(schema_name)
+    with open(path, "rb") as fh:
+        try:
+            for record in fastavro.reader(fh, reader_schema=schema.plain):
+                yield record  # type: ignore[misc]
+        except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
+            raise DecodeError(f"{path}: not a readable {schema_name} container file: {exc}") from exc
+
+
+def write_training_examples(path: str | Path, examples: Iterable[Mapping[str, Any]], codec: str = "deflate") -> int:
+    """Write ``TrainingExampleAvro`` records to an Avro container file; returns the count."""
+    return _write(path, "TrainingExampleAvro", examples, codec)
+
+
+def read_training_examples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream ``TrainingExampleAvro`` records from a container file written here or by Photon-ML."""
+    return _read(path, "TrainingExampleAvro")
+
+
+def write_models(path: str | Path, models: Iterable[PhotonModel], codec: str = "deflate") -> int:
+    """Write models as ``BayesianLinearModelAvro`` records; returns the count."""
+    return _write(path, "BayesianLinearModelAvro", (m.to_record() for m in models), codec)
+
+
+def read_models(path: str | Path) -> Iterator[PhotonModel]:
+    """Stream models from a ``BayesianLinearModelAvro`` container file."""
+    return (PhotonModel.from_record(r) for r in _read(path, "BayesianLinearModelAvro"))

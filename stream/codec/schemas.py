@@ -1,0 +1,99 @@
+"""The Avro schemas shipped inside the package, parsed once and looked up by name or fingerprint.
+
+Each schema is kept self-contained (named types inlined) so that its parsing canonical
+form, its CRC-64-AVRO fingerprint and the text registered with a Schema Registry all
+describe the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from stream.codec.exceptions import SchemaNotFoundError
+
+EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel")
+PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro")
+
+# Files that only define named types used by the others; parsed first.
+_EVENT_BUILDING_BLOCKS = ("NameTermValue",)
+_PHOTON_BUILDING_BLOCKS = ("FeatureAvro", "NameTermValueAvro")
+
+
+@dataclass(frozen=True)
+class AvroSchema:
+    """A parsed, self-contained Avro schema with its canonical form and 8-byte fingerprint.
+
+    ``parsed`` keeps logical types (for container files and registries); ``plain`` is the
+    same schema without them, which the codecs decode with so that timestamps stay
+    epoch-millisecond ints on the hot path instead of becoming ``datetime`` objects.
+    """
+
+    name: str
+    parsed: dict[str, Any]
+    plain: dict[str, Any]
+    canonical: str
+    fingerprint: bytes
+
+    @classmethod
+    def from_json(cls, schema: dict[str, Any] | str, named: dict[str, Any] | None = None) -> AvroSchema:
+        """Parse a schema (a dict or JSON text), inlining named types found in ``named``."""
+        if isinstance(schema, str):
+            schema = json.loads(schema)
+        parsed = parse_schema(schema, named_schemas=dict(named or {}), expand=True)
+        plain = parse_schema(_without_logical_types(schema), named_schemas=dict(named or {}), expand=True)
+        canonical = to_parsing_canonical_form(parsed)
+        # fastavro prints the CRC-64-AVRO fingerprint as the little-endian byte sequence that
+        # Avro single-object encoding puts on the wire.
+        return cls(
+            name=parsed["name"],
+            parsed=parsed,
+            plain=plain,
+            canonical=canonical,
+            fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+        )
+
+    def to_json(self) -> str:
+        """The canonical JSON text, for registering with a Schema Registry."""
+        return self.canonical
+
+
+def _without_logical_types(node: Any) -> Any:
+    """The same schema with logical types dropped, so timestamps decode as plain epoch ints.
+
+    Parsing canonical form ignores logical types, so the fingerprint is unchanged.
+    """
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
+def _load_family(folder: str, blocks: tuple[str, ...], names: tuple[str, ...]) -> dict[str, AvroSchema]:
+    root = resources.files("stream.codec").joinpath("schemas", *([folder] if folder else []))
+    named: dict[str, Any] = {}
+    for block in blocks:
+        parse_schema(json.loads(root.joinpath(f"{block}.avsc").read_text()), named_schemas=named)
+    return {name: AvroSchema.from_json(root.joinpath(f"{name}.avsc").read_text(), named) for name in names}
+
+
+@cache
+def _catalog() -> dict[str, AvroSchema]:
+    return {
+        **_load_family("", _EVENT_BUILDING_BLOCKS, EVENT_SCHEMAS),
+        **_load_family("photon", _PHOTON_BUILDING_BLOCKS, PHOTON_SCHEMAS),
+    }
+
+
+def load_schema(name: str) -> AvroSchema:
+    """The packaged schema ``name`` (``Impression``, ``TrainingExampleAvro``, ...)."""
+    try:
+        return _catalog()[name]
+    except KeyError:
+        raise SchemaNotFoundError(f"no packaged schema named {name!r}; known: {', '.join(sorted(_catalog()))}") from None

@@ -1,0 +1,21 @@
+"""Typed, validated configuration: one :class:`Settings` object, loaded once."""
+
+from stream.config.exceptions import ConfigError
+from stream.config.settings import (
+    CoordinateSettings,
+    KafkaSettings,
+    ModelSettings,
+    Settings,
+    TopicSettings,
+    load_settings,
+)
+
+__all__ = [
+    "ConfigError",
+    "CoordinateSettings",
+    "KafkaSettings",
+    "ModelSettings",
+    "Settings",
+    "TopicSettings",
+    "load_settings",
+]

@@ -1,0 +1,16 @@
+"""Errors raised while loading and validating configuration."""
+
+from stream.errors import GlmixError
+
+
+class ConfigError(GlmixError):
+    """A configuration key is unknown or its value is invalid.
+
+    ``key`` is the dotted path of the offending key (``model.coordinates[0].l2``) so the
+    message always names what to fix.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key '{key}': {problem}")
+        self.key = key
+        self.problem = problem

@@ -1,0 +1,361 @@
+"""The one typed configuration object of glmix-stream.
+
+Settings are frozen dataclasses built once at start-up by :func:`load_settings` from, in
+increasing precedence: built-in defaults, a TOML file, ``GLMIX_...`` environment
+variables, and ``--set key=value`` command-line overrides. Every value is checked while
+it is built; an unknown key or a bad value raises :class:`ConfigError` naming the key.
+Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stream.config.exceptions import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+Loss = Literal["logistic", "linear", "poisson"]
+PriorKind = Literal["l2", "bayes"]
+PrecisionKind = Literal["full", "diagonal"]
+UnseenFeaturePolicy = Literal["admit", "drop"]
+ClientValue = str | int | float | bool
+
+ENV_PREFIX = "GLMIX_"
+
+MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
+JOB_BAGS = ("job_title", "job_skills", "job_company", "job_seniority")
+
+
+def _check(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(key, problem)
+
+
+def _check_positive(value: float, key: str) -> None:
+    _check(math.isfinite(value) and value > 0, key, f"must be a finite number > 0, got {value!r}")
+
+
+def _check_non_negative(value: float, key: str) -> None:
+    _check(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """Kafka topic names (DESIGN §3) and how to create them where CreateTopics works."""
+
+    impressions: str = "glmix.impressions"
+    interactions: str = "glmix.interactions"
+    examples_by_member: str = "glmix.examples.by-member"
+    examples_by_job: str = "glmix.examples.by-job"
+    coefficients_prefix: str = "glmix.coefficients."
+    model_global: str = "glmix.model.global"
+    dead_letter: str = "glmix.dead-letter"
+    partitions: int = 4
+    replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                _check(bool(value.strip()), f.name, "topic name must not be empty")
+        _check(self.partitions >= 1, "partitions", f"must be >= 1, got {self.partitions}")
+        _check(self.replication_factor >= 1, "replication_factor", f"must be >= 1, got {self.replication_factor}")
+
+    def coefficients(self, coordinate: str) -> str:
+        """The compacted topic that carries one random-effect coordinate's coefficients."""
+        return f"{self.coefficients_prefix}{coordinate}"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka. Client maps pass to librdkafka unchanged (SASL/SSL included).
+
+    An empty ``bootstrap_servers`` means the embedded librdkafka mock cluster. ``client``
+    applies to every client; ``producer``, ``consumer`` and ``admin`` to one kind only.
+    """
+
+    bootstrap_servers: str = ""
+    schema_registry_url: str = ""
+    client: Mapping[str, ClientValue] = field(default_factory=dict)
+    producer: Mapping[str, ClientValue] = field(default_factory=dict)
+    consumer: Mapping[str, ClientValue] = field(default_factory=dict)
+    admin: Mapping[str, ClientValue] = field(default_factory=dict)
+    schema_registry: Mapping[str, ClientValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoordinateSettings:
+    """One random-effect coordinate: whose effect it is, over which features, and its prior.
+
+    ``entity_field`` names the impression field that identifies the entity (``member_id``,
+    ``item_id``) or a context key as ``context:<key>``. The per-entity objective is
+    ``sum_k w_k loss_k + 1/2 (theta - mu0)' Lambda0 (theta - mu0)`` where, for a new entity,
+    ``Lambda0 = diag(l2, ..., l2, intercept_l2)``: the intercept's penalty is its own
+    setting, never hidden. With ``prior = "bayes"``, later updates use
+    ``Lambda0 = forgetting * P + (1 - forgetting) * Lambda_new`` (DESIGN §4).
+    """
+
+    entity_field: str
+    feature_bags: tuple[str, ...]
+    max_features: int = 32
+    unseen_features: UnseenFeaturePolicy = "admit"
+    intercept: bool = True
+    prior: PriorKind = "bayes"
+    precision: PrecisionKind = "full"
+    l2: float = 1.0
+    intercept_l2: float = 1.0
+    forgetting: float = 1.0
+    newton_steps: int = 10
+    gradient_tolerance: float = 1e-6
+
+    def __post_init__(self) -> None:
+        ok_field = self.entity_field in ("member_id", "item_id") or (
+            self.entity_field.startswith("context:") and len(self.entity_field) > len("context:")
+        )
+        _check(ok_field, "entity_field", f"must be member_id, item_id or context:<key>, got {self.entity_field!r}")
+        _check(len(self.feature_bags) > 0, "feature_bags", "must name at least one feature bag")
+        _check(self.max_features >= 1, "max_features", f"must be >= 1, got {self.max_features}")
+        _check(
+            not self.intercept or self.max_features >= 2,
+            "max_features",
+            "must be >= 2 when intercept = true (the intercept takes one column)",
+        )
+        _check_non_negative(self.l2, "l2")
+        _check_non_negative(self.intercept_l2, "intercept_l2")
+        _check(0 < self.forgetting <= 1, "forgetting", f"must be in (0, 1], got {self.forgetting}")
+        _check(self.newton_steps >= 1, "newton_steps", f"must be >= 1, got {self.newton_steps}")
+        _check_positive(self.gradient_tolerance, "gradient_tolerance")
+
+
+def default_coordinates() -> dict[str, CoordinateSettings]:
+    """GLMix's two classic coordinates: per-member over job features, per-job over member features."""
+    return {
+        "member": CoordinateSettings(entity_field="member_id", feature_bags=JOB_BAGS),
+        "job": CoordinateSettings(entity_field="item_id", feature_bags=MEMBER_BAGS),
+    }
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The GLMix model spec: link/loss, the global coordinate, and the random-effect coordinates."""
+
+    loss: Loss = "logistic"
+    global_feature_bags: tuple[str, ...] = MEMBER_BAGS + JOB_BAGS
+    global_l2: float = 1.0
+    coordinates: Mapping[str, CoordinateSettings] = field(default_factory=default_coordinates)
+
+    def __post_init__(self) -> None:
+        _check_non_negative(self.global_l2, "global_l2")
+        _check(len(self.global_feature_bags) > 0, "global_feature_bags", "must name at least one feature bag")
+        for name in self.coordinates:
+            _check(
+                name.replace("_", "").replace("-", "").isalnum() and name != "global",
+                f"coordinates.{name}",
+                "coordinate names are letters, digits, '-' and '_', and 'global' is reserved",
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a glmix process is configured with; built once, passed down."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    state_dir: str = "./state"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults < TOML file < ``GLMIX_*`` env < ``overrides``.
+
+    ``env`` is the environment to read (pass ``os.environ``); ``overrides`` maps dotted keys
+    (``kafka.bootstrap_servers``) to string values, as given by ``--set`` on the command line.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(Path(path))
+    model = raw.setdefault("model", {})
+    if isinstance(model, dict) and "coordinates" not in model:
+        # A file that lists coordinates defines the whole set; otherwise the built-in
+        # member and job coordinates are there for env and --set to adjust.
+        model["coordinates"] = {name: {} for name in default_coordinates()}
+    if env:
+        _merge(raw, _env_overrides(env))
+    for key, value in (overrides or {}).items():
+        _merge(raw, _dotted_to_nested(key, value))
+    return _build(Settings, raw, "")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError("--config", f"file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``GLMIX_KAFKA__BOOTSTRAP_SERVERS`` -> ``kafka.bootstrap_servers``.
+
+    Inside a librdkafka map (``GLMIX_KAFKA__CLIENT__SASL_MECHANISM``) single underscores
+    become dots, since librdkafka property names are dotted.
+    """
+    nested: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) == 3 and parts[0] == "kafka" and parts[1] in _CLIENT_MAPS:
+            parts[2] = parts[2].replace("_", ".")
+        _merge(nested, _dotted_to_nested(".".join(parts), value, origin=name))
+    return nested
+
+
+_CLIENT_MAPS = {"client", "producer", "consumer", "admin", "schema_registry"}
+
+
+def _dotted_to_nested(key: str, value: Any, origin: str | None = None) -> dict[str, Any]:
+    parts = key.split(".")
+    if parts[:1] == ["kafka"] and len(parts) > 3 and parts[1] in _CLIENT_MAPS:
+        parts = parts[:2] + [".".join(parts[2:])]
+    if not all(parts):
+        raise ConfigError(origin or key, "malformed key")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            merged = dict(base[key])
+            _merge(merged, value)
+            base[key] = merged
+        else:
+            base[key] = value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path or "<root>", f"expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(_join(path, key), f"unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], _join(path, f.name), f.name)
+    if cls is CoordinateSettings:
+        kwargs = _with_named_coordinate_defaults(path, kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(_join(path, exc.key), exc.problem) from None
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(path or "<root>", str(exc)) from None
+
+
+def _with_named_coordinate_defaults(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``[model.coordinates.member]`` may override single keys of the built-in coordinate."""
+    name = path.rsplit(".", 1)[-1]
+    builtin = default_coordinates().get(name)
+    if builtin is None:
+        for required in ("entity_field", "feature_bags"):
+            if required not in kwargs:
+                raise ConfigError(_join(path, required), "required for a new coordinate")
+        return kwargs
+    return {**dataclasses.asdict(builtin), **kwargs}
+
+
+def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return tuple(_coerce(args[0], item.strip() if isinstance(item, str) else item, key, name) for item in items)
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        value_hint = args[1]
+        if dataclasses.is_dataclass(value_hint):
+            return {k: _build(value_hint, v, _join(key, k)) for k, v in value.items()}
+        return {str(k): _coerce_client_value(v, _join(key, str(k))) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_client_value(value, key)
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_client_value(value: Any, key: str) -> ClientValue:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(key, f"librdkafka values are strings, numbers or booleans, got {value!r}")
+
+
+def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(key, f"must be finite, got {value!r}")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported setting type {hint!r}")  # pragma: no cover - programming error

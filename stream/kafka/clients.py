@@ -1,0 +1,127 @@
+"""Builds librdkafka configurations from :class:`Settings` and creates topics where possible.
+
+librdkafka settings are merged in a fixed order on a fresh dict — our defaults, then the
+user's ``kafka.client`` map, then the per-kind map (``kafka.producer`` ...), then the few
+settings this module must enforce — so user settings (SASL, SSL, tuning) pass through
+unchanged and the caller's mappings are never mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.config import KafkaSettings, TopicSettings
+from stream.kafka.exceptions import BrokerUnavailableError
+
+log = logging.getLogger(__name__)
+
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "batch.num.messages": 10000,
+}
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": False,
+    "fetch.min.bytes": 1,
+}
+# Offsets are committed by the pipeline after its state is safe (DESIGN §5), never on a timer.
+_CONSUMER_ENFORCED: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+
+
+def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return merged
+
+
+def _base(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    servers = bootstrap_servers or kafka.bootstrap_servers
+    if not servers:
+        raise BrokerUnavailableError(
+            "kafka.bootstrap_servers is empty: start the embedded broker (glmix broker) "
+            "or point GLMIX_KAFKA__BOOTSTRAP_SERVERS at a cluster"
+        )
+    return {"bootstrap.servers": servers}
+
+
+def producer_config(kafka: KafkaSettings, bootstrap_servers: str = "", **enforced: Any) -> dict[str, Any]:
+    """librdkafka producer settings: defaults < kafka.client < kafka.producer < ``enforced``."""
+    return _merge(_PRODUCER_DEFAULTS, _base(kafka, bootstrap_servers), kafka.client, kafka.producer, enforced)
+
+
+def consumer_config(kafka: KafkaSettings, group_id: str, bootstrap_servers: str = "", **enforced: Any) -> dict[str, Any]:
+    """librdkafka consumer settings with manual offset commits enforced."""
+    return _merge(
+        _CONSUMER_DEFAULTS,
+        _base(kafka, bootstrap_servers),
+        {"group.id": group_id},
+        kafka.client,
+        kafka.consumer,
+        _CONSUMER_ENFORCED,
+        enforced,
+    )
+
+
+def admin_config(kafka: KafkaSettings, bootstrap_servers: str = "") -> dict[str, Any]:
+    """librdkafka admin-client settings."""
+    return _merge(_base(kafka, bootstrap_servers), kafka.client, kafka.admin)
+
+
+def all_topics(topics: TopicSettings, coordinates: Iterable[str]) -> dict[str, bool]:
+    """Every topic the pipeline uses, mapped to whether it should be compacted."""
+    names = {
+        topics.impressions: False,
+        topics.interactions: False,
+        topics.examples_by_member: False,
+        topics.examples_by_job: False,
+        topics.dead_letter: False,
+        topics.model_global: True,
+    }
+    names.update({topics.coefficients(c): True for c in coordinates})
+    return names
+
+
+def ensure_topics(admin: AdminClient, topics: TopicSettings, compacted: Mapping[str, bool], timeout_s: float = 10.0) -> list[str]:
+    """Try to create ``compacted``'s topics; return those that now exist or were created.
+
+    Never fails the caller: the librdkafka mock cluster has no CreateTopics (its topics
+    auto-create with 4 partitions), and a locked-down cluster may refuse it. Either way we
+    log a warning and go on, and the first produce creates or finds the topic.
+    """
+    new_topics = [
+        NewTopic(
+            name,
+            num_partitions=topics.partitions,
+            replication_factor=topics.replication_factor,
+            config={"cleanup.policy": "compact"} if is_compacted else {},
+        )
+        for name, is_compacted in compacted.items()
+    ]
+    ready: list[str] = []
+    try:
+        futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
+    except KafkaException as exc:
+        log.warning("CreateTopics not available (%s); relying on auto-created topics", exc)
+        return ready
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            ready.append(name)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            if getattr(error, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                ready.append(name)
+            else:
+                log.warning("could not create topic %s (%s); relying on auto-creation", name, error)
+        except Exception as exc:  # timeouts and brokers without the API
+            log.warning("could not create topic %s (%r); relying on auto-creation", name, exc)
+    return ready
