@@ -1,0 +1,92 @@
+"""Where a synthetic world goes: a Kafka cluster, or Avro container files on disk.
+
+Both write the ground truth (true coefficients) as JSON next to the data, for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import fastavro
+from confluent_kafka import Producer
+
+from stream.codec import RecordCodec, load_schema
+from stream.kafka.exceptions import KafkaClientError
+from stream.synthetic.events import IMPRESSION, INTERACTION, SyntheticEvent
+from stream.synthetic.world import GroundTruth
+
+log = logging.getLogger(__name__)
+
+
+def encode_event(event: SyntheticEvent, codecs: dict[str, RecordCodec]) -> bytes:
+    """The value bytes a producer would send for ``event`` (malformed ones included)."""
+    if event.raw is not None:
+        return event.raw
+    assert event.record is not None
+    value = codecs[event.kind].encode(event.record)
+    return value[: len(value) // 2] if event.truncated else value
+
+
+def produce_to_kafka(
+    events: Iterable[SyntheticEvent],
+    producer: Producer,
+    topics: dict[str, str],
+    codecs: dict[str, RecordCodec],
+    flush_timeout_s: float = 30.0,
+) -> Counter:
+    """Produce ``events`` keyed by member id; returns counts per kind (and ``malformed``)."""
+    counts: Counter = Counter()
+    errors: list[str] = []
+
+    def on_delivery(err, msg) -> None:  # noqa: ANN001 - librdkafka callback signature
+        if err is not None:
+            errors.append(str(err))
+
+    for event in events:
+        value = encode_event(event, codecs)
+        while True:
+            try:
+                producer.produce(topics[event.kind], key=event.key.encode(), value=value,
+                                 timestamp=event.arrival_ms, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.1)
+        counts[event.kind] += 1
+        counts["malformed"] += event.malformed
+    remaining = producer.flush(flush_timeout_s)
+    if remaining or errors:
+        raise KafkaClientError(f"{remaining} messages not delivered; first errors: {errors[:3]}")
+    return counts
+
+
+def write_avro_files(events: Iterable[SyntheticEvent], directory: str | Path) -> Counter:
+    """Write valid events to ``impressions.avro`` and ``interactions.avro`` (container files).
+
+    Values that are not Avro at all (random bytes, truncated) cannot live in a typed
+    container file; they are counted as ``skipped_malformed``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    by_kind: dict[str, list[dict]] = {IMPRESSION: [], INTERACTION: []}
+    counts: Counter = Counter()
+    for event in events:
+        if event.raw is not None or event.truncated or event.record is None:
+            counts["skipped_malformed"] += 1
+            continue
+        by_kind[event.kind].append(event.record)
+        counts[event.kind] += 1
+        counts["malformed"] += event.malformed
+    for kind, schema_name in ((IMPRESSION, "Impression"), (INTERACTION, "Interaction")):
+        with open(directory / f"{kind}s.avro", "wb") as out:
+            fastavro.writer(out, load_schema(schema_name).parsed, by_kind[kind], codec="deflate")
+    return counts
+
+
+def write_ground_truth(truth: GroundTruth, path: str | Path) -> None:
+    """Save the true coefficients as JSON (a readable, pickle-free format)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(truth.to_json(), indent=1))

@@ -1,0 +1,225 @@
+"""A synthetic job-recommendation world with a known GLMix ground truth.
+
+Members and jobs carry feature bags (member: title, skills, seniority, location; job:
+title, skills, company, seniority). Responses are drawn from a true GLMix model,
+
+    logit P(click) = x·w + z_job·alpha_member + u_member·beta_job,
+
+so learned coefficients can be compared with the truth. It includes the GLMix paper's
+Alice/Annie case: pairs of members with identical features and opposite tastes, which
+only a per-member coordinate can tell apart. Everything is drawn from one seeded
+``numpy`` generator, so a seed fixes the world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.config.exceptions import ConfigError
+
+TITLES = ("engineer", "data-scientist", "designer", "product-manager", "sales", "recruiter", "analyst", "nurse")
+SKILLS = (
+    "python", "java", "sql", "ml", "statistics", "design", "figma", "negotiation",
+    "crm", "sourcing", "excel", "care", "kubernetes", "spark", "writing", "leadership",
+)
+LOCATIONS = ("sf", "nyc", "london", "berlin", "bangalore", "remote")
+COMPANIES = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
+SENIORITY_LEVELS = 5
+
+Feature = tuple[str, str, float]
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Size and noise of a synthetic world. Rates are shares of the clean event counts."""
+
+    seed: int = 7
+    members: int = 200
+    jobs: int = 100
+    alice_annie_pairs: int = 2
+    requests: int = 2000
+    items_per_request: int = 5
+    random_bucket_rate: float = 0.1
+    apply_given_click: float = 0.3
+    duplicate_rate: float = 0.02
+    out_of_order_rate: float = 0.05
+    late_rate: float = 0.01
+    orphan_rate: float = 0.01
+    malformed_rate: float = 0.0
+    attribution_window_ms: int = 15 * 60 * 1000
+    start_time_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    mean_request_gap_ms: int = 500
+    member_effect_scale: float = 1.0
+    job_effect_scale: float = 0.7
+
+    def __post_init__(self) -> None:
+        for name in ("members", "jobs", "requests", "items_per_request"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.alice_annie_pairs * 2 > self.members:
+            raise ConfigError("alice_annie_pairs", "needs two members per pair")
+        if self.items_per_request > self.jobs:
+            raise ConfigError("items_per_request", "cannot exceed the number of jobs")
+        for name in ("random_bucket_rate", "apply_given_click", "duplicate_rate", "out_of_order_rate",
+                     "late_rate", "orphan_rate", "malformed_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(name, f"must be a share in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A member or a job: its id and its feature bags of (name, term, value) triples."""
+
+    entity_id: str
+    bags: Mapping[str, tuple[Feature, ...]]
+
+
+@dataclass
+class GroundTruth:
+    """The true model: global coefficients and per-entity random effects, by (name, term)."""
+
+    global_coefficients: dict[tuple[str, str], float] = field(default_factory=dict)
+    member_effects: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    job_effects: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    alice_annie: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """A JSON-ready form: coefficients as lists of {name, term, value}."""
+
+        def ntv(coefs: Mapping[tuple[str, str], float]) -> list[dict]:
+            return [{"name": n, "term": t, "value": v} for (n, t), v in sorted(coefs.items())]
+
+        return {
+            "global": ntv(self.global_coefficients),
+            "member": {k: ntv(v) for k, v in sorted(self.member_effects.items())},
+            "job": {k: ntv(v) for k, v in sorted(self.job_effects.items())},
+            "alice_annie": [list(p) for p in self.alice_annie],
+        }
+
+
+INTERCEPT = ("(INTERCEPT)", "")
+
+
+def _one_hot(name: str, term: str) -> tuple[Feature, ...]:
+    return ((name, term, 1.0),)
+
+
+def _member_bags(title: str, skills: list[str], seniority: int, location: str) -> dict[str, tuple[Feature, ...]]:
+    return {
+        "member_title": _one_hot("member_title", title),
+        "member_skills": tuple(("member_skill", s, 1.0) for s in skills),
+        "member_seniority": (("member_seniority", "", seniority / (SENIORITY_LEVELS - 1)),),
+        "member_location": _one_hot("member_location", location),
+    }
+
+
+def _job_bags(title: str, skills: list[str], company: str, seniority: int) -> dict[str, tuple[Feature, ...]]:
+    return {
+        "job_title": _one_hot("job_title", title),
+        "job_skills": tuple(("job_skill", s, 1.0) for s in skills),
+        "job_company": _one_hot("job_company", company),
+        "job_seniority": (("job_seniority", "", seniority / (SENIORITY_LEVELS - 1)),),
+    }
+
+
+def job_feature_keys() -> list[tuple[str, str]]:
+    """Every (name, term) a job can carry: the member coordinate's feature space."""
+    return (
+        [("job_title", t) for t in TITLES] + [("job_skill", s) for s in SKILLS]
+        + [("job_company", c) for c in COMPANIES] + [("job_seniority", "")]
+    )
+
+
+def member_feature_keys() -> list[tuple[str, str]]:
+    """Every (name, term) a member can carry: the job coordinate's feature space."""
+    return (
+        [("member_title", t) for t in TITLES] + [("member_skill", s) for s in SKILLS]
+        + [("member_location", c) for c in LOCATIONS] + [("member_seniority", "")]
+    )
+
+
+class World:
+    """Members, jobs and the true model of one :class:`WorldSpec`."""
+
+    def __init__(self, spec: WorldSpec) -> None:
+        self.spec = spec
+        self.rng = np.random.default_rng(spec.seed)
+        self.members = self._draw_members()
+        self.jobs = self._draw_jobs()
+        self.truth = self._draw_truth()
+
+    def _draw_skills(self, title_index: int) -> list[str]:
+        # Skills cluster by title so that features correlate as they do in real profiles.
+        k = int(self.rng.integers(2, 5))
+        home = [SKILLS[(2 * title_index + j) % len(SKILLS)] for j in range(3)]
+        extra = list(self.rng.choice(SKILLS, size=k, replace=False))
+        return sorted(set(home[: max(1, k - 1)] + extra[:2]))
+
+    def _draw_members(self) -> list[Entity]:
+        members = []
+        for i in range(self.spec.members):
+            t = int(self.rng.integers(len(TITLES)))
+            bags = _member_bags(TITLES[t], self._draw_skills(t), int(self.rng.integers(SENIORITY_LEVELS)),
+                                str(self.rng.choice(LOCATIONS)))
+            members.append(Entity(f"m{i:06d}", bags))
+        for p in range(self.spec.alice_annie_pairs):  # Annie is Alice's feature-for-feature twin
+            alice = members[2 * p]
+            members[2 * p] = Entity(f"alice-{p}", alice.bags)
+            members[2 * p + 1] = Entity(f"annie-{p}", alice.bags)
+        return members
+
+    def _draw_jobs(self) -> list[Entity]:
+        jobs = []
+        for j in range(self.spec.jobs):
+            t = int(self.rng.integers(len(TITLES)))
+            bags = _job_bags(TITLES[t], self._draw_skills(t), str(self.rng.choice(COMPANIES)),
+                             int(self.rng.integers(SENIORITY_LEVELS)))
+            jobs.append(Entity(f"j{j:06d}", bags))
+        return jobs
+
+    def _draw_truth(self) -> GroundTruth:
+        rng, spec = self.rng, self.spec
+        truth = GroundTruth()
+        keys = [INTERCEPT] + member_feature_keys() + job_feature_keys()
+        w = rng.normal(0.0, 0.3, size=len(keys))
+        w[0] = -1.5
+        truth.global_coefficients = dict(zip(keys, (float(v) for v in w)))
+        job_keys = [INTERCEPT] + job_feature_keys()
+        for member in self.members:
+            alpha = rng.normal(0.0, 0.35 * spec.member_effect_scale, size=len(job_keys))
+            own_title = member.bags["member_title"][0][1]
+            alpha[job_keys.index(("job_title", own_title))] += 1.0 * spec.member_effect_scale
+            truth.member_effects[member.entity_id] = dict(zip(job_keys, (float(v) for v in alpha)))
+        for p in range(spec.alice_annie_pairs):
+            alice, annie = f"alice-{p}", f"annie-{p}"
+            liked, disliked = TITLES[p % len(TITLES)], TITLES[(p + 1) % len(TITLES)]
+            for who, sign in ((alice, 1.0), (annie, -1.0)):
+                effects = truth.member_effects[who]
+                effects[("job_title", liked)] = 2.0 * sign
+                effects[("job_title", disliked)] = -2.0 * sign
+            truth.alice_annie.append((alice, annie))
+        member_keys = [INTERCEPT] + member_feature_keys()
+        for job in self.jobs:
+            beta = rng.normal(0.0, 0.35 * spec.job_effect_scale, size=len(member_keys))
+            beta[0] = rng.normal(0.0, 0.8 * spec.job_effect_scale)  # some jobs are simply more attractive
+            truth.job_effects[job.entity_id] = dict(zip(member_keys, (float(v) for v in beta)))
+        return truth
+
+    def true_margin(self, member: Entity, job: Entity) -> float:
+        """The true logit of a click for this pair: global + member effect + job effect."""
+        t = self.truth
+        margin = t.global_coefficients[INTERCEPT]
+        alpha = t.member_effects[member.entity_id]
+        beta = t.job_effects[job.entity_id]
+        margin += alpha[INTERCEPT] + beta[INTERCEPT]
+        for bag in member.bags.values():
+            for name, term, value in bag:
+                margin += value * (t.global_coefficients[(name, term)] + beta[(name, term)])
+        for bag in job.bags.values():
+            for name, term, value in bag:
+                margin += value * (t.global_coefficients[(name, term)] + alpha[(name, term)])
+        return margin
