@@ -1,0 +1,47 @@
+"""Turns impression-like records (ids + feature bags) into a :class:`GameDataset`.
+
+The feature index of every coordinate decides the columns; records carry their entity
+ids in fields (``member_id``, ``item_id``) or context keys (``context:<key>``), as the
+coordinate settings name them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from stream.model.features import FeatureIndex
+from stream.model.game import GameDataset, RandomEffectData
+
+
+def entity_of(record: Mapping[str, Any], entity_field: str) -> str:
+    """The entity id a coordinate keys on: a record field, or ``context:<key>``."""
+    if entity_field.startswith("context:"):
+        return str(record.get("context", {}).get(entity_field[len("context:"):], ""))
+    return str(record[entity_field])
+
+
+def build_dataset(
+    records: Sequence[Mapping[str, Any]],
+    labels: np.ndarray,
+    global_index: FeatureIndex,
+    coordinates: Mapping[str, tuple[str, FeatureIndex]],
+    weights: np.ndarray | None = None,
+) -> GameDataset:
+    """Index ``records``' feature bags for the global coordinate and each ``(entity_field, index)``."""
+    bags = [r["features"] for r in records]
+    effects = {
+        name: RandomEffectData(
+            entity_ids=np.array([entity_of(r, field) for r in records]),
+            features=index.dense_rows(bags, admit=False),
+        )
+        for name, (field, index) in coordinates.items()
+    }
+    return GameDataset(
+        global_features=global_index.sparse_rows(bags),
+        labels=np.asarray(labels, dtype=np.float64),
+        random_effects=effects,
+        weights=weights,
+    )
