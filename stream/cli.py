@@ -115,7 +115,7 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
 
-    result = run_movielens(Path(args.path), seed=args.seed, l2=args.l2, passes=args.passes)
+    result = run_movielens(Path(args.path), seed=args.seed, l2=args.l2, passes=args.passes, tune=args.tune)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     movielens.add_argument("--seed", type=int, default=0)
     movielens.add_argument("--l2", type=float, default=1.0)
     movielens.add_argument("--passes", type=int, default=2, help="coordinate-descent passes")
+    movielens.add_argument("--tune", action="store_true",
+                           help="choose each coordinate's L2 on a validation split of the training data")
     movielens.set_defaults(handler=cmd_evaluate_movielens)
     return parser
 

@@ -245,12 +245,13 @@ def _solve(
     active = np.arange(index.size)  # positions into the sub-batch that are still iterating
     for step in range(max_steps + 1):
         za, ya, oa, wa, th = z[active], y[active], o[active], w[active], theta[active]
-        margins = oa + np.einsum("bnd,bd->bn", za, th)
-        first, second = loss.derivatives(ya, margins)
-        diff = th - mu0[active]
-        grad = np.einsum("bnd,bn->bd", za, first * wa) + _matvec(lam[active], diff)
-        hess = np.einsum("bnd,bn,bne->bde", za, second * wa, za, optimize=True) + lam_full[active]
-        fval = np.einsum("bn,bn->b", wa, loss.value(ya, margins)) + 0.5 * _quadratic(lam[active], diff)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught as non-finite below
+            margins = oa + np.einsum("bnd,bd->bn", za, th)
+            first, second = loss.derivatives(ya, margins)
+            diff = th - mu0[active]
+            grad = np.einsum("bnd,bn->bd", za, first * wa) + _matvec(lam[active], diff)
+            hess = np.einsum("bnd,bn,bne->bde", za, second * wa, za, optimize=True) + lam_full[active]
+            fval = np.einsum("bn,bn->b", wa, loss.value(ya, margins)) + 0.5 * _quadratic(lam[active], diff)
         gnorm = np.linalg.norm(grad, axis=1)
         finite = np.isfinite(grad).all(axis=1) & np.isfinite(hess).all(axis=(1, 2)) & np.isfinite(fval)
         done = ~finite | (gnorm <= tol) | (step == max_steps)

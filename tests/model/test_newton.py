@@ -1,0 +1,254 @@
+"""The vectorized Newton update against scipy.optimize on the same objective, and its guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from stream.model import (
+    EntityEvents,
+    GaussianPrior,
+    LinearLoss,
+    LogisticLoss,
+    PoissonLoss,
+    UpdateStatus,
+    forgetting_prior,
+    l2_prior,
+    newton_update,
+)
+
+LOSSES = {"logistic": LogisticLoss(), "linear": LinearLoss(), "poisson": PoissonLoss()}
+
+
+def reference_objective(loss: str, z, y, o, w, mu0, lam_full, theta) -> float:
+    """The per-entity objective written independently of the package (plain formulas)."""
+    m = o + z @ theta
+    if loss == "logistic":
+        per = np.log1p(np.exp(m)) - y * m
+    elif loss == "linear":
+        per = 0.5 * (m - y) ** 2
+    else:
+        per = np.exp(m) - y * m
+    diff = theta - mu0
+    return float(w @ per + 0.5 * diff @ lam_full @ diff)
+
+
+def scipy_optimum(loss, z, y, o, w, mu0, lam_full) -> float:
+    fun = lambda t: reference_objective(loss, z, y, o, w, mu0, lam_full, t)  # noqa: E731
+    best = minimize(fun, mu0, method="BFGS", options={"gtol": 1e-10, "maxiter": 2000})
+    return float(best.fun)
+
+
+def random_problem(rng, loss: str, b: int, n: int, d: int, prior: str, diagonal: bool, padded: bool = True):
+    z = rng.normal(size=(b, n, d)) / np.sqrt(d)
+    z[:, :, 0] = 1.0
+    truth = rng.normal(size=(b, d))
+    m = np.einsum("bnd,bd->bn", z, truth)
+    if loss == "logistic":
+        y = (rng.random((b, n)) < 1 / (1 + np.exp(-m))).astype(float)
+    elif loss == "linear":
+        y = m + rng.normal(size=m.shape)
+    else:
+        y = rng.poisson(np.exp(np.clip(m, -4, 3))).astype(float)
+    o = rng.normal(scale=0.3, size=(b, n))
+    w = rng.uniform(0.2, 3.0, size=(b, n))
+    mask = rng.random((b, n)) < 0.8 if padded else np.ones((b, n), dtype=bool)
+    mask[:, 0] = True
+    events = EntityEvents.build(z, y, o, w, mask)
+    if prior == "l2":
+        pri = l2_prior(b, d, l2=rng.uniform(0.1, 5.0), intercept_l2=0.5, diagonal=diagonal)
+    else:
+        a = rng.normal(size=(b, d, d)) / np.sqrt(d)
+        precision = np.einsum("bij,bkj->bik", a, a) + 0.3 * np.eye(d)
+        if diagonal:
+            precision = np.diagonal(precision, axis1=1, axis2=2).copy()
+        pri = GaussianPrior(rng.normal(scale=0.5, size=(b, d)), precision)
+    return events, pri
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("prior", ["l2", "bayes"])
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diagonal"])
+def test_every_entity_reaches_scipys_optimum(loss, prior, diagonal):
+    rng = np.random.default_rng(hash((loss, prior, diagonal)) % 2**32)
+    events, pri = random_problem(rng, loss, b=24, n=30, d=6, prior=prior, diagonal=diagonal)
+    result = newton_update(events, pri, LOSSES[loss], max_steps=30, gradient_tolerance=1e-9)
+    assert result.converged.all(), result.status
+    full = pri.full_precision()
+    for b in range(events.num_entities):
+        m = events.mask[b]
+        args = (events.features[b][m], events.labels[b][m], events.offsets[b][m], events.weights[b][m], pri.mean[b], full[b])
+        ours = reference_objective(loss, *args, result.mean[b])
+        theirs = scipy_optimum(loss, *args)
+        assert (ours - theirs) / abs(theirs) <= 1e-6
+        assert result.objective[b] == pytest.approx(ours, rel=1e-9)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    loss=st.sampled_from(sorted(LOSSES)),
+    prior=st.sampled_from(["l2", "bayes"]),
+    diagonal=st.booleans(),
+    n=st.integers(1, 40),
+    d=st.integers(1, 8),
+)
+def test_hypothesis_random_problems_match_scipy(seed, loss, prior, diagonal, n, d):
+    rng = np.random.default_rng(seed)
+    events, pri = random_problem(rng, loss, b=3, n=n, d=d, prior=prior, diagonal=diagonal)
+    result = newton_update(events, pri, LOSSES[loss], max_steps=50, gradient_tolerance=1e-9)
+    full = pri.full_precision()
+    for b in range(3):
+        m = events.mask[b]
+        args = (events.features[b][m], events.labels[b][m], events.offsets[b][m], events.weights[b][m], pri.mean[b], full[b])
+        theirs = scipy_optimum(loss, *args)
+        assert (reference_objective(loss, *args, result.mean[b]) - theirs) / max(abs(theirs), 1e-12) <= 1e-6
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_a_newton_step_from_the_optimum_stays_there(loss):
+    rng = np.random.default_rng(5)
+    events, pri = random_problem(rng, loss, b=10, n=25, d=5, prior="l2", diagonal=False)
+    first = newton_update(events, pri, LOSSES[loss], max_steps=40, gradient_tolerance=1e-10)
+    again = newton_update(events, pri, LOSSES[loss], start=first.mean, max_steps=1, gradient_tolerance=0.0 + 1e-300)
+    np.testing.assert_allclose(again.mean, first.mean, atol=1e-9)
+    assert (again.objective <= first.objective + 1e-9 * np.abs(first.objective)).all()
+
+
+def test_returned_precision_is_the_hessian_with_weights_inside():
+    rng = np.random.default_rng(11)
+    events, pri = random_problem(rng, "logistic", b=4, n=20, d=3, prior="bayes", diagonal=False, padded=False)
+    result = newton_update(events, pri, LOSSES["logistic"], max_steps=30, gradient_tolerance=1e-10)
+    m = events.offsets + np.einsum("bnd,bd->bn", events.features, result.mean)
+    p = 1 / (1 + np.exp(-m))
+    expected = pri.precision + np.einsum("bnd,bn,bne->bde", events.features, events.weights * p * (1 - p), events.features)
+    np.testing.assert_allclose(result.precision, expected, rtol=1e-10)
+
+
+def _split_fit(loss: str, seed: int):
+    rng = np.random.default_rng(seed)
+    events, _ = random_problem(rng, loss, b=6, n=40, d=4, prior="l2", diagonal=False, padded=False)
+    start = l2_prior(6, 4, l2=2.0, intercept_l2=1.0, diagonal=False)
+    whole = newton_update(events, start, LOSSES[loss], max_steps=50, gradient_tolerance=1e-12)
+    halves = [EntityEvents.build(*(a[:, s] for a in (events.features, events.labels, events.offsets, events.weights)))
+              for s in (slice(0, 20), slice(20, 40))]
+    first = newton_update(halves[0], start, LOSSES[loss], max_steps=50, gradient_tolerance=1e-12)
+    posterior = forgetting_prior(GaussianPrior(first.mean, first.precision), 1.0, np.full(4, 2.0))
+    second = newton_update(halves[1], posterior, LOSSES[loss], max_steps=50, gradient_tolerance=1e-12)
+    return whole, second
+
+
+def test_bayes_with_delta_one_in_two_halves_equals_one_fit_exactly_for_linear():
+    whole, second = _split_fit("linear", 21)
+    np.testing.assert_allclose(second.mean, whole.mean, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(second.precision, whole.precision, rtol=1e-9)
+
+
+def test_bayes_with_delta_one_in_two_halves_is_close_for_logistic():
+    whole, second = _split_fit("logistic", 22)
+    # The Laplace posterior of the first half stands in for its likelihood; with 20 events
+    # per half over 4 coefficients the approximation error stays well under 0.05.
+    np.testing.assert_allclose(second.mean, whole.mean, atol=0.05)
+
+
+def test_forgetting_decays_old_precision_toward_the_new_entity_prior():
+    posterior = GaussianPrior(np.ones((2, 3)), np.stack([np.diag([10.0, 20.0, 30.0])] * 2))
+    decayed = forgetting_prior(posterior, 0.5, np.array([1.0, 1.0, 2.0]))
+    np.testing.assert_allclose(decayed.precision[0], np.diag([5.5, 10.5, 16.0]))
+    with pytest.raises(ValueError, match="forgetting"):
+        forgetting_prior(posterior, 0.0, np.ones(3))
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_integer_weights_equal_duplicated_rows(loss):
+    rng = np.random.default_rng(3)
+    events, pri = random_problem(rng, loss, b=5, n=12, d=4, prior="l2", diagonal=True, padded=False)
+    counts = rng.integers(1, 4, size=(5, 12))
+    weighted = EntityEvents.build(events.features, events.labels, events.offsets, counts.astype(float))
+    n_max = counts.sum(axis=1).max()
+    feats, labels, offsets = (np.zeros((5, n_max, 4)), np.zeros((5, n_max)), np.zeros((5, n_max)))
+    mask = np.zeros((5, n_max), dtype=bool)
+    for b in range(5):  # test-side construction of the duplicated data set
+        idx = np.repeat(np.arange(12), counts[b])
+        feats[b, : idx.size], labels[b, : idx.size], offsets[b, : idx.size] = (
+            events.features[b, idx], events.labels[b, idx], events.offsets[b, idx])
+        mask[b, : idx.size] = True
+    duplicated = EntityEvents.build(feats, labels, offsets, None, mask)
+    a = newton_update(weighted, pri, LOSSES[loss], max_steps=40, gradient_tolerance=1e-11)
+    b_ = newton_update(duplicated, pri, LOSSES[loss], max_steps=40, gradient_tolerance=1e-11)
+    np.testing.assert_allclose(a.mean, b_.mean, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(a.precision, b_.precision, rtol=1e-7)
+
+
+def test_padding_is_ignored_even_when_it_holds_nan():
+    rng = np.random.default_rng(8)
+    events, pri = random_problem(rng, "logistic", b=8, n=20, d=4, prior="l2", diagonal=False)
+    dirty = EntityEvents(
+        np.where(events.mask[..., None], events.features, np.nan), np.where(events.mask, events.labels, np.inf),
+        events.offsets, events.weights, events.mask,
+    )
+    clean = newton_update(events, pri)
+    noisy = newton_update(dirty, pri)
+    np.testing.assert_array_equal(clean.mean, noisy.mean)
+    assert noisy.usable.all()
+
+
+def test_one_class_and_all_zero_features_give_finite_results():
+    b, n, d = 3, 15, 4
+    z = np.random.default_rng(0).normal(size=(b, n, d))
+    z[2] = 0.0  # all-zero features
+    y = np.ones((b, n))
+    y[1] = 0.0  # one class only, both ways
+    result = newton_update(EntityEvents.build(z, y), l2_prior(b, d, l2=1.0, intercept_l2=1.0, diagonal=False))
+    assert np.isfinite(result.mean).all() and np.isfinite(result.precision).all()
+    assert result.usable.all()
+
+
+def test_unregularized_intercept_with_one_class_stays_finite():
+    z = np.ones((2, 10, 1))
+    result = newton_update(EntityEvents.build(z, np.ones((2, 10))), l2_prior(2, 1, l2=0.0, intercept_l2=0.0), max_steps=10)
+    assert np.isfinite(result.mean).all()
+    assert (result.mean > 5).all()  # pushed far toward the only class, without overflow
+    assert (result.status != UpdateStatus.CONVERGED).all()  # and honestly not converged
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_reject_only_their_entity(bad):
+    rng = np.random.default_rng(2)
+    events, pri = random_problem(rng, "logistic", b=4, n=10, d=3, prior="l2", diagonal=False, padded=False)
+    features = events.features.copy()
+    features[1, 3, 2] = bad
+    offsets = events.offsets.copy()
+    offsets[2, 0] = bad
+    result = newton_update(EntityEvents.build(features, events.labels, offsets, events.weights), pri)
+    assert result.status.tolist() == [UpdateStatus.CONVERGED, UpdateStatus.REJECTED_INPUT, UpdateStatus.REJECTED_INPUT, UpdateStatus.CONVERGED]
+    assert np.isfinite(result.mean).all() and np.isfinite(result.precision).all()
+
+
+def test_invalid_labels_and_negative_weights_are_rejected():
+    z = np.ones((3, 2, 1))
+    y = np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 1.0]])  # 2 is not a logistic label
+    w = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+    result = newton_update(EntityEvents.build(z, y, weights=w), l2_prior(3, 1, 1.0))
+    assert result.status.tolist() == [UpdateStatus.CONVERGED, UpdateStatus.REJECTED_INPUT, UpdateStatus.REJECTED_INPUT]
+
+
+def test_huge_features_end_in_a_finite_result_or_a_clear_failure():
+    z = np.full((2, 4, 2), 1e300)
+    z[0] = 1.0
+    y = np.array([[0.0, 1.0, 0.0, 1.0]] * 2)
+    result = newton_update(EntityEvents.build(z, y), l2_prior(2, 2, 1.0, diagonal=False))
+    assert np.isfinite(result.mean).all() and np.isfinite(result.precision).all()
+    assert result.status[0] == UpdateStatus.CONVERGED
+    assert result.status[1] == UpdateStatus.NUMERICAL_FAILURE
+
+
+def test_singular_hessian_gets_diagonal_loading():
+    # Zero prior precision and two identical columns: the Hessian is singular.
+    z = np.ones((2, 6, 2))
+    y = np.array([[0, 1, 0, 1, 1, 0]] * 2, dtype=float)
+    result = newton_update(EntityEvents.build(z, y), GaussianPrior(np.zeros((2, 2)), np.zeros((2, 2))), max_steps=20)
+    assert np.isfinite(result.mean).all()
+    np.testing.assert_allclose(result.mean.sum(axis=1), 0.0, atol=1e-6)  # logit(1/2) split over the twins
