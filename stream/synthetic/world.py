@@ -196,7 +196,7 @@ class World:
             truth.member_effects[member.entity_id] = dict(zip(job_keys, (float(v) for v in alpha)))
         for p in range(spec.alice_annie_pairs):
             alice, annie = f"alice-{p}", f"annie-{p}"
-            liked, disliked = TITLES[p % len(TITLES)], TITLES[(p + 1) % len(TITLES)]
+            liked, disliked = self.truth_liked_title(p), TITLES[(p + 1) % len(TITLES)]
             for who, sign in ((alice, 1.0), (annie, -1.0)):
                 effects = truth.member_effects[who]
                 effects[("job_title", liked)] = 2.0 * sign
@@ -208,6 +208,11 @@ class World:
             beta[0] = rng.normal(0.0, 0.8 * spec.job_effect_scale)  # some jobs are simply more attractive
             truth.job_effects[job.entity_id] = dict(zip(member_keys, (float(v) for v in beta)))
         return truth
+
+    @staticmethod
+    def truth_liked_title(pair: int) -> str:
+        """The job title Alice of ``pair`` loves and her twin Annie dislikes."""
+        return TITLES[pair % len(TITLES)]
 
     def true_margin(self, member: Entity, job: Entity) -> float:
         """The true logit of a click for this pair: global + member effect + job effect."""
