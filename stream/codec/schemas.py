@@ -39,14 +39,15 @@ class AvroSchema:
     plain: dict[str, Any]
     canonical: str
     fingerprint: bytes
+    text: str
 
     @classmethod
-    def from_json(cls, schema: dict[str, Any] | str, named: dict[str, Any] | None = None) -> AvroSchema:
-        """Parse a schema (a dict or JSON text), inlining named types found in ``named``."""
+    def from_json(cls, schema: dict[str, Any] | str) -> AvroSchema:
+        """Parse a self-contained schema (a dict or JSON text)."""
         if isinstance(schema, str):
             schema = json.loads(schema)
-        parsed = parse_schema(schema, named_schemas=dict(named or {}), expand=True)
-        plain = parse_schema(_without_logical_types(schema), named_schemas=dict(named or {}), expand=True)
+        parsed = parse_schema(schema, named_schemas={})
+        plain = parse_schema(_without_logical_types(schema), named_schemas={})
         canonical = to_parsing_canonical_form(parsed)
         # fastavro prints the CRC-64-AVRO fingerprint as the little-endian byte sequence that
         # Avro single-object encoding puts on the wire.
@@ -56,11 +57,12 @@ class AvroSchema:
             plain=plain,
             canonical=canonical,
             fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+            text=json.dumps(schema),
         )
 
     def to_json(self) -> str:
-        """The canonical JSON text, for registering with a Schema Registry."""
-        return self.canonical
+        """The full JSON text (logical types and docs kept), for registering with a Schema Registry."""
+        return self.text
 
 
 def _without_logical_types(node: Any) -> Any:
@@ -75,12 +77,38 @@ def _without_logical_types(node: Any) -> Any:
     return node
 
 
+def _inline_named(node: Any, blocks: dict[str, Any], defined: set[str]) -> Any:
+    """Replace references to building blocks by their definition at the first use only.
+
+    Avro allows a named type to be defined once and referenced by name afterwards, so
+    this keeps the schema self-contained and valid (inlining every use would redefine it).
+    """
+    if isinstance(node, str):
+        if node in blocks and node not in defined:
+            defined.add(node)
+            return _inline_named(blocks[node], blocks, defined)
+        return node
+    if isinstance(node, list):
+        return [_inline_named(item, blocks, defined) for item in node]
+    if isinstance(node, dict):
+        if node.get("type") in ("record", "enum", "fixed") and "name" in node:
+            namespace = node.get("namespace", "")
+            defined.add(f"{namespace}.{node['name']}" if namespace else node["name"])
+        return {k: (v if k in ("name", "namespace", "doc", "default") else _inline_named(v, blocks, defined))
+                for k, v in node.items()}
+    return node
+
+
 def _load_family(folder: str, blocks: tuple[str, ...], names: tuple[str, ...]) -> dict[str, AvroSchema]:
     root = resources.files("stream.codec").joinpath("schemas", *([folder] if folder else []))
-    named: dict[str, Any] = {}
+    definitions = {}
     for block in blocks:
-        parse_schema(json.loads(root.joinpath(f"{block}.avsc").read_text()), named_schemas=named)
-    return {name: AvroSchema.from_json(root.joinpath(f"{name}.avsc").read_text(), named) for name in names}
+        block_json = json.loads(root.joinpath(f"{block}.avsc").read_text())
+        definitions[f"{block_json['namespace']}.{block_json['name']}"] = block_json
+    return {
+        name: AvroSchema.from_json(_inline_named(json.loads(root.joinpath(f"{name}.avsc").read_text()), definitions, set()))
+        for name in names
+    }
 
 
 @cache
