@@ -156,7 +156,7 @@ class World:
         # Skills cluster by title so that features correlate as they do in real profiles.
         k = int(self.rng.integers(2, 5))
         home = [SKILLS[(2 * title_index + j) % len(SKILLS)] for j in range(3)]
-        extra = list(self.rng.choice(SKILLS, size=k, replace=False))
+        extra = [str(s) for s in self.rng.choice(SKILLS, size=k, replace=False)]
         return sorted(set(home[: max(1, k - 1)] + extra[:2]))
 
     def _draw_members(self) -> list[Entity]:

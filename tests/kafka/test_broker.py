@@ -1,0 +1,68 @@
+"""The embedded broker serves other processes; client configs merge in a fixed order."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stream.config import KafkaSettings, load_settings
+from stream.kafka import BrokerUnavailableError, admin_config, all_topics, consumer_config, ensure_topics, producer_config
+
+
+def test_glmix_broker_serves_produce_and_consume_from_another_process(unique_name):
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:")
+        kafka = KafkaSettings(bootstrap_servers=address)
+        topic = f"broker-test-{unique_name}"
+        producer = Producer(producer_config(kafka))
+        for i in range(20):
+            producer.produce(topic, key=str(i).encode(), value=f"v{i}".encode())
+        assert producer.flush(15) == 0
+        consumer = Consumer(consumer_config(kafka, group_id=unique_name))
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        seen, deadline = [], time.monotonic() + 20
+        while len(seen) < 20 and time.monotonic() < deadline:
+            seen += [m.value() for m in consumer.consume(100, timeout=0.5) if m.error() is None]
+        consumer.close()
+        assert sorted(seen) == sorted(f"v{i}".encode() for i in range(20))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_create_topics_failing_on_the_mock_is_a_warning_not_an_error(kafka_bootstrap, caplog, unique_name):
+    settings = load_settings(overrides={"topics.impressions": f"imp-{unique_name}"})
+    admin = AdminClient(admin_config(settings.kafka, kafka_bootstrap))
+    wanted = all_topics(settings.topics, settings.model.coordinates)
+    assert wanted[settings.topics.coefficients("member")] is True  # compacted
+    created = ensure_topics(admin, settings.topics, {settings.topics.impressions: False}, timeout_s=5)
+    assert created == [settings.topics.impressions] or "relying on auto" in caplog.text
+
+
+def test_config_layers_merge_in_order_without_mutating_the_settings():
+    kafka = KafkaSettings(
+        bootstrap_servers="b:9092",
+        client={"security.protocol": "SSL", "linger.ms": 50},
+        consumer={"enable.auto.commit": True, "fetch.min.bytes": 1024},
+    )
+    producer = producer_config(kafka)
+    consumer = consumer_config(kafka, group_id="g")
+    assert producer["linger.ms"] == 50 and producer["security.protocol"] == "SSL"
+    assert consumer["fetch.min.bytes"] == 1024
+    assert consumer["enable.auto.commit"] is False  # enforced: offsets commit after state is safe
+    assert dict(kafka.consumer) == {"enable.auto.commit": True, "fetch.min.bytes": 1024}
+
+
+def test_missing_bootstrap_servers_fail_with_a_hint():
+    with pytest.raises(BrokerUnavailableError, match="glmix broker"):
+        producer_config(KafkaSettings())
