@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.codec import decode_batch, make_codec
+from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.kafka import consumer_config, producer_config
 from stream.synthetic import IMPRESSION, INTERACTION, World, WorldSpec, event_stream
@@ -28,6 +29,7 @@ class RoundTripReport:
     produced: dict[str, int]
     decoded: dict[str, int]
     undecodable: int
+    invalid: int
     produce_s: float
     consume_decode_s: float
 
@@ -38,6 +40,7 @@ class RoundTripReport:
             "produced": self.produced,
             "decoded": self.decoded,
             "undecodable": self.undecodable,
+            "invalid_after_decode": self.invalid,
             "produce_s": round(self.produce_s, 3),
             "consume_decode_s": round(self.consume_decode_s, 3),
             "consume_decode_records_per_s": round(consumed / self.consume_decode_s) if self.consume_decode_s else None,
@@ -65,7 +68,8 @@ def run_round_trip(settings: Settings, bootstrap_servers: str, spec: WorldSpec, 
             partitions += [TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions]
         consumer.assign(partitions)
         decoded: Counter = Counter()
-        undecodable = 0
+        undecodable = invalid = 0
+        problem = {IMPRESSION: impression_problem, INTERACTION: interaction_problem}
         started = time.monotonic()
         kind_of = {v: k for k, v in topics.items()}
         while decoded.total() + undecodable < expected and time.monotonic() - started < timeout_s:
@@ -77,10 +81,11 @@ def run_round_trip(settings: Settings, bootstrap_servers: str, spec: WorldSpec, 
                 result = decode_batch(codecs[kind_of[topic]], batch)
                 decoded[kind_of[topic]] += len(result.records)
                 undecodable += len(result.failures)
+                invalid += sum(problem[kind_of[topic]](r) is not None for r in result.records)
         consume_s = time.monotonic() - started
     finally:
         consumer.close()
     return RoundTripReport(
-        produced=dict(produced), decoded=dict(decoded), undecodable=undecodable,
+        produced=dict(produced), decoded=dict(decoded), undecodable=undecodable, invalid=invalid,
         produce_s=produce_s, consume_decode_s=consume_s,
     )

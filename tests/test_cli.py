@@ -24,6 +24,7 @@ def test_demo_reads_back_everything_it_produced(capsys):
     produced = report["produced"]["impression"] + report["produced"]["interaction"]
     assert sum(report["decoded"].values()) + report["undecodable"] == produced
     assert report["undecodable"] > 0  # the demo's world includes undecodable values
+    assert report["undecodable"] + report["invalid_after_decode"] == report["produced"]["malformed"]
 
 
 def test_produce_synthetic_to_files_writes_avro_and_truth(tmp_path, capsys):
