@@ -101,7 +101,7 @@ def main() -> None:
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    deserializer = AvroDeserializer(registry_codec._client)  # the same registry the codec registered with
+    deserializer = AvroDeserializer(registry_codec.client)  # the same registry the codec registered with
     context = SerializationContext("bench.impressions.sr", MessageField.VALUE)
     sample = deserializer(consumed["registry"][0].value(), context)
     assert sample["impression_id"] == registry_codec.decode(consumed["registry"][0].value())["impression_id"]

@@ -115,12 +115,12 @@ class RegistryCodec:
     """Confluent Schema Registry wire format through ``confluent_kafka.schema_registry``.
 
     The writer schema is registered under ``subject`` on first encode; on decode, writer
-    schemas are fetched by id once and cached.
+    schemas are fetched by id once and cached. ``client`` is the registry client.
     """
 
     def __init__(self, schema: AvroSchema, client: Any, subject: str) -> None:
         self.schema = schema
-        self._client = client
+        self.client = client
         self._subject = subject
         self._schema_id: int | None = None
         self._writers: dict[int, AvroSchema] = {}
@@ -130,7 +130,7 @@ class RegistryCodec:
         if self._schema_id is None:
             from confluent_kafka.schema_registry import Schema
 
-            self._schema_id = self._client.register_schema(self._subject, Schema(self.schema.to_json(), "AVRO"))
+            self._schema_id = self.client.register_schema(self._subject, Schema(self.schema.to_json(), "AVRO"))
         out = io.BytesIO()
         out.write(REGISTRY_MAGIC + int(self._schema_id).to_bytes(4, "big"))
         _write_body(self.schema, record, out)
@@ -150,7 +150,7 @@ class RegistryCodec:
 
     def _fetch_writer(self, schema_id: int) -> AvroSchema:
         try:
-            registered = self._client.get_schema(schema_id)
+            registered = self.client.get_schema(schema_id)
             writer = AvroSchema.from_json(registered.schema_str)
         except Exception as exc:  # registry errors, or a schema that is not Avro
             raise DecodeError(f"{self.schema.name}: cannot get writer schema id {schema_id}: {exc}") from exc

@@ -169,7 +169,8 @@ def valid_entities(events: EntityEvents, prior: GaussianPrior, loss: Loss, start
         ok &= np.all((np.isfinite(events.weights) & (events.weights >= 0)) | ~m, axis=1)
         ok &= np.isfinite(prior.mean).all(axis=1)
         ok &= np.isfinite(prior.precision.reshape(len(ok), -1)).all(axis=1)
-        ok &= np.all(prior.precision.reshape(len(ok), -1) >= 0, axis=1) if prior.diagonal else ok
+        if prior.diagonal:  # a diagonal precision must be non-negative to be a precision at all
+            ok &= np.all(prior.precision >= 0, axis=1)
         if start is not None:
             ok &= np.isfinite(start).all(axis=1)
     return ok
@@ -267,18 +268,17 @@ def _solve(
             z, zt, y, o, w = z[active], zt[active], y[active], o[active], w[active]
             mu0, lam, lam_full, theta = mu0[active], lam[active], lam_full[active], theta[active]
             index, active = index[active], np.arange(active.size)
-        za, zta, ya, oa, wa, th = z, zt, y, o, w, theta
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught as non-finite below
-            margins = oa + np.matmul(za, th[:, :, None])[:, :, 0]
-            first, second = loss.derivatives(ya, margins)
-            diff = th - mu0
-            grad = np.matmul(zta, (first * wa)[:, :, None])[:, :, 0] + _matvec(lam, diff)
-            hess = np.matmul(zta * (second * wa)[:, None, :], za) + lam_full
-            fval = np.einsum("bn,bn->b", wa, loss.value(ya, margins)) + 0.5 * _quadratic(lam, diff)
+            margins = o + np.matmul(z, theta[:, :, None])[:, :, 0]
+            first, second = loss.derivatives(y, margins)
+            diff = theta - mu0
+            grad = np.matmul(zt, (first * w)[:, :, None])[:, :, 0] + _matvec(lam, diff)
+            hess = np.matmul(zt * (second * w)[:, None, :], z) + lam_full
+            fval = np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * _quadratic(lam, diff)
         gnorm = np.linalg.norm(grad, axis=1)
         finite = np.isfinite(grad).all(axis=1) & np.isfinite(hess).all(axis=(1, 2)) & np.isfinite(fval)
         done = ~finite | (gnorm <= tol) | (step == max_steps)
-        _record(out, index[done], th[done], hess[done], gnorm[done], fval[done], step,
+        _record(out, index[done], theta[done], hess[done], gnorm[done], fval[done], step,
                 np.where(~finite[done], UpdateStatus.NUMERICAL_FAILURE,
                          np.where(gnorm[done] <= tol, UpdateStatus.CONVERGED, UpdateStatus.NOT_CONVERGED)),
                 lam.ndim == 2)
@@ -289,7 +289,7 @@ def _solve(
         direction, loading = solve_spd(hess[keep], grad[keep])
         out.loading[index[active]] = loading
         theta[active] = _line_search(
-            za[keep], ya[keep], oa[keep], wa[keep], mu0[active], lam[active], loss, theta[active], margins[keep],
+            z[keep], y[keep], o[keep], w[keep], mu0[active], lam[active], loss, theta[active], margins[keep],
             direction, grad[keep], fval[keep], max_backtracks, armijo,
         )
 
