@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +51,42 @@ def _docker_answers() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _apache_kafka_container() -> Iterator[str]:
+    """A single-node KRaft broker from the official ``apache/kafka`` image.
+
+    testcontainers' KafkaContainer targets Confluent's image, so the official one is
+    configured here through its ``KAFKA_*`` environment, advertising a fixed free host port.
+    """
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    container = (
+        DockerContainer("apache/kafka:3.9.0")
+        .with_bind_ports(9092, port)
+        .with_envs(
+            KAFKA_NODE_ID="1",
+            KAFKA_PROCESS_ROLES="broker,controller",
+            KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
+            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://localhost:{port}",
+            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+            KAFKA_NUM_PARTITIONS="4",
+        )
+    )
+    with container:
+        wait_for_logs(container, "Kafka Server started", timeout=120)
+        yield f"localhost:{port}"
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
     """KAFKA_BOOTSTRAP_SERVERS if set, else an apache/kafka container if Docker answers, else the mock cluster."""
@@ -57,10 +95,8 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         yield KafkaBroker(external, "external")
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer("apache/kafka:3.9.0") as container:
-            yield KafkaBroker(container.get_bootstrap_server(), "container")
+        with _apache_kafka_container() as bootstrap:
+            yield KafkaBroker(bootstrap, "container")
         return
     from stream.kafka import EmbeddedBroker
 
