@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -87,7 +87,7 @@ def test_every_entity_reaches_scipys_optimum(loss, prior, diagonal):
         assert result.objective[b] == pytest.approx(ours, rel=1e-9)
 
 
-@given(
+PROBLEMS = dict(
     seed=st.integers(0, 2**31 - 1),
     loss=st.sampled_from(sorted(LOSSES)),
     prior=st.sampled_from(["l2", "bayes"]),
@@ -95,6 +95,9 @@ def test_every_entity_reaches_scipys_optimum(loss, prior, diagonal):
     n=st.integers(1, 40),
     d=st.integers(1, 8),
 )
+
+
+@given(**PROBLEMS)
 def test_hypothesis_random_problems_match_scipy(seed, loss, prior, diagonal, n, d):
     rng = np.random.default_rng(seed)
     events, pri = random_problem(rng, loss, b=3, n=n, d=d, prior=prior, diagonal=diagonal)
@@ -105,6 +108,13 @@ def test_hypothesis_random_problems_match_scipy(seed, loss, prior, diagonal, n, 
         args = (events.features[b][m], events.labels[b][m], events.offsets[b][m], events.weights[b][m], pri.mean[b], full[b])
         theirs = scipy_optimum(loss, *args)
         assert (reference_objective(loss, *args, result.mean[b]) - theirs) / max(abs(theirs), 1e-12) <= 1e-6
+
+
+@pytest.mark.slow
+@settings(max_examples=600)
+@given(**PROBLEMS)
+def test_many_more_random_problems_match_scipy(seed, loss, prior, diagonal, n, d):
+    test_hypothesis_random_problems_match_scipy.hypothesis.inner_test(seed, loss, prior, diagonal, n, d)
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))

@@ -1,0 +1,23 @@
+"""The benchmarks still run and print one JSON object per line with units in the keys (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "args", "rate_key"), [
+    ("newton.py", ["--entities", "64", "--peer-sample", "4", "--repeats", "1"], "glmix_entity_updates_per_s"),
+    ("decode.py", ["--records", "500", "--repeats", "1"], "records_per_s"),
+])
+def test_benchmark_prints_json_lines(script, args, rate_key):
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True, timeout=600).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert lines and all(line[rate_key] > 0 and "reproduce" in line for line in lines)
