@@ -144,15 +144,13 @@ class EntityUpdate:
 
 
 def _quadratic(precision: np.ndarray, v: np.ndarray) -> np.ndarray:
-    if precision.ndim == 2:
-        return np.einsum("bd,bd,bd->b", v, precision, v)
-    return np.einsum("bd,bde,be->b", v, precision, v)
+    return np.einsum("bd,bd->b", _matvec(precision, v), v)
 
 
 def _matvec(precision: np.ndarray, v: np.ndarray) -> np.ndarray:
     if precision.ndim == 2:
         return precision * v
-    return np.einsum("bde,be->bd", precision, v)
+    return np.matmul(precision, v[:, :, None])[:, :, 0]
 
 
 def valid_entities(events: EntityEvents, prior: GaussianPrior, loss: Loss, start: np.ndarray | None = None) -> np.ndarray:
