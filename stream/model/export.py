@@ -1,0 +1,68 @@
+"""Saving fitted models with their feature indices: GlobalModel records and Photon-ML models.
+
+A model is only meaningful with the index that maps its columns to (name, term), so
+every export carries the keys: the ``GlobalModel`` Avro record holds the global index and
+each random-effect coordinate's index; Photon-ML ``BayesianLinearModelAvro`` models name
+every coefficient by (name, term), with variances from the posterior precisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from stream.codec.photon import INTERCEPT_NAME, PhotonModel
+from stream.model.features import INTERCEPT_KEY, FeatureIndex
+from stream.model.game import GLOBAL, GameModel, RandomEffectModel
+
+
+def _photon_key(key: tuple[str, str]) -> tuple[str, str]:
+    return (INTERCEPT_NAME, "") if key == INTERCEPT_KEY else key
+
+
+def global_model_record(
+    model: GameModel,
+    global_index: FeatureIndex,
+    coordinate_indices: Mapping[str, FeatureIndex],
+    version: int,
+    model_name: str = "glmix",
+    holdout_metrics: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The ``GlobalModel`` record of ``model``'s global coordinate, with every coordinate's index."""
+    if len(model.global_coefficients) != global_index.dim:
+        raise ValueError(f"{len(model.global_coefficients)} global coefficients but the index has {global_index.dim} columns")
+    if not np.isfinite(model.global_coefficients).all():
+        raise ValueError("refusing to export non-finite global coefficients")
+    return {
+        "model_name": model_name,
+        "version": int(version),
+        "loss": model.loss,
+        "features": global_index.to_record(),
+        "coefficients": [float(c) for c in model.global_coefficients],
+        "coordinate_indices": {name: index.to_record() for name, index in coordinate_indices.items()},
+        "index_version": int(global_index.version),
+        "holdout_metrics": dict(holdout_metrics or {}),
+        "created_time": int(time.time() * 1000),
+    }
+
+
+def photon_models(
+    model: GameModel, global_index: FeatureIndex, coordinate_indices: Mapping[str, FeatureIndex]
+) -> Iterator[PhotonModel]:
+    """The global model (id ``global``) then every entity (id ``<coordinate>:<entity>``) as Photon-ML models."""
+    keys = [_photon_key(k) for k in global_index.keys]
+    yield PhotonModel(GLOBAL, keys, list(map(float, model.global_coefficients)), None, model.loss)
+    for name, effect in model.random_effects.items():
+        yield from _entity_models(name, effect, coordinate_indices[name], model.loss)
+
+
+def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, loss: str) -> Iterator[PhotonModel]:
+    dim = index.dim
+    keys = [_photon_key(k) for k in index.keys]
+    with np.errstate(divide="ignore"):
+        variances = np.where(effect.precisions[:, :dim] > 0, 1.0 / effect.precisions[:, :dim], np.inf)
+    for entity, means, var in zip(effect.entity_ids, effect.means[:, :dim], variances):
+        yield PhotonModel(f"{name}:{entity}", keys, means.tolist(), var.tolist(), loss)
