@@ -52,21 +52,21 @@ def run_glmix(events: EntityEvents, prior: GaussianPrior, repeats: int, threads:
     return best, result.mean
 
 
+def _entity_objective(theta, z, y, o, w, m0, p0) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    """One entity's objective and gradient, as a per-entity peer computes it."""
+    m = o + z @ theta
+    prob = 1.0 / (1.0 + np.exp(-m))
+    diff = theta - m0
+    return w @ (np.logaddexp(0.0, m) - y * m) + 0.5 * diff @ p0 @ diff, z.T @ (w * (prob - y)) + p0 @ diff
+
+
 def run_scipy_lbfgs(events: EntityEvents, prior: GaussianPrior, sample: np.ndarray) -> tuple[float, np.ndarray]:
     full = prior.full_precision()
     means = np.zeros((sample.size, events.dim))
     start = time.perf_counter()
     for i, e in enumerate(sample):
-        z, y, o, w, m0, p0 = events.features[e], events.labels[e], events.offsets[e], events.weights[e], prior.mean[e], full[e]
-
-        def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            m = o + z @ theta
-            prob = 1.0 / (1.0 + np.exp(-m))
-            diff = theta - m0
-            value = w @ (np.logaddexp(0.0, m) - y * m) + 0.5 * diff @ p0 @ diff
-            return value, z.T @ (w * (prob - y)) + p0 @ diff
-
-        means[i] = minimize(fun, m0, jac=True, method="L-BFGS-B", options={"gtol": 1e-6}).x
+        args = (events.features[e], events.labels[e], events.offsets[e], events.weights[e], prior.mean[e], full[e])
+        means[i] = minimize(_entity_objective, prior.mean[e], args=args, jac=True, method="L-BFGS-B", options={"gtol": 1e-6}).x
     return time.perf_counter() - start, means
 
 

@@ -63,7 +63,7 @@ def run_round_trip(settings: Settings, bootstrap_servers: str, spec: WorldSpec, 
     consumer = Consumer(consumer_config(settings.kafka, group_id=f"glmix-demo-{time.time_ns()}", bootstrap_servers=bootstrap_servers))
     try:
         partitions = []
-        for kind, topic in topics.items():
+        for topic in topics.values():
             metadata = consumer.list_topics(topic, timeout=10)
             partitions += [TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions]
         consumer.assign(partitions)

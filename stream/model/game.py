@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 from stream.model.losses import Loss, get_loss
 from stream.model.metrics import auc, rmse
-from stream.model.newton import EntityEvents, GaussianPrior, newton_update
+from stream.model.newton import EntityEvents, newton_update
 from stream.model.priors import l2_prior
 
 log = logging.getLogger(__name__)
