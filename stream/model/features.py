@@ -34,7 +34,14 @@ def _triples(bags: Bags, bag_names: Sequence[str]) -> Iterable[tuple[str, str, f
 
 
 class FeatureIndex:
-    """An ordered map from (name, term) to column for one coordinate's feature bags."""
+    """An ordered map from (name, term) to column for one coordinate's feature bags.
+
+    >>> index = FeatureIndex(["job_title"], capacity=3)
+    >>> index.dense({"job_title": [("title", "nurse", 1.0)]}).tolist()
+    [1.0, 1.0, 0.0]
+    >>> index.keys
+    [('(INTERCEPT)', ''), ('title', 'nurse')]
+    """
 
     def __init__(
         self,

@@ -43,7 +43,11 @@ def _auc_terms(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, grou
 
 
 def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Area under the ROC curve (NaN when only one class is present)."""
+    """Area under the ROC curve (NaN when only one class is present).
+
+    >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
     y, s = _as_arrays(labels, scores)
     w = np.ones_like(y) if weights is None else _as_arrays(weights)[0]
     p, n, above = _auc_terms(y, s, w, np.zeros(y.size, dtype=np.int64))

@@ -207,6 +207,15 @@ def newton_update(
 ) -> EntityUpdate:
     """Run up to ``max_steps`` Newton steps for every entity; see the module docstring.
 
+    Two members, one clicking everything and one nothing, each with an intercept only:
+
+    >>> import numpy as np
+    >>> from stream.model import EntityEvents, l2_prior, newton_update
+    >>> events = EntityEvents.build(np.ones((2, 4, 1)), np.array([[1.0] * 4, [0.0] * 4]))
+    >>> update = newton_update(events, l2_prior(2, 1, l2=1.0))
+    >>> update.mean.round(3).tolist(), update.converged.tolist()
+    ([[1.043], [-1.043]], [True, True])
+
     ``start`` is the warm start (default: the prior mean). Entities stop individually
     once their gradient norm is at most ``gradient_tolerance``. The batch is solved in
     cache-sized chunks; with ``threads > 1`` chunks run concurrently (numpy releases the

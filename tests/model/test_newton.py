@@ -262,3 +262,28 @@ def test_singular_hessian_gets_diagonal_loading():
     result = newton_update(EntityEvents.build(z, y), GaussianPrior(np.zeros((2, 2)), np.zeros((2, 2))), max_steps=20)
     assert np.isfinite(result.mean).all()
     np.testing.assert_allclose(result.mean.sum(axis=1), 0.0, atol=1e-6)  # logit(1/2) split over the twins
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_inputs_are_left_unchanged_and_results_repeat(loss):
+    rng = np.random.default_rng(17)
+    events, pri = random_problem(rng, loss, b=6, n=10, d=3, prior="bayes", diagonal=False)
+    copies = [a.copy() for a in (events.features, events.labels, events.offsets, events.weights, events.mask, pri.mean, pri.precision)]
+    start = pri.mean + 0.1
+    start_copy = start.copy()
+    first = newton_update(events, pri, LOSSES[loss], start=start)
+    second = newton_update(events, pri, LOSSES[loss], start=start)
+    for before, after in zip(copies, (events.features, events.labels, events.offsets, events.weights, events.mask, pri.mean, pri.precision)):
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(start, start_copy)
+    np.testing.assert_array_equal(first.mean, second.mean)
+    np.testing.assert_array_equal(first.precision, second.precision)
+
+
+def test_threads_give_the_same_result():
+    rng = np.random.default_rng(19)
+    events, pri = random_problem(rng, "logistic", b=3000, n=8, d=3, prior="l2", diagonal=False)
+    one = newton_update(events, pri, threads=1)
+    two = newton_update(events, pri, threads=2)
+    np.testing.assert_array_equal(one.mean, two.mean)
+    np.testing.assert_array_equal(one.status, two.status)
