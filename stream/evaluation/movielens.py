@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from stream.errors import GlmixError
-from stream.model.game import GLOBAL, CoordinateSpec, GameDataset, RandomEffectData, train_game
+from stream.model.game import GLOBAL, CoordinateSpec, GameDataset, RandomEffectData, select_l2, train_game
 from stream.model.metrics import auc
 
 log = logging.getLogger(__name__)
@@ -111,20 +111,12 @@ def _specs(l2: dict[str, float]) -> dict[str, CoordinateSpec]:
 
 
 def _tune(data: MovieLensData, train_rows: np.ndarray, rng: np.random.Generator, default_l2: float) -> dict[str, float]:
-    """Greedy per-coordinate L2 choice on a validation split of the training rows."""
+    """Per-coordinate L2 chosen on a validation split of the training rows (never the test rows)."""
     shuffled = rng.permutation(train_rows)
     cut = int(0.875 * shuffled.size)
-    fit, val = _dataset(data, shuffled[:cut]), _dataset(data, shuffled[cut:])
-    chosen = {GLOBAL: default_l2, USER: default_l2, MOVIE: default_l2}
-    for coordinate in (GLOBAL, USER, MOVIE):
-        scores = {}
-        for value in L2_GRID:
-            trial = {**chosen, coordinate: value}
-            model = train_game(fit, None, _specs(trial), passes=1).model
-            scores[value] = auc(val.labels, model.margins(val))
-        chosen[coordinate] = max(scores, key=scores.get)
-        log.info("tuned %s l2=%s (validation AUC %s)", coordinate, chosen[coordinate], scores)
-    return chosen
+    specs = select_l2(_dataset(data, shuffled[:cut]), _dataset(data, shuffled[cut:]),
+                      _specs({GLOBAL: default_l2, USER: default_l2, MOVIE: default_l2}), grid=L2_GRID)
+    return {name: spec.l2 for name, spec in specs.items()}
 
 
 def run_movielens(directory: Path, seed: int = 0, l2: float = 1.0, passes: int = 2, tune: bool = False) -> dict:

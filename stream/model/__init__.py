@@ -12,6 +12,7 @@ from stream.model.game import (
     RandomEffectModel,
     fit_global,
     fit_random_effect,
+    select_l2,
     train_game,
 )
 from stream.model.losses import LinearLoss, LogisticLoss, Loss, PoissonLoss, get_loss
@@ -44,5 +45,6 @@ __all__ = [
     "l2_prior",
     "newton_update",
     "objective",
+    "select_l2",
     "train_game",
 ]

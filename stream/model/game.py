@@ -282,3 +282,33 @@ def train_game(
     if best is None:
         return GameTrainingResult(model, history, step - 1)
     return GameTrainingResult(best[2], history, best[1])
+
+
+def select_l2(
+    train: GameDataset,
+    validation: GameDataset,
+    coordinates: Mapping[str, CoordinateSpec],
+    grid: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+    loss: str = "logistic",
+    passes: int = 1,
+) -> dict[str, CoordinateSpec]:
+    """Choose each coordinate's ``l2`` from ``grid`` on ``validation``, one coordinate at a time.
+
+    Greedy coordinate-wise search in update order: every candidate trains a full model
+    on ``train`` with the others' current choices, and the one scoring best on
+    ``validation`` is kept. Pass a validation split carved from training data, never the
+    test split. Intercept penalties are left as given.
+    """
+    loss_fn = get_loss(loss)
+    chosen = dict(coordinates)
+    for name in list(coordinates):
+        scores = {}
+        for value in grid:
+            trial = {**chosen, name: replace(chosen[name], l2=float(value))}
+            model = train_game(train, None, trial, loss=loss, passes=passes).model
+            _, metric, higher_better = _validation_metric(loss_fn, validation.labels, model.margins(validation))
+            scores[value] = metric if higher_better else -metric
+        best = max(scores, key=scores.get)
+        chosen[name] = replace(chosen[name], l2=float(best))
+        log.info("selected %s l2=%s on validation (%s)", name, best, scores)
+    return chosen

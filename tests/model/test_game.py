@@ -104,3 +104,28 @@ def test_per_member_title_preferences_are_recovered(trained):
           f"title-taste RMSE {rmse:.3f} (no per-member model: {spread:.3f}), correlation {corr:.3f}")
     assert rmse < 0.8 * spread
     assert corr > 0.65
+
+
+def test_select_l2_picks_the_validation_best_value(trained):
+    from stream.model import select_l2
+    from stream.model.game import GameDataset, RandomEffectData
+
+    _, _, test, *_ = trained
+
+    def rows(ds: GameDataset, s: slice) -> GameDataset:
+        effects = {k: RandomEffectData(v.entity_ids[s], v.features[s]) for k, v in ds.random_effects.items()}
+        return GameDataset(ds.global_features[s], ds.labels[s], effects)
+
+    half = len(test) // 2
+    fit, val = rows(test, slice(0, half)), rows(test, slice(half, None))
+    specs = {GLOBAL: CoordinateSpec(1.0), "member": CoordinateSpec(1.0, 1.0)}
+    grid = (0.01, 1000.0)
+    chosen = select_l2(fit, val, specs, grid=grid)
+    global_l2 = chosen[GLOBAL].l2
+    by_value = {}
+    for value in grid:
+        trial = {GLOBAL: CoordinateSpec(global_l2), "member": CoordinateSpec(value, 1.0)}
+        by_value[value] = auc(val.labels, train_game(fit, None, trial, passes=1).model.margins(val))
+    assert chosen["member"].l2 == max(by_value, key=by_value.get)
+    assert by_value[0.01] != by_value[1000.0]
+    assert chosen["member"].intercept_l2 == 1.0
