@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.codec.validation import impression_problem, interaction_problem
 from stream.synthetic.world import Entity, World
 
 IMPRESSION = "impression"
@@ -40,14 +41,11 @@ class SyntheticEvent:
 
     @property
     def malformed(self) -> bool:
-        """Whether a correct pipeline must dead-letter this event."""
-        if self.raw is not None or self.truncated:
+        """Whether a correct pipeline must dead-letter this event (by the pipeline's own checks)."""
+        if self.raw is not None or self.truncated or self.record is None:
             return True
-        record = self.record or {}
-        if self.kind == IMPRESSION and not record.get("member_id"):
-            return True
-        values = (f["value"] for bag in record.get("features", {}).values() for f in bag)
-        return not all(np.isfinite(v) for v in values)
+        problem = impression_problem if self.kind == IMPRESSION else interaction_problem
+        return problem(self.record) is not None
 
 
 @dataclass(frozen=True)
@@ -166,8 +164,7 @@ def event_stream(world: World, labeled: list[LabeledImpression] | None = None) -
         member = world.members[int(rng.integers(len(world.members)))]
         t = spec.start_time_ms + int(rng.integers(0, max(1, spec.requests * spec.mean_request_gap_ms)))
         orphan = {"impression_id": f"imp-orphan-{n:08d}", "member_id": member.entity_id, "item_id": None}
-        events.append(SyntheticEvent(INTERACTION, member.entity_id, t,
-                                     record=_interaction({**orphan}, n, "CLICK", t)))
+        events.append(SyntheticEvent(INTERACTION, member.entity_id, t, record=_interaction(orphan, n, "CLICK", t)))
         n += 1
     for j in range(int(spec.malformed_rate * clean)):
         events.append(_malformed(rng, labeled[int(rng.integers(len(labeled)))].impression, j))
