@@ -181,17 +181,15 @@ def objective(events: EntityEvents, prior: GaussianPrior, theta: np.ndarray, los
     return np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * _quadratic(prior.precision, theta - prior.mean)
 
 
-def _clean(events: EntityEvents) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Arrays with padded slots zeroed, so padding never contributes (even NaN padding)."""
-    m = events.mask
+def _clean(events: EntityEvents, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Arrays (of ``rows`` only, if given) with padded slots zeroed, so padding never contributes."""
+    arrays = (events.features, events.labels, events.offsets, events.weights, events.mask)
+    if rows is not None:
+        arrays = tuple(a[rows] for a in arrays)
+    z, y, o, w, m = arrays
     if m.all():
-        return events.features, events.labels, events.offsets, events.weights
-    return (
-        np.where(m[..., None], events.features, 0.0),
-        np.where(m, events.labels, 0.0),
-        np.where(m, events.offsets, 0.0),
-        np.where(m, events.weights, 0.0),
-    )
+        return z, y, o, w
+    return np.where(m[..., None], z, 0.0), np.where(m, y, 0.0), np.where(m, o, 0.0), np.where(m, w, 0.0)
 
 
 def newton_update(
@@ -262,7 +260,7 @@ def _solve(
     max_backtracks: int,
     armijo: float,
 ) -> None:
-    z, y, o, w = (a[index] for a in _clean(events))
+    z, y, o, w = _clean(events, index)
     sub_prior = prior.take(index)
     mu0, lam = sub_prior.mean, sub_prior.precision
     lam_full = sub_prior.full_precision()
