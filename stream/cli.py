@@ -20,9 +20,6 @@ from pathlib import Path
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
 
-log = logging.getLogger("glmix")
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = dict(_parse_set(item) for item in args.set)
     if getattr(args, "bootstrap_servers", None):
@@ -66,10 +63,9 @@ def cmd_produce_synthetic(args: argparse.Namespace, settings: Settings) -> int:
     """Generate a synthetic world and write it to Kafka or Avro container files."""
     from confluent_kafka import Producer
 
-    from stream.codec import make_codec
     from stream.kafka import producer_config
-    from stream.synthetic import IMPRESSION, INTERACTION, World, event_stream
-    from stream.synthetic.sinks import produce_to_kafka, write_avro_files, write_ground_truth
+    from stream.synthetic import World, event_stream
+    from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka, write_avro_files, write_ground_truth
 
     world = World(_world_spec(args))
     if args.truth:
@@ -77,12 +73,7 @@ def cmd_produce_synthetic(args: argparse.Namespace, settings: Settings) -> int:
     if args.to == "files":
         counts = write_avro_files(event_stream(world), args.output)
     else:
-        topics = {IMPRESSION: settings.topics.impressions, INTERACTION: settings.topics.interactions}
-        names = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
-        codecs = {
-            k: make_codec(names[k], topics[k], settings.kafka.schema_registry_url, settings.kafka.schema_registry)
-            for k in topics
-        }
+        topics, codecs = event_topics_and_codecs(settings)
         producer = Producer(producer_config(settings.kafka))
         counts = produce_to_kafka(event_stream(world), producer, topics, codecs)
     print(json.dumps(dict(counts)))

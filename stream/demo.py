@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.codec import decode_batch, make_codec
+from stream.codec import decode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.kafka import consumer_config, producer_config
 from stream.synthetic import IMPRESSION, INTERACTION, World, WorldSpec, event_stream
-from stream.synthetic.sinks import produce_to_kafka
+from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,7 @@ class RoundTripReport:
 
 def run_round_trip(settings: Settings, bootstrap_servers: str, spec: WorldSpec, timeout_s: float = 60.0) -> RoundTripReport:
     """Produce the world of ``spec`` to Kafka and read every record back, decoding in batches."""
-    topics = {IMPRESSION: settings.topics.impressions, INTERACTION: settings.topics.interactions}
-    schemas = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
-    registry = settings.kafka.schema_registry_url
-    codecs = {k: make_codec(schemas[k], topics[k], registry, settings.kafka.schema_registry) for k in topics}
+    topics, codecs = event_topics_and_codecs(settings)
 
     started = time.monotonic()
     producer = Producer(producer_config(settings.kafka, bootstrap_servers))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -317,8 +316,6 @@ def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
         if dataclasses.is_dataclass(value_hint):
             return {k: _build(value_hint, v, _join(key, k)) for k, v in value.items()}
         return {str(k): _coerce_client_value(v, _join(key, str(k))) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_client_value(value, key)
     return _coerce_scalar(hint, value, key)
 
 

@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from stream.model.losses import Loss, get_loss
 from stream.model.metrics import auc, rmse
 from stream.model.newton import EntityEvents, newton_update
-from stream.model.priors import l2_prior
+from stream.model.priors import l2_precision_diagonal, l2_prior
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,7 @@ def fit_global(
 ) -> np.ndarray:
     """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS."""
     p = features.shape[1]
-    penalty = np.full(p, spec.l2)
-    if spec.intercept_column is not None and spec.intercept_l2 is not None and p:
-        penalty[spec.intercept_column] = spec.intercept_l2
+    penalty = l2_precision_diagonal(p, spec.l2, spec.intercept_l2, spec.intercept_column if p else None)
     features_t = features.T.tocsr()
 
     def value_and_gradient(beta: np.ndarray) -> tuple[float, np.ndarray]:

@@ -1,12 +1,11 @@
 """Where a synthetic world goes: a Kafka cluster, or Avro container files on disk.
 
-Both write the ground truth (true coefficients) as JSON next to the data, for evaluation.
+The ground truth (true coefficients) is written separately as JSON, for evaluation.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,12 +13,23 @@ from pathlib import Path
 import fastavro
 from confluent_kafka import Producer
 
-from stream.codec import RecordCodec, load_schema
+from stream.codec import RecordCodec, load_schema, make_codec
+from stream.config import Settings
 from stream.kafka.exceptions import KafkaClientError
 from stream.synthetic.events import IMPRESSION, INTERACTION, SyntheticEvent
 from stream.synthetic.world import GroundTruth
 
-log = logging.getLogger(__name__)
+_SCHEMAS = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
+
+
+def event_topics_and_codecs(settings: Settings) -> tuple[dict[str, str], dict[str, RecordCodec]]:
+    """The configured topic and value codec of each synthetic event kind."""
+    topics = {IMPRESSION: settings.topics.impressions, INTERACTION: settings.topics.interactions}
+    codecs = {
+        kind: make_codec(_SCHEMAS[kind], topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
+        for kind, topic in topics.items()
+    }
+    return topics, codecs
 
 
 def encode_event(event: SyntheticEvent, codecs: dict[str, RecordCodec]) -> bytes:
@@ -80,7 +90,7 @@ def write_avro_files(events: Iterable[SyntheticEvent], directory: str | Path) ->
         by_kind[event.kind].append(event.record)
         counts[event.kind] += 1
         counts["malformed"] += event.malformed
-    for kind, schema_name in ((IMPRESSION, "Impression"), (INTERACTION, "Interaction")):
+    for kind, schema_name in _SCHEMAS.items():
         with open(directory / f"{kind}s.avro", "wb") as out:
             fastavro.writer(out, load_schema(schema_name).parsed, by_kind[kind], codec="deflate")
     return counts
