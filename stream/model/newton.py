@@ -178,7 +178,13 @@ def objective(events: EntityEvents, prior: GaussianPrior, theta: np.ndarray, los
     """F(theta) per entity: weighted loss sum plus the prior's quadratic penalty."""
     z, y, o, w = _clean(events)
     margins = o + np.einsum("bnd,bd->bn", z, theta)
-    return np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * _quadratic(prior.precision, theta - prior.mean)
+    return _penalized_loss(loss, y, w, margins, prior.precision, theta - prior.mean)
+
+
+def _penalized_loss(loss: Loss, y: np.ndarray, w: np.ndarray, margins: np.ndarray, precision: np.ndarray,
+                    diff: np.ndarray) -> np.ndarray:
+    """The one formula of F, given margins and ``theta - mu0``: used by the solver and by :func:`objective`."""
+    return np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * _quadratic(precision, diff)
 
 
 def _clean(events: EntityEvents, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -279,7 +285,7 @@ def _solve(
             diff = theta - mu0
             grad = np.matmul(zt, (first * w)[:, :, None])[:, :, 0] + _matvec(lam, diff)
             hess = np.matmul(zt * (second * w)[:, None, :], z) + lam_full
-            fval = np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * _quadratic(lam, diff)
+            fval = _penalized_loss(loss, y, w, margins, lam, diff)
         gnorm = np.linalg.norm(grad, axis=1)
         finite = np.isfinite(grad).all(axis=1) & np.isfinite(hess).all(axis=(1, 2)) & np.isfinite(fval)
         done = ~finite | (gnorm <= tol) | (step == max_steps)
@@ -327,9 +333,7 @@ def _line_search(z, y, o, w, mu0, lam, loss, theta, margins, direction, grad, fv
         trial = theta[rows] - t * direction[rows]
         trial_margins = margins[rows] - t * z_dir[rows]
         with np.errstate(over="ignore", invalid="ignore"):
-            f_trial = np.einsum("bn,bn->b", w[rows], loss.value(y[rows], trial_margins)) + 0.5 * _quadratic(
-                lam[rows], trial - mu0[rows]
-            )
+            f_trial = _penalized_loss(loss, y[rows], w[rows], trial_margins, lam[rows], trial - mu0[rows])
         good = np.isfinite(f_trial) & (f_trial <= fval[rows] - armijo * step[rows] * slope[rows] + slack[rows])
         accepted[rows[good]] = True
         pending[rows[good]] = False
