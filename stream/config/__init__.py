@@ -3,6 +3,7 @@
 from stream.config.exceptions import ConfigError
 from stream.config.settings import (
     CoordinateSettings,
+    JoinerSettings,
     KafkaSettings,
     ModelSettings,
     Settings,
@@ -13,6 +14,7 @@ from stream.config.settings import (
 __all__ = [
     "ConfigError",
     "CoordinateSettings",
+    "JoinerSettings",
     "KafkaSettings",
     "ModelSettings",
     "Settings",

@@ -58,6 +58,7 @@ class TopicSettings:
     interactions: str = "glmix.interactions"
     examples_by_member: str = "glmix.examples.by-member"
     examples_by_job: str = "glmix.examples.by-job"
+    examples_prefix: str = "glmix.examples.by-"
     coefficients_prefix: str = "glmix.coefficients."
     model_global: str = "glmix.model.global"
     dead_letter: str = "glmix.dead-letter"
@@ -71,6 +72,14 @@ class TopicSettings:
                 _check(bool(value.strip()), f.name, "topic name must not be empty")
         _check(self.partitions >= 1, "partitions", f"must be >= 1, got {self.partitions}")
         _check(self.replication_factor >= 1, "replication_factor", f"must be >= 1, got {self.replication_factor}")
+
+    def examples(self, coordinate: str, entity_field: str) -> str:
+        """The topic of labeled examples keyed by the entity of ``coordinate``."""
+        if entity_field == "member_id":
+            return self.examples_by_member
+        if entity_field == "item_id":
+            return self.examples_by_job
+        return f"{self.examples_prefix}{coordinate}"
 
     def coefficients(self, coordinate: str) -> str:
         """The compacted topic that carries one random-effect coordinate's coefficients."""
@@ -104,6 +113,9 @@ class CoordinateSettings:
     ``Lambda0 = diag(l2, ..., l2, intercept_l2)``: the intercept's penalty is its own
     setting, never hidden. With ``prior = "bayes"``, later updates use
     ``Lambda0 = forgetting * P + (1 - forgetting) * Lambda_new`` (DESIGN §4).
+    With ``prior = "l2"`` each update refits the entity's last ``window_events`` events
+    (younger than ``window_max_age_ms`` when that is > 0) around a zero mean. The
+    updater reads micro-batches of at most ``batch_size`` examples or ``batch_time_ms``.
     """
 
     entity_field: str
@@ -118,6 +130,10 @@ class CoordinateSettings:
     forgetting: float = 1.0
     newton_steps: int = 10
     gradient_tolerance: float = 1e-6
+    window_events: int = 64
+    window_max_age_ms: int = 0
+    batch_size: int = 2000
+    batch_time_ms: int = 200
 
     def __post_init__(self) -> None:
         ok_field = self.entity_field in ("member_id", "item_id") or (
@@ -136,6 +152,10 @@ class CoordinateSettings:
         _check(0 < self.forgetting <= 1, "forgetting", f"must be in (0, 1], got {self.forgetting}")
         _check(self.newton_steps >= 1, "newton_steps", f"must be >= 1, got {self.newton_steps}")
         _check_positive(self.gradient_tolerance, "gradient_tolerance")
+        _check(self.window_events >= 1, "window_events", f"must be >= 1, got {self.window_events}")
+        _check(self.window_max_age_ms >= 0, "window_max_age_ms", f"must be >= 0 (0: no age limit), got {self.window_max_age_ms}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
 
 
 def default_coordinates() -> dict[str, CoordinateSettings]:
@@ -166,6 +186,42 @@ class ModelSettings:
             )
 
 
+def default_labels() -> dict[str, float]:
+    """Interaction types that make an impression positive, with the label each gives."""
+    return {"CLICK": 1.0, "APPLY": 1.0}
+
+
+@dataclass(frozen=True)
+class JoinerSettings:
+    """How impressions and interactions become labeled examples (DESIGN §2).
+
+    An interaction counts when its event time is within ``attribution_window_ms`` after
+    the impression's. The watermark is the largest event time seen minus
+    ``allowed_lateness_ms``; an impression's window closes when the watermark passes its
+    end. ``labels`` maps interaction types to labels (the highest arrived wins; none
+    means 0); an impression is emitted as soon as an interaction with the highest label
+    arrives, otherwise when its window closes. With ``bootstrap_model`` and no published
+    global model, the joiner builds feature indexes from its first impressions and
+    publishes a zero global model, so a fresh deployment can start.
+    """
+
+    attribution_window_ms: int = 15 * 60 * 1000
+    allowed_lateness_ms: int = 60 * 1000
+    labels: Mapping[str, float] = field(default_factory=default_labels)
+    batch_size: int = 5000
+    batch_time_ms: int = 100
+    bootstrap_model: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.attribution_window_ms >= 1, "attribution_window_ms", f"must be >= 1, got {self.attribution_window_ms}")
+        _check(self.allowed_lateness_ms >= 0, "allowed_lateness_ms", f"must be >= 0, got {self.allowed_lateness_ms}")
+        _check(len(self.labels) > 0, "labels", "must name at least one interaction type")
+        for kind, label in self.labels.items():
+            _check(math.isfinite(label), f"labels.{kind}", f"must be finite, got {label!r}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a glmix process is configured with; built once, passed down."""
@@ -173,6 +229,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    joiner: JoinerSettings = field(default_factory=JoinerSettings)
     state_dir: str = "./state"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -315,6 +372,8 @@ def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
         value_hint = args[1]
         if dataclasses.is_dataclass(value_hint):
             return {k: _build(value_hint, v, _join(key, k)) for k, v in value.items()}
+        if value_hint in (float, int, str, bool):
+            return {str(k): _coerce_scalar(value_hint, v, _join(key, str(k))) for k, v in value.items()}
         return {str(k): _coerce_client_value(v, _join(key, str(k))) for k, v in value.items()}
     return _coerce_scalar(hint, value, key)
 

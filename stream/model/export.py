@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from stream.codec.photon import INTERCEPT_NAME, PhotonModel
+from stream.config import ModelSettings
 from stream.model.features import INTERCEPT_KEY, FeatureIndex
 from stream.model.game import GLOBAL, GameModel, RandomEffectModel
 
@@ -66,3 +67,20 @@ def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, lo
         variances = np.where(effect.precisions[:, :dim] > 0, 1.0 / effect.precisions[:, :dim], np.inf)
     for entity, means, var in zip(effect.entity_ids, effect.means[:, :dim], variances):
         yield PhotonModel(f"{name}:{entity}", keys, means.tolist(), var.tolist(), loss)
+
+
+def initial_global_model_record(impressions: list[Mapping[str, Any]], model: ModelSettings, version: int = 1,
+                                model_name: str = "glmix") -> dict[str, Any]:
+    """A first ``GlobalModel``: zero coefficients over indexes of the most frequent features in ``impressions``.
+
+    This lets a fresh deployment start streaming before any refit: random effects learn
+    from the first events, and the periodic refit replaces the global coefficients.
+    """
+    bags = [imp["features"] for imp in impressions]
+    global_index = FeatureIndex.from_data(bags, model.global_feature_bags, version=version)
+    indices = {
+        name: FeatureIndex.from_data(bags, c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version)
+        for name, c in model.coordinates.items()
+    }
+    empty = GameModel(model.loss, np.zeros(global_index.dim))
+    return global_model_record(empty, global_index, indices, version, model_name)

@@ -78,6 +78,7 @@ class FeatureIndex:
         capacity: int | None = None,
         min_count: int = 1,
         unseen: str = "drop",
+        version: int = 0,
     ) -> FeatureIndex:
         """An index of the most frequent features in ``rows`` (ties broken by key), up to ``capacity``."""
         counts: Counter = Counter()
@@ -85,7 +86,7 @@ class FeatureIndex:
             counts.update((n, t) for n, t, _ in _triples(bags, bag_names))
         ranked = sorted((k for k, c in counts.items() if c >= min_count and k != INTERCEPT_KEY), key=lambda k: (-counts[k], k))
         room = None if capacity is None else capacity - int(intercept)
-        return cls(bag_names, ranked[:room], intercept=intercept, capacity=capacity, unseen=unseen)
+        return cls(bag_names, ranked[:room], intercept=intercept, capacity=capacity, unseen=unseen, version=version)
 
     def _add(self, key: FeatureKey) -> bool:
         if self.capacity is not None and len(self._keys) >= self.capacity:

@@ -1,0 +1,329 @@
+"""The joiner: impressions + interactions -> labeled examples keyed by member and by job (DESIGN §2).
+
+Both input topics are keyed by member id and co-partitioned, so partition p of each
+lands in the same consumer (range assignment) and shares one RocksDB store of pending
+impressions (:mod:`stream.consumers.join_state`). Per micro-batch: decode both topics in
+batch, dead-letter what is malformed, join, close windows, build and score the finished
+examples, produce them, flush, write the store (join state + processed offsets, one
+WriteBatch), commit. Input at or below a store's processed offset is a replay and is
+skipped, so a restart neither loses pending impressions nor joins twice; a crash between
+the flush and the write can re-emit that batch's examples (at-least-once, without
+Kafka transactions).
+
+The joiner follows ``glmix.model.global`` (feature indexes and global coefficients) and
+every coordinate's coefficients topic, so a new version is used from the next batch on,
+without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from stream.codec import load_schema, make_codec
+from stream.codec.avro import SingleObjectCodec, decode_batch, encode_batch
+from stream.codec.validation import impression_problem, interaction_problem
+from stream.config import ConfigError, Settings
+from stream.consumers.example_builder import add_scores, unlabeled_example
+from stream.consumers.join_state import (
+    ImpressionEvent,
+    InteractionEvent,
+    JoinBatch,
+    JoinCounts,
+    JoinRules,
+    label_types,
+)
+from stream.kafka.clients import consumer_config, producer_config
+from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.topic_reader import TopicReader
+from stream.model.export import initial_global_model_record
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JoinerStats:
+    """Counters of one joiner since it started."""
+
+    batches: int = 0
+    positives: int = 0
+    negatives: int = 0
+    eager_emissions: int = 0
+    orphans: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    busy_seconds: float = 0.0
+    join: JoinCounts = field(default_factory=JoinCounts)
+
+    @property
+    def examples(self) -> int:
+        """Examples emitted."""
+        return self.positives + self.negatives
+
+
+class ModelFollower:
+    """The global model and every coordinate's coefficients, kept current from their topics."""
+
+    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str) -> None:
+        registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
+        topics = settings.topics
+        self.global_model = GlobalModelTable(settings.model)
+        self.tables = {name: CoefficientTable(name, c.max_features) for name, c in settings.model.coordinates.items()}
+        self._global_reader = TopicReader(
+            settings.kafka, topics.model_global,
+            make_codec(load_schema("GlobalModel"), topics.model_global, registry, registry_settings),
+            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-global-model")
+        self._readers = {
+            name: TopicReader(settings.kafka, topics.coefficients(name),
+                              make_codec(load_schema("EntityModel"), topics.coefficients(name), registry, registry_settings),
+                              bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
+            for name in self.tables
+        }
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Read the global model topic to its current end (so nothing already published is missed)."""
+        for batch in self._global_reader.read_to_end(timeout_s):
+            self.global_model.apply(batch.records)
+
+    def refresh(self) -> None:
+        """Take whatever was published since the last call (non-blocking)."""
+        if self.global_model.apply(self._global_reader.poll().records):
+            log.info("using global model version %d (index version %d)", self.global_model.current.version,
+                     self.global_model.current.index_version)
+        for name, reader in self._readers.items():
+            self.tables[name].apply(reader.poll().records)
+
+    def close(self) -> None:
+        """Close every reader."""
+        self._global_reader.close()
+        for reader in self._readers.values():
+            reader.close()
+
+
+class Joiner:
+    """Joins impressions with interactions into labeled examples for every coordinate."""
+
+    def __init__(self, settings: Settings, bootstrap_servers: str = "", group_id: str = "glmix-joiner") -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.stats = JoinerStats()
+        topics, kafka = settings.topics, settings.kafka
+        registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
+        self._bootstrap = bootstrap_servers
+        self._impression_codec = make_codec(load_schema("Impression"), topics.impressions, registry, registry_settings)
+        self._interaction_codec = make_codec(load_schema("Interaction"), topics.interactions, registry, registry_settings)
+        example_schema = load_schema("LabeledExample")
+        self._stored_example_codec = SingleObjectCodec(example_schema)
+        self._outputs = {
+            name: (topics.examples(name, c.entity_field), c.entity_field) for name, c in settings.model.coordinates.items()
+        }
+        self._output_codecs = {
+            topic: make_codec(example_schema, topic, registry, registry_settings) for topic, _ in self._outputs.values()
+        }
+        self._global_model_codec = make_codec(load_schema("GlobalModel"), topics.model_global, registry, registry_settings)
+        self._type_symbols = _interaction_types(self._interaction_codec.schema.plain)
+        j = settings.joiner
+        unknown = sorted(set(j.labels) - set(self._type_symbols))
+        if unknown:
+            raise ConfigError("joiner.labels", f"unknown interaction types {unknown} (known: {', '.join(self._type_symbols)})")
+        self._rules = JoinRules(j.attribution_window_ms, j.allowed_lateness_ms,
+                                {self._type_symbols.index(k): v for k, v in j.labels.items()})
+        self._producer = Producer(producer_config(kafka, bootstrap_servers))
+        self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "joiner")
+        self.models = ModelFollower(settings, bootstrap_servers, group_id)
+        self.models.catch_up()
+        config = consumer_config(kafka, group_id, bootstrap_servers)
+        config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
+        self._consumer = Consumer(config)
+        self._stores: dict[int, PartitionStore] = {}
+        self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in sorted({tp.partition for tp in partitions}):
+            if p not in self._stores:
+                path = store_path(self.settings.state_dir, "joiner", self.settings.topics.impressions, p)
+                self._stores[p], _ = open_or_wipe(path)
+        log.info("%s: assigned %s", self.group_id, [(tp.topic, tp.partition) for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in {tp.partition for tp in partitions}:
+            store = self._stores.pop(p, None)
+            if store is not None:
+                store.close()
+
+    def run(self, stop: threading.Event) -> None:
+        """Join micro-batches until ``stop`` is set, then shut down cleanly."""
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """Consume, join, emit, write state and commit one micro-batch; returns the messages it took."""
+        j = self.settings.joiner
+        self.models.refresh()
+        if self.models.global_model.current is None and not j.bootstrap_model:
+            log.warning("no global model on %s yet and joiner.bootstrap_model is off; waiting", self.settings.topics.model_global)
+            time.sleep(j.batch_time_ms / 1000)
+            return 0
+        messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
+        if not messages:
+            return 0
+        started = time.monotonic()
+        events = self._decode(messages)
+        self._bootstrap_model_if_needed(events)
+        examples, writes = [], []
+        for partition, items in events.items():
+            if partition not in self._stores:
+                continue
+            batch = self._join_partition(partition, items)
+            examples.extend(batch.result.emissions)
+            writes.append((batch, self._last_offsets(partition, messages)))
+        self._emit(examples)
+        self._producer.flush()
+        for batch, offsets in writes:
+            batch.write(offsets)
+        commits = self._commit_positions(messages)
+        if commits:
+            self._consumer.commit(offsets=commits, asynchronous=False)
+        self.stats.batches += 1
+        self.stats.dead_lettered = self._dead_letters.total
+        self.stats.busy_seconds += time.monotonic() - started
+        return len(messages)
+
+    def _decode(self, messages: list) -> dict[int, list[tuple[str, dict[str, Any], Any]]]:
+        """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
+        topics = self.settings.topics
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consume error: %s", self.group_id, err)
+        by_kind = {
+            "impression": [m for m in good if m.topic() == topics.impressions],
+            "interaction": [m for m in good if m.topic() == topics.interactions],
+        }
+        decoded: dict[int, tuple[str, dict[str, Any], Any]] = {}
+        for kind, batch in by_kind.items():
+            codec = self._impression_codec if kind == "impression" else self._interaction_codec
+            problem = impression_problem if kind == "impression" else interaction_problem
+            result = decode_batch(codec, batch)
+            for message, error in result.failures:
+                self._dead_letters.send(message, str(error))
+            for record, message in zip(result.records, result.messages):
+                reason = problem(record)
+                if reason is not None:
+                    self._dead_letters.send(message, reason)
+                else:
+                    decoded[id(message)] = (kind, record, message)
+        events: dict[int, list] = {}
+        for m in good:
+            item = decoded.get(id(m))
+            if item is not None:
+                events.setdefault(m.partition(), []).append(item)
+        return events
+
+    def _bootstrap_model_if_needed(self, events: dict[int, list]) -> None:
+        if self.models.global_model.current is not None:
+            return
+        impressions = [record for items in events.values() for kind, record, _ in items if kind == "impression"]
+        if not impressions:
+            return
+        record = initial_global_model_record(impressions, self.settings.model)
+        self._producer.produce(self.settings.topics.model_global, key=record["model_name"].encode(),
+                               value=self._global_model_codec.encode(record))
+        self._producer.flush()
+        self.models.global_model.apply([record])
+        log.warning("no global model was published: bootstrapped version %d from %d impressions (zero coefficients)",
+                    record["version"], len(impressions))
+
+    def _join_partition(self, partition: int, items: list) -> JoinBatch:
+        store = self._stores[partition]
+        topics = self.settings.topics
+        done = {topics.impressions: store.processed_offset(topics.impressions),
+                topics.interactions: store.processed_offset(topics.interactions)}
+        fresh = [(k, r, m) for k, r, m in items if m.offset() > done[m.topic()]]
+        self.stats.replayed += len(items) - len(fresh)
+        batch = JoinBatch(store, self._rules, (r["impression_id"] for _, r, _ in fresh))
+        model = self.models.global_model.current
+        for kind, record, message in fresh:
+            if kind == "impression":
+                if model is None:  # interactions can wait for their impression; impressions need an index
+                    continue
+                example = unlabeled_example(record, model, self.settings.model)
+                batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"],
+                                                     self._stored_example_codec.encode(example)))
+            else:
+                batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
+                                                       self._type_symbols.index(record["type"]), message.value(),
+                                                       message.key() or b""))
+        batch.close_windows()
+        for orphan in batch.result.orphans:
+            self._dead_letters.send(None, f"orphan interaction: no impression arrived within the allowed lateness "
+                                          f"({self.settings.joiner.allowed_lateness_ms} ms)",
+                                    key=orphan.key, value=orphan.raw)
+        self.stats.orphans += len(batch.result.orphans)
+        self.stats.join.add(batch.result.counts)
+        return batch
+
+    def _last_offsets(self, partition: int, messages: list) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for m in messages:
+            if m.partition() == partition and m.error() is None:
+                last[m.topic()] = max(last.get(m.topic(), -1), m.offset())
+        return last
+
+    def _commit_positions(self, messages: list) -> list[TopicPartition]:
+        last: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.error() is None:
+                key = (m.topic(), m.partition())
+                last[key] = max(last.get(key, -1), m.offset())
+        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if p in self._stores]
+
+    def _emit(self, emissions: list) -> None:
+        if not emissions:
+            return
+        examples = [self._stored_example_codec.decode(e.example) for e in emissions]
+        for example, emission in zip(examples, emissions):
+            example["label"] = emission.label
+            example["label_time"] = emission.label_time
+            example["interaction_types"] = label_types(emission.types, self._type_symbols)
+        model = self.models.global_model.current
+        if model is not None:
+            add_scores(examples, model, self.models.tables)
+        for name, (topic, _) in self._outputs.items():
+            encoded = encode_batch(self._output_codecs[topic], examples)
+            for example, value in zip(examples, encoded):
+                self._producer.produce(topic, key=example["coordinates"][name]["entity_id"].encode(), value=value)
+            self._producer.poll(0)
+        positives = sum(1 for e in emissions if e.label > 0)
+        self.stats.positives += positives
+        self.stats.negatives += len(emissions) - positives
+        self.stats.eager_emissions += sum(1 for e in emissions if e.eager)
+
+    def close(self) -> None:
+        """Flush, leave the group, close stores and readers."""
+        self._producer.flush(10)
+        self._consumer.close()
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+        self.models.close()
+
+
+def _interaction_types(interaction_schema: dict[str, Any]) -> list[str]:
+    """The symbols of the Interaction ``type`` enum; a symbol's position is its type code."""
+    field_type = next(f["type"] for f in interaction_schema["fields"] if f["name"] == "type")
+    return list(field_type["symbols"])

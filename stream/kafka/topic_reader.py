@@ -1,0 +1,85 @@
+"""Reading a whole topic (or some of its partitions) without a consumer group.
+
+Compacted topics are read this way: the coefficient tables and the global model follow
+every partition from the beginning, and an updater restoring partition p reads its
+changelog partition p to the end. Nothing is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from stream.codec.avro import DecodedBatch, RecordCodec, decode_batch
+from stream.config import KafkaSettings
+from stream.kafka.clients import consumer_config
+
+log = logging.getLogger(__name__)
+
+
+class TopicReader:
+    """Decoded records of ``topic`` from the beginning, partition by partition as they come."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, codec: RecordCodec, partitions: Sequence[int] | None = None,
+                 bootstrap_servers: str = "", client_id: str = "glmix-topic-reader") -> None:
+        self.topic = topic
+        self._codec = codec
+        self._wanted = None if partitions is None else list(partitions)
+        config = consumer_config(kafka, group_id=f"{client_id}-unused", bootstrap_servers=bootstrap_servers)
+        config["client.id"] = client_id
+        self._consumer = Consumer(config)
+        self._assigned: list[int] = []
+
+    def _ensure_assigned(self, timeout_s: float = 5.0) -> bool:
+        if self._assigned:
+            return True
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        except KafkaException as exc:
+            log.debug("metadata of %s unavailable: %s", self.topic, exc)
+            return False
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return False
+        available = sorted(metadata.partitions)
+        self._assigned = available if self._wanted is None else [p for p in self._wanted if p in metadata.partitions]
+        if not self._assigned:
+            return False
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned])
+        return True
+
+    def poll(self, max_messages: int = 10_000, timeout_s: float = 0.0) -> DecodedBatch:
+        """Whatever arrived (at most ``max_messages``), decoded; undecodable records are in ``failures``."""
+        if not self._ensure_assigned():
+            return DecodedBatch([], [], [])
+        messages = [m for m in self._consumer.consume(max_messages, timeout=timeout_s) if m.error() is None]
+        return decode_batch(self._codec, messages)
+
+    def end_offsets(self, timeout_s: float = 10.0) -> dict[int, int]:
+        """High watermark of every assigned partition now."""
+        if not self._ensure_assigned(timeout_s):
+            return {}
+        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
+                for p in self._assigned}
+
+    def read_to_end(self, timeout_s: float = 60.0, batch: int = 10_000):
+        """Yield decoded batches until every partition reached its high watermark at the start of the call."""
+        ends = self.end_offsets()
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic}: not at the end after {timeout_s:.0f} s (partitions {sorted(remaining)} behind)")
+            decoded = self.poll(batch, timeout_s=0.2)
+            if decoded.messages or decoded.failures:
+                yield decoded
+            positions = self._consumer.position([TopicPartition(self.topic, p) for p in remaining])
+            for tp in positions:
+                if tp.offset >= remaining[tp.partition]:
+                    del remaining[tp.partition]
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()

@@ -1,0 +1,127 @@
+"""Latest coefficients per entity and the latest global model, as readers of the compacted topics keep them.
+
+Records can arrive twice or out of order (a restore republishes, a compacted topic is
+re-read from the beginning), so both tables keep, per key, only the highest version seen;
+a stale or duplicate record changes nothing. The joiner scores examples with these
+tables and the scorer serves from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.config import ModelSettings
+from stream.model.features import FeatureIndex
+
+
+class CoefficientTable:
+    """One random-effect coordinate's latest means per entity (version-checked)."""
+
+    def __init__(self, coordinate: str, dim: int) -> None:
+        self.coordinate = coordinate
+        self.dim = dim
+        self._rows: dict[str, int] = {}
+        self._versions: list[int] = []
+        self._means = np.zeros((0, dim))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def apply(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Take every record newer than what the table holds; returns how many were taken."""
+        taken = 0
+        new_rows: list[np.ndarray] = []
+        for record in records:
+            entity, version = record["entity_id"], int(record["version"])
+            means = np.asarray(record["means"], dtype=np.float64)
+            if means.shape != (self.dim,) or not np.isfinite(means).all():
+                continue
+            row = self._rows.get(entity)
+            if row is None:
+                self._rows[entity] = len(self._versions)
+                self._versions.append(version)
+                new_rows.append(means)
+            elif version > self._versions[row]:
+                self._versions[row] = version
+                if row < len(self._means):
+                    self._means[row] = means
+                else:
+                    new_rows[row - len(self._means)] = means
+            else:
+                continue
+            taken += 1
+        if new_rows:
+            self._means = np.vstack([self._means, np.array(new_rows)])
+        return taken
+
+    def version(self, entity_id: str) -> int:
+        """The version held for ``entity_id`` (0: none)."""
+        row = self._rows.get(entity_id)
+        return 0 if row is None else self._versions[row]
+
+    def lookup(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, dim) means (zeros for unknown entities) and (N,) versions (0: unknown)."""
+        rows = np.fromiter((self._rows.get(e, -1) for e in entity_ids), dtype=np.int64, count=len(entity_ids))
+        known = rows >= 0
+        means = np.zeros((len(rows), self.dim))
+        means[known] = self._means[rows[known]]
+        versions = np.zeros(len(rows), dtype=np.int64)
+        versions[known] = np.asarray(self._versions, dtype=np.int64)[rows[known]]
+        return means, versions
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """A decoded ``GlobalModel``: version, global index and coefficients, and every coordinate's index."""
+
+    version: int
+    index_version: int
+    global_index: FeatureIndex
+    coefficients: np.ndarray
+    coordinate_indices: Mapping[str, FeatureIndex]
+    record: Mapping[str, Any]
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], model: ModelSettings) -> GlobalModel:
+        """Indexes take their bags and capacities from ``model``; a configured coordinate missing from the record is an error."""
+        missing = [name for name in model.coordinates if name not in record["coordinate_indices"]]
+        if missing:
+            raise ValueError(f"global model version {record['version']} has no feature index for coordinates {missing}")
+        indices = {
+            name: FeatureIndex.from_record(record["coordinate_indices"][name], c.feature_bags, capacity=c.max_features,
+                                           unseen="drop", version=record["index_version"])
+            for name, c in model.coordinates.items()
+        }
+        global_index = FeatureIndex.from_record(record["features"], model.global_feature_bags, unseen="drop",
+                                                version=record["index_version"])
+        coefficients = np.asarray(record["coefficients"], dtype=np.float64)
+        if coefficients.shape != (global_index.dim,) or not np.isfinite(coefficients).all():
+            raise ValueError(f"global model version {record['version']}: coefficients do not match its index or are not finite")
+        return cls(int(record["version"]), int(record["index_version"]), global_index, coefficients, indices, record)
+
+
+class GlobalModelTable:
+    """The highest-version global model seen; records that cannot be used are counted, not fatal."""
+
+    def __init__(self, model: ModelSettings) -> None:
+        self._model = model
+        self.current: GlobalModel | None = None
+        self.rejected = 0
+
+    def apply(self, records: Iterable[Mapping[str, Any]]) -> bool:
+        """Take the newest usable record; returns whether the current model changed."""
+        changed = False
+        for record in records:
+            if self.current is not None and record["version"] <= self.current.version:
+                continue
+            try:
+                self.current = GlobalModel.from_record(record, self._model)
+            except ValueError:
+                self.rejected += 1
+                continue
+            changed = True
+        return changed

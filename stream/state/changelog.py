@@ -1,0 +1,65 @@
+"""Entity states <-> ``EntityModel`` records of the compacted coefficients topic.
+
+The coefficients topic is both what scorers read and the updater's changelog: a record
+carries everything a ``bayes`` state is (mean, precision, version, offset stamp), so a
+lost store is rebuilt from it. An ``l2`` state's event window is not published; after a
+restore the window starts empty from the restored mean (see the updater docs).
+Records are produced to the partition the state belongs to, so input partition p restores
+from changelog partition p alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from stream.state.entity_state import StateLayout
+
+
+def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.ndarray, layout: StateLayout,
+                         partition: int, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """One ``EntityModel`` record per state (non-finite states must have been filtered before)."""
+    if not (np.isfinite(states["mean"]).all() and np.isfinite(states["precision"]).all()):
+        raise ValueError("refusing to publish non-finite coefficients")
+    published = int(time.time() * 1000) if now_ms is None else now_ms
+    kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
+    means = states["mean"].tolist()
+    precisions = states["precision"].tolist()
+    return [
+        {
+            "coordinate": coordinate,
+            "entity_id": entity,
+            "version": int(s["version"]),
+            "means": m,
+            "precision_kind": kind,
+            "precision": p,
+            "index_version": int(s["index_version"]),
+            "source_partition": partition,
+            "source_offset": int(s["last_offset"]),
+            "event_count": int(s["event_count"]),
+            "last_event_time": int(s["last_event_time"]),
+            "published_time": published,
+        }
+        for entity, s, m, p in zip(entity_ids, states, means, precisions)
+    ]
+
+
+def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, new_precision: np.ndarray) -> np.ndarray:
+    """States rebuilt from ``EntityModel`` records of this layout (empty event windows)."""
+    states = layout.new_states(len(records), new_precision)
+    kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
+    for i, r in enumerate(records):
+        if r["precision_kind"] != kind or len(r["means"]) != layout.dim or len(r["precision"]) != layout.precision_size:
+            raise ValueError(f"record of entity {r['entity_id']!r} does not fit the state layout {layout}")
+        states[i]["mean"] = r["means"]
+        states[i]["precision"] = r["precision"]
+    states["version"] = [r["version"] for r in records]
+    states["last_offset"] = [r["source_offset"] for r in records]
+    states["event_count"] = [r["event_count"] for r in records]
+    states["last_event_time"] = [r["last_event_time"] for r in records]
+    states["index_version"] = [r["index_version"] for r in records]
+    return states
+

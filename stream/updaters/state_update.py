@@ -1,0 +1,179 @@
+"""One micro-batch of one coordinate: stored states + grouped events -> new states (pure numpy).
+
+This is DESIGN §4 applied to the state layout of :mod:`stream.state.entity_state`:
+
+- events at or below an entity's ``last_offset`` stamp were absorbed before (a replay
+  after a crash) and are ignored, so each event is applied once per entity;
+- a state built under an older feature index is restarted from the new-entity prior,
+  and events indexed with an older index than the newest in the batch are ignored;
+- ``bayes``: the prior is the stored posterior with forgetting, the data are the new events;
+- ``l2``: the stored window plus the new events, cut to the last ``window_events``
+  (and ``window_max_age_ms``), are refit around a zero mean;
+- only entities whose update is usable (finite, converged or not) get a new state; the
+  others keep theirs and are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.config import CoordinateSettings
+from stream.model.losses import Loss
+from stream.model.newton import EntityEvents, EntityUpdate, GaussianPrior, newton_update
+from stream.model.priors import forgetting_prior, l2_precision_diagonal, l2_prior
+from stream.state.entity_state import StateLayout
+from stream.updaters.examples import EntityBatch
+
+
+@dataclass(frozen=True)
+class CoordinateMath:
+    """What one coordinate's update needs to know: its state layout, settings and loss."""
+
+    layout: StateLayout
+    settings: CoordinateSettings
+    loss: Loss
+
+    @classmethod
+    def of(cls, settings: CoordinateSettings, loss: Loss) -> CoordinateMath:
+        """The layout follows the settings: dim = max_features, window only for ``l2``."""
+        layout = StateLayout(
+            dim=settings.max_features,
+            diagonal=settings.precision == "diagonal",
+            window=settings.window_events if settings.prior == "l2" else 0,
+        )
+        return cls(layout, settings, loss)
+
+    @property
+    def new_entity_precision(self) -> np.ndarray:
+        """(d,) prior precision diagonal of an entity never seen before."""
+        s = self.settings
+        return l2_precision_diagonal(self.layout.dim, s.l2, s.intercept_l2, 0 if s.intercept else None)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """New states of a batch's entities and what happened to each.
+
+    ``changed`` marks entities with a new state to store and publish; ``replayed`` counts
+    events ignored because the state had absorbed them; ``update`` covers the entities
+    that were solved (``solved`` marks them among the batch's entities).
+    """
+
+    states: np.ndarray
+    changed: np.ndarray
+    solved: np.ndarray
+    update: EntityUpdate | None
+    absorbed_events: int
+    replayed_events: int
+    stale_index_events: int
+
+
+def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) -> BatchOutcome:
+    """Update ``states`` (one per ``batch`` entity, same order) with the batch's events."""
+    layout = math.layout
+    states = states.copy()
+    newest_index = np.where(batch.mask, batch.index_versions, -1).max(axis=1, initial=-1)
+    restart = (states["version"] > 0) & (states["index_version"] < newest_index)
+    if restart.any():
+        states[restart] = layout.new_states(int(restart.sum()), math.new_entity_precision)
+    current = batch.mask & (batch.index_versions == newest_index[:, None])
+    live = current & (batch.input_offsets > states["last_offset"][:, None])
+    stale = int((batch.mask & ~current).sum())
+    replayed = int((current & ~live).sum())
+    solved = live.any(axis=1)
+    outcome = BatchOutcome(states, np.zeros(len(states), dtype=bool), solved, None, int(live.sum()), replayed, stale)
+    if not solved.any():
+        return outcome
+    rows = np.flatnonzero(solved)
+    if math.settings.prior == "bayes":
+        update, window = _bayes_update(math, states[rows], batch, live, rows), None
+    else:
+        update, window = _l2_update(math, states[rows], batch, live, rows)
+    usable = update.usable
+    target = rows[usable]
+    new = states[target]
+    new["mean"] = update.mean[usable]
+    new["precision"] = layout.pack_precision(update.precision[usable])
+    new["version"] += 1
+    live_rows = live[target]
+    new["last_offset"] = np.where(live_rows, batch.input_offsets[target], -1).max(axis=1)
+    new["event_count"] += live_rows.sum(axis=1)
+    new["last_event_time"] = np.maximum(new["last_event_time"], np.where(live_rows, batch.event_times[target], 0).max(axis=1))
+    new["index_version"] = newest_index[target]
+    if window is not None:
+        _store_window(new, window, usable)
+    states[target] = new
+    changed = np.zeros(len(states), dtype=bool)
+    changed[target] = True
+    return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, stale)
+
+
+def _bayes_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,
+                  rows: np.ndarray) -> EntityUpdate:
+    s = math.settings
+    posterior = GaussianPrior(states["mean"].copy(), math.layout.unpack_precision(states["precision"]))
+    prior = forgetting_prior(posterior, s.forgetting, math.new_entity_precision)
+    events = EntityEvents(batch.features[rows], batch.labels[rows], batch.offsets[rows], batch.weights[rows], live[rows])
+    return newton_update(events, prior, math.loss, start=posterior.mean, max_steps=s.newton_steps,
+                         gradient_tolerance=s.gradient_tolerance)
+
+
+@dataclass(frozen=True)
+class _Window:
+    features: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    weights: np.ndarray
+    times: np.ndarray
+    mask: np.ndarray
+
+
+def _l2_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,
+               rows: np.ndarray) -> tuple[EntityUpdate, _Window]:
+    s, layout = math.settings, math.layout
+    window = _merged_window(states, batch, live, rows, s.window_events, s.window_max_age_ms)
+    prior = l2_prior(len(rows), layout.dim, s.l2, s.intercept_l2, 0 if s.intercept else None, diagonal=layout.diagonal)
+    events = EntityEvents(window.features, window.labels, window.offsets, window.weights, window.mask)
+    update = newton_update(events, prior, math.loss, start=states["mean"].copy(), max_steps=s.newton_steps,
+                           gradient_tolerance=s.gradient_tolerance)
+    return update, window
+
+
+def _merged_window(states: np.ndarray, batch: EntityBatch, live: np.ndarray, rows: np.ndarray, size: int,
+                   max_age_ms: int) -> _Window:
+    """The stored window followed by the new events, keeping the newest ``size`` (and young enough)."""
+    old_mask = np.arange(size)[None, :] < states["window_size"][:, None]
+    mask = np.concatenate([old_mask, live[rows]], axis=1)
+    times = np.concatenate([states["window_times"], batch.event_times[rows]], axis=1)
+    if max_age_ms > 0:
+        newest = np.where(mask, times, np.iinfo(np.int64).min).max(axis=1)
+        mask &= times >= (newest - max_age_ms)[:, None]
+    from_right = np.cumsum(mask[:, ::-1], axis=1)[:, ::-1]
+    keep = mask & (from_right <= size)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :size]
+
+    def take(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        merged = np.concatenate([old.astype(np.float64), new], axis=1)
+        index = order.reshape(order.shape + (1,) * (merged.ndim - 2))
+        return np.take_along_axis(merged, index, axis=1)
+
+    return _Window(
+        features=take(states["window_features"], batch.features[rows]),
+        labels=take(states["window_labels"], batch.labels[rows]),
+        offsets=take(states["window_offsets"], batch.offsets[rows]),
+        weights=take(states["window_weights"], batch.weights[rows]),
+        times=np.take_along_axis(times, order, axis=1),
+        mask=np.take_along_axis(keep, order, axis=1),
+    )
+
+
+def _store_window(new: np.ndarray, window: _Window, usable: np.ndarray) -> None:
+    mask = window.mask[usable]
+    new["window_size"] = mask.sum(axis=1)
+    new["window_features"] = np.where(mask[..., None], window.features[usable], 0.0)
+    new["window_labels"] = np.where(mask, window.labels[usable], 0.0)
+    new["window_offsets"] = np.where(mask, window.offsets[usable], 0.0)
+    new["window_weights"] = np.where(mask, window.weights[usable], 0.0)
+    new["window_times"] = np.where(mask, window.times[usable], 0)

@@ -1,0 +1,244 @@
+"""The updater of one random-effect coordinate: a consumer group over its examples topic.
+
+Each micro-batch (at most ``batch_size`` examples or ``batch_time_ms``) is decoded at
+once, split by input partition, grouped by entity, read from the partition's store with
+one multi-get, updated by one vectorized Newton solve (:mod:`stream.updaters.state_update`),
+published, committed, and written back with one WriteBatch, in DESIGN §5's order:
+produce coefficients -> flush -> commit input offsets -> write the batch (states + offset).
+
+A crash between any two steps loses nothing: before the commit, the batch is replayed
+and every entity's offset stamp turns the replay into a no-op for the events it already
+absorbed; after the commit but before the write, the store is behind the committed
+offset, so the partition is restored from the coefficients topic (which was flushed)
+on its next assignment. Rebalance callbacks run inside ``consume()``, between batches,
+so a revoked partition never has a batch in flight: its store is simply closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from stream.codec import load_schema, make_codec
+from stream.codec.avro import decode_batch
+from stream.config import Settings
+from stream.kafka.clients import consumer_config, producer_config
+from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.topic_reader import TopicReader
+from stream.model.losses import get_loss
+from stream.state.changelog import entity_model_records, states_from_records
+from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
+from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity
+from stream.updaters.state_update import CoordinateMath, apply_batch
+
+log = logging.getLogger(__name__)
+
+ENTITY_PREFIX = b"e"
+_FRESHNESS_SAMPLES = 100_000
+
+
+@dataclass
+class UpdaterStats:
+    """Counters of one updater since it started (exported as metrics by the process)."""
+
+    batches: int = 0
+    examples: int = 0
+    entity_updates: int = 0
+    failed_updates: int = 0
+    replayed_events: int = 0
+    stale_index_events: int = 0
+    dead_lettered: int = 0
+    restored_entities: int = 0
+    restore_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    freshness_ms: deque = field(default_factory=lambda: deque(maxlen=_FRESHNESS_SAMPLES))
+
+
+def _entity_key(entity_id: str) -> bytes:
+    return ENTITY_PREFIX + entity_id.encode()
+
+
+class CoordinateUpdater:
+    """Keeps one coordinate's per-entity models up to date from its examples topic."""
+
+    def __init__(self, settings: Settings, coordinate: str, bootstrap_servers: str = "",
+                 group_id: str | None = None) -> None:
+        if coordinate not in settings.model.coordinates:
+            raise KeyError(f"no coordinate {coordinate!r} in model.coordinates ({', '.join(settings.model.coordinates)})")
+        self.settings = settings
+        self.coordinate = coordinate
+        self.coordinate_settings = settings.model.coordinates[coordinate]
+        self.math = CoordinateMath.of(self.coordinate_settings, get_loss(settings.model.loss))
+        self.topic = settings.topics.examples(coordinate, self.coordinate_settings.entity_field)
+        self.coefficients_topic = settings.topics.coefficients(coordinate)
+        self.group_id = group_id or f"glmix-updater-{coordinate}"
+        self.stats = UpdaterStats()
+        self._bootstrap = bootstrap_servers
+        self._registry = settings.kafka.schema_registry_url
+        self._examples_codec = make_codec(load_schema("LabeledExample"), self.topic, self._registry, settings.kafka.schema_registry)
+        self._model_codec = make_codec(load_schema("EntityModel"), self.coefficients_topic, self._registry,
+                                       settings.kafka.schema_registry)
+        self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
+        self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, f"updater-{coordinate}")
+        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
+        self._stores: dict[int, PartitionStore] = {}
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+
+    # ------------------------------------------------------------------ partitions
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this updater's partition stores live."""
+        return Path(self.settings.state_dir) / f"updater-{self.coordinate}"
+
+    @property
+    def assigned_partitions(self) -> list[int]:
+        """Input partitions this updater owns now."""
+        return sorted(self._stores)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            store, wiped = open_or_wipe(store_path(self.state_dir.parent, self.state_dir.name, self.topic, tp.partition))
+            self._stores[tp.partition] = store
+            done = max(committed.get(tp.partition, -1), 0) - 1
+            if wiped or store.processed_offset() < done or store.processed_offset() == NO_OFFSET:
+                self._restore(tp.partition, store, done)
+        log.info("%s: assigned partitions %s of %s", self.group_id, [tp.partition for tp in partitions], self.topic)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            store = self._stores.pop(tp.partition, None)
+            if store is not None:
+                store.close()
+        log.info("%s: released partitions %s of %s", self.group_id, [tp.partition for tp in partitions], self.topic)
+
+    def _restore(self, partition: int, store: PartitionStore, done_offset: int) -> None:
+        """Bring ``store`` up to date from changelog partition ``partition``; newer local states win."""
+        started = time.monotonic()
+        reader = TopicReader(self.settings.kafka, self.coefficients_topic, self._model_codec, [partition], self._bootstrap,
+                             client_id=f"{self.group_id}-restore")
+        latest: dict[str, dict] = {}
+        read = 0
+        try:
+            for batch in reader.read_to_end(timeout_s=120):
+                for record in batch.records:
+                    read += 1
+                    if record["coordinate"] != self.coordinate or record["source_partition"] != partition:
+                        continue
+                    held = latest.get(record["entity_id"])
+                    if held is None or record["version"] > held["version"]:
+                        latest[record["entity_id"]] = record
+                if read and read % 100_000 < len(batch.records):
+                    log.info("%s: restoring partition %d: %d changelog records read", self.group_id, partition, read)
+        finally:
+            reader.close()
+        records = list(latest.values())
+        keys = [_entity_key(r["entity_id"]) for r in records]
+        local, found = self.math.layout.decode(store.get_many(keys), self.math.new_entity_precision)
+        restored = states_from_records(records, self.math.layout, self.math.new_entity_precision)
+        newer = ~found | (restored["version"] > local["version"])
+        values = self.math.layout.encode(restored[newer])
+        store.commit(zip([k for k, n in zip(keys, newer) if n], values), offsets={"input": max(done_offset, store.processed_offset())})
+        elapsed = time.monotonic() - started
+        self.stats.restored_entities += int(newer.sum())
+        self.stats.restore_seconds += elapsed
+        log.info("%s: restored %d entities of partition %d from %s (%d records read) in %.2f s",
+                 self.group_id, int(newer.sum()), partition, self.coefficients_topic, read, elapsed)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Process micro-batches until ``stop`` is set, then shut down cleanly."""
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """Consume, update, publish and commit one micro-batch; returns the messages it took."""
+        s = self.coordinate_settings
+        messages = self._consumer.consume(s.batch_size, timeout=s.batch_time_ms / 1000)
+        if not messages:
+            return 0
+        started = time.monotonic()
+        usable = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                usable.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consume error: %s", self.group_id, err)
+        decoded = decode_batch(self._examples_codec, usable)
+        for message, error in decoded.failures:
+            self._dead_letters.send(message, error.reason if hasattr(error, "reason") else str(error))
+        by_partition: dict[int, tuple[list, list]] = {}
+        for record, message in zip(decoded.records, decoded.messages):
+            problem = example_problem(record, self.coordinate, self.math.layout.dim)
+            if problem is not None:
+                self._dead_letters.send(message, problem)
+                continue
+            records, offsets = by_partition.setdefault(message.partition(), ([], []))
+            records.append(record)
+            offsets.append(message.offset())
+        writes = [self._update_partition(p, records, offsets) for p, (records, offsets) in by_partition.items()
+                  if p in self._stores]
+        self._producer.flush()
+        last = {}
+        for m in usable:
+            last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
+        commits = [TopicPartition(self.topic, p, o + 1) for p, o in last.items() if p in self._stores]
+        if commits:
+            self._consumer.commit(offsets=commits, asynchronous=False)
+        for partition, puts in writes:
+            self._stores[partition].commit(puts, offsets={"input": last[partition]})
+        for p in set(last) - {p for p, _ in writes}:
+            if p in self._stores:
+                self._stores[p].commit((), offsets={"input": last[p]})
+        self.stats.batches += 1
+        self.stats.examples += sum(len(r) for r, _ in by_partition.values())
+        self.stats.dead_lettered = self._dead_letters.total
+        self.stats.busy_seconds += time.monotonic() - started
+        return len(messages)
+
+    def _update_partition(self, partition: int, records: list, offsets: Sequence[int]) -> tuple[int, list]:
+        layout = self.math.layout
+        examples = coordinate_examples(records, offsets, self.coordinate, layout.dim)
+        batch = group_by_entity(examples)
+        keys = [_entity_key(e) for e in batch.entity_ids]
+        store = self._stores[partition]
+        states, _ = layout.decode(store.get_many(keys), self.math.new_entity_precision)
+        outcome = apply_batch(self.math, states, batch)
+        changed = np.flatnonzero(outcome.changed)
+        published = entity_model_records(self.coordinate, batch.entity_ids[changed], outcome.states[changed], layout, partition)
+        encode = self._model_codec.encode
+        for record in published:
+            self._producer.produce(self.coefficients_topic, key=record["entity_id"].encode(), value=encode(record),
+                                   partition=partition)
+            self._producer.poll(0)
+        now_ms = int(time.time() * 1000)
+        positive = batch.mask & (batch.labels > 0) & outcome.changed[:, None]
+        self.stats.freshness_ms.extend((now_ms - batch.label_times[positive]).tolist())
+        self.stats.entity_updates += len(changed)
+        self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
+        self.stats.replayed_events += outcome.replayed_events
+        self.stats.stale_index_events += outcome.stale_index_events
+        return partition, list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
+
+    def close(self) -> None:
+        """Flush, leave the group (revoking and closing every store) and release the clients."""
+        self._producer.flush(10)
+        self._consumer.close()
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
