@@ -102,6 +102,31 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run pipeline stages until SIGTERM/SIGINT: the joiner, one coordinate's updater, or all."""
+    from stream.pipeline import JOINER, Pipeline
+
+    if args.stage == "updater":
+        if not args.coordinate:
+            raise ConfigError("--coordinate", f"glmix run updater needs --coordinate ({', '.join(settings.model.coordinates)})")
+        unknown = sorted(set(args.coordinate) - set(settings.model.coordinates))
+        if unknown:
+            raise ConfigError("--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}")
+        stages = list(args.coordinate)
+    else:
+        stages = [JOINER] if args.stage == JOINER else None
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "glmix run needs a broker: --bootstrap-servers, or run glmix demo")
+    pipeline = Pipeline(settings, stages, stop_event=_stop_event())
+    pipeline.start()
+    pipeline.wait()
+    if pipeline.errors:
+        for name, error in pipeline.errors.items():
+            print(f"glmix: stage {name} failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
@@ -146,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--requests", type=int, default=5000)
     demo.set_defaults(handler=cmd_demo)
+
+    run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
+    run.add_argument("stage", choices=("joiner", "updater", "all"))
+    run.add_argument("--coordinate", action="append", help="with 'updater': the coordinate to update (repeatable)")
+    run.set_defaults(handler=cmd_run)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

@@ -19,3 +19,30 @@ def wait_for(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list:
+    """Every message of ``topic`` now (all partitions, from the beginning), raw."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"read-{topic}", "enable.auto.commit": False,
+                         "enable.partition.eof": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        partitions = sorted(metadata.partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        remaining = {p for p, end in ends.items() if end > 0}
+        messages: list = []
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end in {timeout_s}s")
+            for m in consumer.consume(10_000, timeout=0.5):
+                if m.error() is None:
+                    messages.append(m)
+                    if m.offset() + 1 >= ends[m.partition()]:
+                        remaining.discard(m.partition())
+        return messages
+    finally:
+        consumer.close()

@@ -4,8 +4,8 @@ Keys of the partition store (all bytes; ``id`` is the impression id):
 
 - ``p<id>``: a pending impression: its event time, deadline, label so far, interaction
   types seen, and its labeled example already indexed (features decoded once, here);
-- ``x<id>``: an impression already emitted, kept until ``event time + 2 x window`` so
-  duplicates and late interactions are recognized;
+- ``x<id>``: an impression already emitted, kept for the retention after its event time,
+  so duplicates and late interactions are recognized;
 - ``o<id>``: interactions that arrived before their impression (out of order), with their
   original bytes, until the watermark passes their event time — then they are orphans;
 - ``d<deadline><kind><id>``: the deadline index, scanned in time order to close windows.
@@ -23,7 +23,9 @@ from stream.state.partition_store import PartitionStore
 
 PENDING, EMITTED, HELD = b"p", b"x", b"o"
 _DEADLINE = b"d"
-_MAX_EVENT_TIME = b"\x00meta:max-event-time"
+_MAX_EVENT_TIME = b"\x00meta:max-event-time:"
+IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
+_NEVER = -(1 << 62)
 _PENDING_HEADER = struct.Struct("<qqdI")
 _EMITTED = struct.Struct("<qB")
 _HELD_ITEM = struct.Struct("<qHI")
@@ -127,9 +129,12 @@ class InteractionEvent:
 class JoinRules:
     """The window, lateness and labels of the join (from :class:`~stream.config.JoinerSettings`)."""
 
-    def __init__(self, window_ms: int, lateness_ms: int, labels_by_code: Mapping[int, float]) -> None:
+    def __init__(self, window_ms: int, lateness_ms: int, labels_by_code: Mapping[int, float],
+                 retention_ms: int | None = None, early_positives: bool = False) -> None:
+        self.early_positives = early_positives
         self.window_ms = window_ms
         self.lateness_ms = lateness_ms
+        self.retention_ms = 2 * window_ms if retention_ms is None else retention_ms
         self.labels_by_code = dict(labels_by_code)
         self.max_label = max(self.labels_by_code.values())
 
@@ -143,16 +148,25 @@ class JoinBatch:
         ids = sorted({i.encode() for i in impression_ids})
         keys = [kind + i for i in ids for kind in (PENDING, EMITTED, HELD)]
         self._overlay: dict[bytes, bytes | None] = dict(zip(keys, store.get_many(keys)))
-        raw = store.get_many([_MAX_EVENT_TIME])[0]
-        self.max_event_time = _TIME.unpack(raw)[0] if raw is not None else -(1 << 62)
+        inputs = (IMPRESSIONS, INTERACTIONS)
+        stored = store.get_many([_MAX_EVENT_TIME + i.encode() for i in inputs])
+        self.max_event_time = {i: _TIME.unpack(raw)[0] if raw is not None else _NEVER for i, raw in zip(inputs, stored)}
         self._new_deadlines: set[bytes] = set()
         self._deleted_deadlines: set[bytes] = set()
         self.result = JoinResult()
 
-    @property
-    def watermark(self) -> int:
-        """Largest event time seen minus the allowed lateness."""
-        return self.max_event_time - self._rules.lateness_ms
+    def watermark(self, idle: frozenset[str] = frozenset()) -> int:
+        """The smallest of the inputs' largest event times, minus the allowed lateness.
+
+        Taking the smallest keeps one input that is read ahead of the other (Kafka fetches
+        partitions independently) from closing windows whose interactions are still
+        unread. An ``idle`` input (quiet, nothing left to read) cannot hold the watermark
+        back: it counts only if it is the one with the newest events.
+        """
+        times = self.max_event_time
+        lagging = [t for name, t in times.items() if name not in idle]
+        newest = min(lagging) if lagging else max(times.values())
+        return newest - self._rules.lateness_ms
 
     def _get(self, key: bytes) -> bytes | None:
         if key not in self._overlay:
@@ -179,7 +193,7 @@ class JoinBatch:
         if self._get(PENDING + iid) is not None or self._get(EMITTED + iid) is not None:
             counts.duplicate_impressions += 1
             return
-        self.max_event_time = max(self.max_event_time, event.event_time)
+        self.max_event_time[IMPRESSIONS] = max(self.max_event_time[IMPRESSIONS], event.event_time)
         pending = Pending(event.event_time, event.event_time + self._rules.window_ms, 0.0, 0, event.example)
         held = self._get(HELD + iid)
         label_time = event.event_time
@@ -190,7 +204,7 @@ class JoinBatch:
             for item in sorted(items, key=lambda i: i.event_time):
                 self._apply(pending, item.type_code, item.event_time)
             label_time = max(i.event_time for i in items)
-        if pending.deadline < self.watermark:
+        if pending.deadline < self.watermark():
             counts.late_impressions += 1
             self._emit(iid, pending, label_time=pending.deadline, eager=False)
         elif not self._emit_if_final(iid, pending, label_time=label_time):
@@ -201,7 +215,7 @@ class JoinBatch:
         """Label a pending impression, or count the interaction late, or hold it for its impression."""
         counts = self.result.counts
         counts.interactions += 1
-        self.max_event_time = max(self.max_event_time, event.event_time)
+        self.max_event_time[INTERACTIONS] = max(self.max_event_time[INTERACTIONS], event.event_time)
         iid = event.impression_id.encode()
         raw = self._get(PENDING + iid)
         if raw is not None:
@@ -243,7 +257,7 @@ class JoinBatch:
 
     def _emit_if_final(self, iid: bytes, pending: Pending, label_time: int) -> bool:
         """Emit now when no later interaction can raise the label (it already has the highest one)."""
-        if pending.label < self._rules.max_label:
+        if not self._rules.early_positives or pending.label < self._rules.max_label:
             return False
         self._emit(iid, pending, label_time=label_time, eager=True)
         return True
@@ -254,13 +268,16 @@ class JoinBatch:
             self._overlay[PENDING + iid] = _DELETED
             self._drop_deadline(pending.deadline, PENDING, iid)
         self._overlay[EMITTED + iid] = _EMITTED.pack(pending.event_time, int(eager))
-        self._put_deadline(pending.event_time + 2 * self._rules.window_ms, EMITTED, iid)
+        self._put_deadline(pending.event_time + self._rules.retention_ms, EMITTED, iid)
 
     # ------------------------------------------------------------------ closing windows
 
-    def close_windows(self) -> None:
-        """Emit every pending impression whose window closed, forget old markers, give up on held orphans."""
-        limit = _DEADLINE + _DEADLINE_TIME.pack(max(self.watermark, -_TIME_BIAS) + _TIME_BIAS)
+    def close_windows(self, idle: frozenset[str] = frozenset()) -> None:
+        """Emit every pending impression whose window closed, forget old markers, give up on held orphans.
+
+        ``idle`` names the inputs (``impressions``, ``interactions``) that are idle (see :meth:`watermark`).
+        """
+        limit = _DEADLINE + _DEADLINE_TIME.pack(max(self.watermark(idle), -_TIME_BIAS) + _TIME_BIAS)
         stored = [k for k, _ in self._store.scan(_DEADLINE, limit) if k not in self._deleted_deadlines]
         due = sorted(set(stored) | {k for k in self._new_deadlines if k < limit})
         for key in due:
@@ -283,7 +300,7 @@ class JoinBatch:
         deletes = [k for k, v in self._overlay.items() if v is None]
         puts += [(k, b"") for k in self._new_deadlines]
         deletes += list(self._deleted_deadlines)
-        puts.append((_MAX_EVENT_TIME, _TIME.pack(self.max_event_time)))
+        puts += [(_MAX_EVENT_TIME + name.encode(), _TIME.pack(t)) for name, t in self.max_event_time.items()]
         self._store.commit(puts, deletes, offsets)
 
 

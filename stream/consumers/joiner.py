@@ -31,6 +31,8 @@ from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import ConfigError, Settings
 from stream.consumers.example_builder import add_scores, unlabeled_example
 from stream.consumers.join_state import (
+    IMPRESSIONS,
+    INTERACTIONS,
     ImpressionEvent,
     InteractionEvent,
     JoinBatch,
@@ -78,11 +80,11 @@ class ModelFollower:
         self.tables = {name: CoefficientTable(name, c.max_features) for name, c in settings.model.coordinates.items()}
         self._global_reader = TopicReader(
             settings.kafka, topics.model_global,
-            make_codec(load_schema("GlobalModel"), topics.model_global, registry, registry_settings),
+            make_codec("GlobalModel", topics.model_global, registry, registry_settings),
             bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-global-model")
         self._readers = {
             name: TopicReader(settings.kafka, topics.coefficients(name),
-                              make_codec(load_schema("EntityModel"), topics.coefficients(name), registry, registry_settings),
+                              make_codec("EntityModel", topics.coefficients(name), registry, registry_settings),
                               bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
             for name in self.tables
         }
@@ -117,24 +119,25 @@ class Joiner:
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._bootstrap = bootstrap_servers
-        self._impression_codec = make_codec(load_schema("Impression"), topics.impressions, registry, registry_settings)
-        self._interaction_codec = make_codec(load_schema("Interaction"), topics.interactions, registry, registry_settings)
+        self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
+        self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
         example_schema = load_schema("LabeledExample")
         self._stored_example_codec = SingleObjectCodec(example_schema)
         self._outputs = {
             name: (topics.examples(name, c.entity_field), c.entity_field) for name, c in settings.model.coordinates.items()
         }
         self._output_codecs = {
-            topic: make_codec(example_schema, topic, registry, registry_settings) for topic, _ in self._outputs.values()
+            topic: make_codec("LabeledExample", topic, registry, registry_settings) for topic, _ in self._outputs.values()
         }
-        self._global_model_codec = make_codec(load_schema("GlobalModel"), topics.model_global, registry, registry_settings)
+        self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
         self._type_symbols = _interaction_types(self._interaction_codec.schema.plain)
         j = settings.joiner
         unknown = sorted(set(j.labels) - set(self._type_symbols))
         if unknown:
             raise ConfigError("joiner.labels", f"unknown interaction types {unknown} (known: {', '.join(self._type_symbols)})")
         self._rules = JoinRules(j.attribution_window_ms, j.allowed_lateness_ms,
-                                {self._type_symbols.index(k): v for k, v in j.labels.items()})
+                                {self._type_symbols.index(k): v for k, v in j.labels.items()}, j.emitted_retention_ms,
+                                j.early_positives)
         self._producer = Producer(producer_config(kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "joiner")
         self.models = ModelFollower(settings, bootstrap_servers, group_id)
@@ -143,6 +146,8 @@ class Joiner:
         config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
         self._consumer = Consumer(config)
         self._stores: dict[int, PartitionStore] = {}
+        self._last_delivery: dict[tuple[str, int], float] = {}
+        self._idle_s = j.idle_input_ms / 1000
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
@@ -176,18 +181,21 @@ class Joiner:
             time.sleep(j.batch_time_ms / 1000)
             return 0
         messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
-        if not messages:
-            return 0
         started = time.monotonic()
+        for m in messages:
+            self._last_delivery[(m.topic(), m.partition())] = started
         events = self._decode(messages)
         self._bootstrap_model_if_needed(events)
         examples, writes = [], []
-        for partition, items in events.items():
-            if partition not in self._stores:
-                continue
+        for partition in list(self._stores):  # quiet partitions too: their windows close once an input is idle
+            items = events.get(partition, [])
             batch = self._join_partition(partition, items)
-            examples.extend(batch.result.emissions)
-            writes.append((batch, self._last_offsets(partition, messages)))
+            offsets = self._last_offsets(partition, messages)
+            if items or offsets or batch.result.emissions or batch.result.orphans:
+                examples.extend(batch.result.emissions)
+                writes.append((batch, offsets))
+        if not messages and not writes:
+            return 0
         self._emit(examples)
         self._producer.flush()
         for batch, offsets in writes:
@@ -268,14 +276,33 @@ class Joiner:
                 batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
                                                        self._type_symbols.index(record["type"]), message.value(),
                                                        message.key() or b""))
-        batch.close_windows()
+        batch.close_windows(self._idle_inputs(partition))
         for orphan in batch.result.orphans:
-            self._dead_letters.send(None, f"orphan interaction: no impression arrived within the allowed lateness "
-                                          f"({self.settings.joiner.allowed_lateness_ms} ms)",
+            self._dead_letters.send(None, "orphan interaction: no impression known for it (none arrived within "
+                                          "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)",
                                     key=orphan.key, value=orphan.raw)
         self.stats.orphans += len(batch.result.orphans)
         self.stats.join.add(batch.result.counts)
         return batch
+
+    def _idle_inputs(self, partition: int) -> frozenset[str]:
+        """Inputs of ``partition`` that delivered nothing for ``idle_input_ms`` and have nothing left to read.
+
+        Both conditions are needed: the cached high watermark can be stale, and a quiet
+        input may just be slow.
+        """
+        topics = self.settings.topics
+        names = {topics.impressions: IMPRESSIONS, topics.interactions: INTERACTIONS}
+        now = time.monotonic()
+        quiet = [t for t in names if now - self._last_delivery.get((t, partition), 0.0) >= self._idle_s]
+        if not quiet:
+            return frozenset()
+        idle = set()
+        for tp in self._consumer.position([TopicPartition(t, partition) for t in quiet]):
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= high:
+                idle.add(names[tp.topic])
+        return frozenset(idle)
 
     def _last_offsets(self, partition: int, messages: list) -> dict[str, int]:
         last: dict[str, int] = {}

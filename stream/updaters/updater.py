@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from stream.codec import load_schema, make_codec
+from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, producer_config
@@ -83,8 +83,8 @@ class CoordinateUpdater:
         self.stats = UpdaterStats()
         self._bootstrap = bootstrap_servers
         self._registry = settings.kafka.schema_registry_url
-        self._examples_codec = make_codec(load_schema("LabeledExample"), self.topic, self._registry, settings.kafka.schema_registry)
-        self._model_codec = make_codec(load_schema("EntityModel"), self.coefficients_topic, self._registry,
+        self._examples_codec = make_codec("LabeledExample", self.topic, self._registry, settings.kafka.schema_registry)
+        self._model_codec = make_codec("EntityModel", self.coefficients_topic, self._registry,
                                        settings.kafka.schema_registry)
         self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, f"updater-{coordinate}")
