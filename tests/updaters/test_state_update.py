@@ -1,0 +1,130 @@
+"""One coordinate's micro-batch update on stored states: exactly-once per entity, both priors, index changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.config import CoordinateSettings
+from stream.model.losses import get_loss
+from stream.model.newton import EntityEvents, newton_update
+from stream.model.priors import l2_prior
+from stream.updaters.examples import CoordinateExamples, group_by_entity
+from stream.updaters.state_update import CoordinateMath, apply_batch
+
+D = 4
+
+
+def _math(prior="bayes", loss="logistic", window=64, precision="full") -> CoordinateMath:
+    settings = CoordinateSettings(entity_field="member_id", feature_bags=("job_title",), max_features=D, prior=prior,
+                                  precision=precision, window_events=window, newton_steps=50, gradient_tolerance=1e-10)
+    return CoordinateMath.of(settings, get_loss(loss))
+
+
+def _examples(n: int, entities: list[str], seed: int, first_offset: int = 0, index_version: int = 1,
+              linear: bool = False) -> CoordinateExamples:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D))
+    x[:, 0] = 1.0
+    margin = x @ np.array([0.5, 1.0, -1.0, 0.3])
+    labels = margin + rng.normal(size=n) if linear else (rng.random(n) < 1 / (1 + np.exp(-margin))).astype(float)
+    return CoordinateExamples(
+        entity_ids=np.array([entities[i % len(entities)] for i in range(n)], dtype=object),
+        features=x, labels=labels, offsets=rng.normal(scale=0.1, size=n), weights=np.ones(n),
+        event_times=np.arange(n, dtype=np.int64) * 1000, label_times=np.arange(n, dtype=np.int64) * 1000,
+        input_offsets=np.arange(first_offset, first_offset + n, dtype=np.int64),
+        index_versions=np.full(n, index_version, dtype=np.int64),
+    )
+
+
+def _rows(ex: CoordinateExamples, rows: slice) -> CoordinateExamples:
+    return CoordinateExamples(**{k: v[rows] for k, v in ex.__dict__.items()})
+
+
+def _fresh(math: CoordinateMath, batch) -> np.ndarray:
+    return math.layout.new_states(batch.num_entities, math.new_entity_precision)
+
+
+def test_grouping_pads_each_entity_in_input_order():
+    ex = _examples(7, ["b", "a"], seed=0)
+    batch = group_by_entity(ex)
+    assert batch.entity_ids.tolist() == ["a", "b"]
+    assert batch.mask.sum(axis=1).tolist() == [3, 4]
+    assert batch.input_offsets[0, :3].tolist() == [1, 3, 5] and batch.input_offsets[1].tolist() == [0, 2, 4, 6]
+    assert np.array_equal(batch.features[0, 1], ex.features[3])
+
+
+def test_bayes_update_is_the_newton_solution_from_the_new_entity_prior():
+    math = _math()
+    batch = group_by_entity(_examples(60, ["a", "b", "c"], seed=1))
+    outcome = apply_batch(math, _fresh(math, batch), batch)
+    assert outcome.changed.all() and outcome.absorbed_events == 60
+    prior = l2_prior(3, D, 1.0, 1.0, diagonal=False)
+    events = EntityEvents(batch.features, batch.labels, batch.offsets, batch.weights, batch.mask)
+    direct = newton_update(events, prior, get_loss("logistic"), max_steps=50, gradient_tolerance=1e-10)
+    assert np.allclose(outcome.states["mean"], direct.mean, atol=1e-9)
+    assert outcome.states["version"].tolist() == [1, 1, 1]
+    assert outcome.states["last_offset"].tolist() == [57, 58, 59]
+    assert outcome.states["event_count"].tolist() == [20, 20, 20]
+
+
+def test_a_replayed_batch_changes_nothing():
+    math = _math()
+    batch = group_by_entity(_examples(30, ["a", "b"], seed=2))
+    first = apply_batch(math, _fresh(math, batch), batch)
+    again = apply_batch(math, first.states, batch)
+    assert not again.changed.any() and again.replayed_events == 30 and again.absorbed_events == 0
+    assert again.states.tobytes() == first.states.tobytes()
+
+
+def test_a_partly_replayed_batch_absorbs_only_the_new_events():
+    math = _math()
+    ex = _examples(40, ["a"], seed=3)
+    first_half = group_by_entity(_rows(ex, slice(0, 20)))
+    done = apply_batch(math, _fresh(math, first_half), first_half)
+    whole = group_by_entity(ex)
+    outcome = apply_batch(math, done.states, whole)
+    assert outcome.replayed_events == 20 and outcome.absorbed_events == 20
+    assert outcome.states["event_count"][0] == 40 and outcome.states["version"][0] == 2
+
+
+@pytest.mark.parametrize("precision", ["full", "diagonal"])
+def test_bayes_with_no_forgetting_fed_in_two_batches_equals_one_batch_for_the_linear_loss(precision):
+    math = _math(loss="linear", precision=precision)
+    ex = _examples(50, ["a", "b"], seed=4, linear=True)
+    halves = [_rows(ex, s) for s in (slice(0, 25), slice(25, 50))]
+    one = apply_batch(math, _fresh(math, group_by_entity(ex)), group_by_entity(ex))
+    states = _fresh(math, group_by_entity(ex))
+    for half in halves:
+        states = apply_batch(math, states, group_by_entity(half)).states
+    if precision == "full":
+        assert np.allclose(states["mean"], one.states["mean"], atol=1e-8)
+    else:  # a diagonal posterior forgets the correlations between features, so it is only close
+        assert np.allclose(states["mean"], one.states["mean"], atol=0.15)
+
+
+def test_l2_refits_the_newest_window_of_events():
+    math = _math(prior="l2", window=5)
+    ex = _examples(12, ["a"], seed=5)
+    states = _fresh(math, group_by_entity(ex))
+    for s in (slice(0, 4), slice(4, 8), slice(8, 12)):
+        states = apply_batch(math, states, group_by_entity(_rows(ex, s))).states
+    assert states["window_size"][0] == 5
+    assert np.allclose(states["window_times"][0], ex.event_times[7:12])
+    batch = group_by_entity(_rows(ex, slice(7, 12)))
+    events = EntityEvents(batch.features.astype(np.float32).astype(float), batch.labels,
+                          batch.offsets.astype(np.float32).astype(float), batch.weights, batch.mask)
+    direct = newton_update(events, l2_prior(1, D, 1.0, 1.0, diagonal=False), get_loss("logistic"), max_steps=50,
+                           gradient_tolerance=1e-10)
+    assert np.allclose(states["mean"], direct.mean, atol=1e-6)
+
+
+def test_a_new_feature_index_restarts_the_entity_and_old_events_are_ignored():
+    math = _math()
+    old = group_by_entity(_examples(10, ["a"], seed=6, index_version=1))
+    states = apply_batch(math, _fresh(math, old), old).states
+    mixed = _examples(10, ["a"], seed=7, first_offset=10, index_version=2)
+    mixed.index_versions[:3] = 1
+    outcome = apply_batch(math, states, group_by_entity(mixed))
+    assert outcome.stale_index_events == 3 and outcome.absorbed_events == 7
+    assert outcome.states["index_version"][0] == 2 and outcome.states["event_count"][0] == 7
