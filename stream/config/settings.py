@@ -90,17 +90,27 @@ class TopicSettings:
 class KafkaSettings:
     """How to reach Kafka. Client maps pass to librdkafka unchanged (SASL/SSL included).
 
-    An empty ``bootstrap_servers`` means the embedded librdkafka mock cluster. ``client``
+    An empty ``bootstrap_servers`` means the embedded librdkafka mock cluster. Consumer
+    groups are named ``<group_prefix>-joiner`` and ``<group_prefix>-updater-<coordinate>``,
+    so two pipelines can share a cluster. ``client``
     applies to every client; ``producer``, ``consumer`` and ``admin`` to one kind only.
     """
 
     bootstrap_servers: str = ""
     schema_registry_url: str = ""
+    group_prefix: str = "glmix"
     client: Mapping[str, ClientValue] = field(default_factory=dict)
     producer: Mapping[str, ClientValue] = field(default_factory=dict)
     consumer: Mapping[str, ClientValue] = field(default_factory=dict)
     admin: Mapping[str, ClientValue] = field(default_factory=dict)
     schema_registry: Mapping[str, ClientValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.group_prefix.strip()), "group_prefix", "must not be empty")
+
+    def group_id(self, stage: str) -> str:
+        """The consumer group of a pipeline stage (``joiner``, ``updater-member``, ...)."""
+        return f"{self.group_prefix}-{stage}"
 
 
 @dataclass(frozen=True)

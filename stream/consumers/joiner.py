@@ -112,9 +112,9 @@ class ModelFollower:
 class Joiner:
     """Joins impressions with interactions into labeled examples for every coordinate."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", group_id: str = "glmix-joiner") -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str = "") -> None:
         self.settings = settings
-        self.group_id = group_id
+        self.group_id = group_id = settings.kafka.group_id("joiner")
         self.stats = JoinerStats()
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry

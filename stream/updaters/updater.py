@@ -69,8 +69,7 @@ def _entity_key(entity_id: str) -> bytes:
 class CoordinateUpdater:
     """Keeps one coordinate's per-entity models up to date from its examples topic."""
 
-    def __init__(self, settings: Settings, coordinate: str, bootstrap_servers: str = "",
-                 group_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, coordinate: str, bootstrap_servers: str = "") -> None:
         if coordinate not in settings.model.coordinates:
             raise KeyError(f"no coordinate {coordinate!r} in model.coordinates ({', '.join(settings.model.coordinates)})")
         self.settings = settings
@@ -79,7 +78,7 @@ class CoordinateUpdater:
         self.math = CoordinateMath.of(self.coordinate_settings, get_loss(settings.model.loss))
         self.topic = settings.topics.examples(coordinate, self.coordinate_settings.entity_field)
         self.coefficients_topic = settings.topics.coefficients(coordinate)
-        self.group_id = group_id or f"glmix-updater-{coordinate}"
+        self.group_id = settings.kafka.group_id(f"updater-{coordinate}")
         self.stats = UpdaterStats()
         self._bootstrap = bootstrap_servers
         self._registry = settings.kafka.schema_registry_url

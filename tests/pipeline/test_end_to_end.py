@@ -58,6 +58,7 @@ def _settings(bootstrap: str, tmp_path, suffix: str) -> Settings:
     return load_settings(overrides={
         **names,
         "kafka.bootstrap_servers": bootstrap,
+        "kafka.group_prefix": f"glmix-{suffix}",
         "state_dir": str(tmp_path),
         "joiner.attribution_window_ms": str(WINDOW_MS),
         "joiner.allowed_lateness_ms": str(LATENESS_MS),
