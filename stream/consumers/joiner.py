@@ -40,7 +40,7 @@ from stream.consumers.join_state import (
     JoinRules,
     label_types,
 )
-from stream.kafka.clients import consumer_config, producer_config
+from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
@@ -140,6 +140,7 @@ class Joiner:
                                 j.early_positives)
         self._producer = Producer(producer_config(kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "joiner")
+        prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
         self.models = ModelFollower(settings, bootstrap_servers, group_id)
         self.models.catch_up()
         config = consumer_config(kafka, group_id, bootstrap_servers)

@@ -1,6 +1,6 @@
 """Kafka client configuration, topic creation and the embedded (mock-cluster) broker."""
 
-from stream.kafka.clients import admin_config, all_topics, consumer_config, ensure_topics, producer_config
+from stream.kafka.clients import admin_config, all_topics, consumer_config, ensure_topics, prepare_topics, producer_config
 from stream.kafka.embedded import EmbeddedBroker
 from stream.kafka.exceptions import BrokerUnavailableError, KafkaClientError
 
@@ -12,5 +12,6 @@ __all__ = [
     "all_topics",
     "consumer_config",
     "ensure_topics",
+    "prepare_topics",
     "producer_config",
 ]

@@ -9,13 +9,13 @@ unchanged and the caller's mappings are never mutated.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.config import KafkaSettings, TopicSettings
+from stream.config import CoordinateSettings, KafkaSettings, Settings, TopicSettings
 from stream.kafka.exceptions import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,16 @@ def admin_config(kafka: KafkaSettings, bootstrap_servers: str = "") -> dict[str,
     return _merge(_base(kafka, bootstrap_servers), kafka.client, kafka.admin)
 
 
-def all_topics(topics: TopicSettings, coordinates: Iterable[str]) -> dict[str, bool]:
+def all_topics(topics: TopicSettings, coordinates: Mapping[str, CoordinateSettings]) -> dict[str, bool]:
     """Every topic the pipeline uses, mapped to whether it should be compacted."""
     names = {
         topics.impressions: False,
         topics.interactions: False,
-        topics.examples_by_member: False,
-        topics.examples_by_job: False,
         topics.dead_letter: False,
         topics.model_global: True,
     }
-    names.update({topics.coefficients(c): True for c in coordinates})
+    names.update({topics.examples(name, c.entity_field): False for name, c in coordinates.items()})
+    names.update({topics.coefficients(name): True for name in coordinates})
     return names
 
 
@@ -125,3 +124,18 @@ def ensure_topics(admin: AdminClient, topics: TopicSettings, compacted: Mapping[
         except Exception as exc:  # timeouts and brokers without the API
             log.warning("could not create topic %s (%r); relying on auto-creation", name, exc)
     return ready
+
+
+def prepare_topics(settings: Settings, bootstrap_servers: str = "", timeout_s: float = 10.0) -> None:
+    """Create every pipeline topic where CreateTopics works; elsewhere have the broker auto-create them.
+
+    Consumers that subscribe to a topic that does not exist yet may wait a metadata refresh
+    interval before they see it, so stages make sure their topics exist before they start.
+    """
+    wanted = all_topics(settings.topics, settings.model.coordinates)
+    created = set(ensure_topics(AdminClient(admin_config(settings.kafka, bootstrap_servers)), settings.topics, wanted, timeout_s))
+    missing = [name for name in wanted if name not in created]
+    if missing:
+        producer = Producer(producer_config(settings.kafka, bootstrap_servers))
+        for name in missing:  # a metadata request for a topic auto-creates it where the broker allows it
+            producer.list_topics(name, timeout=timeout_s)

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
-from stream.kafka.clients import consumer_config, producer_config
+from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.topic_reader import TopicReader
 from stream.model.losses import get_loss
@@ -87,6 +87,7 @@ class CoordinateUpdater:
                                        settings.kafka.schema_registry)
         self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, f"updater-{coordinate}")
+        prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
         self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
         self._stores: dict[int, PartitionStore] = {}
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,

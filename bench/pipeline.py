@@ -1,0 +1,274 @@
+"""Pipeline throughput and freshness on the embedded broker, with the raw ceiling measured in the same run.
+
+Reproduce: python bench/pipeline.py   (or: make bench; --quick for a smaller run)
+
+Prints one JSON line per measurement:
+
+* ``updater-hot`` / ``updater-cold`` (DESIGN §8): LabeledExamples for the member
+  coordinate (d=32, full precision, bayes) consumed by a CoordinateUpdater — hot: ~1k
+  entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
+  micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition).
+  Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages, and
+  their ratio; entity updates/s; RocksDB bytes per entity after a flush.
+* ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
+  through the Joiner (decode, index, RocksDB join, produce examples for two coordinates),
+  against consume + decode of the same input.
+* ``freshness``: joiner + member updater running live while impressions and clicks are
+  produced at half the joiner's measured rate, event time = wall clock; freshness is
+  click event time -> the clicked member's coefficients published (early positives on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream.codec import decode_batch, make_codec
+from stream.config import Settings, load_settings
+from stream.kafka import EmbeddedBroker, consumer_config, producer_config
+from stream.model.export import initial_global_model_record
+from stream.pipeline import Pipeline
+from stream.state.partition_store import PartitionStore
+from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.updaters.updater import CoordinateUpdater
+
+REPRODUCE = "python bench/pipeline.py"
+D = 32
+
+
+def settings_for(bootstrap: str, state_dir: str, **extra: str) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    return load_settings(overrides={
+        "kafka.bootstrap_servers": bootstrap, "kafka.group_prefix": f"bench-{suffix}", "state_dir": state_dir,
+        "topics.impressions": f"imp-{suffix}", "topics.interactions": f"int-{suffix}",
+        "topics.examples_by_member": f"exm-{suffix}", "topics.examples_by_job": f"exj-{suffix}",
+        "topics.coefficients_prefix": f"coef-{suffix}-", "topics.model_global": f"global-{suffix}",
+        "topics.dead_letter": f"dlq-{suffix}", "kafka.consumer.session.timeout.ms": "6000",
+        "kafka.producer.linger.ms": "2", **extra,
+    })
+
+
+def produce_all(producer: Producer, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    for key, value in items:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+
+
+def example_values(settings: Settings, entities: np.ndarray, rng: np.random.Generator) -> list[tuple[bytes, bytes]]:
+    codec = make_codec("LabeledExample", settings.topics.examples_by_member)
+    features = rng.normal(size=(len(entities), D)).astype(np.float32)
+    features[:, 0] = 1.0
+    labels = rng.random(len(entities)) < 0.2
+    out = []
+    for entity, x, y in zip(entities, features, labels):
+        member = f"m{entity:07d}"
+        record = {"example_id": "e", "member_id": member, "item_id": "j", "label": float(y), "event_time": 0,
+                  "label_time": 0, "scores": {"global": -1.0, "job": 0.1},
+                  "global_features": {"indices": b"", "values": b""},
+                  "coordinates": {"member": {"entity_id": member, "dense": x.tobytes()}}}
+        out.append((member.encode(), codec.encode(record)))
+    return out
+
+
+def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> float:
+    """Consume + batch-decode ``count`` messages of ``topic`` from the beginning, events/s."""
+    consumer = Consumer(consumer_config(settings.kafka, group_id=f"raw-{uuid.uuid4().hex[:6]}"))
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    codec = make_codec(schema, topic)
+    seen, started = 0, None
+    deadline = time.monotonic() + 120
+    while seen < count and time.monotonic() < deadline:
+        before = time.perf_counter()
+        messages = consumer.consume(5000, timeout=0.5)
+        if messages and started is None:
+            started = before
+        seen += len(decode_batch(codec, [m for m in messages if m.error() is None]).records)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def timed_steps(step, done, timeout_s: float = 300.0) -> float:
+    """Call ``step`` until ``done()``; seconds from the start of the first step that got messages."""
+    started = None
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        before = time.perf_counter()
+        if step() and started is None:
+            started = before
+    return time.perf_counter() - started
+
+
+def store_bytes(updater_dir: str) -> int:
+    from pathlib import Path
+
+    total = 0
+    for path in Path(updater_dir).iterdir():
+        store = PartitionStore(path)
+        store.flush()
+        total += store.size_bytes()
+        store.close()
+    return total
+
+
+def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round: int, events_per_entity: int,
+                  batch_size: int) -> dict:
+    state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
+    settings = settings_for(bootstrap, state_dir, **{
+        "model.coordinates.member.max_features": str(D), "model.coordinates.member.batch_size": str(batch_size),
+        "model.coordinates.member.batch_time_ms": "200"})
+    rng = np.random.default_rng(0)
+    producer = Producer(producer_config(settings.kafka))
+    updater = CoordinateUpdater(settings, "member")
+    seconds = ceiling_seconds = 0.0
+    total = 0
+    for r in range(rounds):
+        ids = np.arange(r * entities_per_round, (r + 1) * entities_per_round)
+        order = np.tile(ids, events_per_entity)
+        if workload == "hot":
+            order = rng.permutation(order)
+        items = example_values(settings, order, rng)
+        produce_all(producer, settings.topics.examples_by_member, items)
+        total += len(items)
+        seconds += timed_steps(updater.step, lambda n=total: updater.stats.examples >= n)
+        ceiling_seconds += len(items) / raw_ceiling(settings, settings.topics.examples_by_member, len(items),
+                                                    "LabeledExample") if r == 0 else 0.0
+    stats = updater.stats
+    updater.close()
+    entities = rounds * entities_per_round
+    size = store_bytes(f"{state_dir}/updater-member")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    ceiling = total / rounds / ceiling_seconds
+    rate = stats.examples / seconds
+    return {
+        "bench": f"updater-{workload}", "entities": entities, "events": stats.examples, "batch_size": batch_size,
+        "updater_events_per_s": round(rate), "raw_ceiling_events_per_s": round(ceiling),
+        "updater_over_ceiling": round(rate / ceiling, 3),
+        "entity_updates_per_s": round(stats.entity_updates / seconds), "mean_events_per_update": round(
+            stats.examples / max(1, stats.entity_updates), 2),
+        "rocksdb_bytes_per_entity": round(size / entities), "state_value_bytes": 48 + D * 8 + D * (D + 1) // 2 * 8,
+        "reproduce": REPRODUCE,
+    }
+
+
+def world_events(requests: int) -> tuple[World, list]:
+    world = World(WorldSpec(seed=3, members=500, jobs=300, requests=requests, items_per_request=5,
+                            attribution_window_ms=60_000))
+    return world, labeled_impressions(world)
+
+
+def bench_joiner(bootstrap: str, requests: int) -> dict:
+    from stream.consumers.joiner import Joiner
+    from stream.synthetic import event_stream
+    from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+
+    state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
+    settings = settings_for(bootstrap, state_dir, **{"joiner.attribution_window_ms": "60000",
+                                                     "joiner.allowed_lateness_ms": "65000"})
+    world, labeled = world_events(requests)
+    events = [e for e in event_stream(world, labeled) if not e.malformed]
+    producer = Producer(producer_config(settings.kafka))
+    record = initial_global_model_record([li.impression for li in labeled[:2000]], settings.model)
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    topics, codecs = event_topics_and_codecs(settings)
+    produce_to_kafka(events, producer, topics, codecs)
+    joiner = Joiner(settings)
+
+    def consumed() -> int:
+        return joiner.stats.join.impressions + joiner.stats.join.interactions
+
+    seconds = timed_steps(joiner.step, lambda: consumed() >= len(events))
+    stats = joiner.stats
+    joiner.close()
+    impressions = sum(1 for e in events if e.kind == "impression")
+    ceiling = raw_ceiling(settings, settings.topics.impressions, impressions, "Impression")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    rate = consumed() / seconds
+    return {"bench": "joiner", "events": consumed(), "examples": stats.examples, "joiner_events_per_s": round(rate),
+            "raw_ceiling_impressions_per_s": round(ceiling), "joiner_over_ceiling": round(rate / ceiling, 3),
+            "reproduce": REPRODUCE}
+
+
+def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:
+    state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
+    settings = settings_for(bootstrap, state_dir, **{
+        "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "5000", "joiner.early_positives": "true",
+        "joiner.batch_time_ms": "50", "model.coordinates.member.batch_time_ms": "50",
+        "model.coordinates.job.batch_time_ms": "50"})
+    world, labeled = world_events(2000)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
+        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
+            [li.impression for li in labeled[:2000]], settings.model)))
+    producer.flush()
+    imp_codec = make_codec("Impression", settings.topics.impressions)
+    int_codec = make_codec("Interaction", settings.topics.interactions)
+    pipeline = Pipeline(settings, ["joiner", "member"])
+    pipeline.start()
+    time.sleep(8)  # consumer groups join
+    rng = np.random.default_rng(1)
+    sent = clicks = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        li = labeled[sent % len(labeled)]
+        now = int(time.time() * 1000)
+        imp = dict(li.impression, impression_id=f"live-{sent}", event_time=now)
+        producer.produce(settings.topics.impressions, key=imp["member_id"].encode(), value=imp_codec.encode(imp))
+        if rng.random() < 0.2:
+            producer.produce(settings.topics.interactions, key=imp["member_id"].encode(), value=int_codec.encode({
+                "interaction_id": f"c{sent}", "impression_id": imp["impression_id"], "member_id": imp["member_id"],
+                "item_id": imp["item_id"], "type": "CLICK", "event_time": now}))
+            clicks += 1
+        producer.poll(0)
+        sent += 1
+        pause = started + sent / rate_per_s - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    producer.flush()
+    time.sleep(2)
+    pipeline.stop()
+    fresh = np.array(pipeline.stages["member"].stats.freshness_ms, dtype=float)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return {"bench": "freshness", "impressions_per_s": round(sent / seconds), "clicks": clicks, "measured": len(fresh),
+            "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 1) if len(fresh) else None,
+            "freshness_p99_ms": round(float(np.percentile(fresh, 99)), 1) if len(fresh) else None,
+            "reproduce": REPRODUCE}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's smoke run)")
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker:
+        b = broker.bootstrap_servers
+        if args.quick:
+            hot = bench_updater(b, "hot", rounds=1, entities_per_round=100, events_per_entity=10, batch_size=1000)
+            cold = bench_updater(b, "cold", rounds=2, entities_per_round=1000, events_per_entity=1, batch_size=1000)
+            joiner = bench_joiner(b, requests=300)
+        else:
+            hot = bench_updater(b, "hot", rounds=1, entities_per_round=1000, events_per_entity=40, batch_size=10_000)
+            cold = bench_updater(b, "cold", rounds=3, entities_per_round=40_000, events_per_entity=1, batch_size=10_000)
+            joiner = bench_joiner(b, requests=6000)
+        for line in (hot, cold, joiner):
+            print(json.dumps(line), flush=True)
+        rate = joiner["joiner_events_per_s"] / 2
+        print(json.dumps(bench_freshness(b, rate_per_s=rate, seconds=3 if args.quick else 15)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
