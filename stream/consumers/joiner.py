@@ -147,12 +147,19 @@ class Joiner:
         config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
         self._consumer = Consumer(config)
         self._stores: dict[int, PartitionStore] = {}
+        self._callback_error: Exception | None = None
         self._last_delivery: dict[tuple[str, int], float] = {}
         self._idle_s = j.idle_input_ms / 1000
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._assign(consumer, partitions)
+        except Exception as exc:  # librdkafka cannot carry an exception out of a callback: re-raised after consume()
+            self._callback_error = exc
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in partitions}):
             if p not in self._stores:
                 path = store_path(self.settings.state_dir, "joiner", self.settings.topics.impressions, p)
@@ -182,6 +189,9 @@ class Joiner:
             time.sleep(j.batch_time_ms / 1000)
             return 0
         messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
         started = time.monotonic()
         for m in messages:
             self._last_delivery[(m.topic(), m.partition())] = started

@@ -127,15 +127,22 @@ def ensure_topics(admin: AdminClient, topics: TopicSettings, compacted: Mapping[
 
 
 def prepare_topics(settings: Settings, bootstrap_servers: str = "", timeout_s: float = 10.0) -> None:
-    """Create every pipeline topic where CreateTopics works; elsewhere have the broker auto-create them.
+    """Make sure every pipeline topic exists: CreateTopics (compaction set) where the cluster has a controller, else auto-creation.
 
     Consumers that subscribe to a topic that does not exist yet may wait a metadata refresh
     interval before they see it, so stages make sure their topics exist before they start.
     """
     wanted = all_topics(settings.topics, settings.model.coordinates)
-    created = set(ensure_topics(AdminClient(admin_config(settings.kafka, bootstrap_servers)), settings.topics, wanted, timeout_s))
-    missing = [name for name in wanted if name not in created]
-    if missing:
+    admin = AdminClient(admin_config(settings.kafka, bootstrap_servers))
+    metadata = admin.list_topics(timeout=timeout_s)
+    missing = {name: compacted for name, compacted in wanted.items() if name not in metadata.topics}
+    if not missing:
+        return
+    created: set[str] = set()
+    if metadata.controller_id in metadata.brokers:  # the embedded mock cluster has none: CreateTopics would time out
+        created = set(ensure_topics(admin, settings.topics, missing, timeout_s))
+    remaining = [name for name in missing if name not in created]
+    if remaining:
         producer = Producer(producer_config(settings.kafka, bootstrap_servers))
-        for name in missing:  # a metadata request for a topic auto-creates it where the broker allows it
+        for name in remaining:  # a metadata request for a topic auto-creates it where the broker allows it
             producer.list_topics(name, timeout=timeout_s)

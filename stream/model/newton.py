@@ -12,6 +12,10 @@ sequential-Bayesian update ``P <- Lambda0 + Z' diag(w * loss'') Z`` (sample weig
 inside). Every entity of the batch is solved together: padded arrays, ``einsum`` for
 gradients and Hessians, one stacked solve per step. No Python loop runs over entities.
 
+When every entity has fewer events than coefficients and starts at its prior mean (the
+sequential-Bayesian case), the same optimum is found in the span of the events
+(:mod:`stream.model.low_rank`): a k x k problem per entity instead of d x d.
+
 Inputs with non-finite values or invalid labels or weights reject their entity (status
 ``REJECTED_INPUT``); a solve that turns non-finite stops its entity at the last finite
 iterate (status ``NUMERICAL_FAILURE``). Neither ever yields a non-finite mean.
@@ -27,6 +31,7 @@ import numpy as np
 
 from stream.model.linalg import solve_spd
 from stream.model.losses import LogisticLoss, Loss
+from stream.model.low_rank import low_rank_solve
 
 _LOGISTIC = LogisticLoss()
 # Entities are solved in chunks of about this many feature values (4 MiB of float64), so
@@ -231,8 +236,8 @@ def newton_update(
     mean = np.where(ok[:, None], theta0, 0.0)
     precision = np.where(ok.reshape((b,) + (1,) * (prior.precision.ndim - 1)), prior.precision, 0.0)
     result = EntityUpdate(
-        mean=mean.astype(np.float64, copy=True),
-        precision=precision.astype(np.float64, copy=True),
+        mean=mean.astype(np.float64, copy=False),
+        precision=precision.astype(np.float64, copy=False),
         iterations=np.zeros(b, dtype=np.int32),
         gradient_norm=np.full(b, np.nan),
         objective=np.full(b, np.nan),
@@ -243,7 +248,11 @@ def newton_update(
     per_chunk = max(8, _CHUNK_ELEMENTS // max(1, events.features.shape[1] * d))
     chunks = [index[i:i + per_chunk] for i in range(0, index.size, per_chunk)]
 
+    low_rank = events.features.shape[1] < d and (start is None or np.array_equal(start, prior.mean))
+
     def solve(part: np.ndarray) -> None:
+        if low_rank:
+            part = _solve_low_rank(events, prior, loss, result, part, max_steps, gradient_tolerance, max_backtracks, armijo)
         _solve(events, prior, loss, result, part, max_steps, gradient_tolerance, max_backtracks, armijo)
 
     if threads > 1 and len(chunks) > 1:
@@ -303,6 +312,26 @@ def _solve(
             z[keep], y[keep], o[keep], w[keep], mu0[active], lam[active], loss, theta[active], margins[keep],
             direction, grad[keep], fval[keep], max_backtracks, armijo,
         )
+
+
+def _solve_low_rank(events: EntityEvents, prior: GaussianPrior, loss: Loss, out: EntityUpdate, index: np.ndarray,
+                    max_steps: int, tol: float, max_backtracks: int, armijo: float) -> np.ndarray:
+    """Solve ``index`` in the span of their events (:mod:`stream.model.low_rank`); returns the rows left to the full solver."""
+    z, y, o, w = _clean(events, index)
+    sub_prior = prior.take(index)
+    try:
+        theta, precision, fval, gnorm, iterations, converged, finite = low_rank_solve(
+            z, y, o, w, sub_prior.mean, sub_prior.precision, loss, max_steps, tol, max_backtracks, armijo)
+    except np.linalg.LinAlgError:
+        return index
+    rows = index[finite]
+    out.mean[rows] = theta[finite]
+    out.precision[rows] = precision[finite]
+    out.objective[rows] = fval[finite]
+    out.gradient_norm[rows] = gnorm[finite]
+    out.iterations[rows] = iterations[finite]
+    out.status[rows] = np.where(converged[finite], UpdateStatus.CONVERGED, UpdateStatus.NOT_CONVERGED)
+    return index[~finite]
 
 
 def _record(out: EntityUpdate, rows: np.ndarray, theta: np.ndarray, hess: np.ndarray, gnorm: np.ndarray,

@@ -27,7 +27,9 @@ def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.
     published = int(time.time() * 1000) if now_ms is None else now_ms
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
     means = states["mean"].tolist()
-    precisions = states["precision"].tolist()
+    packed = np.ascontiguousarray(states["precision"], dtype="<f8").tobytes()
+    size = 8 * layout.precision_size
+    precisions = [packed[i:i + size] for i in range(0, len(packed), size)]
     return [
         {
             "coordinate": coordinate,
@@ -52,10 +54,10 @@ def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, n
     states = layout.new_states(len(records), new_precision)
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
     for i, r in enumerate(records):
-        if r["precision_kind"] != kind or len(r["means"]) != layout.dim or len(r["precision"]) != layout.precision_size:
+        if r["precision_kind"] != kind or len(r["means"]) != layout.dim or len(r["precision"]) != 8 * layout.precision_size:
             raise ValueError(f"record of entity {r['entity_id']!r} does not fit the state layout {layout}")
         states[i]["mean"] = r["means"]
-        states[i]["precision"] = r["precision"]
+        states[i]["precision"] = np.frombuffer(r["precision"], dtype="<f8")
     states["version"] = [r["version"] for r in records]
     states["last_offset"] = [r["source_offset"] for r in records]
     states["event_count"] = [r["event_count"] for r in records]

@@ -12,6 +12,7 @@ written under another configuration is detected instead of misread.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -109,16 +110,27 @@ class StateLayout:
             full = np.zeros(precision.shape + (self.dim,))
             full[:, np.arange(self.dim), np.arange(self.dim)] = precision
             precision = full
-        rows, cols = np.triu_indices(self.dim)
-        return precision[:, rows, cols]
+        return np.take(precision.reshape(len(precision), self.dim * self.dim), _upper_positions(self.dim), axis=1)
 
     def unpack_precision(self, stored: np.ndarray) -> np.ndarray:
         """Stored values -> (B, d) diagonals or symmetric (B, d, d) matrices."""
         if self.diagonal:
             return np.array(stored, dtype=np.float64)
-        b = stored.shape[0]
-        full = np.zeros((b, self.dim, self.dim))
-        rows, cols = np.triu_indices(self.dim)
-        full[:, rows, cols] = stored
-        full[:, cols, rows] = stored
-        return full
+        return np.take(stored, _symmetric_sources(self.dim), axis=1).reshape(len(stored), self.dim, self.dim)
+
+
+@functools.lru_cache(maxsize=16)
+def _upper_positions(dim: int) -> np.ndarray:
+    """Flat (row-major) positions of the upper triangle, row by row: the packed order."""
+    rows, cols = np.triu_indices(dim)
+    return rows * dim + cols
+
+
+@functools.lru_cache(maxsize=16)
+def _symmetric_sources(dim: int) -> np.ndarray:
+    """For every flat position (i, j) of a d x d matrix, its index in the packed upper triangle."""
+    packed = np.zeros((dim, dim), dtype=np.intp)
+    rows, cols = np.triu_indices(dim)
+    packed[rows, cols] = np.arange(rows.size)
+    packed[cols, rows] = np.arange(rows.size)
+    return packed.ravel()

@@ -36,9 +36,13 @@ class CoordinateExamples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, rows: np.ndarray) -> CoordinateExamples:
+        """The examples at ``rows`` (indices or a mask)."""
+        return CoordinateExamples(**{name: values[rows] for name, values in self.__dict__.items()})
+
 
 def example_problem(record: Mapping[str, Any], coordinate: str, dim: int) -> str | None:
-    """Why ``record`` cannot be used by ``coordinate`` (None when it can)."""
+    """Why ``record`` cannot feed ``coordinate`` by its shape (None when it can); values are checked in batch."""
     features = record.get("coordinates", {}).get(coordinate)
     if features is None:
         return f"no features for coordinate {coordinate!r}"
@@ -46,19 +50,21 @@ def example_problem(record: Mapping[str, Any], coordinate: str, dim: int) -> str
         return f"empty entity id for coordinate {coordinate!r}"
     if len(features["dense"]) != 4 * dim:
         return f"coordinate {coordinate!r} has {len(features['dense']) // 4} features, expected {dim}"
-    numbers = [record["label"], record["weight"], record["offset"], *record.get("scores", {}).values()]
-    if not all(np.isfinite(numbers)):
-        return "non-finite label, weight, offset or score"
-    if record["weight"] < 0:
-        return "negative weight"
-    if not np.isfinite(np.frombuffer(features["dense"], dtype="<f4")).all():
-        return f"non-finite feature value in coordinate {coordinate!r}"
     return None
+
+
+def invalid_values(examples: CoordinateExamples) -> np.ndarray:
+    """(N,) mask of examples with a non-finite feature, label, weight or offset, or a negative weight."""
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(examples.features).all(axis=1)
+        ok &= np.isfinite(examples.labels) & np.isfinite(examples.offsets)
+        ok &= np.isfinite(examples.weights) & (examples.weights >= 0)
+    return ~ok
 
 
 def coordinate_examples(records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str,
                         dim: int) -> CoordinateExamples:
-    """Arrays of ``records`` (already checked by :func:`example_problem`) for ``coordinate``."""
+    """Arrays of ``records`` (shapes checked by :func:`example_problem`; values by :func:`invalid_values`)."""
     parts = [r["coordinates"][coordinate] for r in records]
     n = len(records)
     features = np.frombuffer(b"".join(p["dense"] for p in parts), dtype="<f4").reshape(n, dim).astype(np.float64)

@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from stream.kafka.topic_reader import TopicReader
 from stream.model.losses import get_loss
 from stream.state.changelog import entity_model_records, states_from_records
 from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
-from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity
+from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
 from stream.updaters.state_update import CoordinateMath, apply_batch
 
 log = logging.getLogger(__name__)
@@ -90,6 +89,7 @@ class CoordinateUpdater:
         prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
         self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
         self._stores: dict[int, PartitionStore] = {}
+        self._callback_error: Exception | None = None
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
 
@@ -106,6 +106,12 @@ class CoordinateUpdater:
         return sorted(self._stores)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._assign(consumer, partitions)
+        except Exception as exc:  # librdkafka cannot carry an exception out of a callback: re-raised after consume()
+            self._callback_error = exc
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
             store, wiped = open_or_wipe(store_path(self.state_dir.parent, self.state_dir.name, self.topic, tp.partition))
@@ -169,6 +175,9 @@ class CoordinateUpdater:
         """Consume, update, publish and commit one micro-batch; returns the messages it took."""
         s = self.coordinate_settings
         messages = self._consumer.consume(s.batch_size, timeout=s.batch_time_ms / 1000)
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
         if not messages:
             return 0
         started = time.monotonic()
@@ -188,10 +197,10 @@ class CoordinateUpdater:
             if problem is not None:
                 self._dead_letters.send(message, problem)
                 continue
-            records, offsets = by_partition.setdefault(message.partition(), ([], []))
+            records, kept = by_partition.setdefault(message.partition(), ([], []))
             records.append(record)
-            offsets.append(message.offset())
-        writes = [self._update_partition(p, records, offsets) for p, (records, offsets) in by_partition.items()
+            kept.append(message)
+        writes = [self._update_partition(p, records, kept) for p, (records, kept) in by_partition.items()
                   if p in self._stores]
         self._producer.flush()
         last = {}
@@ -206,14 +215,19 @@ class CoordinateUpdater:
             if p in self._stores:
                 self._stores[p].commit((), offsets={"input": last[p]})
         self.stats.batches += 1
-        self.stats.examples += sum(len(r) for r, _ in by_partition.values())
         self.stats.dead_lettered = self._dead_letters.total
         self.stats.busy_seconds += time.monotonic() - started
         return len(messages)
 
-    def _update_partition(self, partition: int, records: list, offsets: Sequence[int]) -> tuple[int, list]:
+    def _update_partition(self, partition: int, records: list, messages: list) -> tuple[int, list]:
         layout = self.math.layout
-        examples = coordinate_examples(records, offsets, self.coordinate, layout.dim)
+        examples = coordinate_examples(records, [m.offset() for m in messages], self.coordinate, layout.dim)
+        invalid = invalid_values(examples)
+        if invalid.any():
+            for row in np.flatnonzero(invalid):
+                self._dead_letters.send(messages[row], "non-finite feature, label, weight, offset or score, or a negative weight")
+            examples = examples.take(~invalid)
+        self.stats.examples += len(examples)
         batch = group_by_entity(examples)
         keys = [_entity_key(e) for e in batch.entity_ids]
         store = self._stores[partition]

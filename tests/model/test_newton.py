@@ -287,3 +287,22 @@ def test_threads_give_the_same_result():
     two = newton_update(events, pri, threads=2)
     np.testing.assert_array_equal(one.mean, two.mean)
     np.testing.assert_array_equal(one.status, two.status)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diagonal"])
+def test_fewer_events_than_coefficients_reach_the_same_optimum_and_posterior(loss, diagonal):
+    """n < d with a warm start at the prior mean takes the low-rank path (stream.model.low_rank)."""
+    rng = np.random.default_rng(hash(("low-rank", loss, diagonal)) % 2**32)
+    events, pri = random_problem(rng, loss, b=16, n=3, d=12, prior="bayes", diagonal=diagonal)
+    result = newton_update(events, pri, LOSSES[loss], max_steps=30, gradient_tolerance=1e-9)
+    assert result.converged.all(), result.status
+    full = pri.full_precision()
+    for b in range(events.num_entities):
+        m = events.mask[b]
+        z, y, o, w = events.features[b][m], events.labels[b][m], events.offsets[b][m], events.weights[b][m]
+        ours = reference_objective(loss, z, y, o, w, pri.mean[b], full[b], result.mean[b])
+        assert (ours - scipy_optimum(loss, z, y, o, w, pri.mean[b], full[b])) / abs(ours) <= 1e-6
+        _, second = LOSSES[loss].derivatives(y, o + z @ result.mean[b])
+        posterior = full[b] + z.T @ np.diag(w * second) @ z
+        assert np.allclose(result.precision[b], np.diag(posterior) if diagonal else posterior, atol=1e-9)
