@@ -24,7 +24,6 @@ import argparse
 import json
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 
