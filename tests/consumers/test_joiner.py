@@ -1,0 +1,84 @@
+"""The joiner over the kafka_bootstrap broker picks up new models without a restart and scores with them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from stream.codec import make_codec
+from stream.config import load_settings
+from stream.consumers.joiner import Joiner
+from stream.kafka import producer_config
+from stream.model.export import initial_global_model_record
+from stream.synthetic import World, WorldSpec, labeled_impressions
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def _step_until(joiner: Joiner, examples: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while joiner.stats.examples < examples:
+        assert time.monotonic() < deadline, f"joiner emitted {joiner.stats.examples} of {examples} examples"
+        joiner.step()
+
+
+def test_new_global_and_entity_models_are_used_from_the_next_batch(kafka_bootstrap, tmp_path, unique_name):
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "joiner.early_positives": "true", "topics.impressions": f"imp-{unique_name}",
+        "topics.interactions": f"int-{unique_name}", "topics.examples_by_member": f"exm-{unique_name}",
+        "topics.examples_by_job": f"exj-{unique_name}", "topics.model_global": f"global-{unique_name}",
+        "topics.coefficients_prefix": f"coef-{unique_name}-",
+    })
+    topics = settings.topics
+    labeled = labeled_impressions(World(WorldSpec(seed=2, members=5, jobs=5, requests=4, items_per_request=2)))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model, version=1)
+    record["coefficients"] = [0.0] * len(record["coefficients"])
+    producer = Producer(producer_config(settings.kafka))
+    global_codec = make_codec("GlobalModel", topics.model_global)
+    producer.produce(topics.model_global, key=b"glmix", value=global_codec.encode(record))
+    producer.flush()
+    joiner = Joiner(settings)
+    impression_codec, interaction_codec = make_codec("Impression", topics.impressions), make_codec("Interaction", topics.interactions)
+
+    def show_and_click(impression: dict) -> None:
+        key = impression["member_id"].encode()
+        producer.produce(topics.impressions, key=key, value=impression_codec.encode(impression))
+        producer.produce(topics.interactions, key=key, value=interaction_codec.encode({
+            "interaction_id": f"c-{impression['impression_id']}", "impression_id": impression["impression_id"],
+            "member_id": impression["member_id"], "item_id": impression["item_id"], "type": "CLICK",
+            "event_time": impression["event_time"] + 1}))
+        producer.flush()
+
+    try:
+        first, second = labeled[0].impression, labeled[1].impression
+        show_and_click(first)
+        _step_until(joiner, 1)
+        # a refit publishes version 2; the member's updater publishes a model for the second impression's member
+        producer.produce(topics.model_global, key=b"glmix",
+                         value=global_codec.encode(dict(record, version=2, coefficients=[0.25] * len(record["coefficients"]))))
+        member_means = np.linspace(-1, 1, settings.model.coordinates["member"].max_features)
+        producer.produce(topics.coefficients("member"), key=second["member_id"].encode(), value=make_codec(
+            "EntityModel", topics.coefficients("member")).encode({
+                "coordinate": "member", "entity_id": second["member_id"], "version": 4, "means": member_means.tolist(),
+                "precision_kind": "PACKED_UPPER", "precision": b""}))
+        producer.flush()
+        time.sleep(1.0)
+        show_and_click(second)
+        _step_until(joiner, 2)
+    finally:
+        joiner.close()
+    codec = make_codec("LabeledExample", topics.examples_by_member)
+    examples = {e["example_id"]: e for e in (codec.decode(m.value()) for m in read_topic(kafka_bootstrap, topics.examples_by_member))}
+    before, after = examples[first["impression_id"]], examples[second["impression_id"]]
+    assert before["label"] == after["label"] == 1.0
+    assert before["model_versions"]["global"] == 1 and before["scores"]["global"] == 0.0
+    assert after["model_versions"]["global"] == 2 and after["model_versions"]["member"] == 4
+    global_values = np.frombuffer(after["global_features"]["values"], dtype="<f4")
+    assert after["scores"]["global"] == pytest.approx(0.25 * global_values.sum(), rel=1e-6)
+    dense = np.frombuffer(after["coordinates"]["member"]["dense"], dtype="<f4")
+    assert after["scores"]["member"] == pytest.approx(float(dense @ member_means), rel=1e-6)
