@@ -5,7 +5,7 @@ Reproduce: python bench/pipeline.py   (or: make bench; --quick for a smaller run
 Prints one JSON line per measurement:
 
 * ``updater-hot`` / ``updater-cold`` (DESIGN §8): LabeledExamples for the member
-  coordinate (d=32, full precision, bayes) consumed by a CoordinateUpdater — hot: ~1k
+  coordinate (d=32, bayes, full and diagonal precision) consumed by a CoordinateUpdater — hot: ~1k
   entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
   micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition).
   Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages, and
@@ -37,6 +37,8 @@ from stream.model.export import initial_global_model_record
 from stream.pipeline import Pipeline
 from stream.state.partition_store import PartitionStore
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.model.losses import get_loss
+from stream.updaters.state_update import CoordinateMath
 from stream.updaters.updater import CoordinateUpdater
 
 REPRODUCE = "python bench/pipeline.py"
@@ -125,11 +127,11 @@ def store_bytes(updater_dir: str) -> int:
 
 
 def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round: int, events_per_entity: int,
-                  batch_size: int) -> dict:
+                  batch_size: int, precision: str) -> dict:
     state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
     settings = settings_for(bootstrap, state_dir, **{
         "model.coordinates.member.max_features": str(D), "model.coordinates.member.batch_size": str(batch_size),
-        "model.coordinates.member.batch_time_ms": "200"})
+        "model.coordinates.member.batch_time_ms": "200", "model.coordinates.member.precision": precision})
     rng = np.random.default_rng(0)
     producer = Producer(producer_config(settings.kafka))
     updater = CoordinateUpdater(settings, "member")
@@ -154,12 +156,14 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
     ceiling = total / rounds / ceiling_seconds
     rate = stats.examples / seconds
     return {
-        "bench": f"updater-{workload}", "entities": entities, "events": stats.examples, "batch_size": batch_size,
+        "bench": f"updater-{workload}", "precision": precision, "entities": entities, "events": stats.examples,
+        "batch_size": batch_size,
         "updater_events_per_s": round(rate), "raw_ceiling_events_per_s": round(ceiling),
         "updater_over_ceiling": round(rate / ceiling, 3),
         "entity_updates_per_s": round(stats.entity_updates / seconds), "mean_events_per_update": round(
             stats.examples / max(1, stats.entity_updates), 2),
-        "rocksdb_bytes_per_entity": round(size / entities), "state_value_bytes": 48 + D * 8 + D * (D + 1) // 2 * 8,
+        "rocksdb_bytes_per_entity": round(size / entities), "state_value_bytes": CoordinateMath.of(
+            settings.model.coordinates["member"], get_loss("logistic")).layout.state_bytes,
         "reproduce": REPRODUCE,
     }
 
@@ -255,16 +259,17 @@ def main() -> None:
     args = parser.parse_args()
     with EmbeddedBroker() as broker:
         b = broker.bootstrap_servers
-        if args.quick:
-            hot = bench_updater(b, "hot", rounds=1, entities_per_round=100, events_per_entity=10, batch_size=1000)
-            cold = bench_updater(b, "cold", rounds=2, entities_per_round=1000, events_per_entity=1, batch_size=1000)
-            joiner = bench_joiner(b, requests=300)
-        else:
-            hot = bench_updater(b, "hot", rounds=1, entities_per_round=1000, events_per_entity=40, batch_size=10_000)
-            cold = bench_updater(b, "cold", rounds=3, entities_per_round=40_000, events_per_entity=1, batch_size=10_000)
-            joiner = bench_joiner(b, requests=6000)
-        for line in (hot, cold, joiner):
-            print(json.dumps(line), flush=True)
+        for precision in ("full", "diagonal"):
+            if args.quick:
+                hot = bench_updater(b, "hot", 1, 100, 10, batch_size=1000, precision=precision)
+                cold = bench_updater(b, "cold", 2, 1000, 1, batch_size=1000, precision=precision)
+            else:
+                hot = bench_updater(b, "hot", 1, 1000, 40, batch_size=10_000, precision=precision)
+                cold = bench_updater(b, "cold", 3, 40_000, 1, batch_size=10_000, precision=precision)
+            print(json.dumps(hot), flush=True)
+            print(json.dumps(cold), flush=True)
+        joiner = bench_joiner(b, requests=300 if args.quick else 6000)
+        print(json.dumps(joiner), flush=True)
         rate = joiner["joiner_events_per_s"] / 2
         print(json.dumps(bench_freshness(b, rate_per_s=rate, seconds=3 if args.quick else 15)), flush=True)
 
