@@ -34,6 +34,7 @@ from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.topic_reader import TopicReader
 from stream.model.losses import get_loss
 from stream.state.changelog import entity_model_records, states_from_records
+from stream.state.exceptions import StateLayoutError
 from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
 from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
 from stream.updaters.state_update import CoordinateMath, apply_batch
@@ -114,11 +115,16 @@ class CoordinateUpdater:
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
-            store, wiped = open_or_wipe(store_path(self.state_dir.parent, self.state_dir.name, self.topic, tp.partition))
+            store, wiped = open_or_wipe(store_path(self.settings.state_dir, self.state_dir.name, self.topic, tp.partition))
             self._stores[tp.partition] = store
             done = max(committed.get(tp.partition, -1), 0) - 1
             if wiped or store.processed_offset() < done or store.processed_offset() == NO_OFFSET:
-                self._restore(tp.partition, store, done)
+                try:
+                    self._restore(tp.partition, store, done)
+                except StateLayoutError as exc:  # unreadable local values: start over from the changelog alone
+                    log.warning("%s: partition %d store unreadable (%s); rebuilding it", self.group_id, tp.partition, exc)
+                    store.wipe()
+                    self._restore(tp.partition, store, done)
         log.info("%s: assigned partitions %s of %s", self.group_id, [tp.partition for tp in partitions], self.topic)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -190,7 +196,7 @@ class CoordinateUpdater:
                 log.warning("%s: consume error: %s", self.group_id, err)
         decoded = decode_batch(self._examples_codec, usable)
         for message, error in decoded.failures:
-            self._dead_letters.send(message, error.reason if hasattr(error, "reason") else str(error))
+            self._dead_letters.send(message, error.reason)
         by_partition: dict[int, tuple[list, list]] = {}
         for record, message in zip(decoded.records, decoded.messages):
             problem = example_problem(record, self.coordinate, self.math.layout.dim)
@@ -200,26 +206,28 @@ class CoordinateUpdater:
             records, kept = by_partition.setdefault(message.partition(), ([], []))
             records.append(record)
             kept.append(message)
-        writes = [self._update_partition(p, records, kept) for p, (records, kept) in by_partition.items()
-                  if p in self._stores]
-        self._producer.flush()
-        last = {}
-        for m in usable:
-            last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
-        commits = [TopicPartition(self.topic, p, o + 1) for p, o in last.items() if p in self._stores]
-        if commits:
-            self._consumer.commit(offsets=commits, asynchronous=False)
-        for partition, puts in writes:
-            self._stores[partition].commit(puts, offsets={"input": last[partition]})
-        for p in set(last) - {p for p, _ in writes}:
-            if p in self._stores:
-                self._stores[p].commit((), offsets={"input": last[p]})
+        writes = {p: self._update_partition(p, records, kept) for p, (records, kept) in by_partition.items()
+                  if p in self._stores}
+        self._commit(usable, writes)
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
         self.stats.busy_seconds += time.monotonic() - started
         return len(messages)
 
-    def _update_partition(self, partition: int, records: list, messages: list) -> tuple[int, list]:
+    def _commit(self, messages: list, writes: dict[int, list[tuple[bytes, bytes]]]) -> None:
+        """DESIGN §5's order: flush the published coefficients, commit the input offsets, write each store."""
+        self._producer.flush()
+        last: dict[int, int] = {}
+        for m in messages:
+            if m.partition() in self._stores:
+                last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
+        if last:
+            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1) for p, o in last.items()], asynchronous=False)
+        for partition, offset in last.items():
+            self._stores[partition].commit(writes.get(partition, ()), offsets={"input": offset})
+
+    def _update_partition(self, partition: int, records: list, messages: list) -> list[tuple[bytes, bytes]]:
+        """Update one partition's entities and publish them; returns the store writes (key, state)."""
         layout = self.math.layout
         examples = coordinate_examples(records, [m.offset() for m in messages], self.coordinate, layout.dim)
         invalid = invalid_values(examples)
@@ -239,7 +247,7 @@ class CoordinateUpdater:
         for record in published:
             self._producer.produce(self.coefficients_topic, key=record["entity_id"].encode(), value=encode(record),
                                    partition=partition)
-            self._producer.poll(0)
+        self._producer.poll(0)
         now_ms = int(time.time() * 1000)
         positive = batch.mask & (batch.labels > 0) & outcome.changed[:, None]
         self.stats.freshness_ms.extend((now_ms - batch.label_times[positive]).tolist())
@@ -247,7 +255,7 @@ class CoordinateUpdater:
         self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
         self.stats.replayed_events += outcome.replayed_events
         self.stats.stale_index_events += outcome.stale_index_events
-        return partition, list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
+        return list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
 
     def close(self) -> None:
         """Flush, leave the group (revoking and closing every store) and release the clients."""
