@@ -28,7 +28,7 @@ IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
 _NEVER = -(1 << 62)
 _PENDING_HEADER = struct.Struct("<qqdI")
 _EMITTED = struct.Struct("<qB")
-_HELD_ITEM = struct.Struct("<qHI")
+_HELD_ITEM = struct.Struct("<qqHI")
 _TIME = struct.Struct("<q")
 _DEADLINE_TIME = struct.Struct(">Q")
 _TIME_BIAS = 1 << 63  # deadlines are stored as biased unsigned big-endian so byte order is time order
@@ -60,12 +60,13 @@ class Pending:
 
 @dataclass(frozen=True)
 class HeldInteraction:
-    """An interaction waiting for its impression, with its original bytes for the dead-letter topic."""
+    """An interaction waiting for its impression, with its original bytes and offset for the dead-letter topic."""
 
     event_time: int
     type_code: int
     raw: bytes
     key: bytes
+    offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class InteractionEvent:
     type_code: int
     raw: bytes
     key: bytes
+    offset: int = -1
 
 
 class JoinRules:
@@ -242,7 +244,7 @@ class JoinBatch:
         items = _decode_held(held) if held is not None else []
         if items:
             self._drop_deadline(min(i.event_time for i in items), HELD, iid)
-        items.append(HeldInteraction(event.event_time, event.type_code, event.raw, event.key))
+        items.append(HeldInteraction(event.event_time, event.type_code, event.raw, event.key, event.offset))
         self._overlay[HELD + iid] = _encode_held(items)
         self._put_deadline(min(i.event_time for i in items), HELD, iid)
 
@@ -307,7 +309,7 @@ class JoinBatch:
 def _encode_held(items: list[HeldInteraction]) -> bytes:
     parts = []
     for item in items:
-        parts.append(_HELD_ITEM.pack(item.event_time, item.type_code, len(item.raw)) + item.raw)
+        parts.append(_HELD_ITEM.pack(item.event_time, item.offset, item.type_code, len(item.raw)) + item.raw)
         parts.append(struct.pack("<I", len(item.key)) + item.key)
     return b"".join(parts)
 
@@ -315,7 +317,7 @@ def _encode_held(items: list[HeldInteraction]) -> bytes:
 def _decode_held(raw: bytes) -> list[HeldInteraction]:
     items, pos = [], 0
     while pos < len(raw):
-        event_time, type_code, size = _HELD_ITEM.unpack_from(raw, pos)
+        event_time, offset, type_code, size = _HELD_ITEM.unpack_from(raw, pos)
         pos += _HELD_ITEM.size
         body = bytes(raw[pos:pos + size])
         pos += size
@@ -323,7 +325,7 @@ def _decode_held(raw: bytes) -> list[HeldInteraction]:
         pos += 4
         key = bytes(raw[pos:pos + key_size])
         pos += key_size
-        items.append(HeldInteraction(event_time, type_code, body, key))
+        items.append(HeldInteraction(event_time, type_code, body, key, offset))
     return items
 
 

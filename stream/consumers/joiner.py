@@ -275,23 +275,21 @@ class Joiner:
         fresh = [(k, r, m) for k, r, m in items if m.offset() > done[m.topic()]]
         self.stats.replayed += len(items) - len(fresh)
         batch = JoinBatch(store, self._rules, (r["impression_id"] for _, r, _ in fresh))
-        model = self.models.global_model.current
+        model = self.models.global_model.current  # never None when impressions are here: see _bootstrap_model_if_needed
         for kind, record, message in fresh:
             if kind == "impression":
-                if model is None:  # interactions can wait for their impression; impressions need an index
-                    continue
                 example = unlabeled_example(record, model, self.settings.model)
                 batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"],
                                                      self._stored_example_codec.encode(example)))
             else:
                 batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
                                                        self._type_symbols.index(record["type"]), message.value(),
-                                                       message.key() or b""))
+                                                       message.key() or b"", message.offset()))
         batch.close_windows(self._idle_inputs(partition))
         for orphan in batch.result.orphans:
-            self._dead_letters.send(None, "orphan interaction: no impression known for it (none arrived within "
-                                          "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)",
-                                    key=orphan.key, value=orphan.raw)
+            self._dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
+                                        "orphan interaction: no impression known for it (none arrived within "
+                                        "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)")
         self.stats.orphans += len(batch.result.orphans)
         self.stats.join.add(batch.result.counts)
         return batch

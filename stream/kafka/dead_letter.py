@@ -23,24 +23,23 @@ class DeadLetters:
         self.stage = stage
         self.counts: Counter[str] = Counter()
 
-    def send(self, message, reason: str, *, key: bytes | None = None, value: bytes | None = None) -> None:
-        """Dead-letter ``message`` (a Kafka message, or None with ``key``/``value`` given) for ``reason``."""
-        source_topic = message.topic() if message is not None else ""
+    def send(self, message, reason: str) -> None:
+        """Dead-letter a consumed Kafka ``message`` for ``reason``."""
+        self.send_raw(message.key(), message.value(), message.topic() or "", message.partition(), message.offset(), reason)
+
+    def send_raw(self, key: bytes | None, value: bytes | None, source_topic: str, source_partition: int,
+                 source_offset: int, reason: str) -> None:
+        """Dead-letter bytes that were consumed earlier (e.g. an interaction held for its impression)."""
         headers = [
-            ("source.topic", (source_topic or "").encode()),
-            ("source.partition", str(message.partition() if message is not None else -1).encode()),
-            ("source.offset", str(message.offset() if message is not None else -1).encode()),
+            ("source.topic", source_topic.encode()),
+            ("source.partition", str(source_partition).encode()),
+            ("source.offset", str(source_offset).encode()),
             ("error", reason.encode("utf-8", "replace")),
             ("stage", self.stage.encode()),
         ]
-        self._producer.produce(
-            self.topic,
-            key=message.key() if message is not None else key,
-            value=message.value() if message is not None else value,
-            headers=headers,
-        )
+        self._producer.produce(self.topic, key=key, value=value, headers=headers)
         self.counts[source_topic or "unknown"] += 1
-        log.debug("dead-lettered %s[%s]@%s: %s", source_topic, headers[1][1], headers[2][1], reason)
+        log.debug("dead-lettered %s[%d]@%d: %s", source_topic, source_partition, source_offset, reason)
 
     @property
     def total(self) -> int:

@@ -205,6 +205,11 @@ def test_bad_records_and_orphans_are_dead_lettered_with_their_reason(run):
     assert malformed >= 0.09 * len(run.events) / 1.1
     assert sum(1 for r in reasons if not r.startswith("orphan")) == malformed
     assert all({"source.topic", "source.partition", "source.offset", "error"} <= set(dict(m.headers())) for m in dead)
+    sources = {(h["source.topic"].decode(), int(h["source.partition"]), int(h["source.offset"]))
+               for h in (dict(m.headers()) for m in dead)}
+    assert all(topic in (run.settings.topics.impressions, run.settings.topics.interactions) and offset >= 0
+               for topic, _, offset in sources)
+    assert len(sources) == len(dead)  # each dead letter points at its own original record
     codec = make_codec("Interaction", run.settings.topics.interactions)
     orphaned = {codec.decode(m.value())["interaction_id"] for m, r in zip(dead, reasons) if r.startswith("orphan")}
     watermark, partition = _final_watermarks(run), _partition_of(run)
