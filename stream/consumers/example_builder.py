@@ -16,9 +16,8 @@ import numpy as np
 from stream.config import ModelSettings
 from stream.model.dataset import entity_of
 from stream.model.features import FeatureIndex
+from stream.model.game import GLOBAL
 from stream.scoring.tables import CoefficientTable, GlobalModel
-
-GLOBAL = "global"
 
 
 def _sparse_row(index: FeatureIndex, bags: Mapping[str, Sequence[Any]]) -> tuple[bytes, bytes]:

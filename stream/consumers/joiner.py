@@ -42,9 +42,8 @@ from stream.consumers.join_state import (
 )
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.scoring.follower import ModelFollower
 from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
 
 log = logging.getLogger(__name__)
@@ -68,45 +67,6 @@ class JoinerStats:
     def examples(self) -> int:
         """Examples emitted."""
         return self.positives + self.negatives
-
-
-class ModelFollower:
-    """The global model and every coordinate's coefficients, kept current from their topics."""
-
-    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str) -> None:
-        registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
-        topics = settings.topics
-        self.global_model = GlobalModelTable(settings.model)
-        self.tables = {name: CoefficientTable(name, c.max_features) for name, c in settings.model.coordinates.items()}
-        self._global_reader = TopicReader(
-            settings.kafka, topics.model_global,
-            make_codec("GlobalModel", topics.model_global, registry, registry_settings),
-            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-global-model")
-        self._readers = {
-            name: TopicReader(settings.kafka, topics.coefficients(name),
-                              make_codec("EntityModel", topics.coefficients(name), registry, registry_settings),
-                              bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
-            for name in self.tables
-        }
-
-    def catch_up(self, timeout_s: float = 60.0) -> None:
-        """Read the global model topic to its current end (so nothing already published is missed)."""
-        for batch in self._global_reader.read_to_end(timeout_s):
-            self.global_model.apply(batch.records)
-
-    def refresh(self) -> None:
-        """Take whatever was published since the last call (non-blocking)."""
-        if self.global_model.apply(self._global_reader.poll().records):
-            log.info("using global model version %d (index version %d)", self.global_model.current.version,
-                     self.global_model.current.index_version)
-        for name, reader in self._readers.items():
-            self.tables[name].apply(reader.poll().records)
-
-    def close(self) -> None:
-        """Close every reader."""
-        self._global_reader.close()
-        for reader in self._readers.values():
-            reader.close()
 
 
 class Joiner:

@@ -64,6 +64,16 @@ class TopicReader:
         return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
                 for p in self._assigned}
 
+    def reached(self, targets: dict[int, int]) -> bool:
+        """Whether the reader's position is at or past ``targets`` (partition -> offset) everywhere."""
+        pending = {p: end for p, end in targets.items() if end > 0}
+        if not pending:
+            return True
+        if not self._assigned:
+            return False
+        positions = self._consumer.position([TopicPartition(self.topic, p) for p in pending])
+        return all(tp.offset >= pending[tp.partition] for tp in positions)
+
     def read_to_end(self, timeout_s: float = 60.0, batch: int = 10_000):
         """Yield decoded batches until every partition reached its high watermark at the start of the call."""
         ends = self.end_offsets()

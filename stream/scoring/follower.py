@@ -1,0 +1,74 @@
+"""The models a scorer needs — the global model and every coordinate's coefficients — followed from their topics.
+
+Used by the joiner (scores at join time) and the scorer. The follower reads the
+compacted topics from the beginning into version-checked tables and keeps following
+them; it is ``ready`` once it has read up to the high watermarks that existed when it
+started, so nothing already published is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from stream.codec import make_codec
+from stream.config import Settings
+from stream.kafka.topic_reader import TopicReader
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
+
+log = logging.getLogger(__name__)
+
+
+class ModelFollower:
+    """The global model and every coordinate's coefficients, kept current from their topics."""
+
+    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str) -> None:
+        registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
+        topics = settings.topics
+        self.global_model = GlobalModelTable(settings.model)
+        self.tables = {name: CoefficientTable(name, c.max_features) for name, c in settings.model.coordinates.items()}
+        self._global_reader = TopicReader(
+            settings.kafka, topics.model_global,
+            make_codec("GlobalModel", topics.model_global, registry, registry_settings),
+            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-global-model")
+        self._readers = {
+            name: TopicReader(settings.kafka, topics.coefficients(name),
+                              make_codec("EntityModel", topics.coefficients(name), registry, registry_settings),
+                              bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
+            for name in self.tables
+        }
+        self._targets = {reader: reader.end_offsets() for reader in self._all_readers()}
+        self._ready = False
+
+    def _all_readers(self) -> list[TopicReader]:
+        return [self._global_reader, *self._readers.values()]
+
+    @property
+    def ready(self) -> bool:
+        """Whether every topic has been read up to where it ended when the follower started."""
+        if not self._ready:
+            self._ready = all(reader.reached(target) for reader, target in self._targets.items())
+        return self._ready
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Refresh until :attr:`ready` (or fail after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.refresh(timeout_s=0.2)
+            if self.ready:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models not caught up with their topics after {timeout_s:.0f} s")
+
+    def refresh(self, timeout_s: float = 0.0) -> None:
+        """Take whatever was published since the last call (waiting at most ``timeout_s`` per topic)."""
+        if self.global_model.apply(self._global_reader.poll(timeout_s=timeout_s).records):
+            log.info("using global model version %d (index version %d)", self.global_model.current.version,
+                     self.global_model.current.index_version)
+        for name, reader in self._readers.items():
+            self.tables[name].apply(reader.poll(timeout_s=timeout_s).records)
+
+    def close(self) -> None:
+        """Close every reader."""
+        for reader in self._all_readers():
+            reader.close()

@@ -1,0 +1,134 @@
+"""The scorer: the math core's scores for the same coefficients, a breakdown per coordinate, live updates from Kafka."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from stream.codec import make_codec
+from stream.config import load_settings
+from stream.kafka import producer_config
+from stream.model.dataset import build_dataset
+from stream.model.export import initial_global_model_record
+from stream.model.game import GameModel, RandomEffectModel
+from stream.scoring.follower import ModelFollower
+from stream.scoring.scorer import ModelNotReadyError, Scorer
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.synthetic import World, WorldSpec, labeled_impressions
+from tests.helpers import wait_for
+
+MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
+
+
+def _world_and_model(settings, seed: int = 5):
+    labeled = labeled_impressions(World(WorldSpec(seed=seed, members=20, jobs=15, requests=60)))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    rng = np.random.default_rng(seed)
+    record["coefficients"] = rng.normal(size=len(record["coefficients"])).tolist()
+    return labeled, record
+
+
+def _split(impression):
+    member = {b: v for b, v in impression["features"].items() if b in MEMBER_BAGS}
+    item = {b: v for b, v in impression["features"].items() if b not in MEMBER_BAGS}
+    return member, {"item_id": impression["item_id"], "features": item}
+
+
+def test_scores_equal_the_math_cores_for_the_same_coefficients():
+    settings = load_settings()
+    labeled, record = _world_and_model(settings)
+    global_models = GlobalModelTable(settings.model)
+    global_models.apply([record])
+    model = global_models.current
+    rng = np.random.default_rng(0)
+    tables, effects = {}, {}
+    for name, field in (("member", "member_id"), ("job", "item_id")):
+        d = settings.model.coordinates[name].max_features
+        ids = sorted({li.impression[field] for li in labeled})[:-2]  # two entities have no model: they score 0
+        means = rng.normal(size=(len(ids), d))
+        tables[name] = CoefficientTable(name, d)
+        tables[name].apply([{"entity_id": e, "version": 3, "means": m.tolist()} for e, m in zip(ids, means)])
+        effects[name] = RandomEffectModel(np.array(ids), means, np.ones_like(means))
+    scorer = Scorer(settings.model, global_models, tables)
+
+    impressions = [li.impression for li in labeled]
+    data = build_dataset(impressions, np.zeros(len(impressions)), model.global_index,
+                         {"member": ("member_id", model.coordinate_indices["member"]),
+                          "job": ("item_id", model.coordinate_indices["job"])})
+    expected = GameModel("logistic", model.coefficients, effects).score_breakdown(data)
+    for i, impression in enumerate(impressions):
+        member_features, candidate = _split(impression)
+        [scored] = scorer.score(impression["member_id"], member_features, [candidate])
+        for name in ("global", "member", "job"):
+            assert scored.breakdown[name] == pytest.approx(expected[name][i], abs=1e-9)
+        assert scored.probability == pytest.approx(1 / (1 + np.exp(-scored.margin)))
+    unknown = sorted({li.impression["member_id"] for li in labeled})[-1]
+    member_features, candidate = _split(next(li.impression for li in labeled if li.impression["member_id"] == unknown))
+    [scored] = scorer.score(unknown, member_features, [candidate])
+    assert scored.breakdown["member"] == 0.0 and scored.versions["member"] == 0 and scored.versions["global"] == 1
+
+
+def test_top_k_ranks_by_margin_and_an_empty_model_is_an_error():
+    settings = load_settings()
+    labeled, record = _world_and_model(settings, seed=6)
+    global_models = GlobalModelTable(settings.model)
+    tables = {n: CoefficientTable(n, c.max_features) for n, c in settings.model.coordinates.items()}
+    scorer = Scorer(settings.model, global_models, tables)
+    member_features, _ = _split(labeled[0].impression)
+    candidates = [_split(li.impression)[1] for li in labeled[:10]]
+    with pytest.raises(ModelNotReadyError):
+        scorer.score("m", member_features, candidates)
+    global_models.apply([record])
+    everything = scorer.score("m", member_features, candidates)
+    best = scorer.score("m", member_features, candidates, top_k=3)
+    assert [s.item_id for s in best] == [s.item_id for s in sorted(everything, key=lambda s: -s.margin)[:3]]
+    assert scorer.score("m", member_features, []) == []
+
+
+@pytest.mark.kafka
+def test_a_published_coefficient_is_used_soon_and_stale_versions_are_ignored(kafka_bootstrap, unique_name):
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "topics.model_global": f"global-{unique_name}",
+        "topics.coefficients_prefix": f"coef-{unique_name}-"})
+    labeled, record = _world_and_model(settings, seed=7)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    entity_codec = make_codec("EntityModel", settings.topics.coefficients("member"))
+    impression = labeled[0].impression
+    member_features, candidate = _split(impression)
+    d = settings.model.coordinates["member"].max_features
+
+    def publish(version: int, value: float) -> None:
+        producer.produce(settings.topics.coefficients("member"), key=impression["member_id"].encode(),
+                         value=entity_codec.encode({"coordinate": "member", "entity_id": impression["member_id"],
+                                                    "version": version, "means": [value] * d,
+                                                    "precision_kind": "PACKED_UPPER", "precision": b""}))
+        producer.flush()
+
+    publish(2, 0.5)
+    follower = ModelFollower(settings, kafka_bootstrap, f"scorer-{unique_name}")
+    try:
+        follower.catch_up(timeout_s=30)
+        assert follower.ready
+        scorer = Scorer.following(settings.model, follower)
+        [first] = scorer.score(impression["member_id"], member_features, [candidate])
+        assert first.versions["member"] == 2 and first.breakdown["member"] != 0.0
+        publish(5, -0.5)
+        publish(4, 9.0)  # stale: must not replace version 5
+
+        def member_version() -> int:
+            follower.refresh(timeout_s=0.1)
+            return scorer.score(impression["member_id"], member_features, [candidate])[0].versions["member"] == 5
+
+        wait_for(member_version, timeout_s=30, what="version 5 of the member's coefficients to reach the scorer")
+        [latest] = scorer.score(impression["member_id"], member_features, [candidate])
+        assert latest.breakdown["member"] == pytest.approx(-first.breakdown["member"])
+        time.sleep(0.5)
+        follower.refresh(timeout_s=0.2)
+        assert scorer.score(impression["member_id"], member_features, [candidate])[0].versions["member"] == 5
+    finally:
+        follower.close()
