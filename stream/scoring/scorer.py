@@ -22,7 +22,8 @@ from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.scoring.follower import ModelFollower
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.scoring.indexing import FeatureResolver, IndexedRows
+from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
 
 Bags = Mapping[str, Sequence[Any]]
 
@@ -55,11 +56,17 @@ class Scorer:
         self._loss = get_loss(model.loss)
         self.global_models = global_models
         self.tables = tables
+        self._features: FeatureResolver | None = None
 
     @classmethod
     def following(cls, model: ModelSettings, follower: ModelFollower) -> Scorer:
         """A scorer over the tables a follower keeps current."""
         return cls(model, follower.global_model, follower.tables)
+
+    def _resolver(self, model: GlobalModel) -> FeatureResolver:
+        if self._features is None or self._features.version != model.version:
+            self._features = FeatureResolver(model, self._settings)
+        return self._features
 
     def breakdown(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
                   context: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -67,17 +74,19 @@ class Scorer:
         model = self.global_models.current
         if model is None:
             raise ModelNotReadyError("no global model has been published yet")
-        bags = [{**member_features, **c.get("features", {})} for c in candidates]
-        records = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {})} for c in candidates]
+        resolver = self._resolver(model)
         n = len(candidates)
-        margins = {GLOBAL: np.asarray(model.global_index.sparse_rows(bags) @ model.coefficients).reshape(n)}
+        shared = resolver.index([member_features])  # the member's bags count for every candidate
+        own = resolver.index([c.get("features", {}) for c in candidates])
+        intercepts = resolver.intercepts()
+        records = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {})} for c in candidates]
+        margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
+                                    intercepts[0], n)}
         versions = {GLOBAL: np.full(n, model.version, dtype=np.int64)}
-        for name, coordinate in self._settings.coordinates.items():
-            table = self.tables[name]
-            features = model.coordinate_indices[name].dense_rows(bags, admit=False)
-            means, entity_versions = table.lookup([entity_of(r, coordinate.entity_field) for r in records])
-            margins[name] = np.einsum("nd,nd->n", features, means)
-            versions[name] = entity_versions
+        for slot, name in enumerate(resolver.coordinates, start=1):
+            field = self._settings.coordinates[name].entity_field
+            means, versions[name] = self.tables[name].lookup([entity_of(r, field) for r in records])
+            margins[name] = _margins(means, shared, own, slot, intercepts[slot], n)
         return margins, versions
 
     def score(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
@@ -101,3 +110,16 @@ class Scorer:
             )
             for i in order
         ]
+
+
+def _margins(coefficients: np.ndarray, shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool,
+             n: int) -> np.ndarray:
+    """(N,) margins of one coordinate: ``coefficients`` is (N, d) per candidate, or (1, d) for all of them."""
+    per_row = coefficients.shape[0] > 1
+    total = coefficients[:, shared.columns[slot]] @ shared.values[slot]
+    rows, columns = own.rows[slot], own.columns[slot]
+    picked = coefficients[rows, columns] if per_row else coefficients[0, columns]
+    total = total + np.bincount(rows, weights=own.values[slot] * picked, minlength=n)
+    if intercept:
+        total = total + coefficients[:, 0]
+    return np.broadcast_to(total, (n,)).copy()
