@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import ModelSettings
+from stream.gc_pause import cyclic_gc_paused
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
@@ -94,7 +95,8 @@ class Scorer:
         """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given."""
         if not candidates:
             return []
-        margins, versions = self.breakdown(member_id, member_features, candidates, context)
+        with cyclic_gc_paused():
+            margins, versions = self.breakdown(member_id, member_features, candidates, context)
         total = sum(margins.values())
         probability = self._loss.mean(total)
         order = np.argsort(-total, kind="stable") if top_k is not None else np.arange(len(candidates))
