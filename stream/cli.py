@@ -127,6 +127,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve POST /v1/score from the models on Kafka until SIGTERM/SIGINT."""
+    from aiohttp import web
+
+    from stream.scoring.follower import ModelFollower
+    from stream.scoring.http import ScoringService, build_app
+    from stream.scoring.scorer import Scorer
+
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"))
+    service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
+                             lambda: follower.ready and follower.global_model.current is not None, follower.close)
+    web.run_app(build_app(service), host=settings.serving.host, port=settings.serving.port, shutdown_timeout=10,
+                print=lambda message: print(message, flush=True))
+    return 0
+
+
 def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
@@ -176,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage", choices=("joiner", "updater", "all"))
     run.add_argument("--coordinate", action="append", help="with 'updater': the coordinate to update (repeatable)")
     run.set_defaults(handler=cmd_run)
+
+    serve = sub.add_parser("serve", parents=[common], help="the scoring HTTP service (POST /v1/score)")
+    serve.set_defaults(handler=cmd_serve)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

@@ -246,6 +246,23 @@ class JoinerSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """The scoring HTTP service (``glmix serve``): where it listens and what one request may ask."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_candidates: int = 1000
+    max_features_per_bag: int = 1000
+    max_body_bytes: int = 4 * 1024 * 1024
+    refresh_ms: int = 100
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", f"must be a TCP port, got {self.port}")
+        for name in ("max_candidates", "max_features_per_bag", "max_body_bytes", "refresh_ms"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a glmix process is configured with; built once, passed down."""
 
@@ -253,6 +270,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     joiner: JoinerSettings = field(default_factory=JoinerSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
     state_dir: str = "./state"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

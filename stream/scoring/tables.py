@@ -32,30 +32,42 @@ class CoefficientTable:
         return len(self._rows)
 
     def apply(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Take every record newer than what the table holds; returns how many were taken."""
+        """Take every record newer than what the table holds; returns how many were taken.
+
+        New entities become visible only after their means are in place, so a reader on
+        another thread never sees a row without its coefficients.
+        """
         taken = 0
+        new_ids: dict[str, int] = {}
         new_rows: list[np.ndarray] = []
+        new_versions: list[int] = []
         for record in records:
             entity, version = record["entity_id"], int(record["version"])
             means = np.asarray(record["means"], dtype=np.float64)
             if means.shape != (self.dim,) or not np.isfinite(means).all():
                 continue
             row = self._rows.get(entity)
-            if row is None:
-                self._rows[entity] = len(self._versions)
-                self._versions.append(version)
-                new_rows.append(means)
-            elif version > self._versions[row]:
+            if row is not None:
+                if version <= self._versions[row]:
+                    continue
+                self._means[row] = means
                 self._versions[row] = version
-                if row < len(self._means):
-                    self._means[row] = means
-                else:
-                    new_rows[row - len(self._means)] = means
+            elif entity in new_ids:
+                pending = new_ids[entity]
+                if version <= new_versions[pending]:
+                    continue
+                new_rows[pending], new_versions[pending] = means, version
             else:
-                continue
+                new_ids[entity] = len(new_rows)
+                new_rows.append(means)
+                new_versions.append(version)
             taken += 1
         if new_rows:
+            first = len(self._versions)
             self._means = np.vstack([self._means, np.array(new_rows)])
+            self._versions.extend(new_versions)
+            for entity, pending in new_ids.items():
+                self._rows[entity] = first + pending
         return taken
 
     def version(self, entity_id: str) -> int:

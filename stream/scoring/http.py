@@ -1,0 +1,141 @@
+"""The scoring HTTP service (``glmix serve``), on aiohttp.
+
+    POST /v1/score     score candidates for a member (schema: /openapi.json)
+    GET  /healthz      the process is up
+    GET  /readyz       200 once the models are caught up with their topics, else 503
+    GET  /metrics      Prometheus metrics of this service
+    GET  /openapi.json the API's OpenAPI 3 description
+
+Every request problem is a 4xx with a JSON body naming the field (``{"error": ...,
+"field": ...}``); bodies over ``serving.max_body_bytes`` are refused before they are
+read. The models are refreshed from Kafka on the event loop every ``serving.refresh_ms``
+(a non-blocking poll), so a published coefficient is used from the next request on.
+aiohttp's runner handles SIGTERM: it stops accepting, lets requests finish, then the
+cleanup closes the Kafka readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from stream.config import ServingSettings
+from stream.scoring.requests import InvalidRequest, parse_score_request
+from stream.scoring.scorer import ModelNotReadyError, Scorer
+
+log = logging.getLogger(__name__)
+
+OPENAPI = json.loads(resources.files("stream.scoring").joinpath("openapi.json").read_text())
+
+
+@dataclass
+class ScoringService:
+    """What the HTTP layer needs: a scorer, how to refresh its models, and whether they are ready."""
+
+    scorer: Scorer
+    limits: ServingSettings
+    refresh: Callable[[], None]
+    ready: Callable[[], bool]
+    close: Callable[[], None] = lambda: None
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("glmix_scoring_requests", "Score requests by outcome.", ["status"], registry=registry)
+        self.latency = Histogram("glmix_scoring_latency_seconds", "Time to score one request (in the service).",
+                                 registry=registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        self.candidates = Counter("glmix_scoring_candidates", "Candidates scored.", registry=registry)
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
+
+
+def build_app(service: ScoringService) -> web.Application:
+    """The aiohttp application of ``service`` (used by ``glmix serve`` and the tests)."""
+    registry = CollectorRegistry()
+    metrics = _Metrics(registry)
+    app = web.Application(client_max_size=service.limits.max_body_bytes)
+
+    async def score(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await _score(request)
+        metrics.requests.labels(status=str(response.status)).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    async def _score(request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=_strict_loads)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {service.limits.max_body_bytes} bytes")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        try:
+            checked = parse_score_request(body, service.limits)
+        except InvalidRequest as exc:
+            return _error(exc.status, exc.problem, exc.field)
+        try:
+            scored = service.scorer.score(checked.member_id, checked.member_features, checked.candidates,
+                                          checked.context, checked.top_k)
+        except ModelNotReadyError as exc:
+            return _error(503, str(exc))
+        if not all(math.isfinite(s.margin) for s in scored):
+            return _error(422, "these features give a non-finite score")
+        metrics.candidates.inc(len(checked.candidates))
+        return web.json_response({"candidates": [
+            {"item_id": s.item_id, "margin": s.margin, "probability": s.probability,
+             "breakdown": dict(s.breakdown), "versions": dict(s.versions)} for s in scored]})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = service.ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def follow_models(_: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    service.refresh()
+                except Exception:  # a broker hiccup must not stop scoring with the models we have
+                    log.exception("refreshing the models failed; retrying")
+                await asyncio.sleep(service.limits.refresh_ms / 1000)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        service.close()
+
+    app.router.add_post("/v1/score", score)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(follow_models)
+    return app
+
+
+def _strict_loads(text: str) -> Any:
+    """JSON without NaN or Infinity literals (they are not JSON)."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not valid JSON")
+    return json.loads(text, parse_constant=refuse)

@@ -1,0 +1,105 @@
+"""Checking a JSON score request before it reaches the scorer: every problem is a 400 naming the field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stream.config import ServingSettings
+from stream.errors import GlmixError
+
+MAX_ID_CHARS = 256
+MAX_VALUE = 1e12  # larger feature values would only turn margins into inf
+
+
+class InvalidRequest(GlmixError):
+    """A score request that breaks the API's schema or limits; ``field`` is a JSON path."""
+
+    def __init__(self, field: str, problem: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A checked request: the member, their feature bags, the candidates, context and top_k."""
+
+    member_id: str
+    member_features: dict[str, list[dict[str, Any]]]
+    candidates: list[dict[str, Any]]
+    context: dict[str, str]
+    top_k: int | None
+
+
+def _string(value: Any, field: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(field, f"must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidRequest(field, "must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRequest(field, f"longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _bags(value: Any, field: str, limits: ServingSettings) -> dict[str, list[dict[str, Any]]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(field, "must be an object of feature bags")
+    bags: dict[str, list[dict[str, Any]]] = {}
+    for bag, items in value.items():
+        where = f"{field}.{bag}"
+        if not isinstance(items, list):
+            raise InvalidRequest(where, "must be an array of {name, term, value}")
+        if len(items) > limits.max_features_per_bag:
+            raise InvalidRequest(where, f"has {len(items)} features, more than the limit of {limits.max_features_per_bag}",
+                                 status=413)
+        checked = []
+        for i, item in enumerate(items):
+            here = f"{where}[{i}]"
+            if not isinstance(item, Mapping):
+                raise InvalidRequest(here, "must be an object {name, term, value}")
+            number = item.get("value", 1.0)
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise InvalidRequest(f"{here}.value", "must be a number")
+            if not math.isfinite(number) or abs(number) > MAX_VALUE:
+                raise InvalidRequest(f"{here}.value", f"must be finite and at most {MAX_VALUE:g} in size")
+            checked.append({"name": _string(item.get("name"), f"{here}.name"),
+                            "term": _string(item.get("term", ""), f"{here}.term", allow_empty=True),
+                            "value": float(number)})
+        bags[str(bag)] = checked
+    return bags
+
+
+def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
+    """The checked request, or :class:`InvalidRequest` for the first problem found."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("$", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"member_id", "member_features", "candidates", "context", "top_k"})
+    if unknown:
+        raise InvalidRequest(f"$.{unknown[0]}", "unknown field")
+    member_id = _string(body.get("member_id"), "$.member_id")
+    candidates = body.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        raise InvalidRequest("$.candidates", "must be a non-empty array")
+    if len(candidates) > limits.max_candidates:
+        raise InvalidRequest("$.candidates", f"{len(candidates)} candidates, more than the limit of {limits.max_candidates}",
+                             status=413)
+    checked = []
+    for i, candidate in enumerate(candidates):
+        if not isinstance(candidate, Mapping):
+            raise InvalidRequest(f"$.candidates[{i}]", "must be an object {item_id, features}")
+        checked.append({"item_id": _string(candidate.get("item_id"), f"$.candidates[{i}].item_id"),
+                        "features": _bags(candidate.get("features"), f"$.candidates[{i}].features", limits)})
+    context = body.get("context") or {}
+    if not isinstance(context, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+        raise InvalidRequest("$.context", "must be an object of strings")
+    top_k = body.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InvalidRequest("$.top_k", "must be an integer >= 1")
+    return ScoreRequest(member_id, _bags(body.get("member_features"), "$.member_features", limits), checked,
+                        dict(context), top_k)

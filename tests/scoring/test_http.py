@@ -1,0 +1,152 @@
+"""The scoring HTTP service over a real socket: answers, clear 4xx errors, limits, and no 5xx for any body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.config import ServingSettings, load_settings
+from stream.model.export import initial_global_model_record
+from stream.scoring.http import OPENAPI, ScoringService, build_app
+from stream.scoring.scorer import Scorer
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.synthetic import World, WorldSpec, labeled_impressions
+
+MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
+
+
+class RunningServer:
+    """An aiohttp app on a loopback port, served from a background thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def request(self, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def world():
+    labeled = labeled_impressions(World(WorldSpec(seed=9, members=10, jobs=10, requests=20)))
+    return [li.impression for li in labeled]
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    model_settings = load_settings().model
+    record = initial_global_model_record(world, model_settings)
+    record["coefficients"] = np.random.default_rng(0).normal(size=len(record["coefficients"])).tolist()
+    global_models = GlobalModelTable(model_settings)
+    global_models.apply([record])
+    tables = {n: CoefficientTable(n, c.max_features) for n, c in model_settings.coordinates.items()}
+    tables["member"].apply([{"entity_id": world[0]["member_id"], "version": 7,
+                             "means": [0.3] * model_settings.coordinates["member"].max_features}])
+    limits = ServingSettings(max_candidates=50, max_features_per_bag=20, max_body_bytes=64 * 1024, refresh_ms=20)
+    refreshes = []
+    service = ScoringService(Scorer(model_settings, global_models, tables), limits, lambda: refreshes.append(1), lambda: True)
+    running = RunningServer(build_app(service))
+    running.refreshes = refreshes
+    yield running
+    running.close()
+
+
+def _body(impressions) -> dict:
+    first = impressions[0]
+    return {
+        "member_id": first["member_id"],
+        "member_features": {b: v for b, v in first["features"].items() if b in MEMBER_BAGS},
+        "candidates": [{"item_id": i["item_id"], "features": {b: v for b, v in i["features"].items() if b not in MEMBER_BAGS}}
+                       for i in impressions],
+    }
+
+
+def test_scores_come_back_with_their_breakdown(server, world):
+    status, raw = server.request("/v1/score", json.dumps({**_body(world[:5]), "top_k": 3}).encode())
+    assert status == 200, raw
+    candidates = json.loads(raw)["candidates"]
+    assert len(candidates) == 3
+    assert [c["margin"] for c in candidates] == sorted((c["margin"] for c in candidates), reverse=True)
+    for c in candidates:
+        assert c["margin"] == pytest.approx(sum(c["breakdown"].values()))
+        assert c["versions"]["member"] == 7 and c["versions"]["global"] == 1
+    assert server.refreshes, "the models were never refreshed"
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    (b"{not json", 400, None),
+    (b"NaN", 400, None),
+    (b"[]", 400, "$"),
+    (json.dumps({"member_id": "", "candidates": [{"item_id": "j"}]}).encode(), 400, "$.member_id"),
+    (json.dumps({"member_id": "m", "candidates": []}).encode(), 400, "$.candidates"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}] * 51}).encode(), 413, "$.candidates"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [
+        {"name": "title", "value": 1e300}]}}]}).encode(), 400, "$.candidates[0].features.job_title[0].value"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "top_k": 0}).encode(), 400, "$.top_k"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "extra": 1}).encode(), 400, "$.extra"),
+    (b"{" + b" " * (70 * 1024) + b"}", 413, None),
+])
+def test_bad_requests_get_a_clear_4xx(server, body, status, field):
+    got, raw = server.request("/v1/score", body)
+    assert got == status, raw
+    answer = json.loads(raw)
+    assert answer["error"] and answer.get("field") == field
+
+
+def test_health_readiness_metrics_and_the_openapi_spec(server):
+    assert server.request("/healthz")[0] == 200
+    assert server.request("/readyz")[0] == 200
+    status, raw = server.request("/openapi.json")
+    assert status == 200 and json.loads(raw) == OPENAPI and "/v1/score" in OPENAPI["paths"]
+    status, raw = server.request("/metrics")
+    assert status == 200 and b"glmix_scoring_requests_total" in raw and b"glmix_scoring_latency_seconds_bucket" in raw
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+feature = st.fixed_dictionaries({"name": json_values | st.text(max_size=6), "term": json_values | st.text(max_size=4),
+                                 "value": json_values | st.floats()})
+near_valid = st.fixed_dictionaries({
+    "member_id": json_values | st.text(max_size=10),
+    "candidates": st.lists(st.fixed_dictionaries({"item_id": json_values | st.text(min_size=1, max_size=5),
+                                                  "features": st.dictionaries(st.text(max_size=8), st.lists(feature, max_size=3),
+                                                                              max_size=3) | json_values}),
+                           max_size=4) | json_values,
+}, optional={"member_features": st.dictionaries(st.text(max_size=8), st.lists(feature, max_size=3), max_size=3) | json_values,
+             "top_k": json_values, "context": json_values})
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=near_valid | json_values | st.binary(max_size=64).map(lambda b: {"raw": b.hex()}))
+def test_no_request_body_gets_a_5xx(server, body):
+    status, raw = server.request("/v1/score", json.dumps(body, allow_nan=True).encode())
+    assert status < 500, raw
