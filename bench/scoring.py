@@ -7,22 +7,25 @@ world features, every entity with a model): p50/p99 latency of ``Scorer.score`` 
 requests/s, beside the same candidates scored by the math core's batch path
 (``build_dataset`` + ``GameModel.score_breakdown``) as the peer; then one line with the
 memory the in-memory coefficient table takes per entity, filled with 1M entities.
-The HTTP service does not exist yet (issue 5), so there is no HTTP line.
+The same requests also go over HTTP to ``glmix serve``'s app on loopback (the client
+runs in the same process, one keep-alive connection, so it shares the GIL).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import time
 import tracemalloc
 
 import numpy as np
 
-from stream.config import load_settings
+from stream.config import ServingSettings, load_settings
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
+from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
@@ -64,8 +67,11 @@ def main() -> None:
             for j in world.jobs}
     job_ids = sorted(jobs)
     requests = 50 if args.quick else 300
+    limits = ServingSettings(max_candidates=1000, max_body_bytes=32 * 1024 * 1024)
+    server = BackgroundServer(build_app(ScoringService(scorer, limits, lambda: None, lambda: True)))
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     for count in (1, 100, 1000):
-        ours, peer = [], []
+        ours, peer, over_http = [], [], []
         for r in range(requests):
             member = world.members[r % len(world.members)]
             member_bags = {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in member.bags.items()}
@@ -74,6 +80,14 @@ def main() -> None:
             started = time.perf_counter()
             scorer.score(member.entity_id, member_bags, candidates, top_k=10)
             ours.append(time.perf_counter() - started)
+            body = json.dumps({"member_id": member.entity_id, "member_features": member_bags, "candidates": candidates,
+                               "top_k": 10})
+            started = time.perf_counter()
+            connection.request("POST", "/v1/score", body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            over_http.append(time.perf_counter() - started)
+            assert response.status == 200
             rows = [{"member_id": member.entity_id, "item_id": c["item_id"], "features": {**member_bags, **c["features"]}}
                     for c in candidates]
             started = time.perf_counter()
@@ -84,10 +98,17 @@ def main() -> None:
             peer.append(time.perf_counter() - started)
         p50, p99 = percentiles(ours)
         peer_p50, peer_p99 = percentiles(peer)
+        http_p50, http_p99 = percentiles(over_http)
         print(json.dumps({"bench": "scoring-in-process", "candidates": count, "dim": D, "requests": requests,
                           "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "requests_per_s": round(requests / sum(ours)),
                           "math_core_batch_p50_ms": round(peer_p50, 3), "math_core_batch_p99_ms": round(peer_p99, 3),
                           "goal_p99_ms": 2.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
+        print(json.dumps({"bench": "scoring-http", "candidates": count, "dim": D, "requests": requests,
+                          "p50_ms": round(http_p50, 3), "p99_ms": round(http_p99, 3),
+                          "requests_per_s": round(requests / sum(over_http)), "client": "same process, keep-alive",
+                          "goal_p99_ms": 20.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
+    connection.close()
+    server.close()
     entities = 100_000 if args.quick else 1_000_000
     tracemalloc.start()
     table = CoefficientTable("member", D)

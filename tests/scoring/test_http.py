@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.config import ServingSettings, load_settings
 from stream.model.export import initial_global_model_record
-from stream.scoring.http import OPENAPI, ScoringService, build_app
+from stream.scoring.http import OPENAPI, BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
@@ -24,32 +21,14 @@ from stream.synthetic import World, WorldSpec, labeled_impressions
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
 
 
-class RunningServer:
-    """An aiohttp app on a loopback port, served from a background thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def request(self, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+def _request(server: BackgroundServer, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"{server.url}{path}", data=body, headers={"Content-Type": "application/json"},
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +50,7 @@ def server(world):
     limits = ServingSettings(max_candidates=50, max_features_per_bag=20, max_body_bytes=64 * 1024, refresh_ms=20)
     refreshes = []
     service = ScoringService(Scorer(model_settings, global_models, tables), limits, lambda: refreshes.append(1), lambda: True)
-    running = RunningServer(build_app(service))
+    running = BackgroundServer(build_app(service))
     running.refreshes = refreshes
     yield running
     running.close()
@@ -88,7 +67,7 @@ def _body(impressions) -> dict:
 
 
 def test_scores_come_back_with_their_breakdown(server, world):
-    status, raw = server.request("/v1/score", json.dumps({**_body(world[:5]), "top_k": 3}).encode())
+    status, raw = _request(server, "/v1/score", json.dumps({**_body(world[:5]), "top_k": 3}).encode())
     assert status == 200, raw
     candidates = json.loads(raw)["candidates"]
     assert len(candidates) == 3
@@ -113,18 +92,18 @@ def test_scores_come_back_with_their_breakdown(server, world):
     (b"{" + b" " * (70 * 1024) + b"}", 413, None),
 ])
 def test_bad_requests_get_a_clear_4xx(server, body, status, field):
-    got, raw = server.request("/v1/score", body)
+    got, raw = _request(server, "/v1/score", body)
     assert got == status, raw
     answer = json.loads(raw)
     assert answer["error"] and answer.get("field") == field
 
 
 def test_health_readiness_metrics_and_the_openapi_spec(server):
-    assert server.request("/healthz")[0] == 200
-    assert server.request("/readyz")[0] == 200
-    status, raw = server.request("/openapi.json")
+    assert _request(server, "/healthz")[0] == 200
+    assert _request(server, "/readyz")[0] == 200
+    status, raw = _request(server, "/openapi.json")
     assert status == 200 and json.loads(raw) == OPENAPI and "/v1/score" in OPENAPI["paths"]
-    status, raw = server.request("/metrics")
+    status, raw = _request(server, "/metrics")
     assert status == 200 and b"glmix_scoring_requests_total" in raw and b"glmix_scoring_latency_seconds_bucket" in raw
 
 
@@ -148,5 +127,5 @@ near_valid = st.fixed_dictionaries({
 @settings(max_examples=150, deadline=None)
 @given(body=near_valid | json_values | st.binary(max_size=64).map(lambda b: {"raw": b.hex()}))
 def test_no_request_body_gets_a_5xx(server, body):
-    status, raw = server.request("/v1/score", json.dumps(body, allow_nan=True).encode())
+    status, raw = _request(server, "/v1/score", json.dumps(body, allow_nan=True).encode())
     assert status < 500, raw
