@@ -145,6 +145,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    """Score a container file of Impressions with the models on Kafka into a container file of scores."""
+    from stream.scoring.follower import ModelFollower
+    from stream.scoring.offline import Progress, score_file
+    from stream.scoring.scorer import Scorer
+
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "glmix score reads the models from Kafka: --bootstrap-servers")
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("offline-scorer"))
+    try:
+        follower.catch_up(timeout_s=args.timeout)
+        scorer = Scorer.following(settings.model, follower)
+        count = score_file(scorer, args.input, args.output, args.format, progress=Progress(f"scoring {args.input}"))
+    finally:
+        follower.close()
+    print(json.dumps({"scored": count, "output": str(args.output), "format": args.format}))
+    return 0
+
+
 def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
@@ -197,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="the scoring HTTP service (POST /v1/score)")
     serve.set_defaults(handler=cmd_serve)
+
+    score = sub.add_parser("score", parents=[common], help="score a file of candidates offline")
+    score.add_argument("--input", type=Path, required=True, help="Avro container file of Impression records")
+    score.add_argument("--output", type=Path, required=True, help="Avro container file to write")
+    score.add_argument("--format", choices=("glmix", "photon"), default="glmix",
+                       help="ScoredCandidate records, or Photon-ML ScoringResultAvro")
+    score.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
+    score.set_defaults(handler=cmd_score)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

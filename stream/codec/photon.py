@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fastavro
-
-from stream.codec.exceptions import DecodeError, EncodeError
-from stream.codec.schemas import load_schema
+from stream.codec.container import read_container, write_container
+from stream.codec.exceptions import EncodeError
 
 INTERCEPT_NAME = "(INTERCEPT)"
 
@@ -75,49 +73,21 @@ def _ntv(keys: Sequence[tuple[str, str]], values: Sequence[float]) -> list[dict[
     return [{"name": name, "term": term, "value": float(value)} for (name, term), value in zip(keys, values)]
 
 
-def _write(path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str) -> int:
-    schema = load_schema(schema_name)
-    count = 0
-
-    def counted() -> Iterator[Mapping[str, Any]]:
-        nonlocal count
-        for record in records:
-            count += 1
-            yield record
-
-    try:
-        with open(path, "wb") as out:
-            fastavro.writer(out, schema.parsed, counted(), codec=codec)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
-    return count
-
-
-def _read(path: str | Path, schema_name: str) -> Iterator[dict[str, Any]]:
-    schema = load_schema(schema_name)
-    with open(path, "rb") as fh:
-        try:
-            for record in fastavro.reader(fh, reader_schema=schema.plain):
-                yield record  # type: ignore[misc]
-        except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
-            raise DecodeError(f"{path}: not a readable {schema_name} container file: {exc}") from exc
-
-
 def write_training_examples(path: str | Path, examples: Iterable[Mapping[str, Any]], codec: str = "deflate") -> int:
     """Write ``TrainingExampleAvro`` records to an Avro container file; returns the count."""
-    return _write(path, "TrainingExampleAvro", examples, codec)
+    return write_container(path, "TrainingExampleAvro", examples, codec)
 
 
 def read_training_examples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream ``TrainingExampleAvro`` records from a container file written here or by Photon-ML."""
-    return _read(path, "TrainingExampleAvro")
+    return read_container(path, "TrainingExampleAvro")
 
 
 def write_models(path: str | Path, models: Iterable[PhotonModel], codec: str = "deflate") -> int:
     """Write models as ``BayesianLinearModelAvro`` records; returns the count."""
-    return _write(path, "BayesianLinearModelAvro", (m.to_record() for m in models), codec)
+    return write_container(path, "BayesianLinearModelAvro", (m.to_record() for m in models), codec)
 
 
 def read_models(path: str | Path) -> Iterator[PhotonModel]:
     """Stream models from a ``BayesianLinearModelAvro`` container file."""
-    return (PhotonModel.from_record(r) for r in _read(path, "BayesianLinearModelAvro"))
+    return (PhotonModel.from_record(r) for r in read_container(path, "BayesianLinearModelAvro"))

@@ -17,8 +17,8 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from stream.codec.exceptions import SchemaNotFoundError
 
-EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel")
-PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro")
+EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel", "ScoredCandidate")
+PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro", "ScoringResultAvro")
 
 # Files that only define named types used by the others; parsed first.
 _EVENT_BUILDING_BLOCKS = ("NameTermValue",)

@@ -72,23 +72,34 @@ class Scorer:
     def breakdown(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
                   context: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Per-coordinate margins (N,) and model versions (N,) of every candidate."""
+        rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
+                 "features": c.get("features", {})} for c in candidates]
+        return self.rows_breakdown(rows, member_features)
+
+    def rows_breakdown(self, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Margins and versions of rows that each name their entities (``member_id``, ``item_id``, ``context``)
+        and carry their ``features``; ``shared_features`` count for every row."""
         model = self.global_models.current
         if model is None:
             raise ModelNotReadyError("no global model has been published yet")
         resolver = self._resolver(model)
-        n = len(candidates)
-        shared = resolver.index([member_features])  # the member's bags count for every candidate
-        own = resolver.index([c.get("features", {}) for c in candidates])
+        n = len(rows)
+        shared = resolver.index([shared_features or {}])
+        own = resolver.index([r.get("features", {}) for r in rows])
         intercepts = resolver.intercepts()
-        records = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {})} for c in candidates]
         margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
                                     intercepts[0], n)}
         versions = {GLOBAL: np.full(n, model.version, dtype=np.int64)}
         for slot, name in enumerate(resolver.coordinates, start=1):
             field = self._settings.coordinates[name].entity_field
-            means, versions[name] = self.tables[name].lookup([entity_of(r, field) for r in records])
+            means, versions[name] = self.tables[name].lookup([entity_of(r, field) for r in rows])
             margins[name] = _margins(means, shared, own, slot, intercepts[slot], n)
         return margins, versions
+
+    def mean(self, margins: np.ndarray) -> np.ndarray:
+        """The model's mean for each margin (probabilities for the logistic loss)."""
+        return self._loss.mean(margins)
 
     def score(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
               context: Mapping[str, str] | None = None, top_k: int | None = None) -> list[CandidateScore]:
