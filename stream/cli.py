@@ -103,8 +103,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run pipeline stages until SIGTERM/SIGINT: the joiner, one coordinate's updater, or all."""
-    from stream.pipeline import JOINER, Pipeline
+    """Run pipeline stages until SIGTERM/SIGINT: the joiner, updaters, the streaming scorer, or all."""
+    from stream.pipeline import JOINER, STREAM_SCORER, Pipeline
 
     if args.stage == "updater":
         if not args.coordinate:
@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}")
         stages = list(args.coordinate)
     else:
-        stages = [JOINER] if args.stage == JOINER else None
+        stages = [args.stage] if args.stage in (JOINER, STREAM_SCORER) else None
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix run needs a broker: --bootstrap-servers, or run glmix demo")
     pipeline = Pipeline(settings, stages, stop_event=_stop_event())
@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
-    run.add_argument("stage", choices=("joiner", "updater", "all"))
+    run.add_argument("stage", choices=("joiner", "updater", "stream-scorer", "all"),
+                     help="all = the joiner and every coordinate's updater")
     run.add_argument("--coordinate", action="append", help="with 'updater': the coordinate to update (repeatable)")
     run.set_defaults(handler=cmd_run)
 

@@ -16,11 +16,13 @@ from typing import Protocol
 
 from stream.config import Settings
 from stream.consumers.joiner import Joiner
+from stream.scoring.streaming import StreamingScorer
 from stream.updaters.updater import CoordinateUpdater
 
 log = logging.getLogger(__name__)
 
 JOINER = "joiner"
+STREAM_SCORER = "stream-scorer"
 
 
 class Stage(Protocol):
@@ -34,10 +36,12 @@ def stage_names(settings: Settings) -> list[str]:
     return [JOINER, *settings.model.coordinates]
 
 
-def build_stage(settings: Settings, name: str, bootstrap_servers: str = "") -> Joiner | CoordinateUpdater:
-    """The joiner, or the updater of coordinate ``name``."""
+def build_stage(settings: Settings, name: str, bootstrap_servers: str = "") -> Stage:
+    """The joiner, the streaming scorer, or the updater of coordinate ``name``."""
     if name == JOINER:
         return Joiner(settings, bootstrap_servers)
+    if name == STREAM_SCORER:
+        return StreamingScorer(settings, bootstrap_servers)
     return CoordinateUpdater(settings, name, bootstrap_servers)
 
 
@@ -47,9 +51,9 @@ class Pipeline:
     def __init__(self, settings: Settings, stages: Sequence[str] | None = None, bootstrap_servers: str = "",
                  stop_event: threading.Event | None = None) -> None:
         names = list(stages or stage_names(settings))
-        unknown = [n for n in names if n != JOINER and n not in settings.model.coordinates]
+        unknown = [n for n in names if n not in (JOINER, STREAM_SCORER) and n not in settings.model.coordinates]
         if unknown:
-            raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings))}")
+            raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
         self.stop_event = stop_event or threading.Event()
         self.stages = {name: build_stage(settings, name, bootstrap_servers) for name in names}
         self._threads: list[threading.Thread] = []

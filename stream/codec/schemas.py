@@ -17,11 +17,12 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from stream.codec.exceptions import SchemaNotFoundError
 
-EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel", "ScoredCandidate")
+EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel", "ScoredCandidate",
+                 "ScoreRequest", "ScoreResponse")
 PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro", "ScoringResultAvro")
 
 # Files that only define named types used by the others; parsed first.
-_EVENT_BUILDING_BLOCKS = ("NameTermValue",)
+_EVENT_BUILDING_BLOCKS = ("NameTermValue", "ScoredCandidate")
 _PHOTON_BUILDING_BLOCKS = ("FeatureAvro", "NameTermValueAvro")
 
 

@@ -62,6 +62,8 @@ class TopicSettings:
     coefficients_prefix: str = "glmix.coefficients."
     model_global: str = "glmix.model.global"
     dead_letter: str = "glmix.dead-letter"
+    score_requests: str = "glmix.score-requests"
+    score_results: str = "glmix.score-results"
     partitions: int = 4
     replication_factor: int = 1
 

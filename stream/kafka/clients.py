@@ -86,6 +86,8 @@ def all_topics(topics: TopicSettings, coordinates: Mapping[str, CoordinateSettin
         topics.interactions: False,
         topics.dead_letter: False,
         topics.model_global: True,
+        topics.score_requests: False,
+        topics.score_results: False,
     }
     names.update({topics.examples(name, c.entity_field): False for name, c in coordinates.items()})
     names.update({topics.coefficients(name): True for name in coordinates})
