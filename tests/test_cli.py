@@ -13,7 +13,7 @@ from stream.cli import main
 
 def test_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "stream", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("broker", "produce", "demo", "evaluate"):
+    for command in ("broker", "produce", "demo", "run", "serve", "score", "evaluate"):
         assert command in out
 
 

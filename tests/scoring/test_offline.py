@@ -59,3 +59,28 @@ def test_photon_scoring_results_carry_uid_and_score(tmp_path, scorer_and_impress
     assert [r["uid"] for r in results] == [i["impression_id"] for i in ours]
     assert all(r["modelId"] == "glmix" and np.isfinite(r["predictionScore"]) for r in results)
     assert results[0]["metadataMap"] == {"member_id": ours[0]["member_id"], "item_id": ours[0]["item_id"]}
+
+
+@pytest.mark.kafka
+def test_glmix_score_reads_the_models_from_kafka(tmp_path, kafka_bootstrap, unique_name, capsys):
+    from confluent_kafka import Producer
+
+    from stream.cli import main
+    from stream.codec import make_codec
+    from stream.kafka import producer_config
+
+    topic = f"global-{unique_name}"
+    settings = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap})
+    impressions = [li.impression for li in labeled_impressions(World(WorldSpec(seed=8, members=5, jobs=5, requests=10)))]
+    record = initial_global_model_record(impressions, settings.model)
+    record["coefficients"] = [0.1] * len(record["coefficients"])
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(topic, key=b"glmix", value=make_codec("GlobalModel", topic).encode(record))
+    producer.flush()
+    write_container(tmp_path / "in.avro", "Impression", impressions)
+    assert main(["score", "--bootstrap-servers", kafka_bootstrap, "--set", f"topics.model_global={topic}",
+                 "--set", f"topics.coefficients_prefix=coef-{unique_name}-", "--input", str(tmp_path / "in.avro"),
+                 "--output", str(tmp_path / "out.avro"), "--format", "photon", "--timeout", "60"]) == 0
+    assert '"scored": 50' in capsys.readouterr().out
+    results = list(read_container(tmp_path / "out.avro", "ScoringResultAvro"))
+    assert len(results) == 50 and all(r["predictionScore"] != 0.0 for r in results)
