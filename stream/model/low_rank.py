@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stream.model.line_search import armijo_backtrack
 from stream.model.losses import Loss
 
 
@@ -55,7 +56,7 @@ def low_rank_solve(z: np.ndarray, y: np.ndarray, o: np.ndarray, w: np.ndarray, m
         rows = np.flatnonzero(active)
         system = (w * second)[rows, :, None] * k[rows] + eye
         delta = np.linalg.solve(system, r[rows, :, None])[:, :, 0]
-        u[rows] = _backtrack(u[rows], delta, base[rows], k[rows], y[rows], w[rows], loss, max_backtracks, armijo)
+        u[rows] = _backtrack(u[rows], delta, margins[rows], r[rows], k[rows], y[rows], w[rows], loss, max_backtracks, armijo)
         iterations[rows] += 1
     margins = base + np.matmul(k, u[:, :, None])[:, :, 0]
     with np.errstate(over="ignore", invalid="ignore"):
@@ -77,31 +78,15 @@ def _reduced_objective(u, margins, k, y, w, loss):
     return np.einsum("bn,bn->b", w, loss.value(y, margins)) + 0.5 * np.einsum("bi,bij,bj->b", u, k, u)
 
 
-def _backtrack(u, delta, base, k, y, w, loss, max_backtracks, armijo):
-    """Armijo backtracking on f along ``-delta``; rows that find no decrease keep ``u``."""
-    margins = base + np.matmul(k, u[:, :, None])[:, :, 0]
+def _backtrack(u, delta, margins, r, k, y, w, loss, max_backtracks, armijo):
+    """Armijo backtracking on f along ``-delta`` from ``u`` (its ``margins`` and ``r = u + g`` given); rows that find no decrease keep ``u``."""
     with np.errstate(over="ignore", invalid="ignore"):
         f0 = _reduced_objective(u, margins, k, y, w, loss)
-        first, _ = loss.derivatives(y, margins)
-    grad = np.matmul(k, (u + w * first)[:, :, None])[:, :, 0]
-    slope = np.einsum("bn,bn->b", grad, delta)
+    slope = np.einsum("bn,bn->b", np.matmul(k, r[:, :, None])[:, :, 0], delta)
     k_delta = np.matmul(k, delta[:, :, None])[:, :, 0]
-    step = np.ones(len(u))
-    pending = np.isfinite(delta).all(axis=1) & (slope > 0)
-    accepted = np.zeros(len(u), dtype=bool)
-    slack = 1e-12 * np.abs(f0)
-    for _ in range(max_backtracks):
-        rows = np.flatnonzero(pending)
-        if rows.size == 0:
-            break
-        t = step[rows, None]
-        trial = u[rows] - t * delta[rows]
-        with np.errstate(over="ignore", invalid="ignore"):
-            f_trial = _reduced_objective(trial, margins[rows] - t * k_delta[rows], k[rows], y[rows], w[rows], loss)
-        good = np.isfinite(f_trial) & (f_trial <= f0[rows] - armijo * step[rows] * slope[rows] + slack[rows])
-        accepted[rows[good]] = True
-        pending[rows[good]] = False
-        step[rows[~good]] *= 0.5
-    out = u.copy()
-    out[accepted] = u[accepted] - step[accepted, None] * delta[accepted]
-    return out
+
+    def trial_objective(rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        trial = u[rows] - t[:, None] * delta[rows]
+        return _reduced_objective(trial, margins[rows] - t[:, None] * k_delta[rows], k[rows], y[rows], w[rows], loss)
+
+    return armijo_backtrack(u, delta, slope, f0, trial_objective, max_backtracks, armijo)

@@ -29,6 +29,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from stream.model.line_search import armijo_backtrack
 from stream.model.linalg import solve_spd
 from stream.model.losses import LogisticLoss, Loss
 from stream.model.low_rank import low_rank_solve
@@ -350,23 +351,9 @@ def _line_search(z, y, o, w, mu0, lam, loss, theta, margins, direction, grad, fv
     """Backtracking on F along ``-direction``; entities that find no decrease keep ``theta``."""
     slope = np.einsum("bd,bd->b", grad, direction)  # F decreases along -direction at rate slope
     z_dir = np.matmul(z, direction[:, :, None])[:, :, 0]
-    step = np.ones(theta.shape[0])
-    accepted = np.zeros(theta.shape[0], dtype=bool)
-    pending = np.isfinite(direction).all(axis=1) & (slope > 0)
-    slack = 1e-12 * np.abs(fval)  # tolerate rounding noise at the optimum
-    for _ in range(max_backtracks):
-        rows = np.flatnonzero(pending)
-        if rows.size == 0:
-            break
-        t = step[rows, None]
-        trial = theta[rows] - t * direction[rows]
-        trial_margins = margins[rows] - t * z_dir[rows]
-        with np.errstate(over="ignore", invalid="ignore"):
-            f_trial = _penalized_loss(loss, y[rows], w[rows], trial_margins, lam[rows], trial - mu0[rows])
-        good = np.isfinite(f_trial) & (f_trial <= fval[rows] - armijo * step[rows] * slope[rows] + slack[rows])
-        accepted[rows[good]] = True
-        pending[rows[good]] = False
-        step[rows[~good]] *= 0.5
-    new_theta = theta.copy()
-    new_theta[accepted] = theta[accepted] - step[accepted, None] * direction[accepted]
-    return new_theta
+
+    def trial_objective(rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        trial = theta[rows] - t[:, None] * direction[rows]
+        return _penalized_loss(loss, y[rows], w[rows], margins[rows] - t[:, None] * z_dir[rows], lam[rows], trial - mu0[rows])
+
+    return armijo_backtrack(theta, direction, slope, fval, trial_objective, max_backtracks, armijo)
