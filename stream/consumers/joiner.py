@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.codec import load_schema, make_codec
 from stream.codec.avro import SingleObjectCodec, decode_batch, encode_batch
@@ -42,6 +42,7 @@ from stream.consumers.join_state import (
 )
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.model.export import initial_global_model_record
 from stream.scoring.follower import ModelFollower
 from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
@@ -153,15 +154,17 @@ class Joiner:
             error, self._callback_error = self._callback_error, None
             raise error
         started = time.monotonic()
-        for m in messages:
+        good = without_errors(messages, self.group_id)
+        for m in good:
             self._last_delivery[(m.topic(), m.partition())] = started
-        events = self._decode(messages)
+        events = self._decode(good)
+        last = {key: offset for key, offset in last_offsets(good).items() if key[1] in self._stores}
         self._bootstrap_model_if_needed(events)
         examples, writes = [], []
         for partition in list(self._stores):  # quiet partitions too: their windows close once an input is idle
             items = events.get(partition, [])
             batch = self._join_partition(partition, items)
-            offsets = self._last_offsets(partition, messages)
+            offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
             if items or offsets or batch.result.emissions or batch.result.orphans:
                 examples.extend(batch.result.emissions)
                 writes.append((batch, offsets))
@@ -171,24 +174,16 @@ class Joiner:
         self._producer.flush()
         for batch, offsets in writes:
             batch.write(offsets)
-        commits = self._commit_positions(messages)
-        if commits:
-            self._consumer.commit(offsets=commits, asynchronous=False)
+        if last:
+            self._consumer.commit(offsets=commit_positions(last), asynchronous=False)
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
         self.stats.busy_seconds += time.monotonic() - started
         return len(messages)
 
-    def _decode(self, messages: list) -> dict[int, list[tuple[str, dict[str, Any], Any]]]:
+    def _decode(self, good: list) -> dict[int, list[tuple[str, dict[str, Any], Any]]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
         topics = self.settings.topics
-        good = []
-        for m in messages:
-            err = m.error()
-            if err is None:
-                good.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("%s: consume error: %s", self.group_id, err)
         by_kind = {
             "impression": [m for m in good if m.topic() == topics.impressions],
             "interaction": [m for m in good if m.topic() == topics.interactions],
@@ -272,21 +267,6 @@ class Joiner:
             if high >= 0 and tp.offset >= high:
                 idle.add(names[tp.topic])
         return frozenset(idle)
-
-    def _last_offsets(self, partition: int, messages: list) -> dict[str, int]:
-        last: dict[str, int] = {}
-        for m in messages:
-            if m.partition() == partition and m.error() is None:
-                last[m.topic()] = max(last.get(m.topic(), -1), m.offset())
-        return last
-
-    def _commit_positions(self, messages: list) -> list[TopicPartition]:
-        last: dict[tuple[str, int], int] = {}
-        for m in messages:
-            if m.error() is None:
-                key = (m.topic(), m.partition())
-                last[key] = max(last.get(key, -1), m.offset())
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if p in self._stores]
 
     def _emit(self, emissions: list) -> None:
         if not emissions:

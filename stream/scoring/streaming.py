@@ -10,23 +10,21 @@ break the API's rules go to the dead-letter topic with the reason.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch, encode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.scoring.follower import ModelFollower
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,10 +69,7 @@ class StreamingScorer:
         """Answer one micro-batch of requests; returns the messages it took."""
         self.models.refresh()
         messages = self._consumer.consume(self._batch_size, timeout=self._batch_time_s)
-        good = [m for m in messages if m.error() is None]
-        for m in messages:
-            if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("stream scorer: consume error: %s", m.error())
+        good = without_errors(messages, "stream scorer")
         if not good:
             return len(messages)
         decoded = decode_batch(self._requests_codec, good)
@@ -104,10 +99,7 @@ class StreamingScorer:
         for key, value in zip(keys, encode_batch(self._responses_codec, responses)):
             self._producer.produce(topic, key=key, value=value)
         self._producer.flush()
-        last: dict[tuple[str, int], int] = {}
-        for m in good:
-            last[(m.topic(), m.partition())] = max(last.get((m.topic(), m.partition()), -1), m.offset())
-        self._consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()], asynchronous=False)
+        self._consumer.commit(offsets=commit_positions(last_offsets(good)), asynchronous=False)
         self.stats.requests += len(good)
         self.stats.responses += len(responses)
         self.stats.dead_lettered = self._dead_letters.total

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.kafka.topic_reader import TopicReader
 from stream.model.losses import get_loss
 from stream.state.changelog import entity_model_records, states_from_records
@@ -187,13 +188,7 @@ class CoordinateUpdater:
         if not messages:
             return 0
         started = time.monotonic()
-        usable = []
-        for m in messages:
-            err = m.error()
-            if err is None:
-                usable.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("%s: consume error: %s", self.group_id, err)
+        usable = without_errors(messages, self.group_id)
         decoded = decode_batch(self._examples_codec, usable)
         for message, error in decoded.failures:
             self._dead_letters.send(message, error.reason)
@@ -217,13 +212,10 @@ class CoordinateUpdater:
     def _commit(self, messages: list, writes: dict[int, list[tuple[bytes, bytes]]]) -> None:
         """DESIGN §5's order: flush the published coefficients, commit the input offsets, write each store."""
         self._producer.flush()
-        last: dict[int, int] = {}
-        for m in messages:
-            if m.partition() in self._stores:
-                last[m.partition()] = max(last.get(m.partition(), -1), m.offset())
+        last = {key: offset for key, offset in last_offsets(messages).items() if key[1] in self._stores}
         if last:
-            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1) for p, o in last.items()], asynchronous=False)
-        for partition, offset in last.items():
+            self._consumer.commit(offsets=commit_positions(last), asynchronous=False)
+        for (_, partition), offset in last.items():
             self._stores[partition].commit(writes.get(partition, ()), offsets={"input": offset})
 
     def _update_partition(self, partition: int, records: list, messages: list) -> list[tuple[bytes, bytes]]:
