@@ -26,9 +26,20 @@ STREAM_SCORER = "stream-scorer"
 
 
 class Stage(Protocol):
-    """A pipeline stage: runs micro-batches until told to stop."""
+    """A pipeline stage: one micro-batch per ``step``, and a clean ``close`` (finish, commit, release)."""
 
-    def run(self, stop: threading.Event) -> None: ...  # noqa: D102
+    def step(self) -> int: ...  # noqa: D102
+
+    def close(self) -> None: ...  # noqa: D102
+
+
+def run_stage(stage: Stage, stop: threading.Event) -> None:
+    """Run ``stage``'s micro-batches until ``stop`` is set, then close it (also when a batch fails)."""
+    try:
+        while not stop.is_set():
+            stage.step()
+    finally:
+        stage.close()
 
 
 def stage_names(settings: Settings) -> list[str]:
@@ -68,7 +79,7 @@ class Pipeline:
 
     def _run(self, name: str, stage: Stage) -> None:
         try:
-            stage.run(self.stop_event)
+            run_stage(stage, self.stop_event)
         except BaseException as exc:  # a failed stage stops the whole pipeline, loudly
             log.exception("stage %s failed", name)
             self.errors[name] = exc

@@ -18,7 +18,6 @@ without a restart.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,14 +131,6 @@ class Joiner:
             store = self._stores.pop(p, None)
             if store is not None:
                 store.close()
-
-    def run(self, stop: threading.Event) -> None:
-        """Join micro-batches until ``stop`` is set, then shut down cleanly."""
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.close()
 
     def step(self) -> int:
         """Consume, join, emit, write state and commit one micro-batch; returns the messages it took."""

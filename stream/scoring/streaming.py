@@ -10,7 +10,6 @@ break the API's rules go to the dead-letter topic with the reason.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -56,14 +55,6 @@ class StreamingScorer:
         self.scorer = Scorer.following(settings.model, self.models)
         self._consumer = Consumer(consumer_config(kafka, kafka.group_id("stream-scorer"), bootstrap_servers))
         self._consumer.subscribe([topics.score_requests])
-
-    def run(self, stop: threading.Event) -> None:
-        """Answer requests until ``stop`` is set, then close."""
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.close()
 
     def step(self) -> int:
         """Answer one micro-batch of requests; returns the messages it took."""

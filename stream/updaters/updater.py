@@ -17,7 +17,6 @@ so a revoked partition never has a batch in flight: its store is simply closed.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -169,14 +168,6 @@ class CoordinateUpdater:
                  self.group_id, int(newer.sum()), partition, self.coefficients_topic, read, elapsed)
 
     # ------------------------------------------------------------------ the loop
-
-    def run(self, stop: threading.Event) -> None:
-        """Process micro-batches until ``stop`` is set, then shut down cleanly."""
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.close()
 
     def step(self) -> int:
         """Consume, update, publish and commit one micro-batch; returns the messages it took."""
