@@ -15,50 +15,65 @@ import numpy as np
 
 from stream.config import ModelSettings
 from stream.model.dataset import entity_of
-from stream.model.features import FeatureIndex
 from stream.model.game import GLOBAL
+from stream.scoring.indexing import FeatureResolver
 from stream.scoring.tables import CoefficientTable, GlobalModel
 
 
-def _sparse_row(index: FeatureIndex, bags: Mapping[str, Sequence[Any]]) -> tuple[bytes, bytes]:
-    columns: dict[int, float] = {0: 1.0} if index.intercept else {}
-    for bag in index.bag_names:
-        for item in bags.get(bag, ()):
-            col = index.column(item["name"], item.get("term", ""), admit=False)
-            if col is not None:
-                columns[col] = columns.get(col, 0.0) + float(item["value"])
-    cols = np.fromiter(columns.keys(), dtype="<i4", count=len(columns))
-    values = np.fromiter(columns.values(), dtype="<f4", count=len(columns))
-    return cols.tobytes(), values.tobytes()
+def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalModel, resolver: FeatureResolver,
+                       settings: ModelSettings) -> list[dict[str, Any]]:
+    """The ``LabeledExample`` of each impression with label 0, indexed by ``model``'s indexes in one pass.
 
-
-def unlabeled_example(impression: Mapping[str, Any], model: GlobalModel, settings: ModelSettings) -> dict[str, Any]:
-    """The ``LabeledExample`` of ``impression`` with label 0, features indexed by ``model``'s indexes."""
-    bags = impression["features"]
-    indices, values = _sparse_row(model.global_index, bags)
-    coordinates = {
-        name: {
-            "entity_id": entity_of(impression, c.entity_field),
-            "dense": model.coordinate_indices[name].dense(bags, admit=False).astype("<f4").tobytes(),
+    ``resolver`` must belong to ``model`` (same version). Repeated features add up.
+    """
+    n = len(impressions)
+    indexed = resolver.index([imp["features"] for imp in impressions])
+    intercepts = resolver.intercepts()
+    global_rows = _global_rows(indexed.rows[0], indexed.columns[0], indexed.values[0], n, model.global_index.dim,
+                               intercepts[0])
+    dense = {}
+    for slot, name in enumerate(resolver.coordinates, start=1):
+        matrix = np.zeros((n, model.coordinate_indices[name].width), dtype="<f4")
+        if intercepts[slot]:
+            matrix[:, 0] = 1.0
+        np.add.at(matrix, (indexed.rows[slot], indexed.columns[slot]), indexed.values[slot])
+        dense[name] = matrix
+    return [
+        {
+            "example_id": imp["impression_id"],
+            "member_id": imp["member_id"],
+            "item_id": imp["item_id"],
+            "label": 0.0,
+            "weight": 1.0,
+            "offset": 0.0,
+            "event_time": imp["event_time"],
+            "label_time": imp["event_time"],
+            "interaction_types": [],
+            "scores": {},
+            "model_versions": {},
+            "global_features": global_rows[i],
+            "coordinates": {name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
+                            for name, c in settings.coordinates.items()},
+            "index_version": model.index_version,
         }
-        for name, c in settings.coordinates.items()
-    }
-    return {
-        "example_id": impression["impression_id"],
-        "member_id": impression["member_id"],
-        "item_id": impression["item_id"],
-        "label": 0.0,
-        "weight": 1.0,
-        "offset": 0.0,
-        "event_time": impression["event_time"],
-        "label_time": impression["event_time"],
-        "interaction_types": [],
-        "scores": {},
-        "model_versions": {},
-        "global_features": {"indices": indices, "values": values},
-        "coordinates": coordinates,
-        "index_version": model.index_version,
-    }
+        for i, imp in enumerate(impressions)
+    ]
+
+
+def _global_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, dim: int,
+                 intercept: bool) -> list[dict[str, bytes]]:
+    """Per row, its global (indices, values) as packed bytes, repeated columns summed, intercept first."""
+    if intercept:
+        rows = np.concatenate([np.arange(n), rows])
+        cols = np.concatenate([np.zeros(n, dtype=np.int64), cols])
+        values = np.concatenate([np.ones(n), values])
+    keys, inverse = np.unique(rows * (dim + 1) + cols, return_inverse=True)
+    summed = np.bincount(inverse, weights=values, minlength=len(keys))
+    key_rows, key_cols = keys // (dim + 1), keys % (dim + 1)
+    bounds = np.searchsorted(key_rows, np.arange(n + 1))
+    packed_cols, packed_values = key_cols.astype("<i4"), summed.astype("<f4")
+    return [{"indices": packed_cols[a:b].tobytes(), "values": packed_values[a:b].tobytes()}
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, CoefficientTable]) -> None:

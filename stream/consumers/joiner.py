@@ -28,7 +28,7 @@ from stream.codec import load_schema, make_codec
 from stream.codec.avro import SingleObjectCodec, decode_batch, encode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import ConfigError, Settings
-from stream.consumers.example_builder import add_scores, unlabeled_example
+from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import (
     IMPRESSIONS,
     INTERACTIONS,
@@ -44,6 +44,7 @@ from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.model.export import initial_global_model_record
 from stream.scoring.follower import ModelFollower
+from stream.scoring.indexing import FeatureResolver
 from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Joiner:
         self._stores: dict[int, PartitionStore] = {}
         self._callback_error: Exception | None = None
         self._last_delivery: dict[tuple[str, int], float] = {}
+        self._resolver: FeatureResolver | None = None
         self._idle_s = j.idle_input_ms / 1000
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -221,12 +223,12 @@ class Joiner:
         fresh = [(k, r, m) for k, r, m in items if m.offset() > done[m.topic()]]
         self.stats.replayed += len(items) - len(fresh)
         batch = JoinBatch(store, self._rules, (r["impression_id"] for _, r, _ in fresh))
-        model = self.models.global_model.current  # never None when impressions are here: see _bootstrap_model_if_needed
+        impressions = [record for kind, record, _ in fresh if kind == "impression"]
+        examples = iter(self._index(impressions))
         for kind, record, message in fresh:
             if kind == "impression":
-                example = unlabeled_example(record, model, self.settings.model)
                 batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"],
-                                                     self._stored_example_codec.encode(example)))
+                                                     self._stored_example_codec.encode(next(examples))))
             else:
                 batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
                                                        self._type_symbols.index(record["type"]), message.value(),
@@ -239,6 +241,15 @@ class Joiner:
         self.stats.orphans += len(batch.result.orphans)
         self.stats.join.add(batch.result.counts)
         return batch
+
+    def _index(self, impressions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Unlabeled examples of ``impressions``, indexed with the current model (never None once impressions came)."""
+        if not impressions:
+            return []
+        model = self.models.global_model.current
+        if self._resolver is None or self._resolver.version != model.version:
+            self._resolver = FeatureResolver(model, self.settings.model)
+        return unlabeled_examples(impressions, model, self._resolver, self.settings.model)
 
     def _idle_inputs(self, partition: int) -> frozenset[str]:
         """Inputs of ``partition`` that delivered nothing for ``idle_input_ms`` and have nothing left to read.
