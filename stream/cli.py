@@ -137,7 +137,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
-    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"))
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
+                             keep_posteriors=settings.serving.exploration)
     service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
                              lambda: follower.ready and follower.global_model.current is not None, follower.close)
     web.run_app(build_app(service), host=settings.serving.host, port=settings.serving.port, shutdown_timeout=10,

@@ -249,7 +249,11 @@ class JoinerSettings:
 
 @dataclass(frozen=True)
 class ServingSettings:
-    """The scoring HTTP service (``glmix serve``): where it listens and what one request may ask."""
+    """The scoring HTTP service (``glmix serve``): where it listens and what one request may ask.
+
+    ``exploration`` keeps every entity's posterior precision in memory so requests may ask
+    for Thompson sampling or UCB (d(d+1)/2 doubles per entity with full precisions).
+    """
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -257,6 +261,7 @@ class ServingSettings:
     max_features_per_bag: int = 1000
     max_body_bytes: int = 4 * 1024 * 1024
     refresh_ms: int = 100
+    exploration: bool = False
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be a TCP port, got {self.port}")

@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 class ModelFollower:
     """The global model and every coordinate's coefficients, kept current from their topics."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str) -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str, keep_posteriors: bool = False) -> None:
         registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
         topics = settings.topics
         self.global_model = GlobalModelTable(settings.model)
-        self.tables = {name: CoefficientTable(name, c.max_features) for name, c in settings.model.coordinates.items()}
+        self.tables = {name: CoefficientTable(name, c.max_features, keep_posteriors)
+                       for name, c in settings.model.coordinates.items()}
         self._global_reader = TopicReader(
             settings.kafka, topics.model_global,
             make_codec("GlobalModel", topics.model_global, registry, registry_settings),

@@ -95,7 +95,7 @@ def build_app(service: ScoringService) -> web.Application:
                 return _error(exc.status, exc.problem, exc.field)
             try:
                 scored = service.scorer.score(checked.member_id, checked.member_features, checked.candidates,
-                                              checked.context, checked.top_k)
+                                              checked.context, checked.top_k, checked.exploration)
             except ModelNotReadyError as exc:
                 return _error(503, str(exc))
         if not all(math.isfinite(s.margin) for s in scored):

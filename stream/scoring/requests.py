@@ -9,6 +9,7 @@ from typing import Any
 
 from stream.config import ServingSettings
 from stream.errors import GlmixError
+from stream.scoring.scorer import Exploration
 
 MAX_ID_CHARS = 256
 MAX_VALUE = 1e12  # larger feature values would only turn margins into inf
@@ -33,6 +34,7 @@ class ScoreRequest:
     candidates: list[dict[str, Any]]
     context: dict[str, str]
     top_k: int | None
+    exploration: Exploration | None = None
 
 
 def _string(value: Any, field: str, allow_empty: bool = False) -> str:
@@ -79,7 +81,7 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
     """The checked request, or :class:`InvalidRequest` for the first problem found."""
     if not isinstance(body, Mapping):
         raise InvalidRequest("$", "the body must be a JSON object")
-    unknown = sorted(set(body) - {"member_id", "member_features", "candidates", "context", "top_k"})
+    unknown = sorted(set(body) - {"member_id", "member_features", "candidates", "context", "top_k", "exploration"})
     if unknown:
         raise InvalidRequest(f"$.{unknown[0]}", "unknown field")
     member_id = _string(body.get("member_id"), "$.member_id")
@@ -102,4 +104,22 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InvalidRequest("$.top_k", "must be an integer >= 1")
     return ScoreRequest(member_id, _bags(body.get("member_features"), "$.member_features", limits), checked,
-                        dict(context), top_k)
+                        dict(context), top_k, _exploration(body.get("exploration"), limits))
+
+
+def _exploration(value: Any, limits: ServingSettings) -> Exploration | None:
+    if value is None:
+        return None
+    if not limits.exploration:
+        raise InvalidRequest("$.exploration", "exploration is off on this server (serving.exploration)")
+    if not isinstance(value, Mapping) or set(value) - {"policy", "seed", "width"}:
+        raise InvalidRequest("$.exploration", "must be an object {policy, seed, width}")
+    seed, width = value.get("seed"), value.get("width", 1.0)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidRequest("$.exploration.seed", "must be an integer in [0, 2^63)")
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        raise InvalidRequest("$.exploration.width", "must be a number")
+    try:
+        return Exploration(value.get("policy"), seed, float(width))
+    except ValueError as exc:
+        raise InvalidRequest("$.exploration", str(exc)) from None

@@ -11,9 +11,10 @@ itself is one sparse product and one einsum per coordinate for all candidates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,11 +23,33 @@ from stream.gc_pause import cyclic_gc_paused
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
+from stream.model.uncertainty import covariance, thompson_samples
 from stream.scoring.follower import ModelFollower
 from stream.scoring.indexing import FeatureResolver, IndexedRows
 from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
 
 Bags = Mapping[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How to explore: ``thompson`` scores with one posterior draw per entity and request;
+    ``ucb`` adds ``width`` standard deviations of the random effects' margin (breakdown key
+    ``exploration``). ``seed`` makes the draws reproducible. Entities without a posterior do
+    not explore."""
+
+    policy: Literal["thompson", "ucb"]
+    seed: int | None = None
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("thompson", "ucb"):
+            raise ValueError(f"exploration policy must be 'thompson' or 'ucb', got {self.policy!r}")
+        if not (math.isfinite(self.width) and self.width >= 0):
+            raise ValueError(f"exploration width must be a finite number >= 0, got {self.width!r}")
+
+
+EXPLORATION = "exploration"
 
 
 class ModelNotReadyError(RuntimeError):
@@ -69,15 +92,8 @@ class Scorer:
             self._features = FeatureResolver(model, self._settings)
         return self._features
 
-    def breakdown(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
-                  context: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Per-coordinate margins (N,) and model versions (N,) of every candidate."""
-        rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
-                 "features": c.get("features", {})} for c in candidates]
-        return self.rows_breakdown(rows, member_features)
-
-    def rows_breakdown(self, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None = None
-                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def rows_breakdown(self, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None = None,
+                       exploration: Exploration | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Margins and versions of rows that each name their entities (``member_id``, ``item_id``, ``context``)
         and carry their ``features``; ``shared_features`` count for every row."""
         model = self.global_models.current
@@ -91,10 +107,29 @@ class Scorer:
         margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
                                     intercepts[0], n)}
         versions = {GLOBAL: np.full(n, model.version, dtype=np.int64)}
+        rng = np.random.default_rng(exploration.seed) if exploration is not None else None
+        variance = np.zeros(n)
         for slot, name in enumerate(resolver.coordinates, start=1):
             field = self._settings.coordinates[name].entity_field
-            means, versions[name] = self.tables[name].lookup([entity_of(r, field) for r in rows])
+            ids = [entity_of(r, field) for r in rows]
+            means, versions[name] = self.tables[name].lookup(ids)
+            if exploration is not None:
+                unique, inverse = np.unique(np.array(ids, dtype=object).astype(str), return_inverse=True)
+                entity_means, precisions, known = self.tables[name].posteriors(list(unique))
+                if exploration.policy == "thompson":
+                    drawn = entity_means.copy()
+                    if known.any():
+                        drawn[known] = thompson_samples(entity_means[known], precisions[known], rng)
+                    means = drawn[inverse]
+                else:
+                    features = _dense(shared, own, slot, intercepts[slot], n, means.shape[1])
+                    covariances = np.zeros_like(precisions)
+                    if known.any():
+                        covariances[known] = covariance(precisions[known])
+                    variance += np.einsum("nd,nde,ne->n", features, covariances[inverse], features)
             margins[name] = _margins(means, shared, own, slot, intercepts[slot], n)
+        if exploration is not None and exploration.policy == "ucb":
+            margins[EXPLORATION] = exploration.width * np.sqrt(np.maximum(variance, 0.0))
         return margins, versions
 
     def mean(self, margins: np.ndarray) -> np.ndarray:
@@ -102,12 +137,15 @@ class Scorer:
         return self._loss.mean(margins)
 
     def score(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
-              context: Mapping[str, str] | None = None, top_k: int | None = None) -> list[CandidateScore]:
+              context: Mapping[str, str] | None = None, top_k: int | None = None,
+              exploration: Exploration | None = None) -> list[CandidateScore]:
         """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given."""
         if not candidates:
             return []
+        rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
+                 "features": c.get("features", {})} for c in candidates]
         with cyclic_gc_paused():
-            margins, versions = self.breakdown(member_id, member_features, candidates, context)
+            margins, versions = self.rows_breakdown(rows, member_features, exploration)
         total = sum(margins.values())
         probability = self._loss.mean(total)
         order = np.argsort(-total, kind="stable") if top_k is not None else np.arange(len(candidates))
@@ -136,3 +174,13 @@ def _margins(coefficients: np.ndarray, shared: IndexedRows, own: IndexedRows, sl
     if intercept:
         total = total + coefficients[:, 0]
     return np.broadcast_to(total, (n,)).copy()
+
+
+def _dense(shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool, n: int, dim: int) -> np.ndarray:
+    """(N, dim) features of one coordinate: the shared bags in every row plus each row's own."""
+    features = np.zeros((n, dim))
+    np.add.at(features, (slice(None), shared.columns[slot]), shared.values[slot])
+    np.add.at(features, (own.rows[slot], own.columns[slot]), own.values[slot])
+    if intercept:
+        features[:, 0] += 1.0
+    return features

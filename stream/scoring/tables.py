@@ -16,14 +16,22 @@ import numpy as np
 
 from stream.config import ModelSettings
 from stream.model.features import FeatureIndex
+from stream.state.entity_state import StateLayout
 
 
 class CoefficientTable:
-    """One random-effect coordinate's latest means per entity (version-checked)."""
+    """One random-effect coordinate's latest means per entity (version-checked).
 
-    def __init__(self, coordinate: str, dim: int) -> None:
+    With ``keep_posteriors`` the table also keeps each entity's packed precision, which
+    exploration (Thompson sampling, UCB) needs: d(d+1)/2 doubles per entity with a full
+    precision, so only for serving that explores.
+    """
+
+    def __init__(self, coordinate: str, dim: int, keep_posteriors: bool = False) -> None:
         self.coordinate = coordinate
         self.dim = dim
+        self.keep_posteriors = keep_posteriors
+        self._posteriors: dict[str, tuple[str, bytes]] = {}
         self._rows: dict[str, int] = {}
         self._versions: list[int] = []
         self._means = np.zeros((0, dim))
@@ -61,6 +69,8 @@ class CoefficientTable:
                 new_ids[entity] = len(new_rows)
                 new_rows.append(means)
                 new_versions.append(version)
+            if self.keep_posteriors:
+                self._posteriors[entity] = (record.get("precision_kind", "DIAGONAL"), bytes(record.get("precision", b"")))
             taken += 1
         if new_rows:
             first = len(self._versions)
@@ -84,6 +94,32 @@ class CoefficientTable:
         versions = np.zeros(len(rows), dtype=np.int64)
         versions[known] = np.asarray(self._versions, dtype=np.int64)[rows[known]]
         return means, versions
+
+    def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, d) means, (N, d, d) precisions and (N,) known mask; unknown or unusable entities are not known."""
+        if not self.keep_posteriors:
+            raise ValueError(f"table {self.coordinate!r} keeps no posteriors (keep_posteriors=False)")
+        means, versions = self.lookup(entity_ids)
+        precisions = np.zeros((len(entity_ids), self.dim, self.dim))
+        known = versions > 0
+        for i, entity in enumerate(entity_ids):
+            stored = self._posteriors.get(entity) if known[i] else None
+            matrix = None if stored is None else _precision_matrix(*stored, self.dim)
+            if matrix is None:
+                known[i] = False
+            else:
+                precisions[i] = matrix
+        return means, precisions, known
+
+
+def _precision_matrix(kind: str, packed: bytes, dim: int) -> np.ndarray | None:
+    """A d x d precision from an EntityModel's packed bytes (None when they do not fit or are not finite)."""
+    layout = StateLayout(dim, diagonal=kind == "DIAGONAL", window=0)
+    values = np.frombuffer(packed, dtype="<f8")
+    if values.size != layout.precision_size or not np.isfinite(values).all():
+        return None
+    matrix = layout.unpack_precision(values[None, :])[0]
+    return np.diag(matrix) if layout.diagonal else matrix
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ def test_scores_come_back_with_their_breakdown(server, world):
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "top_k": 0}).encode(), 400, "$.top_k"),
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "extra": 1}).encode(), 400, "$.extra"),
     (b"{" + b" " * (70 * 1024) + b"}", 413, None),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "exploration": {"policy": "ucb"}}).encode(), 400,
+     "$.exploration"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, body, status, field):
     got, raw = _request(server, "/v1/score", body)
@@ -129,3 +131,17 @@ near_valid = st.fixed_dictionaries({
 def test_no_request_body_gets_a_5xx(server, body):
     status, raw = _request(server, "/v1/score", json.dumps(body, allow_nan=True).encode())
     assert status < 500, raw
+
+
+def test_an_exploration_request_is_checked_when_the_server_explores():
+    from stream.scoring.requests import InvalidRequest, parse_score_request
+    from stream.scoring.scorer import Exploration
+
+    limits = ServingSettings(exploration=True)
+    body = {"member_id": "m", "candidates": [{"item_id": "j"}], "exploration": {"policy": "thompson", "seed": 3}}
+    assert parse_score_request(body, limits).exploration == Exploration("thompson", 3, 1.0)
+    for bad, field in (({"policy": "greedy"}, "$.exploration"), ({"policy": "ucb", "seed": -1}, "$.exploration.seed"),
+                       ({"policy": "ucb", "width": "wide"}, "$.exploration.width"), ([], "$.exploration")):
+        with pytest.raises(InvalidRequest) as error:
+            parse_score_request({**body, "exploration": bad}, limits)
+        assert error.value.field == field
