@@ -4,6 +4,8 @@ Reproduce: python bench/pipeline.py   (or: make bench; --quick for a smaller run
 
 Prints one JSON line per measurement:
 
+Stages join their consumer group before the data arrives, so only processing is timed.
+
 * ``updater-hot`` / ``updater-cold`` (DESIGN §8): LabeledExamples for the member
   coordinate (d=32, bayes, full and diagonal precision) consumed by a CoordinateUpdater — hot: ~1k
   entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
@@ -105,6 +107,15 @@ def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> floa
     return seen / elapsed
 
 
+def wait_assigned(stage, timeout_s: float = 60.0) -> None:
+    """Step ``stage`` until its consumer group gave it partitions, so joining the group is not timed."""
+    deadline = time.monotonic() + timeout_s
+    while not stage.assigned_partitions:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the stage got no partitions")
+        stage.step()
+
+
 def timed_steps(step, done, timeout_s: float = 300.0) -> float:
     """Call ``step`` until ``done()``; seconds from the start of the first step that got messages."""
     started = None
@@ -137,6 +148,7 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
     rng = np.random.default_rng(0)
     producer = Producer(producer_config(settings.kafka))
     updater = CoordinateUpdater(settings, "member")
+    wait_assigned(updater)
     seconds = ceiling_seconds = 0.0
     total = 0
     for r in range(rounds):
@@ -190,9 +202,11 @@ def bench_joiner(bootstrap: str, requests: int) -> dict:
     record = initial_global_model_record([li.impression for li in labeled[:2000]], settings.model)
     producer.produce(settings.topics.model_global, key=b"glmix",
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    producer.flush()
+    joiner = Joiner(settings)
+    wait_assigned(joiner)
     topics, codecs = event_topics_and_codecs(settings)
     produce_to_kafka(events, producer, topics, codecs)
-    joiner = Joiner(settings)
 
     def consumed() -> int:
         return joiner.stats.join.impressions + joiner.stats.join.interactions

@@ -115,6 +115,11 @@ class Joiner:
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
+    @property
+    def assigned_partitions(self) -> list[int]:
+        """Partitions (of both input topics) this joiner owns now."""
+        return sorted(self._stores)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             self._assign(consumer, partitions)
