@@ -45,7 +45,8 @@ from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.model.export import initial_global_model_record
 from stream.scoring.follower import ModelFollower
 from stream.scoring.indexing import FeatureResolver
-from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
+from stream.state.ownership import PartitionStores
+from stream.state.partition_store import open_or_wipe, store_path
 
 log = logging.getLogger(__name__)
 
@@ -107,37 +108,25 @@ class Joiner:
         config = consumer_config(kafka, group_id, bootstrap_servers)
         config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
         self._consumer = Consumer(config)
-        self._stores: dict[int, PartitionStore] = {}
-        self._callback_error: Exception | None = None
+        self._ownership = PartitionStores(self.group_id, self._assign)
+        self._stores = self._ownership.stores
         self._last_delivery: dict[tuple[str, int], float] = {}
         self._resolver: FeatureResolver | None = None
         self._idle_s = j.idle_input_ms / 1000
-        self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._ownership.on_assign,
+                                 on_revoke=self._ownership.on_revoke, on_lost=self._ownership.on_revoke)
 
     @property
     def assigned_partitions(self) -> list[int]:
         """Partitions (of both input topics) this joiner owns now."""
-        return sorted(self._stores)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            self._assign(consumer, partitions)
-        except Exception as exc:  # librdkafka cannot carry an exception out of a callback: re-raised after consume()
-            self._callback_error = exc
+        return self._ownership.partitions
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Open the store of each assigned partition number (shared by both input topics)."""
         for p in sorted({tp.partition for tp in partitions}):
             if p not in self._stores:
                 path = store_path(self.settings.state_dir, "joiner", self.settings.topics.impressions, p)
                 self._stores[p], _ = open_or_wipe(path)
-        log.info("%s: assigned %s", self.group_id, [(tp.topic, tp.partition) for tp in partitions])
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in {tp.partition for tp in partitions}:
-            store = self._stores.pop(p, None)
-            if store is not None:
-                store.close()
 
     def step(self) -> int:
         """Consume, join, emit, write state and commit one micro-batch; returns the messages it took."""
@@ -148,9 +137,7 @@ class Joiner:
             time.sleep(j.batch_time_ms / 1000)
             return 0
         messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
-        if self._callback_error is not None:
-            error, self._callback_error = self._callback_error, None
-            raise error
+        self._ownership.raise_pending()
         started = time.monotonic()
         good = without_errors(messages, self.group_id)
         for m in good:
@@ -300,9 +287,7 @@ class Joiner:
         """Flush, leave the group, close stores and readers."""
         self._producer.flush(10)
         self._consumer.close()
-        for store in self._stores.values():
-            store.close()
-        self._stores.clear()
+        self._ownership.close()
         self.models.close()
 
 

@@ -35,6 +35,7 @@ from stream.kafka.topic_reader import TopicReader
 from stream.model.losses import get_loss
 from stream.state.changelog import entity_model_records, states_from_records
 from stream.state.exceptions import StateLayoutError
+from stream.state.ownership import PartitionStores
 from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
 from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
 from stream.updaters.state_update import CoordinateMath, apply_batch
@@ -89,10 +90,10 @@ class CoordinateUpdater:
         self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, f"updater-{coordinate}")
         prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
         self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
-        self._stores: dict[int, PartitionStore] = {}
-        self._callback_error: Exception | None = None
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self._ownership = PartitionStores(self.group_id, self._assign)
+        self._stores = self._ownership.stores
+        self._consumer.subscribe([self.topic], on_assign=self._ownership.on_assign,
+                                 on_revoke=self._ownership.on_revoke, on_lost=self._ownership.on_revoke)
 
     # ------------------------------------------------------------------ partitions
 
@@ -104,15 +105,10 @@ class CoordinateUpdater:
     @property
     def assigned_partitions(self) -> list[int]:
         """Input partitions this updater owns now."""
-        return sorted(self._stores)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            self._assign(consumer, partitions)
-        except Exception as exc:  # librdkafka cannot carry an exception out of a callback: re-raised after consume()
-            self._callback_error = exc
+        return self._ownership.partitions
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Open each assigned partition's store; restore it from the changelog when missing, unreadable or behind."""
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
             store, wiped = open_or_wipe(store_path(self.settings.state_dir, self.state_dir.name, self.topic, tp.partition))
@@ -125,14 +121,6 @@ class CoordinateUpdater:
                     log.warning("%s: partition %d store unreadable (%s); rebuilding it", self.group_id, tp.partition, exc)
                     store.wipe()
                     self._restore(tp.partition, store, done)
-        log.info("%s: assigned partitions %s of %s", self.group_id, [tp.partition for tp in partitions], self.topic)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            store = self._stores.pop(tp.partition, None)
-            if store is not None:
-                store.close()
-        log.info("%s: released partitions %s of %s", self.group_id, [tp.partition for tp in partitions], self.topic)
 
     def _restore(self, partition: int, store: PartitionStore, done_offset: int) -> None:
         """Bring ``store`` up to date from changelog partition ``partition``; newer local states win."""
@@ -173,9 +161,7 @@ class CoordinateUpdater:
         """Consume, update, publish and commit one micro-batch; returns the messages it took."""
         s = self.coordinate_settings
         messages = self._consumer.consume(s.batch_size, timeout=s.batch_time_ms / 1000)
-        if self._callback_error is not None:
-            error, self._callback_error = self._callback_error, None
-            raise error
+        self._ownership.raise_pending()
         if not messages:
             return 0
         started = time.monotonic()
@@ -244,6 +230,4 @@ class CoordinateUpdater:
         """Flush, leave the group (revoking and closing every store) and release the clients."""
         self._producer.flush(10)
         self._consumer.close()
-        for store in self._stores.values():
-            store.close()
-        self._stores.clear()
+        self._ownership.close()
