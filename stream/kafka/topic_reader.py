@@ -77,18 +77,13 @@ class TopicReader:
     def read_to_end(self, timeout_s: float = 60.0, batch: int = 10_000):
         """Yield decoded batches until every partition reached its high watermark at the start of the call."""
         ends = self.end_offsets()
-        remaining = {p: end for p, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout_s
-        while remaining:
+        while not self.reached(ends):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.topic}: not at the end after {timeout_s:.0f} s (partitions {sorted(remaining)} behind)")
+                raise TimeoutError(f"{self.topic}: not at the end offsets {ends} after {timeout_s:.0f} s")
             decoded = self.poll(batch, timeout_s=0.2)
             if decoded.messages or decoded.failures:
                 yield decoded
-            positions = self._consumer.position([TopicPartition(self.topic, p) for p in remaining])
-            for tp in positions:
-                if tp.offset >= remaining[tp.partition]:
-                    del remaining[tp.partition]
 
     def close(self) -> None:
         """Close the consumer."""
