@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.state.entity_state import StateLayout
+from stream.state.entity_state import StateLayout, row_bytes
 
 
 def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.ndarray, layout: StateLayout,
@@ -27,9 +27,7 @@ def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.
     published = int(time.time() * 1000) if now_ms is None else now_ms
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
     means = states["mean"].tolist()
-    packed = np.ascontiguousarray(states["precision"], dtype="<f8").tobytes()
-    size = 8 * layout.precision_size
-    precisions = [packed[i:i + size] for i in range(0, len(packed), size)]
+    precisions = row_bytes(states["precision"].astype("<f8", copy=False))
     return [
         {
             "coordinate": coordinate,

@@ -95,9 +95,7 @@ class StateLayout:
 
     def encode(self, states: np.ndarray) -> list[bytes]:
         """One value per state, for a WriteBatch."""
-        buffer = np.ascontiguousarray(states, dtype=self.dtype).tobytes()
-        size = self.state_bytes
-        return [buffer[i:i + size] for i in range(0, len(buffer), size)]
+        return row_bytes(np.asarray(states, dtype=self.dtype))
 
     def pack_precision(self, precision: np.ndarray) -> np.ndarray:
         """(B, d) diagonals or (B, d, d) matrices -> the stored (B, precision_size) values.
@@ -117,6 +115,13 @@ class StateLayout:
         if self.diagonal:
             return np.array(stored, dtype=np.float64)
         return np.take(stored, _symmetric_sources(self.dim), axis=1).reshape(len(stored), self.dim, self.dim)
+
+
+def row_bytes(rows: np.ndarray) -> list[bytes]:
+    """Each row (first axis) of ``rows`` as its own bytes value, from one contiguous copy."""
+    buffer = np.ascontiguousarray(rows).tobytes()
+    size = len(buffer) // len(rows) if len(rows) else 0
+    return [buffer[i:i + size] for i in range(0, len(buffer), size)] if size else [b""] * len(rows)
 
 
 @functools.lru_cache(maxsize=16)
