@@ -2,24 +2,30 @@
 
 from stream.config.exceptions import ConfigError
 from stream.config.settings import (
+    ArchiveSettings,
     CoordinateSettings,
     JoinerSettings,
     KafkaSettings,
     ModelSettings,
+    RefitSettings,
     ServingSettings,
     Settings,
     TopicSettings,
+    TransformSettings,
     load_settings,
 )
 
 __all__ = [
+    "ArchiveSettings",
     "ConfigError",
     "CoordinateSettings",
     "JoinerSettings",
     "KafkaSettings",
     "ModelSettings",
+    "RefitSettings",
     "ServingSettings",
     "Settings",
     "TopicSettings",
+    "TransformSettings",
     "load_settings",
 ]

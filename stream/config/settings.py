@@ -178,14 +178,50 @@ def default_coordinates() -> dict[str, CoordinateSettings]:
     }
 
 
+TransformKind = Literal["log", "indicator", "bucketize", "spline", "product"]
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """One feature transform of the feed relevance toolbox, applied on every path (DESIGN §8).
+
+    The table key names the feature: for ``log`` (``log1p`` of a count), ``indicator``
+    (1 when the value is > 0), ``bucketize`` (the term becomes the bucket ``[lo,hi)`` of
+    ``boundaries``, value 1) and ``spline`` (linear interpolation between the two
+    neighbouring ``boundaries``, one term per knot) it is the input feature name, in any bag.
+    For ``product`` it is the name of the new feature: the product of the two ``inputs``
+    feature names, written into bag ``bag``.
+    """
+
+    kind: TransformKind
+    boundaries: tuple[float, ...] = ()
+    inputs: tuple[str, ...] = ()
+    bag: str = ""
+
+    def __post_init__(self) -> None:
+        increasing = all(a < b for a, b in zip(self.boundaries, self.boundaries[1:]))
+        if self.kind in ("bucketize", "spline"):
+            least = 1 if self.kind == "bucketize" else 2
+            _check(len(self.boundaries) >= least and increasing, "boundaries",
+                   f"{self.kind} needs >= {least} strictly increasing boundaries, got {list(self.boundaries)}")
+        else:
+            _check(not self.boundaries, "boundaries", f"{self.kind} takes no boundaries")
+        if self.kind == "product":
+            _check(len(self.inputs) == 2, "inputs", f"product multiplies two feature names, got {list(self.inputs)}")
+            _check(bool(self.bag), "bag", "product needs the bag its feature goes into")
+        else:
+            _check(not self.inputs and not self.bag, "inputs", f"{self.kind} transforms the feature it is keyed by")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """The GLMix model spec: link/loss, the global coordinate, and the random-effect coordinates."""
+    """The GLMix model spec: link/loss, the global coordinate, the random-effect coordinates, feature transforms."""
 
     loss: Loss = "logistic"
     global_feature_bags: tuple[str, ...] = MEMBER_BAGS + JOB_BAGS
     global_l2: float = 1.0
     coordinates: Mapping[str, CoordinateSettings] = field(default_factory=default_coordinates)
+    transforms: Mapping[str, TransformSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_non_negative(self.global_l2, "global_l2")
@@ -270,6 +306,75 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    """Where ``glmix run archive`` keeps labeled examples for the refit and offline evaluation.
+
+    ``path`` is a local directory or any fsspec URL (``s3://bucket/prefix`` with s3fs
+    installed). Files are hourly by event time, ``dt=YYYY-MM-DD/hour=HH/``; a file is
+    written whole (``roll_records`` examples or ``roll_interval_ms`` of buffering,
+    whichever comes first) and named by its partition and offset range, so a restart
+    never duplicates an example. Hours older than ``retention_hours`` before the newest
+    archived hour are deleted (0 keeps everything).
+    """
+
+    path: str = "./archive"
+    roll_records: int = 50_000
+    roll_interval_ms: int = 60_000
+    retention_hours: int = 7 * 24
+    batch_size: int = 5000
+    batch_time_ms: int = 200
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path.strip()), "path", "must not be empty")
+        for name in ("roll_records", "roll_interval_ms", "batch_size", "batch_time_ms"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.retention_hours >= 0, "retention_hours", f"must be >= 0 (0 keeps everything), got {self.retention_hours}")
+
+
+GateMetric = Literal["auc", "log_loss"]
+RefitOffsets = Literal["current", "join_time"]
+
+
+@dataclass(frozen=True)
+class RefitSettings:
+    """The periodic global refit (``glmix refit``): data window, holdout, gate and outputs.
+
+    The refit trains on the archived examples of the last ``window_hours`` (ending at the
+    newest archived example) except the final ``holdout_fraction`` of that time, which it
+    scores with the current and the new model. The new model is published only when its
+    ``gate_metric`` is not worse than the current one's by more than ``gate_tolerance``.
+    ``offsets`` are the random effects' scores the global coordinate is fitted around: the
+    ``current`` coefficients (GAME coordinate descent) or those of ``join_time`` recorded in
+    each example. ``coordinate_descent_iterations`` > 0 refits the random effects in batch too
+    (in memory) to give the global coordinate consistent offsets; only the global
+    coordinate is published. Data is streamed into ``chunk_rows`` chunks spilled to disk,
+    so memory stays bounded by the chunk size and the model.
+    """
+
+    window_hours: float = 24.0
+    holdout_fraction: float = 0.1
+    gate_metric: GateMetric = "auc"
+    gate_tolerance: float = 0.002
+    offsets: RefitOffsets = "current"
+    coordinate_descent_iterations: int = 0
+    max_iterations: int = 200
+    chunk_rows: int = 200_000
+    min_examples: int = 100
+    output_dir: str = "./models"
+    model_name: str = "glmix"
+
+    def __post_init__(self) -> None:
+        _check_positive(self.window_hours, "window_hours")
+        _check(0 < self.holdout_fraction < 1, "holdout_fraction", f"must be in (0, 1), got {self.holdout_fraction}")
+        _check_non_negative(self.gate_tolerance, "gate_tolerance")
+        for name in ("max_iterations", "chunk_rows", "min_examples"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.coordinate_descent_iterations >= 0, "coordinate_descent_iterations",
+               f"must be >= 0, got {self.coordinate_descent_iterations}")
+        _check(bool(self.model_name.strip()), "model_name", "must not be empty")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a glmix process is configured with; built once, passed down."""
 
@@ -278,6 +383,8 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     joiner: JoinerSettings = field(default_factory=JoinerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    refit: RefitSettings = field(default_factory=RefitSettings)
     state_dir: str = "./state"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from stream.model.features import FeatureIndex
 from stream.model.game import GameDataset, RandomEffectData
+from stream.model.transforms import FeatureTransforms
 
 
 def entity_of(record: Mapping[str, Any], entity_field: str) -> str:
@@ -29,9 +30,12 @@ def build_dataset(
     global_index: FeatureIndex,
     coordinates: Mapping[str, tuple[str, FeatureIndex]],
     weights: np.ndarray | None = None,
+    transforms: FeatureTransforms | None = None,
 ) -> GameDataset:
-    """Index ``records``' feature bags for the global coordinate and each ``(entity_field, index)``."""
+    """Index ``records``' feature bags (after ``transforms``) for the global coordinate and each ``(entity_field, index)``."""
     bags = [r["features"] for r in records]
+    if transforms is not None:
+        bags = transforms.apply_rows(bags)
     effects = {
         name: RandomEffectData(
             entity_ids=np.array([entity_of(r, field) for r in records]),

@@ -18,6 +18,7 @@ from stream.codec.photon import INTERCEPT_NAME, PhotonModel
 from stream.config import ModelSettings
 from stream.model.features import INTERCEPT_KEY, FeatureIndex
 from stream.model.game import GLOBAL, GameModel, RandomEffectModel
+from stream.model.transforms import FeatureTransforms
 
 
 def _photon_key(key: tuple[str, str]) -> tuple[str, str]:
@@ -71,12 +72,12 @@ def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, lo
 
 def initial_global_model_record(impressions: list[Mapping[str, Any]], model: ModelSettings, version: int = 1,
                                 model_name: str = "glmix") -> dict[str, Any]:
-    """A first ``GlobalModel``: zero coefficients over indexes of the most frequent features in ``impressions``.
+    """A first ``GlobalModel``: zero coefficients over indexes of the most frequent (transformed) features in ``impressions``.
 
     This lets a fresh deployment start streaming before any refit: random effects learn
     from the first events, and the periodic refit replaces the global coefficients.
     """
-    bags = [imp["features"] for imp in impressions]
+    bags = FeatureTransforms.from_settings(model).apply_rows([imp["features"] for imp in impressions])
     global_index = FeatureIndex.from_data(bags, model.global_feature_bags, version=version)
     indices = {
         name: FeatureIndex.from_data(bags, c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version)

@@ -2,7 +2,8 @@
 
 For one model version, each (bag, name, term) seen is resolved once to the columns it
 feeds — the global coordinate's and each random effect's whose bags include it — and
-cached. A request then costs one dict lookup per feature: the member's bags are indexed
+cached. The model spec's feature transforms are applied first, so the joiner and the
+scorer index identical features. A request then costs one dict lookup per feature: the member's bags are indexed
 once and shared by every candidate, and each candidate adds only its own features.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from stream.config import ModelSettings
 from stream.model.features import FeatureIndex
+from stream.model.transforms import FeatureTransforms
 from stream.scoring.tables import GlobalModel
 
 Bags = Mapping[str, Sequence[Any]]
@@ -39,6 +41,7 @@ class FeatureResolver:
         self._indexes: list[FeatureIndex] = [model.global_index] + [model.coordinate_indices[c] for c in self.coordinates]
         self._bags = [set(index.bag_names) for index in self._indexes]
         self._cache: dict[tuple[str, str, str], tuple[tuple[int, int], ...]] = {}
+        self._transforms = FeatureTransforms.from_settings(settings)
 
     @property
     def slots(self) -> int:
@@ -57,7 +60,8 @@ class FeatureResolver:
         return found
 
     def index(self, bag_rows: Sequence[Bags]) -> IndexedRows:
-        """COO arrays per slot for ``bag_rows`` (intercepts included where the index has one)."""
+        """COO arrays per slot for ``bag_rows`` after the model's transforms (intercepts included where the index has one)."""
+        bag_rows = self._transforms.apply_rows(bag_rows)
         rows: list[list[int]] = [[] for _ in self._indexes]
         cols: list[list[int]] = [[] for _ in self._indexes]
         vals: list[list[float]] = [[] for _ in self._indexes]
@@ -74,6 +78,11 @@ class FeatureResolver:
             columns=[np.asarray(c, dtype=np.int64) for c in cols],
             values=[np.asarray(v, dtype=np.float64) for v in vals],
         )
+
+    @property
+    def combines_features(self) -> bool:
+        """Whether rows must be indexed whole (a product transform may pair a shared feature with a row's own)."""
+        return self._transforms.combines_features
 
     def intercepts(self) -> list[bool]:
         """Whether each slot's index has an intercept column (column 0)."""

@@ -101,8 +101,12 @@ class Scorer:
             raise ModelNotReadyError("no global model has been published yet")
         resolver = self._resolver(model)
         n = len(rows)
+        row_bags = [r.get("features", {}) for r in rows]
+        if shared_features and resolver.combines_features:
+            row_bags = [_merged_bags(shared_features, bags) for bags in row_bags]
+            shared_features = None
         shared = resolver.index([shared_features or {}])
-        own = resolver.index([r.get("features", {}) for r in rows])
+        own = resolver.index(row_bags)
         intercepts = resolver.intercepts()
         margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
                                     intercepts[0], n)}
@@ -161,6 +165,13 @@ class Scorer:
             )
             for i in order
         ]
+
+
+def _merged_bags(shared: Bags, own: Bags) -> dict[str, list[Any]]:
+    merged = {bag: list(items) for bag, items in shared.items()}
+    for bag, items in own.items():
+        merged[bag] = [*merged.get(bag, ()), *items]
+    return merged
 
 
 def _margins(coefficients: np.ndarray, shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool,
