@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run pipeline stages until SIGTERM/SIGINT: the joiner, updaters, the streaming scorer, or all."""
-    from stream.pipeline import JOINER, STREAM_SCORER, Pipeline
+    from stream.pipeline import NAMED_STAGES, Pipeline
 
     if args.stage == "updater":
         if not args.coordinate:
@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}")
         stages = list(args.coordinate)
     else:
-        stages = [args.stage] if args.stage in (JOINER, STREAM_SCORER) else None
+        stages = [args.stage] if args.stage in NAMED_STAGES else None
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix run needs a broker: --bootstrap-servers, or run glmix demo")
     pipeline = Pipeline(settings, stages, stop_event=_stop_event())
@@ -165,6 +165,52 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``1h`` or ``1d`` (a bare number is seconds)."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _DURATION_UNITS else text
+    try:
+        seconds = float(number) * _DURATION_UNITS.get(unit, 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 15m, 1h)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be > 0, got {text!r}")
+    return seconds
+
+
+def _time_ms(text: str) -> int:
+    """Epoch milliseconds from an ISO-8601 time (UTC unless it says otherwise) or a number of milliseconds."""
+    from datetime import datetime, timezone
+
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO-8601 or epoch ms)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
+    """Refit the global model on archived examples; publish it if the gate passes. Once, or ``--every``."""
+    from stream.refit.job import GlobalRefit
+
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers")
+    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
+    stop = _stop_event()
+    while True:
+        result = refit.run_once(args.from_ms, args.to_ms)
+        print(json.dumps(result.to_json()), flush=True)
+        if args.every is None or stop.wait(args.every):
+            return 0
+
+
 def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
@@ -211,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
-    run.add_argument("stage", choices=("joiner", "updater", "stream-scorer", "all"),
+    run.add_argument("stage", choices=("joiner", "updater", "archive", "stream-scorer", "all"),
                      help="all = the joiner and every coordinate's updater")
     run.add_argument("--coordinate", action="append", help="with 'updater': the coordinate to update (repeatable)")
     run.set_defaults(handler=cmd_run)
@@ -226,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ScoredCandidate records, or Photon-ML ScoringResultAvro")
     score.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     score.set_defaults(handler=cmd_score)
+
+    refit = sub.add_parser("refit", parents=[common], help="refit the global model on archived examples (gated)")
+    refit.add_argument("--from", dest="from_ms", type=_time_ms, help="window start (ISO-8601 or epoch ms); "
+                       "default: refit.window_hours before --to")
+    refit.add_argument("--to", dest="to_ms", type=_time_ms, help="window end; default: just after the newest archived example")
+    refit.add_argument("--every", type=_duration_s, help="keep running, one refit per interval (e.g. 1h)")
+    refit.set_defaults(handler=cmd_refit)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

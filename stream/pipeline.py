@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
+from stream.archive.archiver import Archiver
 from stream.config import Settings
 from stream.consumers.joiner import Joiner
 from stream.scoring.streaming import StreamingScorer
@@ -22,7 +23,9 @@ from stream.updaters.updater import CoordinateUpdater
 log = logging.getLogger(__name__)
 
 JOINER = "joiner"
+ARCHIVE = "archive"
 STREAM_SCORER = "stream-scorer"
+NAMED_STAGES = (JOINER, ARCHIVE, STREAM_SCORER)
 
 
 class Stage(Protocol):
@@ -43,14 +46,16 @@ def run_stage(stage: Stage, stop: threading.Event) -> None:
 
 
 def stage_names(settings: Settings) -> list[str]:
-    """Every stage of the pipeline: the joiner, then one updater per coordinate."""
-    return [JOINER, *settings.model.coordinates]
+    """Every stage of the pipeline: the joiner, one updater per coordinate, and the archive."""
+    return [JOINER, *settings.model.coordinates, ARCHIVE]
 
 
 def build_stage(settings: Settings, name: str, bootstrap_servers: str = "") -> Stage:
-    """The joiner, the streaming scorer, or the updater of coordinate ``name``."""
+    """The joiner, the archive, the streaming scorer, or the updater of coordinate ``name``."""
     if name == JOINER:
         return Joiner(settings, bootstrap_servers)
+    if name == ARCHIVE:
+        return Archiver(settings, bootstrap_servers)
     if name == STREAM_SCORER:
         return StreamingScorer(settings, bootstrap_servers)
     return CoordinateUpdater(settings, name, bootstrap_servers)
@@ -62,7 +67,7 @@ class Pipeline:
     def __init__(self, settings: Settings, stages: Sequence[str] | None = None, bootstrap_servers: str = "",
                  stop_event: threading.Event | None = None) -> None:
         names = list(stages or stage_names(settings))
-        unknown = [n for n in names if n not in (JOINER, STREAM_SCORER) and n not in settings.model.coordinates]
+        unknown = [n for n in names if n not in NAMED_STAGES and n not in settings.model.coordinates]
         if unknown:
             raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
         self.stop_event = stop_event or threading.Event()

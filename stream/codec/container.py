@@ -1,10 +1,15 @@
-"""Avro container files of any of the package's schemas: streamed in, streamed out."""
+"""Avro container files of any of the package's schemas: streamed in, streamed out.
+
+The ``*_file`` variants take an open binary file, so callers can use any filesystem
+(the archive uses fsspec); the others open a local path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fastavro
 
@@ -12,8 +17,9 @@ from stream.codec.exceptions import DecodeError, EncodeError
 from stream.codec.schemas import load_schema
 
 
-def write_container(path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate") -> int:
-    """Write ``records`` to an Avro container file with schema ``schema_name``; returns the count."""
+def write_container_file(out: IO[bytes], schema_name: str, records: Iterable[Mapping[str, Any]],
+                         codec: str = "deflate") -> int:
+    """Write ``records`` as an Avro container with schema ``schema_name`` to ``out``; returns the count."""
     schema = load_schema(schema_name)
     count = 0
 
@@ -24,19 +30,47 @@ def write_container(path: str | Path, schema_name: str, records: Iterable[Mappin
             yield record
 
     try:
-        with open(path, "wb") as out:
-            fastavro.writer(out, schema.parsed, counted(), codec=codec)
+        fastavro.writer(out, schema.parsed, counted(), codec=codec)
     except (ValueError, TypeError, KeyError) as exc:
         raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
     return count
 
 
-def read_container(path: str | Path, schema_name: str) -> Iterator[dict[str, Any]]:
-    """Stream the records of a container file, resolved to ``schema_name`` (timestamps as epoch ms)."""
+def write_container(path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate") -> int:
+    """Write ``records`` to a local Avro container file with schema ``schema_name``; returns the count."""
+    with open(path, "wb") as out:
+        return write_container_file(out, schema_name, records, codec)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def _timestamp_fields(schema: Mapping[str, Any]) -> list[str]:
+    return [f["name"] for f in schema["fields"]
+            if isinstance(f["type"], Mapping) and f["type"].get("logicalType", "").startswith("timestamp")]
+
+
+def read_container_file(fh: IO[bytes], schema_name: str, name: str = "<stream>") -> Iterator[dict[str, Any]]:
+    """Stream the records of an open container file, resolved to ``schema_name`` (timestamps as epoch ms).
+
+    fastavro applies the *writer's* logical types, so timestamp fields come back as
+    ``datetime`` and are turned back into epoch milliseconds, as every codec returns them.
+    """
     schema = load_schema(schema_name)
+    timestamps = _timestamp_fields(schema.parsed)
+    try:
+        for record in fastavro.reader(fh, reader_schema=schema.plain):
+            for key in timestamps:
+                value = record[key]  # type: ignore[index]
+                if isinstance(value, datetime):
+                    record[key] = (value - _EPOCH) // _MILLISECOND  # type: ignore[index]
+            yield record  # type: ignore[misc]
+    except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
+        raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
+
+
+def read_container(path: str | Path, schema_name: str) -> Iterator[dict[str, Any]]:
+    """Stream the records of a local container file, resolved to ``schema_name``."""
     with open(path, "rb") as fh:
-        try:
-            for record in fastavro.reader(fh, reader_schema=schema.plain):
-                yield record  # type: ignore[misc]
-        except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
-            raise DecodeError(f"{path}: not a readable {schema_name} container file: {exc}") from exc
+        yield from read_container_file(fh, schema_name, str(path))

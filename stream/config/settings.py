@@ -310,14 +310,14 @@ class ArchiveSettings:
     """Where ``glmix run archive`` keeps labeled examples for the refit and offline evaluation.
 
     ``path`` is a local directory or any fsspec URL (``s3://bucket/prefix`` with s3fs
-    installed). Files are hourly by event time, ``dt=YYYY-MM-DD/hour=HH/``; a file is
+    installed); empty means ``<state_dir>/archive``. Files are hourly by event time, ``dt=YYYY-MM-DD/hour=HH/``; a file is
     written whole (``roll_records`` examples or ``roll_interval_ms`` of buffering,
     whichever comes first) and named by its partition and offset range, so a restart
     never duplicates an example. Hours older than ``retention_hours`` before the newest
     archived hour are deleted (0 keeps everything).
     """
 
-    path: str = "./archive"
+    path: str = ""
     roll_records: int = 50_000
     roll_interval_ms: int = 60_000
     retention_hours: int = 7 * 24
@@ -325,7 +325,6 @@ class ArchiveSettings:
     batch_time_ms: int = 200
 
     def __post_init__(self) -> None:
-        _check(bool(self.path.strip()), "path", "must not be empty")
         for name in ("roll_records", "roll_interval_ms", "batch_size", "batch_time_ms"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.retention_hours >= 0, "retention_hours", f"must be >= 0 (0 keeps everything), got {self.retention_hours}")
@@ -348,7 +347,8 @@ class RefitSettings:
     each example. ``coordinate_descent_iterations`` > 0 refits the random effects in batch too
     (in memory) to give the global coordinate consistent offsets; only the global
     coordinate is published. Data is streamed into ``chunk_rows`` chunks spilled to disk,
-    so memory stays bounded by the chunk size and the model.
+    so memory stays bounded by the chunk size and the model. Model files go to
+    ``output_dir`` (empty: ``<state_dir>/models``).
     """
 
     window_hours: float = 24.0
@@ -360,7 +360,7 @@ class RefitSettings:
     max_iterations: int = 200
     chunk_rows: int = 200_000
     min_examples: int = 100
-    output_dir: str = "./models"
+    output_dir: str = ""
     model_name: str = "glmix"
 
     def __post_init__(self) -> None:
@@ -387,6 +387,16 @@ class Settings:
     refit: RefitSettings = field(default_factory=RefitSettings)
     state_dir: str = "./state"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def archive_path(self) -> str:
+        """Where labeled examples are archived: ``archive.path``, or ``<state_dir>/archive``."""
+        return self.archive.path or str(Path(self.state_dir) / "archive")
+
+    @property
+    def models_dir(self) -> str:
+        """Where the refit writes model files: ``refit.output_dir``, or ``<state_dir>/models``."""
+        return self.refit.output_dir or str(Path(self.state_dir) / "models")
 
 
 # --------------------------------------------------------------------------- loading

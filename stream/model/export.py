@@ -21,7 +21,8 @@ from stream.model.game import GLOBAL, GameModel, RandomEffectModel
 from stream.model.transforms import FeatureTransforms
 
 
-def _photon_key(key: tuple[str, str]) -> tuple[str, str]:
+def photon_key(key: tuple[str, str]) -> tuple[str, str]:
+    """The Photon-ML name of a feature key (the intercept is ``(INTERCEPT)`` there too, with an empty term)."""
     return (INTERCEPT_NAME, "") if key == INTERCEPT_KEY else key
 
 
@@ -55,7 +56,7 @@ def photon_models(
     model: GameModel, global_index: FeatureIndex, coordinate_indices: Mapping[str, FeatureIndex]
 ) -> Iterator[PhotonModel]:
     """The global model (id ``global``) then every entity (id ``<coordinate>:<entity>``) as Photon-ML models."""
-    keys = [_photon_key(k) for k in global_index.keys]
+    keys = [photon_key(k) for k in global_index.keys]
     yield PhotonModel(GLOBAL, keys, list(map(float, model.global_coefficients)), None, model.loss)
     for name, effect in model.random_effects.items():
         yield from _entity_models(name, effect, coordinate_indices[name], model.loss)
@@ -63,7 +64,7 @@ def photon_models(
 
 def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, loss: str) -> Iterator[PhotonModel]:
     dim = index.dim
-    keys = [_photon_key(k) for k in index.keys]
+    keys = [photon_key(k) for k in index.keys]
     with np.errstate(divide="ignore"):
         variances = np.where(effect.precisions[:, :dim] > 0, 1.0 / effect.precisions[:, :dim], np.inf)
     for entity, means, var in zip(effect.entity_ids, effect.means[:, :dim], variances):

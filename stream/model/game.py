@@ -15,7 +15,7 @@ learning is compared with.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -141,6 +141,50 @@ class GameTrainingResult:
     best_step: int
 
 
+@dataclass(frozen=True)
+class GlobalBlock:
+    """Rows of the global coordinate's problem: sparse features, labels, weights and offsets."""
+
+    features: sp.csr_matrix
+    labels: np.ndarray
+    weights: np.ndarray
+    offsets: np.ndarray
+
+
+def fit_global_blocks(
+    blocks: Callable[[], Iterable[GlobalBlock]],
+    dim: int,
+    spec: CoordinateSpec,
+    loss: Loss,
+    start: np.ndarray | None = None,
+    max_iterations: int = 500,
+    tolerance: float = 1e-8,
+) -> np.ndarray:
+    """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS over rows in blocks.
+
+    ``blocks()`` yields the rows afresh for every evaluation, so the data may live on disk
+    (the refit streams memory-mapped chunks) and memory stays one block plus the model.
+    """
+    penalty = l2_precision_diagonal(dim, spec.l2, spec.intercept_l2, spec.intercept_column if dim else None)
+
+    def value_and_gradient(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = 0.5 * float(beta @ (penalty * beta)), penalty * beta
+        for block in blocks():
+            margins = block.offsets + block.features @ beta
+            first, _ = loss.derivatives(block.labels, margins)
+            value += float(block.weights @ loss.value(block.labels, margins))
+            gradient += block.features.T @ (block.weights * first)
+        return value, gradient
+
+    result = minimize(
+        value_and_gradient, np.zeros(dim) if start is None else start, jac=True, method="L-BFGS-B",
+        options={"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance},
+    )
+    if not result.success:
+        log.warning("global L-BFGS stopped after %d iterations: %s", result.nit, result.message)
+    return result.x
+
+
 def fit_global(
     features: sp.csr_matrix,
     labels: np.ndarray,
@@ -152,24 +196,9 @@ def fit_global(
     max_iterations: int = 500,
     tolerance: float = 1e-8,
 ) -> np.ndarray:
-    """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS."""
-    p = features.shape[1]
-    penalty = l2_precision_diagonal(p, spec.l2, spec.intercept_l2, spec.intercept_column if p else None)
-    features_t = features.T.tocsr()
-
-    def value_and_gradient(beta: np.ndarray) -> tuple[float, np.ndarray]:
-        margins = offsets + features @ beta
-        first, _ = loss.derivatives(labels, margins)
-        value = float(weights @ loss.value(labels, margins) + 0.5 * beta @ (penalty * beta))
-        return value, features_t @ (weights * first) + penalty * beta
-
-    result = minimize(
-        value_and_gradient, np.zeros(p) if start is None else start, jac=True, method="L-BFGS-B",
-        options={"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance},
-    )
-    if not result.success:
-        log.warning("global L-BFGS stopped after %d iterations: %s", result.nit, result.message)
-    return result.x
+    """:func:`fit_global_blocks` on rows held in memory."""
+    block = GlobalBlock(features, labels, weights, offsets)
+    return fit_global_blocks(lambda: (block,), features.shape[1], spec, loss, start, max_iterations, tolerance)
 
 
 def _buckets(counts: np.ndarray, max_cells: int) -> list[np.ndarray]:

@@ -1,0 +1,133 @@
+"""The archive's file layout: hourly directories of Avro container files of labeled examples.
+
+``<root>/dt=YYYY-MM-DD/hour=HH/part-<partition>-<first offset>-<last offset>.avro`` holds
+examples of one input partition whose event time falls in that UTC hour. The offset range
+in the name is what makes archiving exactly-once: a restarted archiver skips, per hour
+and partition, offsets at or below the newest file's last offset. Files are written under
+a dot-name and renamed into place, so readers only ever see whole files. ``root`` is a
+local directory or any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+
+from stream.codec.container import read_container_file, write_container_file
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+SCHEMA = "LabeledExample"
+_HOUR_DIR = re.compile(r"dt=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})$")
+_PART = re.compile(r"part-(\d+)-(\d+)-(\d+)\.avro$")
+
+
+def hour_of(event_time_ms: int) -> int:
+    """The start (epoch ms) of the UTC hour holding ``event_time_ms``."""
+    return event_time_ms - event_time_ms % HOUR_MS
+
+
+def hour_dir(hour_ms: int) -> str:
+    """The relative directory of one hour."""
+    t = datetime.fromtimestamp(hour_ms / 1000, tz=timezone.utc)
+    return f"dt={t:%Y-%m-%d}/hour={t:%H}"
+
+
+def _hour_of_dir(path: str) -> int | None:
+    match = _HOUR_DIR.search(path.rstrip("/"))
+    if match is None:
+        return None
+    y, mo, d, h = map(int, match.groups())
+    return int(datetime(y, mo, d, h, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """One archived file: its path, hour, input partition and offset range."""
+
+    path: str
+    hour_ms: int
+    partition: int
+    first_offset: int
+    last_offset: int
+
+
+class ArchiveFiles:
+    """Reads and writes the hourly example files under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.root = self.root.rstrip("/")
+
+    def _dir(self, hour_ms: int) -> str:
+        return f"{self.root}/{hour_dir(hour_ms)}"
+
+    def write(self, hour_ms: int, partition: int, first_offset: int, last_offset: int,
+              records: Iterable[Mapping[str, Any]]) -> ArchiveFile:
+        """Write one file atomically (dot-name, then rename) and return it."""
+        directory = self._dir(hour_ms)
+        self.fs.makedirs(directory, exist_ok=True)
+        name = f"part-{partition:05d}-{first_offset:020d}-{last_offset:020d}.avro"
+        temporary = f"{directory}/.{name}.tmp"
+        with self.fs.open(temporary, "wb") as out:
+            write_container_file(out, SCHEMA, records)
+        self.fs.mv(temporary, f"{directory}/{name}")
+        return ArchiveFile(f"{directory}/{name}", hour_ms, partition, first_offset, last_offset)
+
+    def hours(self) -> list[int]:
+        """Every archived hour, oldest first."""
+        if not self.fs.exists(self.root):
+            return []
+        found = (_hour_of_dir(p) for p in self.fs.glob(f"{self.root}/dt=*/hour=*"))
+        return sorted(h for h in found if h is not None)
+
+    def files(self, hour_ms: int) -> list[ArchiveFile]:
+        """The whole files of one hour, by partition then offset."""
+        directory = self._dir(hour_ms)
+        if not self.fs.exists(directory):
+            return []
+        out = []
+        for path in self.fs.ls(directory, detail=False):
+            match = _PART.search(path)
+            if match is not None and not path.rsplit("/", 1)[-1].startswith("."):
+                p, first, last = map(int, match.groups())
+                out.append(ArchiveFile(path, hour_ms, p, first, last))
+        return sorted(out, key=lambda f: (f.partition, f.first_offset))
+
+    def files_between(self, from_ms: int, to_ms: int) -> list[ArchiveFile]:
+        """Files of every hour overlapping ``[from_ms, to_ms)``, oldest hour first."""
+        return [f for h in self.hours() if h + HOUR_MS > from_ms and h < to_ms for f in self.files(h)]
+
+    def archived_through(self, hour_ms: int, partition: int) -> int:
+        """The last offset of ``partition`` already archived in ``hour_ms`` (-1 when none)."""
+        return max((f.last_offset for f in self.files(hour_ms) if f.partition == partition), default=-1)
+
+    def read(self, file: ArchiveFile) -> Iterator[dict[str, Any]]:
+        """Stream one file's examples."""
+        with self.fs.open(file.path, "rb") as fh:
+            yield from read_container_file(fh, SCHEMA, file.path)
+
+    def examples_between(self, from_ms: int, to_ms: int) -> Iterator[dict[str, Any]]:
+        """Stream every archived example with ``from_ms <= event_time < to_ms`` (hour by hour)."""
+        for file in self.files_between(from_ms, to_ms):
+            for record in self.read(file):
+                if from_ms <= record["event_time"] < to_ms:
+                    yield record
+
+    def expire(self, newest_hour_ms: int, retention_hours: int) -> list[int]:
+        """Delete hours older than ``retention_hours`` before ``newest_hour_ms``; returns the deleted hours."""
+        if retention_hours <= 0:
+            return []
+        cutoff = newest_hour_ms - retention_hours * HOUR_MS
+        expired = [h for h in self.hours() if h < cutoff]
+        for h in expired:
+            self.fs.rm(self._dir(h), recursive=True)
+            log.info("archive: deleted hour %s (retention %d h)", hour_dir(h), retention_hours)
+        return expired

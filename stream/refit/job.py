@@ -1,0 +1,295 @@
+"""``glmix refit``: refit the global coordinate on archived examples and publish it if the gate passes.
+
+One run: read the current global model and every coordinate's coefficients from Kafka;
+stream a time window of archived examples into on-disk chunks — the earlier part for
+training, the final ``holdout_fraction`` of the window as a holdout — with the random
+effects' scores as offsets; fit the global coefficients by L-BFGS warm-started at the
+current ones; score current and new on the holdout; and only if the gate passes, publish
+version n+1 to ``model.global`` and write the model files (GlobalModel and Photon-ML
+``BayesianLinearModelAvro``). The feature index is kept: updaters and the joiner go on
+with the same columns. A rerun over the same window reaches the same coefficients and
+publishes nothing new; a crash before publishing leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+from stream.archive.files import HOUR_MS, ArchiveFiles
+from stream.codec import make_codec
+from stream.codec.container import write_container
+from stream.codec.photon import PhotonModel, write_models
+from stream.config import Settings
+from stream.consumers.example_builder import add_scores
+from stream.errors import GlmixError
+from stream.kafka.clients import prepare_topics, producer_config
+from stream.model.export import global_model_record, photon_key
+from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_blocks
+from stream.model.losses import get_loss
+from stream.refit.gate import GateDecision, gate, holdout_metrics
+from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
+from stream.scoring.follower import ModelFollower
+from stream.scoring.tables import CoefficientTable, GlobalModel
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 20_000
+UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
+
+
+def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    return float(np.linalg.norm(new - old) / max(np.linalg.norm(new), 1e-12))
+
+
+class RefitError(GlmixError):
+    """A refit could not run: no model to refit, or no archived examples."""
+
+
+@dataclass
+class RefitStats:
+    """Counters of one refit process (exported as metrics by the process)."""
+
+    runs: int = 0
+    published: int = 0
+    refused: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    last_seconds: float = 0.0
+
+
+@dataclass
+class RefitResult:
+    """What one refit run did, for logs, the CLI's JSON line and tests."""
+
+    status: str
+    current_version: int
+    version: int | None = None
+    window_ms: tuple[int, int] = (0, 0)
+    holdout_from_ms: int = 0
+    train_examples: int = 0
+    holdout_examples: int = 0
+    dropped_examples: int = 0
+    current_metrics: dict[str, float] = field(default_factory=dict)
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    gate: str = ""
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (non-finite metrics as null)."""
+        out = asdict(self)
+        for key in ("current_metrics", "candidate_metrics"):
+            out[key] = {k: (v if math.isfinite(v) else None) for k, v in out[key].items()}
+        return out
+
+
+@dataclass(frozen=True)
+class RefitWindow:
+    """The training window ``[start_ms, holdout_ms)`` and the holdout ``[holdout_ms, end_ms)``."""
+
+    start_ms: int
+    holdout_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class RefitInputs:
+    """What a refit starts from: the current global model and the window's spilled splits."""
+
+    model: GlobalModel
+    window: RefitWindow
+    train: SpilledExamples
+    holdout: SpilledExamples
+    dropped: int
+
+    def result(self) -> RefitResult:
+        """A result that says nothing was published yet."""
+        return RefitResult("skipped", self.model.version, window_ms=(self.window.start_ms, self.window.end_ms),
+                           holdout_from_ms=self.window.holdout_ms, train_examples=self.train.rows,
+                           holdout_examples=self.holdout.rows, dropped_examples=self.dropped)
+
+
+class GlobalRefit:
+    """Refits and gates the global coordinate; :meth:`run_once` is one cron run."""
+
+    def __init__(self, settings: Settings, bootstrap_servers: str = "") -> None:
+        self.settings = settings
+        self.refit = settings.refit
+        self.loss = get_loss(settings.model.loss)
+        self.stats = RefitStats()
+        self.archive = ArchiveFiles(settings.archive_path)
+        self._bootstrap = bootstrap_servers
+        topic = settings.topics.model_global
+        self._codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
+
+    # ------------------------------------------------------------------ data
+
+    def _window(self, from_ms: int | None, to_ms: int | None) -> RefitWindow:
+        """The window asked for, or the last ``window_hours`` of the archive, narrowed to where data is."""
+        hours = self.archive.hours()
+        if not hours:
+            raise RefitError(f"no archived examples under {self.settings.archive_path}: run `glmix run archive` first")
+        if to_ms is None:
+            to_ms = 1 + self._event_time(hours[-1], max)
+        if from_ms is None:
+            from_ms = to_ms - int(self.refit.window_hours * 3_600_000)
+            first = next((h for h in hours if h + HOUR_MS > from_ms), None)
+            if first is not None:
+                from_ms = max(from_ms, self._event_time(first, min))
+        if from_ms >= to_ms:
+            raise RefitError(f"empty refit window [{from_ms}, {to_ms})")
+        return RefitWindow(from_ms, to_ms - int((to_ms - from_ms) * self.refit.holdout_fraction), to_ms)
+
+    def _event_time(self, hour_ms: int, pick) -> int:
+        return pick(r["event_time"] for f in self.archive.files(hour_ms) for r in self.archive.read(f))
+
+    def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
+        batch: list[dict] = []
+        for record in self.archive.examples_between(window.start_ms, window.end_ms):
+            batch.append(record)
+            if len(batch) >= READ_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _spill(self, batches: Iterable[list[dict]], model: GlobalModel, tables: dict[str, CoefficientTable],
+               window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples) -> int:
+        """Write usable examples to the splits with their offsets; returns how many were dropped."""
+        dropped = 0
+        for records in batches:
+            usable = [r for r in records if r["index_version"] == model.index_version]
+            dropped += len(records) - len(usable)
+            if not usable:
+                continue
+            if self.refit.offsets == "current":
+                add_scores(usable, model, tables)
+            offsets = np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in usable])
+            labels = np.array([r["label"] for r in usable])
+            weights = np.array([r["weight"] for r in usable])
+            times = np.array([r["event_time"] for r in usable], dtype=np.int64)
+            lengths, indices, values = packed_global_features(usable)
+            rows = np.repeat(np.arange(len(usable)), lengths)
+            bad_rows = rows[(indices < 0) | (indices >= model.global_index.dim) | ~np.isfinite(values)]
+            ok = np.isfinite(offsets) & np.isfinite(labels) & np.isfinite(weights) & (weights >= 0)
+            ok &= self.loss.valid_labels(labels)
+            ok[bad_rows] = False
+            dropped += int((~ok).sum())
+            for split, rows_in in ((train, ok & (times < window.holdout_ms)), (holdout, ok & (times >= window.holdout_ms))):
+                keep = np.repeat(rows_in, lengths)
+                split.add(labels[rows_in], weights[rows_in], offsets[rows_in], times[rows_in], lengths[rows_in],
+                          indices[keep], values[keep])
+        train.flush()
+        holdout.flush()
+        return dropped
+
+    # ------------------------------------------------------------------ the run
+
+    def _current_models(self) -> tuple[GlobalModel, dict[str, CoefficientTable]]:
+        follower = ModelFollower(self.settings, self._bootstrap, client_id=self.settings.kafka.group_id("refit"))
+        try:
+            follower.catch_up(timeout_s=120)
+        finally:
+            follower.close()
+        model = follower.global_model.current
+        if model is None:
+            raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
+                             "(the joiner bootstraps one) before refitting")
+        return model, follower.tables
+
+    def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
+        """The current models and the window's examples spilled into ``spill`` as train and holdout splits."""
+        window = self._window(from_ms, to_ms)
+        model, tables = self._current_models()
+        dim = model.global_index.dim
+        train = spill.split("train", dim, self.refit.chunk_rows)
+        holdout = spill.split("holdout", dim, self.refit.chunk_rows)
+        dropped = self._spill(self._batches(window), model, tables, window, train, holdout)
+        log.info("refit: %d training and %d holdout examples in [%d, %d) (%d dropped)", train.rows, holdout.rows,
+                 window.start_ms, window.end_ms, dropped)
+        return RefitInputs(model, window, train, holdout, dropped)
+
+    def run_once(self, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
+        """One refit over ``[from_ms, to_ms)`` (default: the last ``window_hours`` of the archive)."""
+        started = time.monotonic()
+        self.stats.runs += 1
+        with SpillDirectory() as spill:
+            inputs = self.prepare(spill, from_ms, to_ms)
+            result = inputs.result()
+            if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
+                log.warning("refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",
+                            inputs.train.rows, inputs.holdout.rows, self.refit.min_examples)
+                self.stats.skipped += 1
+            else:
+                coefficients = self.fit(inputs.train, inputs.model.coefficients)
+                self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout)
+        result.seconds = time.monotonic() - started
+        self.stats.last_seconds = result.seconds
+        return result
+
+    def fit(self, train: SpilledExamples, start: np.ndarray) -> np.ndarray:
+        """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``."""
+        spec = CoordinateSpec(l2=self.settings.model.global_l2)
+        return fit_global_blocks(train.blocks, train.dim, spec, self.loss, start=start.copy(),
+                                 max_iterations=self.refit.max_iterations, tolerance=1e-9)
+
+    def decide(self, result: RefitResult, model: GlobalModel, coefficients: np.ndarray, train: SpilledExamples,
+               holdout: SpilledExamples) -> GateDecision:
+        """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass."""
+        labels, weights = holdout.column("labels"), holdout.column("weights")
+        result.current_metrics = holdout_metrics(labels, weights, holdout.margins(model.coefficients), self.loss)
+        result.candidate_metrics = holdout_metrics(labels, weights, holdout.margins(coefficients), self.loss)
+        decision = gate(result.current_metrics, result.candidate_metrics, self.refit)
+        result.gate = decision.reason
+        if not decision.passed:
+            log.warning("refit: %s; version %d stays", decision.reason, model.version)
+            result.status = "refused"
+            self.stats.refused += 1
+        elif (change := _relative_change(coefficients, model.coefficients)) <= UNCHANGED:
+            log.info("refit: coefficients within %.1e of version %d's; nothing to publish", change, model.version)
+            result.status = "unchanged"
+            self.stats.unchanged += 1
+        else:
+            log.info("refit: %s", decision.reason)
+            result.version = model.version + 1
+            metrics = {f"holdout_{k}": v for k, v in result.candidate_metrics.items() if math.isfinite(v)}
+            record = global_model_record(GameModel(self.settings.model.loss, coefficients), model.global_index,
+                                         model.coordinate_indices, result.version, self.refit.model_name, metrics)
+            variances = 1.0 / (train.hessian_diagonal(coefficients, self.loss.derivatives) + self.settings.model.global_l2)
+            photon = PhotonModel(GLOBAL, [photon_key(k) for k in model.global_index.keys], coefficients.tolist(),
+                                 variances.tolist(), self.settings.model.loss)
+            result.files = self._write_files(record, photon)
+            self._publish(record)
+            result.status = "published"
+            self.stats.published += 1
+        return decision
+
+    def _write_files(self, record: dict, photon: PhotonModel) -> list[str]:
+        """The model as a GlobalModel container and a Photon-ML model file, each written whole (rename)."""
+        directory = Path(self.settings.models_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = f"{self.refit.model_name}-global-v{record['version']:06d}"
+        targets = [(directory / f"{stem}.avro", lambda p: write_container(p, "GlobalModel", [record])),
+                   (directory / f"{stem}.photon.avro", lambda p: write_models(p, [photon]))]
+        for path, write in targets:
+            temporary = path.with_name(f".{path.name}.tmp")
+            write(temporary)
+            temporary.replace(path)
+        return [str(path) for path, _ in targets]
+
+    def _publish(self, record: dict) -> None:
+        prepare_topics(self.settings, self._bootstrap)
+        producer = Producer(producer_config(self.settings.kafka, self._bootstrap))
+        producer.produce(self.settings.topics.model_global, key=self.refit.model_name.encode(),
+                         value=self._codec.encode(record))
+        if producer.flush(30):
+            raise RefitError(f"could not publish global model version {record['version']} within 30 s")
+        log.info("refit: published global model version %d to %s", record["version"], self.settings.topics.model_global)

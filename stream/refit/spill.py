@@ -1,0 +1,116 @@
+"""Archived examples as column chunks on local disk, for a refit in bounded memory.
+
+The refit reads the archive once and writes each chunk of ``chunk_rows`` examples as
+plain ``.npy`` columns (labels, weights, offsets, event times, and the global features
+as CSR arrays). L-BFGS then passes over memory-mapped chunks: the page cache holds what
+fits and memory stays one chunk plus the model, for 10M examples as for 10k.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from stream.model.game import GlobalBlock
+
+_COLUMNS = ("labels", "weights", "offsets", "event_times", "indptr", "indices", "values")
+
+
+@dataclass
+class SpilledExamples:
+    """A growing set of on-disk chunks of one split (train or holdout) of the global problem."""
+
+    directory: Path
+    dim: int
+    chunk_rows: int
+    chunks: list[Path] = field(default_factory=list, init=False)
+    rows: int = field(default=0, init=False)
+    _pending: list[dict[str, np.ndarray]] = field(default_factory=list, init=False)
+    _pending_rows: int = field(default=0, init=False)
+
+    def add(self, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray, event_times: np.ndarray,
+            lengths: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        """Append rows (``lengths[i]`` features each, in ``indices``/``values`` order); spills full chunks."""
+        if not len(labels):
+            return
+        self._pending.append({"labels": labels, "weights": weights, "offsets": offsets, "event_times": event_times,
+                              "lengths": lengths, "indices": indices, "values": values})
+        self._pending_rows += len(labels)
+        self.rows += len(labels)
+        if self._pending_rows >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending rows as one chunk."""
+        if not self._pending:
+            return
+        joined = {key: np.concatenate([p[key] for p in self._pending]) for key in self._pending[0]}
+        chunk = self.directory / f"chunk-{len(self.chunks):05d}"
+        chunk.mkdir(parents=True)
+        indptr = np.zeros(len(joined["labels"]) + 1, dtype=np.int64)
+        np.cumsum(joined.pop("lengths"), out=indptr[1:])
+        for key, array in {**joined, "indptr": indptr}.items():
+            np.save(chunk / f"{key}.npy", array)
+        self.chunks.append(chunk)
+        self._pending, self._pending_rows = [], 0
+
+    def _columns(self, chunk: Path) -> dict[str, np.ndarray]:
+        return {key: np.load(chunk / f"{key}.npy", mmap_mode="r") for key in _COLUMNS}
+
+    def blocks(self) -> Iterator[GlobalBlock]:
+        """Every chunk as a :class:`GlobalBlock` over memory-mapped columns."""
+        for chunk in self.chunks:
+            c = self._columns(chunk)
+            features = sp.csr_matrix((c["values"], c["indices"], c["indptr"]), shape=(len(c["labels"]), self.dim),
+                                     copy=False)
+            yield GlobalBlock(features, c["labels"], c["weights"], c["offsets"])
+
+    def column(self, key: str) -> np.ndarray:
+        """One column of every row, in memory (for holdout-sized data: labels, offsets, times)."""
+        parts = [np.asarray(self._columns(chunk)[key]) for chunk in self.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def margins(self, coefficients: np.ndarray) -> np.ndarray:
+        """Every row's total margin ``offset + x . coefficients``."""
+        parts = [b.offsets + b.features @ coefficients for b in self.blocks()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def hessian_diagonal(self, coefficients: np.ndarray, second_derivative) -> np.ndarray:
+        """``diag(X' W H X)`` at ``coefficients``: the data part of the posterior precision's diagonal."""
+        total = np.zeros(self.dim)
+        for b in self.blocks():
+            _, second = second_derivative(b.labels, b.offsets + b.features @ coefficients)
+            total += b.features.multiply(b.features).T @ (b.weights * second)
+        return total
+
+
+class SpillDirectory:
+    """A temporary directory holding the splits of one refit, removed on exit."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="glmix-refit-", dir=parent))
+
+    def split(self, name: str, dim: int, chunk_rows: int) -> SpilledExamples:
+        """A new, empty split under this directory."""
+        return SpilledExamples(self.path / name, dim, chunk_rows)
+
+    def __enter__(self) -> SpillDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def packed_global_features(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row lengths, int32 columns and float32 values of records' packed global features."""
+    indices = [r["global_features"]["indices"] for r in records]
+    values = [r["global_features"]["values"] for r in records]
+    lengths = np.fromiter((len(b) // 4 for b in indices), dtype=np.int64, count=len(records))
+    return (lengths, np.frombuffer(b"".join(indices), dtype="<i4"),
+            np.frombuffer(b"".join(values), dtype="<f4"))
