@@ -211,6 +211,59 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
             return 0
 
 
+def cmd_evaluate_progressive(args: argparse.Namespace, settings: Settings) -> int:
+    """Progressive validation of the pipeline's archived examples: JSON report, and PNG plots with --plots."""
+    from stream.archive.files import ArchiveFiles
+    from stream.evaluation.progressive import collect, progressive_report
+    from stream.model.losses import get_loss
+
+    files = ArchiveFiles(args.archive or settings.archive_path)
+    examples = files.examples_between(args.from_ms or 0, args.to_ms or 2**62)
+    report = progressive_report(collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss),
+                                windows=args.windows)
+    if args.plots:
+        from stream.evaluation.plots import write_plots
+
+        report["plots"] = [str(p) for p in write_plots(report, args.plots)]
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_evaluate_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay the current models (read from Kafka) on random-bucket impressions, beside a seeded random policy."""
+    import numpy as np
+
+    from stream.codec.container import read_container
+    from stream.evaluation.replay import replay
+    from stream.scoring.follower import ModelFollower
+    from stream.scoring.scorer import Scorer
+
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "glmix evaluate replay reads the models from Kafka: --bootstrap-servers")
+    labels = settings.joiner.labels
+    outcome: dict[str, float] = {}
+    for interaction in read_container(args.interactions, "Interaction"):
+        label = labels.get(interaction["type"])
+        if label is not None:
+            outcome[interaction["impression_id"]] = max(label, outcome.get(interaction["impression_id"], label))
+    served = [i for i in read_container(args.impressions, "Impression") if i["random_bucket"]]
+    if not served:
+        raise ConfigError("--impressions", f"{args.impressions} holds no random-bucket impressions to replay")
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("replay"))
+    try:
+        follower.catch_up(timeout_s=args.timeout)
+        margins, _ = Scorer.following(settings.model, follower).rows_breakdown(served)
+    finally:
+        follower.close()
+    requests = np.array([i["request_id"] for i in served])
+    positions = np.array([i["position"] for i in served])
+    y = np.array([outcome.get(i["impression_id"], 0.0) for i in served])
+    random_scores = np.random.default_rng(args.seed).random(len(served))
+    print(json.dumps({"model": replay(requests, positions, y, sum(margins.values())).to_json(),
+                      "random": replay(requests, positions, y, random_scores).to_json()}, indent=1))
+    return 0
+
+
 def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     """Run the GDMix MovieLens-100K protocol on a local copy of ml-100k and print the AUCs."""
     from stream.evaluation.movielens import run_movielens
@@ -282,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    progressive = evaluate_sub.add_parser("progressive", parents=[common],
+                                          help="progressive validation of archived examples (predict, then update)")
+    progressive.add_argument("--archive", help="archive path (default: the archive.path setting)")
+    progressive.add_argument("--from", dest="from_ms", type=_time_ms, help="first event time (ISO-8601 or epoch ms)")
+    progressive.add_argument("--to", dest="to_ms", type=_time_ms, help="end event time (exclusive)")
+    progressive.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
+    progressive.add_argument("--plots", type=Path, help="directory for the PNG plots")
+    progressive.set_defaults(handler=cmd_evaluate_progressive)
+    replay_parser = evaluate_sub.add_parser("replay", parents=[common],
+                                            help="replay the current models on random-bucket impressions")
+    replay_parser.add_argument("--impressions", type=Path, required=True, help="Avro container file of Impression records")
+    replay_parser.add_argument("--interactions", type=Path, required=True, help="Avro container file of Interaction records")
+    replay_parser.add_argument("--seed", type=int, default=0, help="seed of the random policy it is compared with")
+    replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
+    replay_parser.set_defaults(handler=cmd_evaluate_replay)
     movielens = evaluate_sub.add_parser("movielens", parents=[common], help="GDMix's MovieLens-100K protocol")
     movielens.add_argument("--path", required=True, help="directory with u.data, u.user and u.item")
     movielens.add_argument("--seed", type=int, default=0)

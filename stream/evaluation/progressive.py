@@ -1,0 +1,112 @@
+"""Progressive validation of the live pipeline from its labeled examples (predict, then update).
+
+The joiner scores every example with the models current at join time — before any
+updater has absorbed it — and records each coordinate's margin. So the archived (or
+streamed) examples already hold an honest predict-then-update trace, and this module only
+reads it: for global-only, then adding each random-effect coordinate in turn, it reports
+AUC, log loss, per-member AUC, observed/expected overall and per interaction type, the
+same over consecutive time windows, and a reliability (calibration) table.
+
+Observed/expected per interaction type T is ``#examples with a T interaction / sum of
+predicted probabilities``: with one label type it is the calibration of that type; for a
+type implied by the label (an apply after a click) it shows its share of the expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.model.game import GLOBAL
+from stream.model.losses import Loss
+from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
+
+
+@dataclass(frozen=True)
+class ProgressiveTrace:
+    """Per example: event time, label, weight, member, interaction types and each variant's margin."""
+
+    event_times: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    member_ids: np.ndarray
+    types: dict[str, np.ndarray]
+    margins: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def variant_names(coordinates: Sequence[str]) -> list[str]:
+    """``global``, ``global+member``, ``global+member+job``, ... (each adds one coordinate)."""
+    return ["+".join([GLOBAL, *coordinates[:i]]) for i in range(len(coordinates) + 1)]
+
+
+def collect(examples: Iterable[dict], coordinates: Sequence[str]) -> ProgressiveTrace:
+    """The trace of ``examples`` (any order; sorted by event time here)."""
+    rows = list(examples)
+    rows.sort(key=lambda e: e["event_time"])
+    scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in rows]).reshape(len(rows), -1)
+    cumulative = np.cumsum(scores, axis=1) + np.array([e["offset"] for e in rows])[:, None]
+    all_types = sorted({t for e in rows for t in e["interaction_types"]})
+    return ProgressiveTrace(
+        event_times=np.array([e["event_time"] for e in rows], dtype=np.int64),
+        labels=np.array([e["label"] for e in rows], dtype=np.float64),
+        weights=np.array([e["weight"] for e in rows], dtype=np.float64),
+        member_ids=np.array([e["member_id"] for e in rows]),
+        types={t: np.array([t in e["interaction_types"] for e in rows]) for t in all_types},
+        margins={name: cumulative[:, i] for i, name in enumerate(variant_names(coordinates))},
+    )
+
+
+def _safe(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _quality(trace: ProgressiveTrace, rows: np.ndarray, loss: Loss) -> dict[str, dict]:
+    y, w = trace.labels[rows], trace.weights[rows]
+    both_classes = bool(len(y)) and (y > 0).any() and (y <= 0).any()
+    out = {}
+    for name, margins in trace.margins.items():
+        m = margins[rows]
+        p = loss.mean(m)
+        out[name] = {
+            "auc": _safe(auc(y > 0, m, w)) if both_classes else None,
+            "log_loss": _safe(log_loss(y, p, w)) if len(y) else None,
+            "per_member_auc": _safe(grouped_auc(y > 0, m, trace.member_ids[rows])) if both_classes else None,
+            "observed_expected": _safe(observed_expected(y, p, w)) if len(y) else None,
+            "observed_expected_by_type": {t: _safe(np.sum(w * mask[rows]) / np.sum(w * p)) if len(y) else None
+                                          for t, mask in trace.types.items()},
+        }
+    return out
+
+
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
+    """Mean predicted vs observed rate in equal-width probability bins (empty bins left out)."""
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            table.append({"bin_low": b / bins, "bin_high": (b + 1) / bins, "predicted": float(probabilities[inside].mean()),
+                          "observed": float(labels[inside].mean()), "examples": int(inside.sum())})
+    return table
+
+
+def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10) -> dict:
+    """The whole report: overall quality per variant, the same per time window, and calibration tables."""
+    n = len(trace)
+    everything = np.arange(n)
+    report: dict = {"examples": n, "variants": _quality(trace, everything, loss), "windows": []}
+    if n:
+        start, end = int(trace.event_times[0]), int(trace.event_times[-1]) + 1
+        edges = np.linspace(start, end, windows + 1).astype(np.int64)
+        bounds = np.searchsorted(trace.event_times, edges)
+        for lo, hi, a, b in zip(edges[:-1], edges[1:], bounds[:-1], bounds[1:]):
+            if b > a:
+                report["windows"].append({"start_ms": int(lo), "end_ms": int(hi), "examples": int(b - a),
+                                          "variants": _quality(trace, np.arange(a, b), loss)})
+    report["calibration"] = {name: reliability(trace.labels > 0, loss.mean(m)) for name, m in trace.margins.items()}
+    return report
