@@ -34,6 +34,7 @@ from stream.kafka.clients import prepare_topics, producer_config
 from stream.model.export import global_model_record, photon_key
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_blocks
 from stream.model.losses import get_loss
+from stream.model.priors import l2_precision_diagonal
 from stream.refit.gate import GateDecision, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.scoring.follower import ModelFollower
@@ -132,7 +133,7 @@ class GlobalRefit:
 
     # ------------------------------------------------------------------ data
 
-    def _window(self, from_ms: int | None, to_ms: int | None) -> RefitWindow:
+    def window(self, from_ms: int | None, to_ms: int | None) -> RefitWindow:
         """The window asked for, or the last ``window_hours`` of the archive, narrowed to where data is."""
         hours = self.archive.hours()
         if not hours:
@@ -207,8 +208,13 @@ class GlobalRefit:
 
     def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
         """The current models and the window's examples spilled into ``spill`` as train and holdout splits."""
-        window = self._window(from_ms, to_ms)
+        window = self.window(from_ms, to_ms)
         model, tables = self._current_models()
+        return self.spill_window(spill, window, model, tables)
+
+    def spill_window(self, spill: SpillDirectory, window: RefitWindow, model: GlobalModel,
+                     tables: dict[str, CoefficientTable]) -> RefitInputs:
+        """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time)."""
         dim = model.global_index.dim
         train = spill.split("train", dim, self.refit.chunk_rows)
         holdout = spill.split("holdout", dim, self.refit.chunk_rows)
@@ -229,16 +235,19 @@ class GlobalRefit:
                             inputs.train.rows, inputs.holdout.rows, self.refit.min_examples)
                 self.stats.skipped += 1
             else:
-                coefficients = self.fit(inputs.train, inputs.model.coefficients)
+                coefficients = self.fit(inputs.train, inputs.model.coefficients, inputs.model.global_index.intercept)
                 self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout)
         result.seconds = time.monotonic() - started
         self.stats.last_seconds = result.seconds
         return result
 
-    def fit(self, train: SpilledExamples, start: np.ndarray) -> np.ndarray:
+    def spec(self, intercept: bool) -> CoordinateSpec:
+        """The global coordinate's penalty: ``model.global_l2`` on every feature, none on the intercept."""
+        return CoordinateSpec(l2=self.settings.model.global_l2, intercept_l2=0.0, intercept_column=0 if intercept else None)
+
+    def fit(self, train: SpilledExamples, start: np.ndarray, intercept: bool = True) -> np.ndarray:
         """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``."""
-        spec = CoordinateSpec(l2=self.settings.model.global_l2)
-        return fit_global_blocks(train.blocks, train.dim, spec, self.loss, start=start.copy(),
+        return fit_global_blocks(train.blocks, train.dim, self.spec(intercept), self.loss, start=start.copy(),
                                  max_iterations=self.refit.max_iterations, tolerance=1e-9)
 
     def decide(self, result: RefitResult, model: GlobalModel, coefficients: np.ndarray, train: SpilledExamples,
@@ -263,7 +272,9 @@ class GlobalRefit:
             metrics = {f"holdout_{k}": v for k, v in result.candidate_metrics.items() if math.isfinite(v)}
             record = global_model_record(GameModel(self.settings.model.loss, coefficients), model.global_index,
                                          model.coordinate_indices, result.version, self.refit.model_name, metrics)
-            variances = 1.0 / (train.hessian_diagonal(coefficients, self.loss.derivatives) + self.settings.model.global_l2)
+            spec = self.spec(model.global_index.intercept)
+            penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
+            variances = 1.0 / np.maximum(train.hessian_diagonal(coefficients, self.loss.derivatives) + penalty, 1e-12)
             photon = PhotonModel(GLOBAL, [photon_key(k) for k in model.global_index.keys], coefficients.tolist(),
                                  variances.tolist(), self.settings.model.loss)
             result.files = self._write_files(record, photon)

@@ -2,8 +2,9 @@
 
 The refit reads the archive once and writes each chunk of ``chunk_rows`` examples as
 plain ``.npy`` columns (labels, weights, offsets, event times, and the global features
-as CSR arrays). L-BFGS then passes over memory-mapped chunks: the page cache holds what
-fits and memory stays one chunk plus the model, for 10M examples as for 10k.
+as CSR arrays). L-BFGS then passes over the chunks one at a time, each read back whole
+(from the page cache when it fits there) and dropped after use: the process holds one
+chunk plus the model, for 10M examples as for 10k.
 """
 
 from __future__ import annotations
@@ -61,19 +62,18 @@ class SpilledExamples:
         self._pending, self._pending_rows = [], 0
 
     def _columns(self, chunk: Path) -> dict[str, np.ndarray]:
-        return {key: np.load(chunk / f"{key}.npy", mmap_mode="r") for key in _COLUMNS}
+        return {key: np.load(chunk / f"{key}.npy") for key in _COLUMNS}
 
     def blocks(self) -> Iterator[GlobalBlock]:
-        """Every chunk as a :class:`GlobalBlock` over memory-mapped columns."""
+        """Every chunk as a :class:`GlobalBlock`, read one at a time."""
         for chunk in self.chunks:
             c = self._columns(chunk)
-            features = sp.csr_matrix((c["values"], c["indices"], c["indptr"]), shape=(len(c["labels"]), self.dim),
-                                     copy=False)
+            features = sp.csr_matrix((c["values"], c["indices"], c["indptr"]), shape=(len(c["labels"]), self.dim))
             yield GlobalBlock(features, c["labels"], c["weights"], c["offsets"])
 
     def column(self, key: str) -> np.ndarray:
         """One column of every row, in memory (for holdout-sized data: labels, offsets, times)."""
-        parts = [np.asarray(self._columns(chunk)[key]) for chunk in self.chunks]
+        parts = [np.load(chunk / f"{key}.npy") for chunk in self.chunks]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def margins(self, coefficients: np.ndarray) -> np.ndarray:
