@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/newton.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/refit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

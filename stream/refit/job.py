@@ -3,7 +3,9 @@
 One run: read the current global model and every coordinate's coefficients from Kafka;
 stream a time window of archived examples into on-disk chunks — the earlier part for
 training, the final ``holdout_fraction`` of the window as a holdout — with the random
-effects' scores as offsets; fit the global coefficients by L-BFGS warm-started at the
+effects' scores as offsets (current coefficients or join-time scores for training;
+always join-time scores for the holdout, which the current coefficients have already
+learned from); fit the global coefficients by L-BFGS warm-started at the
 current ones; score current and new on the holdout; and only if the gate passes, publish
 version n+1 to ``model.global`` and write the model files (GlobalModel and Photon-ML
 ``BayesianLinearModelAvro``). The feature index is kept: updaters and the joiner go on
@@ -44,6 +46,11 @@ log = logging.getLogger(__name__)
 
 READ_BATCH = 20_000
 UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
+
+
+def _random_effect_offsets(records: list[dict]) -> np.ndarray:
+    """Each example's fixed offset plus every random-effect coordinate's recorded score."""
+    return np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in records])
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
@@ -171,12 +178,13 @@ class GlobalRefit:
             dropped += len(records) - len(usable)
             if not usable:
                 continue
+            times = np.array([r["event_time"] for r in usable], dtype=np.int64)
+            offsets = _random_effect_offsets(usable)
             if self.refit.offsets == "current":
                 add_scores(usable, model, tables)
-            offsets = np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in usable])
+                offsets = np.where(times < window.holdout_ms, _random_effect_offsets(usable), offsets)
             labels = np.array([r["label"] for r in usable])
             weights = np.array([r["weight"] for r in usable])
-            times = np.array([r["event_time"] for r in usable], dtype=np.int64)
             lengths, indices, values = packed_global_features(usable)
             rows = np.repeat(np.arange(len(usable)), lengths)
             bad_rows = rows[(indices < 0) | (indices >= model.global_index.dim) | ~np.isfinite(values)]

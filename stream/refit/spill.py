@@ -56,6 +56,7 @@ class SpilledExamples:
         chunk.mkdir(parents=True)
         indptr = np.zeros(len(joined["labels"]) + 1, dtype=np.int64)
         np.cumsum(joined.pop("lengths"), out=indptr[1:])
+        joined["values"] = joined["values"].astype(np.float64)  # what the sparse products compute in, converted once
         for key, array in {**joined, "indptr": indptr}.items():
             np.save(chunk / f"{key}.npy", array)
         self.chunks.append(chunk)

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("decode.py", ["--records", "500", "--repeats", "1"], "records_per_s"),
     ("pipeline.py", ["--quick"], None),
     ("scoring.py", ["--quick"], None),
+    ("refit.py", ["--quick"], None),
 ])
 def test_benchmark_prints_json_lines(script, args, rate_key):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True, timeout=600).stdout

@@ -20,7 +20,7 @@ from stream.refit.job import GlobalRefit, RefitError
 from stream.refit.spill import SpillDirectory
 from stream.scoring.follower import ModelFollower
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import GlobalModelTable
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from tests.helpers import wait_for
@@ -36,27 +36,42 @@ def _settings(kafka_bootstrap, tmp_path, unique_name, **extra):
     })
 
 
-def _publish_truth(settings, world, record) -> None:
-    """Model v1 (zero global coefficients) and every entity's true effect, as the pipeline would have them."""
-    producer = Producer(producer_config(settings.kafka))
-    topic = settings.topics.model_global
-    producer.produce(topic, key=b"glmix", value=make_codec("GlobalModel", topic).encode(record))
+def _truth_records(settings, world, record) -> dict[str, list[dict]]:
+    """Every entity's true effect as EntityModel records (version 1) per coordinate."""
+    records = {}
     for name, effects in (("member", world.truth.member_effects), ("job", world.truth.job_effects)):
         keys = [(k["name"], k["term"]) for k in record["coordinate_indices"][name]]
         d = settings.model.coordinates[name].max_features
+        records[name] = [
+            {"coordinate": name, "entity_id": entity, "version": 1,
+             "means": [effect.get(key, 0.0) for key in keys] + [0.0] * (d - len(keys)),
+             "precision_kind": "DIAGONAL", "precision": np.ones(d).tobytes(), "index_version": record["index_version"]}
+            for entity, effect in effects.items()
+        ]
+    return records
+
+
+def _publish(settings, record, truth) -> None:
+    """Model v1 (zero global coefficients) and the true random effects, as the pipeline would have them."""
+    producer = Producer(producer_config(settings.kafka))
+    topic = settings.topics.model_global
+    producer.produce(topic, key=b"glmix", value=make_codec("GlobalModel", topic).encode(record))
+    for name, records in truth.items():
         codec = make_codec("EntityModel", settings.topics.coefficients(name))
-        for entity, effect in effects.items():
-            means = [effect.get(key, 0.0) for key in keys] + [0.0] * (d - len(keys))
-            producer.produce(settings.topics.coefficients(name), key=entity.encode(), value=codec.encode({
-                "coordinate": name, "entity_id": entity, "version": 1, "means": means, "precision_kind": "DIAGONAL",
-                "precision": np.ones(d).tobytes(), "index_version": record["index_version"]}))
+        for r in records:
+            producer.produce(settings.topics.coefficients(name), key=r["entity_id"].encode(), value=codec.encode(r))
     producer.flush()
 
 
-def _archive(settings, labeled, record) -> int:
+def _archive(settings, labeled, record, truth=None) -> int:
+    """The examples the joiner would have emitted (join-time scores from ``truth``) in the archive."""
     model = GlobalModelTable(settings.model)
     model.apply([record])
-    examples = joined_examples(labeled, model.current, settings.model)
+    tables = {}
+    for name, records in (truth or {}).items():
+        tables[name] = CoefficientTable(name, settings.model.coordinates[name].max_features)
+        tables[name].apply(records)
+    examples = joined_examples(labeled, model.current, settings.model, tables)
     files = ArchiveFiles(settings.archive_path)
     by_hour = defaultdict(list)
     for offset, example in enumerate(examples):
@@ -72,8 +87,9 @@ def test_refit_improves_holdout_auc_publishes_reruns_safely_and_refuses_a_worse_
     world = World(WorldSpec(seed=11, members=120, jobs=60, requests=3000))
     labeled = labeled_impressions(world)
     record = initial_global_model_record([li.impression for li in labeled], settings.model)
-    _publish_truth(settings, world, record)
-    archived = _archive(settings, labeled, record)
+    truth = _truth_records(settings, world, record)
+    _publish(settings, record, truth)
+    archived = _archive(settings, labeled, record, truth)
     follower = ModelFollower(settings, kafka_bootstrap, client_id=f"{unique_name}-scorer")
     follower.catch_up()
     assert follower.global_model.current.version == 1
