@@ -23,7 +23,7 @@ def _examples(seed: int = 3, requests: int = 1500) -> tuple[list[dict], list]:
     labeled = labeled_impressions(world)
     rng = np.random.default_rng(seed)
     examples = []
-    for i, li in enumerate(labeled):
+    for li in labeled:
         imp = li.impression
         member_part = rng.normal(0, 0.3) + 0.6 * li.true_margin
         examples.append({
