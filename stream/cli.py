@@ -104,6 +104,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run pipeline stages until SIGTERM/SIGINT: the joiner, updaters, the streaming scorer, or all."""
+    from stream.metrics.kafka_statistics import KafkaStatistics
+    from stream.metrics.server import MetricsServer
     from stream.pipeline import NAMED_STAGES, Pipeline
 
     if args.stage == "updater":
@@ -117,9 +119,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         stages = [args.stage] if args.stage in NAMED_STAGES else None
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix run needs a broker: --bootstrap-servers, or run glmix demo")
-    pipeline = Pipeline(settings, stages, stop_event=_stop_event())
+    statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
+    pipeline = Pipeline(settings, stages, stop_event=_stop_event(), statistics=statistics)
+    metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics) if settings.metrics.enabled else None
     pipeline.start()
-    pipeline.wait()
+    try:
+        pipeline.wait()
+    finally:
+        if metrics is not None:
+            metrics.close()
     if pipeline.errors:
         for name, error in pipeline.errors.items():
             print(f"glmix: stage {name} failed: {error}", file=sys.stderr)
@@ -204,11 +212,21 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers")
     refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
     stop = _stop_event()
-    while True:
-        result = refit.run_once(args.from_ms, args.to_ms)
-        print(json.dumps(result.to_json()), flush=True)
-        if args.every is None or stop.wait(args.every):
-            return 0
+    metrics = None
+    if args.every is not None and settings.metrics.enabled:
+        from stream.metrics.collector import PipelineCollector
+        from stream.metrics.server import MetricsServer
+
+        metrics = MetricsServer(PipelineCollector({}, refit=refit.stats), settings.metrics)
+    try:
+        while True:
+            result = refit.run_once(args.from_ms, args.to_ms)
+            print(json.dumps(result.to_json()), flush=True)
+            if args.every is None or stop.wait(args.every):
+                return 0
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def cmd_evaluate_progressive(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,8 @@ from typing import Protocol
 from stream.archive.archiver import Archiver
 from stream.config import Settings
 from stream.consumers.joiner import Joiner
+from stream.metrics.collector import PipelineCollector
+from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.scoring.streaming import StreamingScorer
 from stream.updaters.updater import CoordinateUpdater
 
@@ -30,6 +32,8 @@ NAMED_STAGES = (JOINER, ARCHIVE, STREAM_SCORER)
 
 class Stage(Protocol):
     """A pipeline stage: one micro-batch per ``step``, and a clean ``close`` (finish, commit, release)."""
+
+    stats: object
 
     def step(self) -> int: ...  # noqa: D102
 
@@ -50,30 +54,37 @@ def stage_names(settings: Settings) -> list[str]:
     return [JOINER, *settings.model.coordinates, ARCHIVE]
 
 
-def build_stage(settings: Settings, name: str, bootstrap_servers: str = "") -> Stage:
+def build_stage(settings: Settings, name: str, bootstrap_servers: str = "",
+                statistics: KafkaStatistics | None = None) -> Stage:
     """The joiner, the archive, the streaming scorer, or the updater of coordinate ``name``."""
     if name == JOINER:
-        return Joiner(settings, bootstrap_servers)
+        return Joiner(settings, bootstrap_servers, statistics)
     if name == ARCHIVE:
-        return Archiver(settings, bootstrap_servers)
+        return Archiver(settings, bootstrap_servers, statistics)
     if name == STREAM_SCORER:
-        return StreamingScorer(settings, bootstrap_servers)
-    return CoordinateUpdater(settings, name, bootstrap_servers)
+        return StreamingScorer(settings, bootstrap_servers, statistics=statistics)
+    return CoordinateUpdater(settings, name, bootstrap_servers, statistics)
 
 
 class Pipeline:
     """Some or all stages, each in its own thread, sharing one stop event."""
 
     def __init__(self, settings: Settings, stages: Sequence[str] | None = None, bootstrap_servers: str = "",
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, statistics: KafkaStatistics | None = None) -> None:
         names = list(stages or stage_names(settings))
         unknown = [n for n in names if n not in NAMED_STAGES and n not in settings.model.coordinates]
         if unknown:
             raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
         self.stop_event = stop_event or threading.Event()
-        self.stages = {name: build_stage(settings, name, bootstrap_servers) for name in names}
+        self.stages = {name: build_stage(settings, name, bootstrap_servers, statistics) for name in names}
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
+
+    def metrics_collector(self, statistics: KafkaStatistics | None = None) -> PipelineCollector:
+        """A Prometheus collector of every stage's counters and state size (and the Kafka statistics)."""
+        return PipelineCollector({name: stage.stats for name, stage in self.stages.items()},
+                                 {name: stage for name, stage in self.stages.items() if hasattr(stage, "state_size_bytes")},
+                                 statistics)
 
     def start(self) -> None:
         """Start every stage's loop."""

@@ -24,6 +24,7 @@ from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class _Buffer:
 class Archiver:
     """Writes the examples topic to :class:`ArchiveFiles`, committing offsets only after files are whole."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "") -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None) -> None:
         self.settings = settings.archive
         self.topic = settings.topics.examples_by_member
         self.group_id = settings.kafka.group_id(STAGE)
@@ -64,7 +65,8 @@ class Archiver:
         self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, STAGE)
         prepare_topics(settings, bootstrap_servers)
-        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
+        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers,
+                                                  **statistics_settings(statistics, STAGE)))
         self._buffers: dict[tuple[int, int], _Buffer] = {}
         self._archived_through: dict[tuple[int, int], int] = {}
         self._consumed: list = []

@@ -375,6 +375,25 @@ class RefitSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``/metrics`` of pipeline processes (``glmix run``, ``glmix refit --every``, the demo).
+
+    ``port`` 0 picks a free port (the demo prints it). ``kafka_statistics_interval_ms`` is
+    how often librdkafka reports consumer lag and rebalances.
+    """
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 9108
+    kafka_statistics_interval_ms: int = 5000
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", f"must be a TCP port (0: any free port), got {self.port}")
+        _check(self.kafka_statistics_interval_ms >= 100, "kafka_statistics_interval_ms",
+               f"must be >= 100, got {self.kafka_statistics_interval_ms}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a glmix process is configured with; built once, passed down."""
 
@@ -385,6 +404,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     refit: RefitSettings = field(default_factory=RefitSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state_dir: str = "./state"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

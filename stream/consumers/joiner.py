@@ -40,6 +40,10 @@ from stream.consumers.join_state import (
     label_types,
 )
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
+from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogram
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.metrics.progressive_window import ProgressiveWindow
+from stream.model.losses import get_loss
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.model.export import initial_global_model_record
@@ -64,6 +68,8 @@ class JoinerStats:
     dead_lettered: int = 0
     busy_seconds: float = 0.0
     join: JoinCounts = field(default_factory=JoinCounts)
+    batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
+    progressive: ProgressiveWindow | None = None
 
     @property
     def examples(self) -> int:
@@ -74,10 +80,11 @@ class JoinerStats:
 class Joiner:
     """Joins impressions with interactions into labeled examples for every coordinate."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "") -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None) -> None:
         self.settings = settings
         self.group_id = group_id = settings.kafka.group_id("joiner")
-        self.stats = JoinerStats()
+        self.stats = JoinerStats(progressive=ProgressiveWindow(list(settings.model.coordinates), get_loss(settings.model.loss),
+                                                               list(settings.joiner.labels)))
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._bootstrap = bootstrap_servers
@@ -105,7 +112,7 @@ class Joiner:
         prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
         self.models = ModelFollower(settings, bootstrap_servers, group_id)
         self.models.catch_up()
-        config = consumer_config(kafka, group_id, bootstrap_servers)
+        config = consumer_config(kafka, group_id, bootstrap_servers, **statistics_settings(statistics, "joiner"))
         config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
         self._consumer = Consumer(config)
         self._ownership = PartitionStores(self.group_id, self._assign)
@@ -120,6 +127,10 @@ class Joiner:
     def assigned_partitions(self) -> list[int]:
         """Partitions (of both input topics) this joiner owns now."""
         return self._ownership.partitions
+
+    def state_size_bytes(self) -> int:
+        """Size of the local state of every owned partition (RocksDB's estimate)."""
+        return self._ownership.size_bytes()
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Open the store of each assigned partition number (shared by both input topics)."""
@@ -163,7 +174,9 @@ class Joiner:
             self._consumer.commit(offsets=commit_positions(last), asynchronous=False)
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
-        self.stats.busy_seconds += time.monotonic() - started
+        elapsed = time.monotonic() - started
+        self.stats.busy_seconds += elapsed
+        self.stats.batch_seconds.observe(elapsed)
         return len(messages)
 
     def _decode(self, good: list) -> dict[int, list[tuple[str, dict[str, Any], Any]]]:
@@ -273,6 +286,7 @@ class Joiner:
         model = self.models.global_model.current
         if model is not None:
             add_scores(examples, model, self.models.tables)
+        self.stats.progressive.add(examples)
         for name, (topic, _) in self._outputs.items():
             encoded = encode_batch(self._output_codecs[topic], examples)
             for example, value in zip(examples, encoded):

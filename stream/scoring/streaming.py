@@ -19,6 +19,7 @@ from stream.codec import make_codec
 from stream.codec.avro import decode_batch, encode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.scoring.follower import ModelFollower
@@ -39,7 +40,7 @@ class StreamingScorer:
     """Answers score requests arriving on ``topics.score_requests`` on ``topics.score_results``."""
 
     def __init__(self, settings: Settings, bootstrap_servers: str = "", batch_size: int = 500,
-                 batch_time_ms: int = 50) -> None:
+                 batch_time_ms: int = 50, statistics: KafkaStatistics | None = None) -> None:
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self.settings = settings
@@ -53,7 +54,8 @@ class StreamingScorer:
         self.models = ModelFollower(settings, bootstrap_servers, kafka.group_id("stream-scorer"))
         self.models.catch_up()
         self.scorer = Scorer.following(settings.model, self.models)
-        self._consumer = Consumer(consumer_config(kafka, kafka.group_id("stream-scorer"), bootstrap_servers))
+        self._consumer = Consumer(consumer_config(kafka, kafka.group_id("stream-scorer"), bootstrap_servers,
+                                                  **statistics_settings(statistics, "stream-scorer")))
         self._consumer.subscribe([topics.score_requests])
 
     def step(self) -> int:

@@ -32,6 +32,13 @@ from stream.kafka.clients import consumer_config, prepare_topics, producer_confi
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.kafka.topic_reader import TopicReader
+from stream.metrics.histogram import (
+    FRESHNESS_SECONDS_BUCKETS,
+    NEWTON_ITERATIONS_BUCKETS,
+    CumulativeHistogram,
+    batch_seconds_histogram,
+)
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.model.losses import get_loss
 from stream.state.changelog import entity_model_records, states_from_records
 from stream.state.exceptions import StateLayoutError
@@ -61,6 +68,10 @@ class UpdaterStats:
     restore_seconds: float = 0.0
     busy_seconds: float = 0.0
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=_FRESHNESS_SAMPLES))
+    freshness_seconds: CumulativeHistogram = field(default_factory=lambda: CumulativeHistogram(FRESHNESS_SECONDS_BUCKETS))
+    newton_iterations: CumulativeHistogram = field(default_factory=lambda: CumulativeHistogram(NEWTON_ITERATIONS_BUCKETS))
+    unconverged_updates: int = 0
+    batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
 
 
 def _entity_key(entity_id: str) -> bytes:
@@ -70,7 +81,8 @@ def _entity_key(entity_id: str) -> bytes:
 class CoordinateUpdater:
     """Keeps one coordinate's per-entity models up to date from its examples topic."""
 
-    def __init__(self, settings: Settings, coordinate: str, bootstrap_servers: str = "") -> None:
+    def __init__(self, settings: Settings, coordinate: str, bootstrap_servers: str = "",
+                 statistics: KafkaStatistics | None = None) -> None:
         if coordinate not in settings.model.coordinates:
             raise KeyError(f"no coordinate {coordinate!r} in model.coordinates ({', '.join(settings.model.coordinates)})")
         self.settings = settings
@@ -89,7 +101,8 @@ class CoordinateUpdater:
         self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, f"updater-{coordinate}")
         prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
-        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers))
+        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers,
+                                                  **statistics_settings(statistics, f"updater-{coordinate}")))
         self._ownership = PartitionStores(self.group_id, self._assign)
         self._stores = self._ownership.stores
         self._consumer.subscribe([self.topic], on_assign=self._ownership.on_assign,
@@ -106,6 +119,10 @@ class CoordinateUpdater:
     def assigned_partitions(self) -> list[int]:
         """Input partitions this updater owns now."""
         return self._ownership.partitions
+
+    def state_size_bytes(self) -> int:
+        """Size of the local state of every owned partition (RocksDB's estimate)."""
+        return self._ownership.size_bytes()
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Open each assigned partition's store; restore it from the changelog when missing, unreadable or behind."""
@@ -183,7 +200,9 @@ class CoordinateUpdater:
         self._commit(usable, writes)
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
-        self.stats.busy_seconds += time.monotonic() - started
+        elapsed = time.monotonic() - started
+        self.stats.busy_seconds += elapsed
+        self.stats.batch_seconds.observe(elapsed)
         return len(messages)
 
     def _commit(self, messages: list, writes: dict[int, list[tuple[bytes, bytes]]]) -> None:
@@ -219,7 +238,12 @@ class CoordinateUpdater:
         self._producer.poll(0)
         now_ms = int(time.time() * 1000)
         positive = batch.mask & (batch.labels > 0) & outcome.changed[:, None]
-        self.stats.freshness_ms.extend((now_ms - batch.label_times[positive]).tolist())
+        freshness_ms = now_ms - batch.label_times[positive]
+        self.stats.freshness_ms.extend(freshness_ms.tolist())
+        self.stats.freshness_seconds.observe_many(freshness_ms / 1000)
+        if outcome.update is not None:
+            self.stats.newton_iterations.observe_many(outcome.update.iterations)
+            self.stats.unconverged_updates += int((~outcome.update.converged).sum())
         self.stats.entity_updates += len(changed)
         self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
         self.stats.replayed_events += outcome.replayed_events

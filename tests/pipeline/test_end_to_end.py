@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.archive.files import ArchiveFiles
 from stream.codec import make_codec
@@ -27,6 +29,7 @@ from stream.model.game import CoordinateSpec, fit_global
 from stream.model.losses import LogisticLoss
 from stream.model.metrics import auc
 from stream.evaluation.progressive import collect, progressive_report
+from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.pipeline import Pipeline
 from stream.refit.job import GlobalRefit
 from stream.scoring.tables import GlobalModel
@@ -69,6 +72,7 @@ def _settings(bootstrap: str, tmp_path, suffix: str) -> Settings:
         "joiner.idle_input_ms": "1000",
         "joiner.emitted_retention_ms": str(30 * 60_000),  # longer than the stream: no impression is forgotten
         "archive.roll_interval_ms": "300",
+        "metrics.kafka_statistics_interval_ms": "500",
         "model.coordinates.member.l2": "1.0",
         "model.coordinates.job.l2": "1.0",
     })
@@ -103,7 +107,8 @@ def run(kafka_bootstrap, tmp_path_factory) -> PipelineRun:
     events = list(event_stream(world, labeled))
     topics, codecs = event_topics_and_codecs(settings)
 
-    pipeline = Pipeline(settings)
+    statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
+    pipeline = Pipeline(settings, statistics=statistics)
     joiner, member, job, archive = (pipeline.stages[n] for n in ("joiner", "member", "job", "archive"))
     pipeline.start()
     started = time.monotonic()
@@ -123,12 +128,20 @@ def run(kafka_bootstrap, tmp_path_factory) -> PipelineRun:
                  == joiner.stats.examples or pipeline.errors, timeout_s=60, interval_s=0.5, what="the last windows to close")
         wait_for(lambda: archive.stats.archived == joiner.stats.examples or pipeline.errors, timeout_s=60,
                  what="the archive to hold every example")
+        metrics = generate_latest(_registry(pipeline.metrics_collector(statistics))).decode()  # a scrape while running
     finally:
         pipeline.stop()
     assert not pipeline.errors
     elapsed = time.monotonic() - started
-    stats = {"joiner": joiner.stats, "member": member.stats, "job": job.stats, "archive": archive.stats, "seconds": elapsed}
+    stats = {"joiner": joiner.stats, "member": member.stats, "job": job.stats, "archive": archive.stats, "seconds": elapsed,
+             "metrics": metrics}
     return PipelineRun(settings, world, events, stats, kafka_bootstrap, warmup[-1].impression["event_time"])
+
+
+def _registry(collector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
 
 
 def _settled(history: list, value: int, quiet_checks: int = 6) -> bool:
@@ -312,3 +325,22 @@ def test_refit_on_the_archive_keeps_or_improves_holdout_auc(run):
     assert result.status in ("published", "unchanged"), result.gate
     assert result.candidate_metrics["auc"] >= result.current_metrics["auc"] - run.settings.refit.gate_tolerance
     assert result.train_examples + result.holdout_examples + result.dropped_examples == run.stats["archive"].archived
+
+
+def test_metrics_describe_the_run(run):
+    """The pipeline's /metrics content, scraped at the end of the run, agrees with the stages' own counts."""
+    samples = {}
+    for family in text_string_to_metric_families(run.stats["metrics"]):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    joiner, member = run.stats["joiner"], run.stats["member"]
+    assert samples[("glmix_examples_emitted_total", (("label", "positive"),))] == joiner.positives
+    assert samples[("glmix_entity_updates_total", (("coordinate", "member"),))] == member.entity_updates
+    assert samples[("glmix_freshness_seconds_count", (("coordinate", "member"),))] > 0
+    assert samples[("glmix_newton_iterations_count", (("coordinate", "job"),))] > 0
+    assert samples[("glmix_dead_letters_total", (("stage", "joiner"),))] == joiner.dead_lettered > 0
+    assert samples[("glmix_state_size_bytes", (("stage", "member"),))] > 0
+    assert samples[("glmix_progressive_auc", (("variant", "global+member+job"),))] > samples[
+        ("glmix_progressive_auc", (("variant", "global"),))]
+    lags = [v for (name, _), v in samples.items() if name == "glmix_consumer_lag_messages"]
+    assert lags and all(v >= 0 for v in lags)

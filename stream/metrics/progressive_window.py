@@ -1,0 +1,68 @@
+"""Progressive validation of the last N joined examples, for the live quality metrics.
+
+The joiner scores every example with the models current at join time, before anyone
+learns from it. Keeping the last ``capacity`` labels and per-variant margins in a ring
+buffer gives AUC, log loss and observed/expected of global-only, +member, +job, ... at
+scrape time, without keeping every example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from stream.evaluation.progressive import variant_names
+from stream.model.game import GLOBAL
+from stream.model.losses import Loss
+from stream.model.metrics import auc, log_loss, observed_expected
+
+
+class ProgressiveWindow:
+    """Labels, interaction types and cumulative margins of the most recent examples."""
+
+    def __init__(self, coordinates: Sequence[str], loss: Loss, interaction_types: Sequence[str], capacity: int = 20_000) -> None:
+        self.coordinates = list(coordinates)
+        self.variants = variant_names(self.coordinates)
+        self.loss = loss
+        self.types = list(interaction_types)
+        self.capacity = capacity
+        self._labels = np.zeros(capacity)
+        self._margins = np.zeros((capacity, len(self.variants)))
+        self._has_type = np.zeros((capacity, len(self.types)), dtype=bool)
+        self._next = 0
+        self.size = 0
+
+    def add(self, examples: Sequence[Mapping]) -> None:
+        """Append emitted examples (their ``label``, ``scores``, ``offset`` and ``interaction_types``)."""
+        if not examples:
+            return
+        examples = examples[-self.capacity:]
+        n = len(examples)
+        scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *self.coordinates)] for e in examples])
+        margins = np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples])[:, None]
+        slots = (self._next + np.arange(n)) % self.capacity
+        self._labels[slots] = [e["label"] for e in examples]
+        self._margins[slots] = margins
+        self._has_type[slots] = [[t in e["interaction_types"] for t in self.types] for e in examples]
+        self._next = (self._next + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def quality(self) -> dict[str, dict[str, float]]:
+        """Per variant: ``auc``, ``log_loss``, ``observed_expected`` and ``observed_expected:<TYPE>`` (nan when undefined)."""
+        y = self._labels[: self.size]
+        out: dict[str, dict[str, float]] = {}
+        for i, name in enumerate(self.variants):
+            m = self._margins[: self.size, i]
+            p = self.loss.mean(m) if self.size else m
+            values = {
+                "auc": auc(y > 0, m) if self.size else float("nan"),
+                "log_loss": log_loss(y, p) if self.size else float("nan"),
+                "observed_expected": observed_expected(y, p) if self.size else float("nan"),
+            }
+            expected = float(p.sum()) if self.size else 0.0
+            for j, kind in enumerate(self.types):
+                observed = float(self._has_type[: self.size, j].sum())
+                values[f"observed_expected:{kind}"] = observed / expected if expected > 0 else float("nan")
+            out[name] = values
+        return out
