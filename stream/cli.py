@@ -21,7 +21,8 @@ from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = dict(_parse_set(item) for item in args.set)
+    overrides = dict(getattr(args, "setting_defaults", {}))
+    overrides.update(_parse_set(item) for item in args.set)
     if getattr(args, "bootstrap_servers", None):
         overrides["kafka.bootstrap_servers"] = args.bootstrap_servers
     return load_settings(args.config, env=os.environ, overrides=overrides)
@@ -81,24 +82,14 @@ def cmd_produce_synthetic(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Embedded round trip: broker, synthetic world, produce, consume and decode, counts."""
-    from stream.demo import run_round_trip
-    from stream.kafka import EmbeddedBroker
-    from stream.synthetic import WorldSpec
+    """The whole system live on the embedded broker (or a real cluster): progress, metrics, a report and plots."""
+    from stream.demo import DemoOptions, run_demo
 
-    spec = WorldSpec(seed=args.seed, requests=args.requests, malformed_rate=0.02)
-    if settings.kafka.bootstrap_servers:
-        report = run_round_trip(settings, settings.kafka.bootstrap_servers, spec)
-    else:
-        with EmbeddedBroker() as broker:
-            print(f"embedded Kafka (librdkafka mock cluster) at {broker.bootstrap_servers}", flush=True)
-            report = run_round_trip(settings, broker.bootstrap_servers, spec)
-    print(json.dumps(report.as_dict(), indent=1))
-    produced = report.produced.get("impression", 0) + report.produced.get("interaction", 0)
-    consumed = sum(report.decoded.values()) + report.undecodable
-    if consumed != produced:
-        print(f"error: produced {produced} records but read back {consumed}", file=sys.stderr)
-        return 1
+    options = DemoOptions(events=args.events, duration_s=args.duration, seed=args.seed, refit_every_s=args.refit_every,
+                          report_dir=args.report_dir)
+    report = run_demo(settings, options)
+    print(json.dumps({k: report[k] for k in ("events_produced", "examples", "progressive_auc", "glmix_beats_global_only",
+                                             "http_scoring_ok", "plots")}))
     return 0
 
 
@@ -291,6 +282,12 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo_setting_defaults() -> dict[str, str]:
+    from stream.demo import DEMO_SETTINGS
+
+    return dict(DEMO_SETTINGS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``glmix`` and all its subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -322,10 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--truth", type=Path, help="write the true coefficients to this JSON file")
     synthetic.set_defaults(handler=cmd_produce_synthetic)
 
-    demo = sub.add_parser("demo", parents=[common], help="run the embedded end-to-end demo")
+    demo = sub.add_parser("demo", parents=[common], help="the whole pipeline live on the embedded broker, with a report")
+    demo.add_argument("--events", type=int, default=30_000, help="impressions to stream (default 30000)")
+    demo.add_argument("--duration", type=_duration_s, default=60.0, help="how long the live traffic lasts (default 60s)")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--requests", type=int, default=5000)
-    demo.set_defaults(handler=cmd_demo)
+    demo.add_argument("--refit-every", type=_duration_s, default=20.0, help="global refit interval (default 20s)")
+    demo.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="where report.json and plots go")
+    demo.set_defaults(handler=cmd_demo, setting_defaults=_demo_setting_defaults())
 
     run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
     run.add_argument("stage", choices=("joiner", "updater", "archive", "stream-scorer", "all"),

@@ -1,88 +1,395 @@
-"""The embedded round trip behind ``glmix demo``: broker, synthetic world, produce, consume, decode.
+"""``glmix demo``: the whole system on one machine, live, with no external service.
 
-It exercises every foundation part over the real wire protocol with no external
-service: the librdkafka mock cluster, the synthetic world with its noise, single-object
-Avro encoding, batched consume and decode, and the dead-letter classification of bad
-values. Later stages (joiner, updaters, scorer) plug into the same flow.
+An embedded Kafka broker (librdkafka's mock cluster, the real wire protocol) or a real
+cluster; a synthetic job-recommendation world whose events are produced in real time
+(each when its arrival time comes); the whole pipeline in one process (joiner, one
+updater per coordinate, archive); the HTTP scorer; and a periodic global refit. A
+global model fitted on the world's history (its first requests, never streamed) is
+published first — yesterday's batch model — so global-only is a fair baseline.
+
+While it runs, one progress line a second: events/s, consumer lag, freshness, progressive
+AUC of global-only vs GLMix, dead letters, the global model version; ``/metrics`` is
+served throughout. At the end: ``report.json`` and PNG plots from the archive's
+progressive validation, and the ranking the scorer serves Alice and Annie — twins with
+identical features and opposite tastes — with each coordinate's part of every score.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import sys
+import threading
 import time
+import urllib.request
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TextIO
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+import numpy as np
+from confluent_kafka import Producer
 
-from stream.codec import decode_batch
-from stream.codec.validation import impression_problem, interaction_problem
+from stream.archive.files import ArchiveFiles
+from stream.codec import make_codec
 from stream.config import Settings
-from stream.kafka import consumer_config, producer_config
-from stream.synthetic import IMPRESSION, INTERACTION, World, WorldSpec, event_stream
+from stream.errors import GlmixError
+from stream.evaluation.plots import write_plots
+from stream.evaluation.progressive import collect, progressive_report
+from stream.kafka import EmbeddedBroker, producer_config
+from stream.metrics.kafka_statistics import KafkaStatistics
+from stream.metrics.server import MetricsServer
+from stream.model.dataset import build_dataset
+from stream.model.export import initial_global_model_record
+from stream.model.game import GLOBAL, CoordinateSpec, fit_global
+from stream.model.losses import get_loss
+from stream.pipeline import Pipeline
+from stream.refit.job import GlobalRefit, RefitError
+from stream.scoring.follower import ModelFollower
+from stream.scoring.http import BackgroundServer, ScoringService, build_app
+from stream.scoring.scorer import Scorer
+from stream.scoring.tables import GlobalModel
+from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
+from stream.synthetic.events import LabeledImpression
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_WINDOW_MS = 10_000
+ITEMS_PER_REQUEST = 5
+HISTORY_SHARE = 0.2
+
+DEMO_SETTINGS = {
+    "joiner.attribution_window_ms": str(ATTRIBUTION_WINDOW_MS),
+    "joiner.allowed_lateness_ms": "2000",
+    "joiner.idle_input_ms": "1000",
+    "joiner.emitted_retention_ms": "600000",
+    "archive.roll_interval_ms": "1000",
+    "metrics.port": "0",
+    "log_level": "WARNING",
+    "metrics.kafka_statistics_interval_ms": "1000",
+    "refit.window_hours": "1",
+    "refit.holdout_fraction": "0.2",
+    "refit.min_examples": "500",
+}
+"""Settings the demo starts from (its clock is seconds, not hours); ``--set`` overrides them."""
 
 
 @dataclass(frozen=True)
-class RoundTripReport:
-    """What the demo produced and what came back decoded."""
+class DemoOptions:
+    """How big and how long: ``events`` impressions over about ``duration_s`` seconds of live traffic."""
 
-    produced: dict[str, int]
-    decoded: dict[str, int]
-    undecodable: int
-    invalid: int
-    produce_s: float
-    consume_decode_s: float
-
-    def as_dict(self) -> dict:
-        """A JSON-ready summary."""
-        consumed = sum(self.decoded.values()) + self.undecodable
-        return {
-            "produced": self.produced,
-            "decoded": self.decoded,
-            "undecodable": self.undecodable,
-            "invalid_after_decode": self.invalid,
-            "produce_s": round(self.produce_s, 3),
-            "consume_decode_s": round(self.consume_decode_s, 3),
-            "consume_decode_records_per_s": round(consumed / self.consume_decode_s) if self.consume_decode_s else None,
-        }
+    events: int = 30_000
+    duration_s: float = 60.0
+    seed: int = 7
+    refit_every_s: float = 20.0
+    report_dir: Path = Path("demo-report")
 
 
-def run_round_trip(settings: Settings, bootstrap_servers: str, spec: WorldSpec, timeout_s: float = 60.0) -> RoundTripReport:
-    """Produce the world of ``spec`` to Kafka and read every record back, decoding in batches."""
-    topics, codecs = event_topics_and_codecs(settings)
+@dataclass
+class DemoRun:
+    """What the demo saw, for the report."""
 
-    started = time.monotonic()
-    producer = Producer(producer_config(settings.kafka, bootstrap_servers))
-    produced = produce_to_kafka(event_stream(World(spec)), producer, topics, codecs)
-    produce_s = time.monotonic() - started
+    produced: int = 0
+    refits: list = field(default_factory=list)
+    progress: list = field(default_factory=list)
 
-    expected = produced[IMPRESSION] + produced[INTERACTION]
-    consumer = Consumer(consumer_config(settings.kafka, group_id=f"glmix-demo-{time.time_ns()}", bootstrap_servers=bootstrap_servers))
-    try:
-        partitions = []
-        for topic in topics.values():
-            metadata = consumer.list_topics(topic, timeout=10)
-            partitions += [TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions]
-        consumer.assign(partitions)
-        decoded: Counter = Counter()
-        undecodable = invalid = 0
-        problem = {IMPRESSION: impression_problem, INTERACTION: interaction_problem}
-        started = time.monotonic()
-        kind_of = {v: k for k, v in topics.items()}
-        while decoded.total() + undecodable < expected and time.monotonic() - started < timeout_s:
-            messages = consumer.consume(num_messages=10_000, timeout=0.5)
-            by_topic: dict[str, list] = {}
-            for message in messages:
-                by_topic.setdefault(message.topic(), []).append(message)
-            for topic, batch in by_topic.items():
-                result = decode_batch(codecs[kind_of[topic]], batch)
-                decoded[kind_of[topic]] += len(result.records)
-                undecodable += len(result.failures)
-                invalid += sum(problem[kind_of[topic]](r) is not None for r in result.records)
-        consume_s = time.monotonic() - started
-    finally:
-        consumer.close()
-    return RoundTripReport(
-        produced=dict(produced), decoded=dict(decoded), undecodable=undecodable, invalid=invalid,
-        produce_s=produce_s, consume_decode_s=consume_s,
+
+def demo_settings(settings: Settings, report_dir: Path, run_id: str) -> Settings:
+    """``settings`` with the demo's own state directory, topic names and consumer groups (reruns never mix)."""
+    topics = settings.topics
+    prefix = f"glmix-demo-{run_id}."
+    return replace(
+        settings,
+        state_dir=str(report_dir / "state"),
+        kafka=replace(settings.kafka, group_prefix=f"glmix-demo-{run_id}"),
+        topics=replace(topics, impressions=prefix + "impressions", interactions=prefix + "interactions",
+                       examples_by_member=prefix + "examples.by-member", examples_by_job=prefix + "examples.by-job",
+                       examples_prefix=prefix + "examples.by-", coefficients_prefix=prefix + "coefficients.",
+                       model_global=prefix + "model.global", dead_letter=prefix + "dead-letter",
+                       score_requests=prefix + "score-requests", score_results=prefix + "score-results"),
     )
+
+
+def _world(options: DemoOptions, now_ms: int) -> World:
+    requests = max(50, int(options.events / ITEMS_PER_REQUEST / (1 - HISTORY_SHARE)))
+    gap_ms = max(1, int(options.duration_s * 1000 / (requests * (1 - HISTORY_SHARE))))
+    start = now_ms - int(requests * HISTORY_SHARE * gap_ms)  # the history ends now; the stream is the next duration_s
+    return World(WorldSpec(seed=options.seed, members=100, jobs=60, alice_annie_pairs=4, requests=requests,
+                           items_per_request=ITEMS_PER_REQUEST,
+                           attribution_window_ms=ATTRIBUTION_WINDOW_MS, mean_click_delay_ms=2_000, start_time_ms=start,
+                           mean_request_gap_ms=gap_ms, malformed_rate=0.01, duplicate_rate=0.02, out_of_order_rate=0.0,
+                           late_rate=0.01, orphan_rate=0.01))
+
+
+def _history_model(history: list[LabeledImpression], settings: Settings) -> dict:
+    """Global model version 1, fitted on the history: the batch model a team would start from."""
+    impressions = [li.impression for li in history]
+    record = initial_global_model_record(impressions, settings.model)
+    model = GlobalModel.from_record(record, settings.model)
+    labels = np.array([float(li.clicked) for li in history])
+    data = build_dataset(impressions, labels, model.global_index, {})
+    beta = fit_global(data.global_features, labels, np.ones(len(labels)), np.zeros(len(labels)),
+                      CoordinateSpec(l2=settings.model.global_l2, intercept_l2=0.0), get_loss(settings.model.loss))
+    record["coefficients"] = beta.tolist()
+    return record
+
+
+def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics: KafkaStatistics) -> dict:
+    joiner = pipeline.stages["joiner"].stats
+    updaters = [s.stats for n, s in pipeline.stages.items() if n in pipeline.settings.model.coordinates]
+    quality = joiner.progressive.quality() if joiner.progressive.size else {}
+    variants = list(quality)
+    freshness = [float(np.median(s.freshness_ms)) / 1000 for s in updaters if s.freshness_ms]
+    return {
+        "t_s": round(elapsed, 1),
+        "events_produced": run.produced,
+        "events_per_s": round(run.produced / elapsed) if elapsed > 0 else 0,
+        "examples": joiner.examples,
+        "lag_messages": sum(sum(c.lag.values()) for c in statistics.latest()),
+        "freshness_p50_s": max(freshness) if freshness else None,
+        "auc_global": quality[variants[0]]["auc"] if variants else None,
+        "auc_glmix": quality[variants[-1]]["auc"] if variants else None,
+        "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters),
+        "refits": len(run.refits),
+    }
+
+
+def _show(line: dict, out: TextIO) -> None:
+    def fmt(value, pattern: str) -> str:
+        return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else pattern.format(value)
+
+    out.write(f"[{line['t_s']:6.1f}s] events {line['events_produced']:>7} ({line['events_per_s']:>5}/s)  "
+              f"examples {line['examples']:>7}  lag {line['lag_messages']:>5}  "
+              f"freshness p50 {fmt(line['freshness_p50_s'], '{:.2f}s'):>6}  "
+              f"AUC global {fmt(line['auc_global'], '{:.3f}')} vs GLMix {fmt(line['auc_glmix'], '{:.3f}')}  "
+              f"dead letters {line['dead_letters']}  refits {line['refits']}\n")
+    out.flush()
+
+
+class _PeriodicRefit:
+    """Runs the global refit every ``every_s`` in a background thread; keeps every result."""
+
+    def __init__(self, refit: GlobalRefit, every_s: float, results: list) -> None:
+        self._refit, self._every_s, self._results = refit, every_s, results
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="glmix-demo-refit", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                self._results.append(self._refit.run_once().to_json())
+            except RefitError as exc:
+                log.info("demo refit skipped: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+
+def _alice_and_annie(world: World, settings: Settings, follower: ModelFollower, live: list[LabeledImpression]) -> list[dict]:
+    """What the scorer serves the Alice/Annie pair seen most in the stream: the same candidates, ranked for each twin."""
+    if not world.truth.alice_annie:
+        return []
+    shown = Counter(li.impression["member_id"] for li in live)
+    pair = max(range(len(world.truth.alice_annie)), key=lambda p: min(shown[m] for m in world.truth.alice_annie[p]))
+    alice, annie = world.truth.alice_annie[pair]
+    liked = World.truth_liked_title(pair)
+    members = {m.entity_id: m for m in world.members}
+    candidates = [j for j in world.jobs if j.bags["job_title"][0][1] == liked][:3]
+    candidates += [j for j in world.jobs if j.bags["job_title"][0][1] != liked][:3]
+    scorer = Scorer.following(settings.model, follower)
+
+    def bags(entity) -> dict:
+        return {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in entity.bags.items()}
+
+    out = []
+    for who in (alice, annie):
+        ranked = scorer.score(who, bags(members[who]), [{"item_id": j.entity_id, "features": bags(j)} for j in candidates],
+                              top_k=len(candidates))
+        titles = {j.entity_id: j.bags["job_title"][0][1] for j in candidates}
+        out.append({"member_id": who, "loves": liked if who == alice else f"anything but {liked}", "ranking": [
+            {"item_id": s.item_id, "title": titles[s.item_id], "probability": round(s.probability, 3),
+             "breakdown": {k: round(v, 3) for k, v in s.breakdown.items()}, "versions": s.versions}
+            for s in ranked]})
+    return out
+
+
+def _wait_until_settled(pipeline: Pipeline, archive_stats, timeout_s: float = 90.0) -> None:
+    """Until the last windows have closed and every example is absorbed and archived."""
+    joiner = pipeline.stages["joiner"].stats
+    updaters = [s.stats for n, s in pipeline.stages.items() if n in pipeline.settings.model.coordinates]
+    deadline, history = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline and not pipeline.errors:
+        history.append(joiner.examples)
+        quiet = len(history) > 6 and len(set(history[-6:])) == 1
+        if quiet and all(s.examples == joiner.examples for s in updaters) and archive_stats.archived == joiner.examples:
+            return
+        time.sleep(0.5)
+
+
+def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.stderr,
+             on_running: Callable[[str], None] | None = None) -> dict:
+    """Run the demo and return its report (also written to ``report_dir/report.json``).
+
+    ``on_running`` is called with the metrics URL once everything runs (tests scrape it).
+    """
+    run_id = uuid.uuid4().hex[:8]
+    report_dir = Path(options.report_dir)
+    shutil.rmtree(report_dir / "state", ignore_errors=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        broker = EmbeddedBroker()
+        bootstrap = broker.bootstrap_servers
+        out.write(f"embedded Kafka (librdkafka mock cluster) at {bootstrap}\n")
+    try:
+        settings = demo_settings(replace(settings, kafka=replace(settings.kafka, bootstrap_servers=bootstrap)),
+                                 report_dir, run_id)
+        return _run(settings, options, report_dir, out, on_running)
+    finally:
+        if broker is not None:
+            broker.close()
+
+
+def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO,
+         on_running: Callable[[str], None] | None) -> dict:
+    started_ms = int(time.time() * 1000)
+    world = _world(options, started_ms)
+    labeled = labeled_impressions(world)
+    cut = int(len(labeled) * HISTORY_SHARE) // ITEMS_PER_REQUEST * ITEMS_PER_REQUEST
+    history, live = labeled[:cut], labeled[cut:]
+    producer = Producer(producer_config(settings.kafka))
+    record = _history_model(history, settings)
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    producer.flush()
+    events = list(event_stream(world, live))
+    topics, codecs = event_topics_and_codecs(settings)
+    out.write(f"synthetic world: {len(world.members)} members, {len(world.jobs)} jobs; global model v1 fitted on "
+              f"{len(history)} historical impressions; streaming {len(live)} impressions "
+              f"({len(events)} events) over ~{options.duration_s:.0f} s\n")
+
+    statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
+    pipeline = Pipeline(settings, statistics=statistics)
+    metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics)
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"))
+    service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
+                             lambda: follower.ready and follower.global_model.current is not None)
+    http = BackgroundServer(build_app(service))
+    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
+    run = DemoRun()
+    pipeline.start()
+    refits = _PeriodicRefit(refit, options.refit_every_s, run.refits)
+    out.write(f"metrics: {metrics.url}   scoring: {http.url}/v1/score   report: {report_dir}/\n")
+    if on_running is not None:
+        on_running(metrics.url)
+    clock = time.monotonic()
+    try:
+        next_line, i = clock, 0
+        stream_end_ms = started_ms + int(options.duration_s * 1000)
+        while i < len(events) and not pipeline.errors:
+            now_ms = int(time.time() * 1000)
+            if now_ms > stream_end_ms:  # the tail (late clicks, strays) arrives at once instead of a minute later
+                now_ms = events[-1].arrival_ms
+            due = i
+            while due < len(events) and events[due].arrival_ms <= now_ms:
+                due += 1
+            if due > i:
+                produce_to_kafka(events[i:due], producer, topics, codecs)
+                run.produced += due - i
+                i = due
+            if time.monotonic() >= next_line:
+                line = _progress_line(time.monotonic() - clock, run, pipeline, statistics)
+                run.progress.append(line)
+                _show(line, out)
+                next_line += 1.0
+            time.sleep(0.05)
+        _wait_until_settled(pipeline, pipeline.stages["archive"].stats)
+        refits.stop()
+        try:  # one last refit over everything archived, so every demo shows the gate at work
+            run.refits.append(refit.run_once().to_json())
+        except RefitError as exc:
+            log.warning("final demo refit skipped: %s", exc)
+        line = _progress_line(time.monotonic() - clock, run, pipeline, statistics)
+        run.progress.append(line)
+        _show(line, out)
+    finally:
+        refits.stop()
+        pipeline.stop()
+    if pipeline.errors:
+        raise GlmixError(f"pipeline stages failed: {pipeline.errors}")
+    latest = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("report"))
+    try:
+        http_ok = _ask_http(http.url, world)
+        latest.catch_up()
+        twins = _alice_and_annie(world, settings, latest, live)
+    finally:
+        latest.close()
+        http.close()
+        follower.close()
+        metrics.close()
+    return _report(settings, world, run, pipeline, twins, http_ok, report_dir, out, time.monotonic() - clock)
+
+
+def _ask_http(url: str, world: World) -> bool:
+    """One real request to the scoring service: it answers 200 with a ranking."""
+    member = world.members[0]
+    body = {"member_id": member.entity_id,
+            "member_features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in member.bags.items()},
+            "candidates": [{"item_id": j.entity_id, "features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f]
+                                                                 for b, f in j.bags.items()}} for j in world.jobs[:10]],
+            "top_k": 3}
+    request = urllib.request.Request(f"{url}/v1/score", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status == 200 and len(json.loads(response.read())["candidates"]) == 3
+
+
+def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, twins: list, http_ok: bool,
+            report_dir: Path, out: TextIO, seconds: float) -> dict:
+    archived = list(ArchiveFiles(settings.archive_path).examples_between(0, 2**62))
+    evaluation = progressive_report(collect(archived, list(settings.model.coordinates)), get_loss(settings.model.loss))
+    plots = write_plots(evaluation, report_dir / "plots")
+    variants = evaluation["variants"]
+    names = list(variants)
+    joiner = pipeline.stages["joiner"].stats
+    updaters = {n: s.stats for n, s in pipeline.stages.items() if n in settings.model.coordinates}
+    report = {
+        "seconds": round(seconds, 1),
+        "events_produced": run.produced,
+        "examples": joiner.examples,
+        "positives": joiner.positives,
+        "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters.values()),
+        "entity_updates": {n: s.entity_updates for n, s in updaters.items()},
+        "freshness_s": {n: {"p50": s.freshness_seconds.quantile(0.5), "p99": s.freshness_seconds.quantile(0.99)}
+                        for n, s in updaters.items()},
+        "progressive_auc": {name: variants[name]["auc"] for name in names},
+        "progressive_log_loss": {name: variants[name]["log_loss"] for name in names},
+        "observed_expected": {name: variants[name]["observed_expected"] for name in names},
+        "glmix_beats_global_only": (variants[names[-1]]["auc"] or 0) > (variants[GLOBAL]["auc"] or 1),
+        "refits": run.refits,
+        "http_scoring_ok": http_ok,
+        "alice_and_annie": twins,
+        "plots": [str(p) for p in plots],
+        "progress": run.progress,
+        "evaluation": evaluation,
+    }
+    (report_dir / "report.json").write_text(json.dumps(report, indent=1))
+    auc = report["progressive_auc"]
+    out.write("\nprogressive AUC (each example scored before anyone learned from it): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None) + "\n")
+    published = sum(1 for r in run.refits if r["status"] == "published")
+    out.write(f"global refits: {len(run.refits)} run, {published} published\n")
+    for twin in twins:
+        out.write(f"\n{twin['member_id']} ({twin['loves']}):\n")
+        for s in twin["ranking"]:
+            parts = "  ".join(f"{k} {v:+.2f}" for k, v in s["breakdown"].items())
+            out.write(f"  {s['item_id']}  {s['title']:<16} p={s['probability']:.3f}   {parts}\n")
+    out.write(f"\nreport: {report_dir / 'report.json'}  plots: {report_dir / 'plots'}\n")
+    return report

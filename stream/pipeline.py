@@ -75,6 +75,7 @@ class Pipeline:
         unknown = [n for n in names if n not in NAMED_STAGES and n not in settings.model.coordinates]
         if unknown:
             raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
+        self.settings = settings
         self.stop_event = stop_event or threading.Event()
         self.stages = {name: build_stage(settings, name, bootstrap_servers, statistics) for name in names}
         self._threads: list[threading.Thread] = []

@@ -1,4 +1,4 @@
-"""The glmix command line: subcommands listed, the demo's round trip, synthetic data to files."""
+"""The glmix command line: subcommands listed, the demo end to end, synthetic data to files."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from stream.cli import main
 
 def test_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "stream", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("broker", "produce", "demo", "run", "serve", "score", "evaluate"):
+    for command in ("broker", "produce", "demo", "run", "serve", "score", "refit", "evaluate"):
         assert command in out
 
 
-def test_demo_reads_back_everything_it_produced(capsys):
-    assert main(["demo", "--requests", "300"]) == 0
-    out = capsys.readouterr().out
-    report = json.loads(out[out.index("{"):])
-    produced = report["produced"]["impression"] + report["produced"]["interaction"]
-    assert sum(report["decoded"].values()) + report["undecodable"] == produced
-    assert report["undecodable"] > 0  # the demo's world includes undecodable values
-    assert report["undecodable"] + report["invalid_after_decode"] == report["produced"]["malformed"]
+def test_demo_runs_from_the_command_line_and_leaves_its_report(tmp_path, capsys):
+    assert main(["demo", "--events", "1500", "--duration", "5s", "--refit-every", "3s",
+                 "--report-dir", str(tmp_path / "report")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["examples"] == report["examples"] > 1000 and summary["http_scoring_ok"]
+    assert all((tmp_path / "report" / "plots" / name).exists() for name in ("auc_over_time.png", "reliability.png"))
 
 
 def test_produce_synthetic_to_files_writes_avro_and_truth(tmp_path, capsys):

@@ -8,6 +8,7 @@ scrape time, without keeping every example.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ class ProgressiveWindow:
         self._has_type = np.zeros((capacity, len(self.types)), dtype=bool)
         self._next = 0
         self.size = 0
+        self._lock = threading.Lock()  # the joiner adds while a scrape or the demo reads
 
     def add(self, examples: Sequence[Mapping]) -> None:
         """Append emitted examples (their ``label``, ``scores``, ``offset`` and ``interaction_types``)."""
@@ -41,28 +43,33 @@ class ProgressiveWindow:
         n = len(examples)
         scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *self.coordinates)] for e in examples])
         margins = np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples])[:, None]
-        slots = (self._next + np.arange(n)) % self.capacity
-        self._labels[slots] = [e["label"] for e in examples]
-        self._margins[slots] = margins
-        self._has_type[slots] = [[t in e["interaction_types"] for t in self.types] for e in examples]
-        self._next = (self._next + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+        labels = [e["label"] for e in examples]
+        has_type = [[t in e["interaction_types"] for t in self.types] for e in examples]
+        with self._lock:
+            slots = (self._next + np.arange(n)) % self.capacity
+            self._labels[slots] = labels
+            self._margins[slots] = margins
+            self._has_type[slots] = has_type
+            self._next = (self._next + n) % self.capacity
+            self.size = min(self.size + n, self.capacity)
 
     def quality(self) -> dict[str, dict[str, float]]:
         """Per variant: ``auc``, ``log_loss``, ``observed_expected`` and ``observed_expected:<TYPE>`` (nan when undefined)."""
-        y = self._labels[: self.size]
+        with self._lock:
+            size = self.size
+            y, margins, has_type = self._labels[:size].copy(), self._margins[:size].copy(), self._has_type[:size].copy()
         out: dict[str, dict[str, float]] = {}
         for i, name in enumerate(self.variants):
-            m = self._margins[: self.size, i]
-            p = self.loss.mean(m) if self.size else m
+            m = margins[:, i]
+            p = self.loss.mean(m) if size else m
             values = {
-                "auc": auc(y > 0, m) if self.size else float("nan"),
-                "log_loss": log_loss(y, p) if self.size else float("nan"),
-                "observed_expected": observed_expected(y, p) if self.size else float("nan"),
+                "auc": auc(y > 0, m) if size else float("nan"),
+                "log_loss": log_loss(y, p) if size else float("nan"),
+                "observed_expected": observed_expected(y, p) if size else float("nan"),
             }
-            expected = float(p.sum()) if self.size else 0.0
+            expected = float(p.sum()) if size else 0.0
             for j, kind in enumerate(self.types):
-                observed = float(self._has_type[: self.size, j].sum())
+                observed = float(has_type[:, j].sum())
                 values[f"observed_expected:{kind}"] = observed / expected if expected > 0 else float("nan")
             out[name] = values
         return out

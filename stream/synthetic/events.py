@@ -137,7 +137,7 @@ def event_stream(world: World, labeled: list[LabeledImpression] | None = None) -
         events.append(SyntheticEvent(IMPRESSION, imp["member_id"], t0 + jitter(), record=imp))
         if li.clicked:
             late = rng.random() < spec.late_rate
-            delay = spec.attribution_window_ms + int(rng.integers(1, 60_000)) if late else int(rng.exponential(30_000)) + 1
+            delay = spec.attribution_window_ms + int(rng.integers(1, 60_000)) if late else int(rng.exponential(spec.mean_click_delay_ms)) + 1
             events.append(SyntheticEvent(INTERACTION, imp["member_id"], t0 + delay + jitter(),
                                          record=_interaction(imp, n, "CLICK", t0 + delay)))
             n += 1

@@ -52,11 +52,12 @@ class WorldSpec:
     attribution_window_ms: int = 15 * 60 * 1000
     start_time_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     mean_request_gap_ms: int = 500
+    mean_click_delay_ms: int = 30_000
     member_effect_scale: float = 1.0
     job_effect_scale: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("members", "jobs", "requests", "items_per_request"):
+        for name in ("members", "jobs", "requests", "items_per_request", "mean_request_gap_ms", "mean_click_delay_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.alice_annie_pairs * 2 > self.members:
