@@ -148,7 +148,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     """Score a container file of Impressions with the models on Kafka into a container file of scores."""
     from stream.scoring.follower import ModelFollower
-    from stream.scoring.offline import Progress, score_file
+    from stream.progress import Progress
+    from stream.scoring.offline import score_file
     from stream.scoring.scorer import Scorer
 
     if not settings.kafka.bootstrap_servers:
@@ -201,7 +202,7 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers")
-    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
+    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers, show_progress=sys.stderr.isatty())
     stop = _stop_event()
     metrics = None
     if args.every is not None and settings.metrics.enabled:

@@ -37,6 +37,7 @@ from stream.model.export import global_model_record, photon_key
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_blocks
 from stream.model.losses import get_loss
 from stream.model.priors import l2_precision_diagonal
+from stream.progress import Progress
 from stream.refit.gate import GateDecision, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.scoring.follower import ModelFollower
@@ -128,8 +129,9 @@ class RefitInputs:
 class GlobalRefit:
     """Refits and gates the global coordinate; :meth:`run_once` is one cron run."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "") -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str = "", show_progress: bool = False) -> None:
         self.settings = settings
+        self._show_progress = show_progress
         self.refit = settings.refit
         self.loss = get_loss(settings.model.loss)
         self.stats = RefitStats()
@@ -160,14 +162,20 @@ class GlobalRefit:
         return pick(r["event_time"] for f in self.archive.files(hour_ms) for r in self.archive.read(f))
 
     def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
+        progress = Progress("refit: reading the archive") if self._show_progress else None
         batch: list[dict] = []
         for record in self.archive.examples_between(window.start_ms, window.end_ms):
             batch.append(record)
             if len(batch) >= READ_BATCH:
+                if progress is not None:
+                    progress.advance(len(batch))
                 yield batch
                 batch = []
         if batch:
             yield batch
+        if progress is not None:
+            progress.advance(len(batch))
+            progress.finish()
 
     def _spill(self, batches: Iterable[list[dict]], model: GlobalModel, tables: dict[str, CoefficientTable],
                window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples) -> int:

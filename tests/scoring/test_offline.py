@@ -10,7 +10,8 @@ import pytest
 from stream.codec.container import read_container, write_container
 from stream.config import load_settings
 from stream.model.export import initial_global_model_record
-from stream.scoring.offline import Progress, score_file
+from stream.progress import Progress
+from stream.scoring.offline import score_file
 from stream.scoring.scorer import Scorer
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
