@@ -6,8 +6,10 @@ Prints one JSON line per candidate count (1, 100, 1000; d = 32 per coordinate, s
 world features, every entity with a model): p50/p99 latency of ``Scorer.score`` and
 requests/s, beside the same candidates scored by the math core's batch path
 (``build_dataset`` + ``GameModel.score_breakdown``) as the peer; then one line with the
-memory the in-memory coefficient table takes per entity, filled with 1M entities.
-The same requests also go over HTTP to ``glmix serve``'s app on loopback (the client
+resident memory and 1000-entity lookup latency of each coefficient table (in memory, and
+RocksDB with a 100k-entity cache), each filled with 1M entities in its own process.
+Long-lived objects are frozen out of the cyclic GC after setup (``gc.freeze``), as
+``glmix serve`` does once its models are loaded. The same requests also go over HTTP to ``glmix serve``'s app on loopback (the client
 runs in the same process, one keep-alive connection, so it shares the GIL).
 """
 
@@ -16,21 +18,27 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
 from stream.config import ServingSettings, load_settings
+from stream.gc_pause import freeze_long_lived
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
 from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
+from stream.scoring.stored_table import StoredCoefficientTable
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 
 REPRODUCE = "python bench/scoring.py"
+CACHE_ENTITIES = 100_000
 D = 32
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
 
@@ -43,7 +51,12 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", choices=("memory", "rocksdb"), help=argparse.SUPPRESS)
+    parser.add_argument("--entities", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table:
+        print(json.dumps(table_memory(args.table, args.entities)))
+        return
     settings = load_settings(overrides={"model.coordinates.member.max_features": str(D),
                                         "model.coordinates.job.max_features": str(D)})
     world = World(WorldSpec(seed=1, members=300, jobs=1000, requests=400))
@@ -62,6 +75,7 @@ def main() -> None:
         tables[name].apply([{"entity_id": e, "version": 1, "means": m.tolist()} for e, m in zip(ids, means)])
         effects[name] = RandomEffectModel(np.array(ids), means, np.ones_like(means))
     scorer = Scorer(settings.model, global_models, tables)
+    freeze_long_lived()  # as glmix serve does once its models are loaded
     reference = GameModel("logistic", model.coefficients, effects)
     jobs = {j.entity_id: {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in j.bags.items()}
             for j in world.jobs}
@@ -110,17 +124,48 @@ def main() -> None:
     connection.close()
     server.close()
     entities = 100_000 if args.quick else 1_000_000
-    tracemalloc.start()
-    table = CoefficientTable("member", D)
-    block = rng.normal(size=(10_000, D))
-    for start in range(0, entities, 10_000):
-        table.apply([{"entity_id": f"m{start + i:08d}", "version": 1, "means": block[i]} for i in range(10_000)])
-    current, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(json.dumps({"bench": "coefficient-table-memory", "entities": entities, "dim": D, "table_bytes": current,
-                      "bytes_per_entity": round(current / entities), "means_bytes_per_entity": D * 8,
-                      "reproduce": REPRODUCE}), flush=True)
+    for kind in ("memory", "rocksdb"):
+        done = subprocess.run([sys.executable, __file__, "--table", kind, "--entities", str(entities)],
+                              check=True, capture_output=True, text=True)
+        print(done.stdout.strip().splitlines()[-1], flush=True)
 
+
+def resident_bytes() -> int:
+    """This process's resident set now (VmRSS), so RocksDB's native memory counts too."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def table_memory(kind: str, entities: int) -> dict:
+    """Fill one table with ``entities`` entities; its resident memory and the latency of 1000-entity lookups."""
+    rng = np.random.default_rng(0)
+    before = resident_bytes()
+    with tempfile.TemporaryDirectory(prefix="glmix-bench-table-") as tmp:
+        if kind == "memory":
+            table = CoefficientTable("member", D)
+        else:
+            table = StoredCoefficientTable("member", D, tmp, cache_entities=CACHE_ENTITIES)
+        block = rng.normal(size=(10_000, D))
+        for start in range(0, entities, 10_000):
+            table.apply([{"entity_id": f"m{start + i:08d}", "version": 1, "means": block[i]} for i in range(10_000)])
+        latencies = []
+        for _ in range(200):
+            ids = [f"m{i:08d}" for i in rng.integers(0, entities, size=1000)]
+            started = time.perf_counter()
+            table.lookup(ids)
+            latencies.append(time.perf_counter() - started)
+        used = resident_bytes() - before
+        p50, p99 = percentiles(latencies)
+        line = {"bench": "coefficient-table", "table": kind, "entities": entities, "dim": D, "resident_bytes": used,
+                "bytes_per_entity": round(used / entities), "means_bytes_per_entity": D * 8,
+                "lookup_1000_uniform_p50_ms": round(p50, 3), "lookup_1000_uniform_p99_ms": round(p99, 3),
+                "reproduce": REPRODUCE}
+        if kind == "rocksdb":
+            line["cache_entities"] = CACHE_ENTITIES
+        table.close()
+    return line
 
 if __name__ == "__main__":
     main()

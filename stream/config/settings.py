@@ -30,6 +30,7 @@ PriorKind = Literal["l2", "bayes"]
 PrecisionKind = Literal["full", "diagonal"]
 UnseenFeaturePolicy = Literal["admit", "drop"]
 ClientValue = str | int | float | bool
+TableKind = Literal["memory", "rocksdb"]
 
 ENV_PREFIX = "GLMIX_"
 
@@ -287,8 +288,11 @@ class JoinerSettings:
 class ServingSettings:
     """The scoring HTTP service (``glmix serve``): where it listens and what one request may ask.
 
-    ``exploration`` keeps every entity's posterior precision in memory so requests may ask
-    for Thompson sampling or UCB (d(d+1)/2 doubles per entity with full precisions).
+    ``exploration`` keeps every entity's posterior precision so requests may ask for
+    Thompson sampling or UCB (d(d+1)/2 doubles per entity with full precisions). ``table``
+    says where the coefficient tables of the scorer and the joiner live: ``memory`` (every
+    entity in RAM), or ``rocksdb`` (every entity on local disk under ``state_dir``, the
+    ``cache_entities`` most recently used in RAM) for coordinates larger than memory.
     """
 
     host: str = "0.0.0.0"
@@ -298,10 +302,12 @@ class ServingSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     refresh_ms: int = 100
     exploration: bool = False
+    table: TableKind = "memory"
+    cache_entities: int = 100_000
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be a TCP port, got {self.port}")
-        for name in ("max_candidates", "max_features_per_bag", "max_body_bytes", "refresh_ms"):
+        for name in ("max_candidates", "max_features_per_bag", "max_body_bytes", "refresh_ms", "cache_entities"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 

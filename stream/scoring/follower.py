@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from stream.codec import make_codec
 from stream.config import Settings
 from stream.kafka.topic_reader import TopicReader
+from stream.scoring.stored_table import StoredCoefficientTable
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,7 @@ class ModelFollower:
         registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
         topics = settings.topics
         self.global_model = GlobalModelTable(settings.model)
-        self.tables = {name: CoefficientTable(name, c.max_features, keep_posteriors)
-                       for name, c in settings.model.coordinates.items()}
+        self.tables = {name: _table(settings, name, client_id, keep_posteriors) for name in settings.model.coordinates}
         self._global_reader = TopicReader(
             settings.kafka, topics.model_global,
             make_codec("GlobalModel", topics.model_global, registry, registry_settings),
@@ -70,6 +71,17 @@ class ModelFollower:
             self.tables[name].apply(reader.poll(timeout_s=timeout_s).records)
 
     def close(self) -> None:
-        """Close every reader."""
+        """Close every reader and table."""
         for reader in self._all_readers():
             reader.close()
+        for table in self.tables.values():
+            table.close()
+
+
+def _table(settings: Settings, coordinate: str, client_id: str, keep_posteriors: bool) -> CoefficientTable | StoredCoefficientTable:
+    """The coefficient table ``serving.table`` asks for."""
+    dim = settings.model.coordinates[coordinate].max_features
+    if settings.serving.table == "memory":
+        return CoefficientTable(coordinate, dim, keep_posteriors)
+    directory = Path(settings.state_dir) / "coefficient-tables" / client_id
+    return StoredCoefficientTable(coordinate, dim, directory, settings.serving.cache_entities, keep_posteriors)

@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from stream.config import ServingSettings
-from stream.gc_pause import cyclic_gc_paused
+from stream.gc_pause import cyclic_gc_paused, freeze_long_lived
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
 
@@ -120,9 +120,13 @@ def build_app(service: ScoringService) -> web.Application:
 
     async def follow_models(_: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
+            frozen = False
             while True:
                 try:
                     service.refresh()
+                    if not frozen and service.ready():
+                        freeze_long_lived()  # the loaded models leave the collector's full scans
+                        frozen = True
                 except Exception:  # a broker hiccup must not stop scoring with the models we have
                     log.exception("refreshing the models failed; retrying")
                 await asyncio.sleep(service.limits.refresh_ms / 1000)

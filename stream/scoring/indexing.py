@@ -33,14 +33,20 @@ class IndexedRows:
 
 
 class FeatureResolver:
-    """Resolves features to columns of every coordinate of one global model version (cached per feature)."""
+    """Resolves features to columns of every coordinate of one global model version (cached per feature).
+
+    Each distinct (bag, name, term) gets a small integer id the first time it is seen, and
+    a row of ``_columns`` (one column per slot, -1 where the slot does not use it); a
+    request then costs one dict lookup per feature and a few numpy gathers.
+    """
 
     def __init__(self, model: GlobalModel, settings: ModelSettings) -> None:
         self.version = model.version
         self.coordinates = list(settings.coordinates)
         self._indexes: list[FeatureIndex] = [model.global_index] + [model.coordinate_indices[c] for c in self.coordinates]
         self._bags = [set(index.bag_names) for index in self._indexes]
-        self._cache: dict[tuple[str, str, str], tuple[tuple[int, int], ...]] = {}
+        self._ids: dict[tuple[str, str, str], int] = {}
+        self._columns = np.full((len(self._indexes), 1024), -1, dtype=np.int64)
         self._transforms = FeatureTransforms.from_settings(settings)
 
     @property
@@ -48,36 +54,40 @@ class FeatureResolver:
         """Number of coordinates, the global one included."""
         return len(self._indexes)
 
-    def _resolve(self, bag: str, name: str, term: str) -> tuple[tuple[int, int], ...]:
-        key = (bag, name, term)
-        found = self._cache.get(key)
-        if found is None:
-            found = tuple(
-                (slot, col) for slot, (index, bags) in enumerate(zip(self._indexes, self._bags))
-                if bag in bags and (col := index.column(name, term, admit=False)) is not None
-            )
-            self._cache[key] = found
-        return found
+    def _learn(self, key: tuple[str, str, str]) -> int:
+        """Give ``key`` an id and record its column in every slot."""
+        bag, name, term = key
+        new = len(self._ids)
+        if new >= self._columns.shape[1]:
+            grown = np.full((self._columns.shape[0], 2 * self._columns.shape[1]), -1, dtype=np.int64)
+            grown[:, : self._columns.shape[1]] = self._columns
+            self._columns = grown
+        for slot, (index, bags) in enumerate(zip(self._indexes, self._bags)):
+            col = index.column(name, term, admit=False) if bag in bags else None
+            self._columns[slot, new] = -1 if col is None else col
+        self._ids[key] = new
+        return new
 
     def index(self, bag_rows: Sequence[Bags]) -> IndexedRows:
         """COO arrays per slot for ``bag_rows`` after the model's transforms (intercepts included where the index has one)."""
         bag_rows = self._transforms.apply_rows(bag_rows)
-        rows: list[list[int]] = [[] for _ in self._indexes]
-        cols: list[list[int]] = [[] for _ in self._indexes]
-        vals: list[list[float]] = [[] for _ in self._indexes]
-        resolve = self._resolve
-        for r, bags in enumerate(bag_rows):
-            for bag, items in bags.items():
-                for item in items:
-                    for slot, col in resolve(bag, item["name"], item.get("term", "")):
-                        rows[slot].append(r)
-                        cols[slot].append(col)
-                        vals[slot].append(item["value"])
-        return IndexedRows(
-            rows=[np.asarray(r, dtype=np.int64) for r in rows],
-            columns=[np.asarray(c, dtype=np.int64) for c in cols],
-            values=[np.asarray(v, dtype=np.float64) for v in vals],
-        )
+        keys = [(bag, item["name"], item.get("term", "")) for bags in bag_rows for bag, items in bags.items() for item in items]
+        values = np.fromiter((item["value"] for bags in bag_rows for items in bags.values() for item in items),
+                             dtype=np.float64, count=len(keys))
+        lengths = np.fromiter((sum(map(len, bags.values())) for bags in bag_rows), dtype=np.int64, count=len(bag_rows))
+        get = self._ids.get
+        ids = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        for i in np.flatnonzero(ids < 0):
+            ids[i] = self._ids.get(keys[i], -1) if keys[i] in self._ids else self._learn(keys[i])
+        rows = np.repeat(np.arange(len(bag_rows)), lengths)
+        out_rows, out_cols, out_vals = [], [], []
+        for slot in range(len(self._indexes)):
+            cols = self._columns[slot, ids]
+            used = cols >= 0
+            out_rows.append(rows[used])
+            out_cols.append(cols[used])
+            out_vals.append(values[used])
+        return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals)
 
     @property
     def combines_features(self) -> bool:

@@ -146,9 +146,9 @@ class Scorer:
         """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given."""
         if not candidates:
             return []
-        rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
-                 "features": c.get("features", {})} for c in candidates]
         with cyclic_gc_paused():
+            rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
+                     "features": c.get("features", {})} for c in candidates]
             margins, versions = self.rows_breakdown(rows, member_features, exploration)
         total = sum(margins.values())
         probability = self._loss.mean(total)

@@ -33,7 +33,7 @@ class CoefficientTable:
         self.keep_posteriors = keep_posteriors
         self._posteriors: dict[str, tuple[str, bytes]] = {}
         self._rows: dict[str, int] = {}
-        self._versions: list[int] = []
+        self._versions = np.zeros(0, dtype=np.int64)
         self._means = np.zeros((0, dim))
 
     def __len__(self) -> int:
@@ -73,17 +73,28 @@ class CoefficientTable:
                 self._posteriors[entity] = (record.get("precision_kind", "DIAGONAL"), bytes(record.get("precision", b"")))
             taken += 1
         if new_rows:
-            first = len(self._versions)
-            self._means = np.vstack([self._means, np.array(new_rows)])
-            self._versions.extend(new_versions)
+            first = len(self._rows)
+            self._reserve(first + len(new_rows))
+            self._means[first:first + len(new_rows)] = new_rows
+            self._versions[first:first + len(new_rows)] = new_versions
             for entity, pending in new_ids.items():
                 self._rows[entity] = first + pending
         return taken
 
+    def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` entities, doubling the arrays so filling a table costs amortized O(1) per entity."""
+        if rows <= len(self._versions):
+            return
+        capacity = max(rows, 2 * len(self._versions), 1024)
+        means, versions = np.zeros((capacity, self.dim)), np.zeros(capacity, dtype=np.int64)
+        means[: len(self._versions)] = self._means
+        versions[: len(self._versions)] = self._versions
+        self._means, self._versions = means, versions
+
     def version(self, entity_id: str) -> int:
         """The version held for ``entity_id`` (0: none)."""
         row = self._rows.get(entity_id)
-        return 0 if row is None else self._versions[row]
+        return 0 if row is None else int(self._versions[row])
 
     def lookup(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) means (zeros for unknown entities) and (N,) versions (0: unknown)."""
@@ -92,7 +103,7 @@ class CoefficientTable:
         means = np.zeros((len(rows), self.dim))
         means[known] = self._means[rows[known]]
         versions = np.zeros(len(rows), dtype=np.int64)
-        versions[known] = np.asarray(self._versions, dtype=np.int64)[rows[known]]
+        versions[known] = self._versions[rows[known]]
         return means, versions
 
     def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,15 +115,18 @@ class CoefficientTable:
         known = versions > 0
         for i, entity in enumerate(entity_ids):
             stored = self._posteriors.get(entity) if known[i] else None
-            matrix = None if stored is None else _precision_matrix(*stored, self.dim)
+            matrix = None if stored is None else precision_matrix(*stored, self.dim)
             if matrix is None:
                 known[i] = False
             else:
                 precisions[i] = matrix
         return means, precisions, known
 
+    def close(self) -> None:
+        """Nothing to release (the disk-backed table deletes its store here)."""
 
-def _precision_matrix(kind: str, packed: bytes, dim: int) -> np.ndarray | None:
+
+def precision_matrix(kind: str, packed: bytes, dim: int) -> np.ndarray | None:
     """A d x d precision from an EntityModel's packed bytes (None when they do not fit or are not finite)."""
     layout = StateLayout(dim, diagonal=kind == "DIAGONAL", window=0)
     values = np.frombuffer(packed, dtype="<f8")

@@ -89,10 +89,12 @@ def test_top_k_ranks_by_margin_and_an_empty_model_is_an_error():
 
 
 @pytest.mark.kafka
-def test_a_published_coefficient_is_used_soon_and_stale_versions_are_ignored(kafka_bootstrap, unique_name):
+@pytest.mark.parametrize("table", ["memory", "rocksdb"])
+def test_a_published_coefficient_is_used_soon_and_stale_versions_are_ignored(kafka_bootstrap, unique_name, table,
+                                                                              tmp_path):
     settings = load_settings(overrides={
         "kafka.bootstrap_servers": kafka_bootstrap, "topics.model_global": f"global-{unique_name}",
-        "topics.coefficients_prefix": f"coef-{unique_name}-"})
+        "topics.coefficients_prefix": f"coef-{unique_name}-", "serving.table": table, "state_dir": str(tmp_path)})
     labeled, record = _world_and_model(settings, seed=7)
     producer = Producer(producer_config(settings.kafka))
     producer.produce(settings.topics.model_global, key=b"glmix",
