@@ -28,7 +28,7 @@ def _triples(bags: Bags, bag_names: Sequence[str]) -> Iterable[tuple[str, str, f
     for bag in bag_names:
         for item in bags.get(bag, ()):
             if isinstance(item, Mapping):
-                yield item["name"], item.get("term", ""), float(item["value"])
+                yield item["name"], item.get("term", ""), float(item.get("value", 1.0))
             else:
                 yield item[0], item[1], float(item[2])
 

@@ -88,7 +88,8 @@ class FeatureTransforms:
                 if transform is None:
                     rewritten.append(item)
                 else:
-                    rewritten.extend(self._unary_features(name, item.get("term", ""), float(item["value"]), transform))
+                    rewritten.extend(self._unary_features(name, item.get("term", ""), float(item.get("value", 1.0)),
+                                                          transform))
             out[bag] = rewritten
         for name, product in self._products:
             features = self._product_features(name, bags, product.inputs)
@@ -133,5 +134,5 @@ class FeatureTransforms:
             for b in rights:
                 ta, tb = a.get("term", ""), b.get("term", "")
                 term = f"{ta}*{tb}" if ta and tb else ta or tb
-                out.append({"name": name, "term": term, "value": float(a["value"]) * float(b["value"])})
+                out.append({"name": name, "term": term, "value": float(a.get("value", 1.0)) * float(b.get("value", 1.0))})
         return out

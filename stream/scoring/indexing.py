@@ -72,7 +72,7 @@ class FeatureResolver:
         """COO arrays per slot for ``bag_rows`` after the model's transforms (intercepts included where the index has one)."""
         bag_rows = self._transforms.apply_rows(bag_rows)
         keys = [(bag, item["name"], item.get("term", "")) for bags in bag_rows for bag, items in bags.items() for item in items]
-        values = np.fromiter((item["value"] for bags in bag_rows for items in bags.values() for item in items),
+        values = np.fromiter((item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items),
                              dtype=np.float64, count=len(keys))
         lengths = np.fromiter((sum(map(len, bags.values())) for bags in bag_rows), dtype=np.int64, count=len(bag_rows))
         get = self._ids.get

@@ -78,6 +78,21 @@ def test_scores_come_back_with_their_breakdown(server, world):
     assert server.refreshes, "the models were never refreshed"
 
 
+def test_term_and_value_default_to_empty_and_one(server, world):
+    body = _body(world[:3])
+    implicit = json.loads(json.dumps(body))
+    for candidate in implicit["candidates"]:
+        for items in candidate["features"].values():
+            for item in items:
+                if item.get("value") == 1.0:
+                    del item["value"]
+                if item.get("term") == "":
+                    del item["term"]
+    assert implicit != body
+    scored = [json.loads(_request(server, "/v1/score", json.dumps(b).encode())[1])["candidates"] for b in (body, implicit)]
+    assert [c["margin"] for c in scored[0]] == pytest.approx([c["margin"] for c in scored[1]])
+
+
 @pytest.mark.parametrize(("body", "status", "field"), [
     (b"{not json", 400, None),
     (b"NaN", 400, None),
@@ -87,6 +102,14 @@ def test_scores_come_back_with_their_breakdown(server, world):
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}] * 51}).encode(), 413, "$.candidates"),
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [
         {"name": "title", "value": 1e300}]}}]}).encode(), 400, "$.candidates[0].features.job_title[0].value"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [
+        {"name": "title", "value": 1}, {"name": "", "value": 1}]}}]}).encode(), 400, "$.candidates[0].features.job_title[1].name"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [
+        {"name": "title", "term": None}]}}]}).encode(), 400, "$.candidates[0].features.job_title[0].term"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [
+        {"name": "title", "value": True}]}}]}).encode(), 400, "$.candidates[0].features.job_title[0].value"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j", "features": {"job_title": [["title"]]}}]}).encode(),
+     400, "$.candidates[0].features.job_title[0]"),
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "top_k": 0}).encode(), 400, "$.top_k"),
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "extra": 1}).encode(), 400, "$.extra"),
     (b"{" + b" " * (70 * 1024) + b"}", 413, None),
