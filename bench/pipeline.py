@@ -38,10 +38,10 @@ from stream.codec import decode_batch, make_codec
 from stream.config import KafkaSettings, Settings, load_settings
 from stream.kafka import EmbeddedBroker, consumer_config, producer_config
 from stream.model.export import initial_global_model_record
+from stream.model.losses import get_loss
 from stream.pipeline import Pipeline
 from stream.state.partition_store import PartitionStore
 from stream.synthetic import World, WorldSpec, labeled_impressions
-from stream.model.losses import get_loss
 from stream.updaters.state_update import CoordinateMath
 from stream.updaters.updater import CoordinateUpdater
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
 
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = dict(getattr(args, "setting_defaults", {}))
     overrides.update(_parse_set(item) for item in args.set)
@@ -147,8 +148,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     """Score a container file of Impressions with the models on Kafka into a container file of scores."""
-    from stream.scoring.follower import ModelFollower
     from stream.progress import Progress
+    from stream.scoring.follower import ModelFollower
     from stream.scoring.offline import score_file
     from stream.scoring.scorer import Scorer
 

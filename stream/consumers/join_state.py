@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
 from stream.state.partition_store import PartitionStore
 
 PENDING, EMITTED, HELD = b"p", b"x", b"o"

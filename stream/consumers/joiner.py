@@ -40,13 +40,13 @@ from stream.consumers.join_state import (
     label_types,
 )
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
+from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogram
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.metrics.progressive_window import ProgressiveWindow
-from stream.model.losses import get_loss
-from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_positions, last_offsets, without_errors
 from stream.model.export import initial_global_model_record
+from stream.model.losses import get_loss
 from stream.scoring.follower import ModelFollower
 from stream.scoring.indexing import FeatureResolver
 from stream.state.ownership import PartitionStores

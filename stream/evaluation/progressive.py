@@ -44,12 +44,18 @@ def variant_names(coordinates: Sequence[str]) -> list[str]:
     return ["+".join([GLOBAL, *coordinates[:i]]) for i in range(len(coordinates) + 1)]
 
 
+def variant_margins(examples: Sequence[dict], coordinates: Sequence[str]) -> np.ndarray:
+    """(N, variants) margins: the offset plus global, then plus each coordinate's join-time score in turn."""
+    scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in examples])
+    scores = scores.reshape(len(examples), len(coordinates) + 1)
+    return np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples], dtype=np.float64)[:, None]
+
+
 def collect(examples: Iterable[dict], coordinates: Sequence[str]) -> ProgressiveTrace:
     """The trace of ``examples`` (any order; sorted by event time here)."""
     rows = list(examples)
     rows.sort(key=lambda e: e["event_time"])
-    scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in rows]).reshape(len(rows), -1)
-    cumulative = np.cumsum(scores, axis=1) + np.array([e["offset"] for e in rows])[:, None]
+    cumulative = variant_margins(rows, coordinates)
     all_types = sorted({t for e in rows for t in e["interaction_types"]})
     return ProgressiveTrace(
         event_times=np.array([e["event_time"] for e in rows], dtype=np.int64),

@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stream.evaluation.progressive import variant_names
-from stream.model.game import GLOBAL
+from stream.evaluation.progressive import variant_margins, variant_names
 from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
 
@@ -41,8 +40,7 @@ class ProgressiveWindow:
             return
         examples = examples[-self.capacity:]
         n = len(examples)
-        scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *self.coordinates)] for e in examples])
-        margins = np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples])[:, None]
+        margins = variant_margins(examples, self.coordinates)
         labels = [e["label"] for e in examples]
         has_type = [[t in e["interaction_types"] for t in self.types] for e in examples]
         with self._lock:

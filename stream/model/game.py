@@ -163,7 +163,7 @@ def fit_global_blocks(
     """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS over rows in blocks.
 
     ``blocks()`` yields the rows afresh for every evaluation, so the data may live on disk
-    (the refit streams memory-mapped chunks) and memory stays one block plus the model.
+    (the refit reads its spilled chunks one at a time) and memory stays one block plus the model.
     """
     penalty = l2_precision_diagonal(dim, spec.l2, spec.intercept_l2, spec.intercept_column if dim else None)
 

@@ -29,8 +29,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from stream.model.line_search import armijo_backtrack
 from stream.model.linalg import solve_spd
+from stream.model.line_search import armijo_backtrack
 from stream.model.losses import LogisticLoss, Loss
 from stream.model.low_rank import low_rank_solve
 

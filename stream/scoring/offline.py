@@ -14,7 +14,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-
 from stream.codec.container import read_container, write_container
 from stream.progress import Progress
 from stream.scoring.scorer import Scorer

@@ -19,9 +19,9 @@ from stream.codec import make_codec
 from stream.codec.avro import decode_batch, encode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
-from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.scoring.follower import ModelFollower
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer

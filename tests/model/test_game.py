@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from stream.config.settings import JOB_BAGS, MEMBER_BAGS
-from stream.synthetic.world import TITLES
 from stream.model import GLOBAL, CoordinateSpec, FeatureIndex, train_game
 from stream.model.dataset import build_dataset
 from stream.model.metrics import auc
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.synthetic.world import TITLES
 
 
 @pytest.fixture(scope="module")

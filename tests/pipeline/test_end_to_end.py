@@ -22,14 +22,14 @@ from stream.archive.files import ArchiveFiles
 from stream.codec import make_codec
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings, load_settings
+from stream.evaluation.progressive import collect, progressive_report
 from stream.kafka import producer_config
+from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import CoordinateSpec, fit_global
 from stream.model.losses import LogisticLoss
 from stream.model.metrics import auc
-from stream.evaluation.progressive import collect, progressive_report
-from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.pipeline import Pipeline
 from stream.refit.job import GlobalRefit
 from stream.scoring.tables import GlobalModel
