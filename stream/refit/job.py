@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from stream.config import Settings
 from stream.consumers.example_builder import add_scores
 from stream.errors import GlmixError
 from stream.kafka.clients import prepare_topics, producer_config
+from stream.kafka.topic_reader import TopicReader
 from stream.model.export import global_model_record, photon_key
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_blocks
 from stream.model.losses import get_loss
@@ -41,7 +42,8 @@ from stream.progress import Progress
 from stream.refit.gate import GateDecision, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.scoring.follower import ModelFollower
-from stream.scoring.tables import CoefficientTable, GlobalModel
+from stream.scoring.stored_table import StoredCoefficientTable
+from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,8 @@ class GlobalRefit:
             progress.advance(len(batch))
             progress.finish()
 
-    def _spill(self, batches: Iterable[list[dict]], model: GlobalModel, tables: dict[str, CoefficientTable],
+    def _spill(self, batches: Iterable[list[dict]], model: GlobalModel,
+               tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
                window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples) -> int:
         """Write usable examples to the splits with their offsets; returns how many were dropped."""
         dropped = 0
@@ -210,26 +213,41 @@ class GlobalRefit:
 
     # ------------------------------------------------------------------ the run
 
-    def _current_models(self) -> tuple[GlobalModel, dict[str, CoefficientTable]]:
+    def _current_global_model(self) -> GlobalModel:
+        """The newest usable global model on ``model.global``."""
+        table = GlobalModelTable(self.settings.model)
+        reader = TopicReader(self.settings.kafka, self.settings.topics.model_global, self._codec,
+                             bootstrap_servers=self._bootstrap, client_id=self.settings.kafka.group_id("refit-global"))
+        try:
+            for batch in reader.read_to_end(timeout_s=120):
+                table.apply(batch.records)
+        finally:
+            reader.close()
+        if table.current is None:
+            raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
+                             "(the joiner bootstraps one) before refitting")
+        return table.current
+
+    def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
+        """The current global model and the window's examples spilled into ``spill`` as train and holdout splits.
+
+        Every coordinate's coefficients are read too, but only for ``offsets = "current"``.
+        """
+        window = self.window(from_ms, to_ms)
+        if self.refit.offsets == "join_time":
+            return self.spill_window(spill, window, self._current_global_model(), {})
         follower = ModelFollower(self.settings, self._bootstrap, client_id=self.settings.kafka.group_id("refit"))
         try:
             follower.catch_up(timeout_s=120)
+            if follower.global_model.current is None:
+                raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
+                                 "(the joiner bootstraps one) before refitting")
+            return self.spill_window(spill, window, follower.global_model.current, follower.tables)
         finally:
             follower.close()
-        model = follower.global_model.current
-        if model is None:
-            raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
-                             "(the joiner bootstraps one) before refitting")
-        return model, follower.tables
-
-    def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
-        """The current models and the window's examples spilled into ``spill`` as train and holdout splits."""
-        window = self.window(from_ms, to_ms)
-        model, tables = self._current_models()
-        return self.spill_window(spill, window, model, tables)
 
     def spill_window(self, spill: SpillDirectory, window: RefitWindow, model: GlobalModel,
-                     tables: dict[str, CoefficientTable]) -> RefitInputs:
+                     tables: Mapping[str, CoefficientTable | StoredCoefficientTable]) -> RefitInputs:
         """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time)."""
         dim = model.global_index.dim
         train = spill.split("train", dim, self.refit.chunk_rows)

@@ -153,3 +153,24 @@ def test_refit_without_an_archive_or_a_model_says_what_to_do(kafka_bootstrap, tm
     _archive(settings, labeled, initial_global_model_record([li.impression for li in labeled], settings.model))
     with pytest.raises(RefitError, match="no global model"):
         GlobalRefit(settings, kafka_bootstrap).run_once()
+
+
+def test_current_offsets_come_from_the_published_coefficients_on_either_table(kafka_bootstrap, tmp_path, unique_name):
+    """With the true effects both published and recorded at join time, both offset sources must agree row by row."""
+    world = World(WorldSpec(seed=5, members=40, jobs=30, requests=400))
+    labeled = labeled_impressions(world)
+    offsets = {}
+    for source, table in (("join_time", "memory"), ("current", "memory"), ("current", "rocksdb")):
+        settings = _settings(kafka_bootstrap, tmp_path / f"{source}-{table}", f"{unique_name}-{source}-{table}",
+                             **{"refit.offsets": source, "serving.table": table})
+        record = initial_global_model_record([li.impression for li in labeled], settings.model)
+        truth = _truth_records(settings, world, record)
+        _publish(settings, record, truth)
+        _archive(settings, labeled, record, truth)
+        with SpillDirectory() as spill:
+            inputs = GlobalRefit(settings, kafka_bootstrap).prepare(spill)
+            offsets[(source, table)] = inputs.train.column("offsets")
+    reference = offsets[("join_time", "memory")]
+    assert np.abs(reference).max() > 0.5
+    for key, got in offsets.items():
+        assert got == pytest.approx(reference, abs=1e-4), key  # float32 features on the wire
