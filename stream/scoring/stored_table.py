@@ -67,7 +67,13 @@ class StoredCoefficientTable:
 
     def _held(self, entities: Sequence[str]) -> dict[str, tuple[int, np.ndarray]]:
         """Version and means of every entity the table holds (cache first, then one multi-get)."""
-        found = {e: self._cache[e] for e in entities if e in self._cache}
+        cache = self._cache
+        found = {}
+        for entity in entities:
+            hit = cache.get(entity)
+            if hit is not None:
+                found[entity] = hit
+                cache.move_to_end(entity)  # least recently used leaves first
         missing = [e for e in dict.fromkeys(entities) if e not in found]
         for entity, value in zip(missing, self._store.get_many([e.encode() for e in missing])):
             if value is not None:

@@ -74,6 +74,9 @@ def test_the_rocksdb_table_holds_more_entities_than_its_cache(tmp_path):
     got, versions = table.lookup(ids)
     assert np.array_equal(got[:-1], means[[int(e[1:]) for e in ids[:-1]]]) and versions[-1] == 0
     assert len(table) == 500 and len(table._cache) == 10
+    table.lookup(["j1", "j2"])
+    table.lookup(["j1"] + [f"j{i}" for i in range(100, 109)])  # j1 used again, j2 not: j2 is evicted first
+    assert "j1" in table._cache and "j2" not in table._cache
     assert table.apply([_record("j7", 2, [9, 9, 9]), _record("j8", 1, [5, 5, 5])]) == 1  # j8 v1 is a duplicate
     assert table.lookup(["j7"])[0].tolist() == [[9, 9, 9]] and table.version("j8") == 1
     table.close()
