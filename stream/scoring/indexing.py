@@ -9,7 +9,7 @@ once and shared by every candidate, and each candidate adds only its own feature
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,16 @@ class IndexedRows:
     columns: list[np.ndarray]
     values: list[np.ndarray]
 
+    @staticmethod
+    def merged(parts: Sequence[tuple[np.ndarray, IndexedRows]]) -> IndexedRows:
+        """One set of rows from parts that each index a subset of them (``positions[i]`` is part row i's row)."""
+        slots = len(parts[0][1].rows)
+        return IndexedRows(
+            rows=[np.concatenate([positions[part.rows[s]] for positions, part in parts]) for s in range(slots)],
+            columns=[np.concatenate([part.columns[s] for _, part in parts]) for s in range(slots)],
+            values=[np.concatenate([part.values[s] for _, part in parts]) for s in range(slots)],
+        )
+
 
 class FeatureResolver:
     """Resolves features to columns of every coordinate of one global model version (cached per feature).
@@ -46,6 +56,8 @@ class FeatureResolver:
         self._indexes: list[FeatureIndex] = [model.global_index] + [model.coordinate_indices[c] for c in self.coordinates]
         self._bags = [set(index.bag_names) for index in self._indexes]
         self._ids: dict[tuple[str, str, str], int] = {}
+        self._item_rows: dict[str, int] = {}
+        self._item_csr = [(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in self._indexes]
         self._columns = np.full((len(self._indexes), 1024), -1, dtype=np.int64)
         self._transforms = FeatureTransforms.from_settings(settings)
 
@@ -88,6 +100,44 @@ class FeatureResolver:
             out_cols.append(cols[used])
             out_vals.append(values[used])
         return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals)
+
+    def index_items(self, item_ids: Sequence[str], catalog: Mapping[str, Bags]) -> IndexedRows:
+        """COO arrays per slot for rows whose features are ``catalog[item_id]``.
+
+        Items are indexed once per model version into per-slot CSR arrays; a request then
+        only gathers its items' rows with numpy.
+        """
+        new = [i for i in dict.fromkeys(item_ids) if i not in self._item_rows]
+        if new:
+            self._append_items(new, catalog)
+        picked = np.fromiter((self._item_rows[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+        out_rows, out_cols, out_vals = [], [], []
+        for indptr, columns, values in self._item_csr:
+            starts = indptr[picked]
+            lengths = indptr[picked + 1] - starts
+            firsts = np.cumsum(lengths) - lengths
+            gather = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+            out_rows.append(np.repeat(np.arange(len(picked)), lengths))
+            out_cols.append(columns[gather])
+            out_vals.append(values[gather])
+        return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals)
+
+    def _append_items(self, item_ids: list[str], catalog: Mapping[str, Bags]) -> None:
+        indexed = self.index([catalog[i] for i in item_ids])
+        first = len(self._item_csr[0][0]) - 1
+        for slot, (indptr, columns, values) in enumerate(self._item_csr):
+            counts = np.bincount(indexed.rows[slot], minlength=len(item_ids))
+            order = np.argsort(indexed.rows[slot], kind="stable")
+            self._item_csr[slot] = (np.concatenate([indptr, indptr[-1] + np.cumsum(counts)]),
+                                    np.concatenate([columns, indexed.columns[slot][order]]),
+                                    np.concatenate([values, indexed.values[slot][order]]))
+        for offset, item_id in enumerate(item_ids):
+            self._item_rows[item_id] = first + offset
+
+    def forget_items(self, item_ids: Iterable[str]) -> None:
+        """Drop the indexed rows of items whose catalog features changed (they are indexed again when next used)."""
+        for item_id in item_ids:
+            self._item_rows.pop(item_id, None)
 
     @property
     def combines_features(self) -> bool:

@@ -81,11 +81,40 @@ class Scorer:
         self.global_models = global_models
         self.tables = tables
         self._features: FeatureResolver | None = None
+        self._catalog: dict[str, Bags] = {}
 
     @classmethod
     def following(cls, model: ModelSettings, follower: ModelFollower) -> Scorer:
         """A scorer over the tables a follower keeps current."""
         return cls(model, follower.global_model, follower.tables)
+
+    def register_items(self, items: Mapping[str, Bags]) -> None:
+        """Features of items, used for every candidate given without ``features`` (a server-side item catalog).
+
+        Each item's features are indexed once per model version instead of once per
+        request: for 1000 candidates this removes most of the scoring time, which is
+        otherwise spent reading thousands of name–term–value features in Python.
+        """
+        self._catalog.update(items)
+        if self._features is not None:
+            self._features.forget_items(items)
+
+    def _own_features(self, resolver: FeatureResolver, rows: Sequence[Mapping[str, Any]],
+                      shared_features: Bags | None) -> tuple[IndexedRows, Bags | None]:
+        """Each row's own indexed features (its ``features``, else its item's catalog entry) and the shared bags left."""
+        from_catalog = [r.get("features") is None and r["item_id"] in self._catalog for r in rows]
+        row_bags = [self._catalog[r["item_id"]] if cataloged else (r.get("features") or {})
+                    for r, cataloged in zip(rows, from_catalog)]
+        if shared_features and resolver.combines_features:  # a product may pair a shared feature with a row's own
+            return resolver.index([_merged_bags(shared_features, bags) for bags in row_bags]), None
+        if not any(from_catalog):
+            return resolver.index(row_bags), shared_features
+        listed = np.flatnonzero(~np.array(from_catalog))
+        cataloged = np.flatnonzero(from_catalog)
+        parts = [(cataloged, resolver.index_items([rows[i]["item_id"] for i in cataloged], self._catalog))]
+        if len(listed):
+            parts.append((listed, resolver.index([row_bags[i] for i in listed])))
+        return IndexedRows.merged(parts), shared_features
 
     def _resolver(self, model: GlobalModel) -> FeatureResolver:
         if self._features is None or self._features.version != model.version:
@@ -101,12 +130,8 @@ class Scorer:
             raise ModelNotReadyError("no global model has been published yet")
         resolver = self._resolver(model)
         n = len(rows)
-        row_bags = [r.get("features", {}) for r in rows]
-        if shared_features and resolver.combines_features:
-            row_bags = [_merged_bags(shared_features, bags) for bags in row_bags]
-            shared_features = None
+        own, shared_features = self._own_features(resolver, rows, shared_features)
         shared = resolver.index([shared_features or {}])
-        own = resolver.index(row_bags)
         intercepts = resolver.intercepts()
         margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
                                     intercepts[0], n)}
@@ -115,7 +140,7 @@ class Scorer:
         variance = np.zeros(n)
         for slot, name in enumerate(resolver.coordinates, start=1):
             field = self._settings.coordinates[name].entity_field
-            ids = [entity_of(r, field) for r in rows]
+            ids = [entity_of(r, field) for r in rows] if field.startswith("context:") else [r[field] for r in rows]
             means, versions[name] = self.tables[name].lookup(ids)
             if exploration is not None:
                 unique, inverse = np.unique(np.array(ids, dtype=object).astype(str), return_inverse=True)
@@ -143,12 +168,15 @@ class Scorer:
     def score(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
               context: Mapping[str, str] | None = None, top_k: int | None = None,
               exploration: Exploration | None = None) -> list[CandidateScore]:
-        """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given."""
+        """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given.
+
+        A candidate without ``features`` uses its item's :meth:`register_items` features (none if unregistered).
+        """
         if not candidates:
             return []
         with cyclic_gc_paused():
             rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
-                     "features": c.get("features", {})} for c in candidates]
+                     "features": c.get("features")} for c in candidates]
             margins, versions = self.rows_breakdown(rows, member_features, exploration)
         total = sum(margins.values())
         probability = self._loss.mean(total)

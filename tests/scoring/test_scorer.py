@@ -88,6 +88,37 @@ def test_top_k_ranks_by_margin_and_an_empty_model_is_an_error():
     assert scorer.score("m", member_features, []) == []
 
 
+def test_registered_item_features_score_like_features_in_the_request():
+    settings = load_settings()
+    labeled, record = _world_and_model(settings, seed=8)
+    global_models = GlobalModelTable(settings.model)
+    global_models.apply([record])
+    rng = np.random.default_rng(1)
+    tables = {}
+    for name, field in (("member", "member_id"), ("job", "item_id")):
+        d = settings.model.coordinates[name].max_features
+        ids = sorted({li.impression[field] for li in labeled})
+        tables[name] = CoefficientTable(name, d)
+        tables[name].apply([{"entity_id": e, "version": 1, "means": rng.normal(size=d).tolist()} for e in ids])
+    scorer = Scorer(settings.model, global_models, tables)
+    member_features, _ = _split(labeled[0].impression)
+    candidates = list({c["item_id"]: c for c in (_split(li.impression)[1] for li in labeled)}.values())[:12]
+    listed = scorer.score("m", member_features, candidates)
+    scorer.register_items({c["item_id"]: c["features"] for c in candidates[:8]})
+    mixed = [{"item_id": c["item_id"]} if i < 8 else c for i, c in enumerate(candidates)]  # 8 from the catalog
+    for _ in range(2):  # the second call reads the already indexed items
+        assert [s.margin for s in scorer.score("m", member_features, mixed)] == pytest.approx([s.margin for s in listed])
+    scorer.register_items({candidates[0]["item_id"]: candidates[5]["features"]})  # new features replace the old
+    [changed] = scorer.score("m", member_features, mixed[:1])
+    [expected] = scorer.score("m", member_features, [{"item_id": candidates[0]["item_id"], "features": candidates[5]["features"]}])
+    assert changed.margin == pytest.approx(expected.margin) and changed.margin != pytest.approx(listed[0].margin)
+    global_models.apply([dict(record, version=2, coefficients=(-np.asarray(record["coefficients"])).tolist())])
+    assert [s.breakdown["global"] for s in scorer.score("m", member_features, mixed[1:8])] == pytest.approx(
+        [s.breakdown["global"] for s in scorer.score("m", member_features, candidates[1:8])])
+    [unknown] = scorer.score("m", member_features, [{"item_id": "never-registered"}])
+    assert unknown.versions["job"] == 0
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize("table", ["memory", "rocksdb"])
 def test_a_published_coefficient_is_used_soon_and_stale_versions_are_ignored(kafka_bootstrap, unique_name, table,
