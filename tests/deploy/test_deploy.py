@@ -89,3 +89,38 @@ def test_dockerfile_installs_the_package_and_runs_glmix():
                 assert (DEPLOY.parent / source).exists(), source
     for name in re.findall(r"(GLMIX_[A-Z_]+)=", dockerfile):
         load_settings(env={name: "/tmp/x"})
+
+
+def _containers(document: dict) -> list[dict]:
+    spec = document["spec"]
+    if document["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]["containers"]
+
+
+def test_kubernetes_manifests_run_known_commands_with_valid_settings():
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "glmix.yaml").read_text()))
+    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
+    claims = {d["metadata"]["name"] for d in documents if d["kind"] == "PersistentVolumeClaim"}
+    workloads = [d for d in documents if d["kind"] in ("StatefulSet", "Deployment", "CronJob")]
+    commands = set()
+    for workload in workloads:
+        pod = workload["spec"]["jobTemplate"]["spec"]["template"]["spec"] if workload["kind"] == "CronJob" \
+            else workload["spec"]["template"]["spec"]
+        for volume in pod.get("volumes", []):
+            assert "persistentVolumeClaim" not in volume or volume["persistentVolumeClaim"]["claimName"] in claims
+        for container in _containers(workload):
+            assert container["image"] == "glmix-stream:latest"
+            build_parser().parse_args(container["args"])
+            env = {**config, **{e["name"]: e["value"] for e in container.get("env", [])}}
+            settings = load_settings(env=env)
+            port = settings.serving.port if container["args"][0] == "serve" else settings.metrics.port
+            annotations = (workload["spec"]["template"]["metadata"].get("annotations", {})
+                           if workload["kind"] != "CronJob" else {})
+            if settings.metrics.enabled and annotations:
+                assert annotations["prometheus.io/port"] == str(port)
+            commands.add(" ".join(container["args"][:2]))
+        if workload["kind"] != "CronJob":
+            labels = workload["spec"]["selector"]["matchLabels"]
+            assert labels.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    assert {"run joiner", "run updater", "run archive", "refit", "serve"} <= commands
