@@ -42,16 +42,14 @@ from stream.evaluation.progressive import collect, progressive_report
 from stream.kafka import EmbeddedBroker, producer_config
 from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.metrics.server import MetricsServer
-from stream.model.dataset import build_dataset
-from stream.model.export import initial_global_model_record
-from stream.model.game import GLOBAL, CoordinateSpec, fit_global
+from stream.model.export import fitted_global_model_record
+from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.pipeline import Pipeline
 from stream.refit.job import GlobalRefit, RefitError
 from stream.scoring.follower import ModelFollower
 from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import GlobalModel
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.events import LabeledImpression
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
@@ -123,19 +121,6 @@ def _world(options: DemoOptions, now_ms: int) -> World:
                            attribution_window_ms=ATTRIBUTION_WINDOW_MS, mean_click_delay_ms=2_000, start_time_ms=start,
                            mean_request_gap_ms=gap_ms, malformed_rate=0.01, duplicate_rate=0.02, out_of_order_rate=0.0,
                            late_rate=0.01, orphan_rate=0.01))
-
-
-def _history_model(history: list[LabeledImpression], settings: Settings) -> dict:
-    """Global model version 1, fitted on the history: the batch model a team would start from."""
-    impressions = [li.impression for li in history]
-    record = initial_global_model_record(impressions, settings.model)
-    model = GlobalModel.from_record(record, settings.model)
-    labels = np.array([float(li.clicked) for li in history])
-    data = build_dataset(impressions, labels, model.global_index, {})
-    beta = fit_global(data.global_features, labels, np.ones(len(labels)), np.zeros(len(labels)),
-                      CoordinateSpec(l2=settings.model.global_l2, intercept_l2=0.0), get_loss(settings.model.loss))
-    record["coefficients"] = beta.tolist()
-    return record
 
 
 def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics: KafkaStatistics) -> dict:
@@ -265,7 +250,8 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
     cut = int(len(labeled) * HISTORY_SHARE) // ITEMS_PER_REQUEST * ITEMS_PER_REQUEST
     history, live = labeled[:cut], labeled[cut:]
     producer = Producer(producer_config(settings.kafka))
-    record = _history_model(history, settings)
+    record = fitted_global_model_record([li.impression for li in history], [float(li.clicked) for li in history],
+                                        settings.model)  # version 1: yesterday's batch model
     producer.produce(settings.topics.model_global, key=b"glmix",
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
     producer.flush()

@@ -16,8 +16,10 @@ import numpy as np
 
 from stream.codec.photon import INTERCEPT_NAME, PhotonModel
 from stream.config import ModelSettings
+from stream.model.dataset import build_dataset
 from stream.model.features import INTERCEPT_KEY, FeatureIndex
-from stream.model.game import GLOBAL, GameModel, RandomEffectModel
+from stream.model.game import GLOBAL, CoordinateSpec, GameModel, RandomEffectModel, fit_global
+from stream.model.losses import get_loss
 from stream.model.transforms import FeatureTransforms
 
 
@@ -86,3 +88,19 @@ def initial_global_model_record(impressions: list[Mapping[str, Any]], model: Mod
     }
     empty = GameModel(model.loss, np.zeros(global_index.dim))
     return global_model_record(empty, global_index, indices, version, model_name)
+
+
+def fitted_global_model_record(impressions: list[Mapping[str, Any]], labels: np.ndarray, model: ModelSettings,
+                               version: int = 1, model_name: str = "glmix") -> dict[str, Any]:
+    """A first ``GlobalModel`` fitted on labeled history: indexes from ``impressions``, then L-BFGS on their labels.
+
+    The batch model a team starts streaming from when it has history (``model.global_l2``
+    on every feature, the intercept unpenalized, as the refit does).
+    """
+    record = initial_global_model_record(impressions, model, version, model_name)
+    index = FeatureIndex.from_record(record["features"], model.global_feature_bags, version=version)
+    labels = np.asarray(labels, dtype=np.float64)
+    data = build_dataset(impressions, labels, index, {}, transforms=FeatureTransforms.from_settings(model))
+    record["coefficients"] = fit_global(data.global_features, labels, np.ones(len(labels)), np.zeros(len(labels)),
+                                        CoordinateSpec(l2=model.global_l2, intercept_l2=0.0), get_loss(model.loss)).tolist()
+    return record

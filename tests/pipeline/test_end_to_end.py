@@ -25,9 +25,7 @@ from stream.config import Settings, load_settings
 from stream.evaluation.progressive import collect, progressive_report
 from stream.kafka import producer_config
 from stream.metrics.kafka_statistics import KafkaStatistics
-from stream.model.dataset import build_dataset
-from stream.model.export import initial_global_model_record
-from stream.model.game import CoordinateSpec, fit_global
+from stream.model.export import fitted_global_model_record
 from stream.model.losses import LogisticLoss
 from stream.model.metrics import auc
 from stream.pipeline import Pipeline
@@ -78,19 +76,6 @@ def _settings(bootstrap: str, tmp_path, suffix: str) -> Settings:
     })
 
 
-def _global_model(warmup, settings: Settings) -> dict:
-    """A global model fitted on the warm-up impressions, indexes from the same data (version 1)."""
-    impressions = [li.impression for li in warmup]
-    record = initial_global_model_record(impressions, settings.model)
-    model = GlobalModel.from_record(record, settings.model)
-    labels = np.array([float(li.clicked) for li in warmup])
-    data = build_dataset(impressions, labels, model.global_index, {})
-    beta = fit_global(data.global_features, labels, np.ones(len(labels)), np.zeros(len(labels)),
-                      CoordinateSpec(l2=1.0), LogisticLoss())
-    record["coefficients"] = beta.tolist()
-    return record
-
-
 @pytest.fixture(scope="module")
 def run(kafka_bootstrap, tmp_path_factory) -> PipelineRun:
     suffix = uuid.uuid4().hex[:8]
@@ -101,7 +86,8 @@ def run(kafka_bootstrap, tmp_path_factory) -> PipelineRun:
     labeled = labeled_impressions(world)
     warmup = labeled[: int(0.3 * len(labeled))]
     producer = Producer(producer_config(settings.kafka))
-    record = _global_model(warmup, settings)
+    record = fitted_global_model_record([li.impression for li in warmup], [float(li.clicked) for li in warmup],
+                                        settings.model)
     producer.produce(settings.topics.model_global, key=b"glmix",
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
     events = list(event_stream(world, labeled))
