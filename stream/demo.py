@@ -217,12 +217,14 @@ def _wait_until_settled(pipeline: Pipeline, archive_stats, timeout_s: float = 90
         time.sleep(0.5)
 
 
-def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.stderr,
+def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None,
              on_running: Callable[[str], None] | None = None) -> dict:
     """Run the demo and return its report (also written to ``report_dir/report.json``).
 
-    ``on_running`` is called with the metrics URL once everything runs (tests scrape it).
+    Progress goes to ``out`` (standard error by default). ``on_running`` is called with the
+    metrics URL once everything runs (tests scrape it).
     """
+    out = out or sys.stderr  # looked up now: a default bound at import would outlive a replaced stderr
     run_id = uuid.uuid4().hex[:8]
     report_dir = Path(options.report_dir)
     shutil.rmtree(report_dir / "state", ignore_errors=True)

@@ -10,8 +10,8 @@ from typing import TextIO
 class Progress:
     """A one-line progress report (records and rate), redrawn at most every ``every_s`` seconds."""
 
-    def __init__(self, label: str, out: TextIO = sys.stderr, every_s: float = 0.5) -> None:
-        self._label, self._out, self._every = label, out, every_s
+    def __init__(self, label: str, out: TextIO | None = None, every_s: float = 0.5) -> None:
+        self._label, self._out, self._every = label, out or sys.stderr, every_s
         self._started = self._last = time.monotonic()
         self.count = 0
 
