@@ -66,8 +66,15 @@ def cmd_produce_synthetic(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Producer
 
     from stream.kafka import producer_config
+    from stream.kafka.clients import prepare_topics
     from stream.synthetic import World, event_stream
-    from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka, write_avro_files, write_ground_truth
+    from stream.synthetic.sinks import (
+        event_topics_and_codecs,
+        produce_items,
+        produce_to_kafka,
+        write_avro_files,
+        write_ground_truth,
+    )
 
     world = World(_world_spec(args))
     if args.truth:
@@ -77,7 +84,9 @@ def cmd_produce_synthetic(args: argparse.Namespace, settings: Settings) -> int:
     else:
         topics, codecs = event_topics_and_codecs(settings)
         producer = Producer(producer_config(settings.kafka))
+        prepare_topics(settings, settings.kafka.bootstrap_servers)
         counts = produce_to_kafka(event_stream(world), producer, topics, codecs)
+        counts["items"] = produce_items(world, producer, settings)
     print(json.dumps(dict(counts)))
     return 0
 
@@ -138,7 +147,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
     follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
-                             keep_posteriors=settings.serving.exploration)
+                             keep_posteriors=settings.serving.exploration, follow_items=True)
     service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
                              lambda: follower.ready and follower.global_model.current is not None, follower.close)
     web.run_app(build_app(service), host=settings.serving.host, port=settings.serving.port, shutdown_timeout=10,

@@ -52,7 +52,7 @@ from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.events import LabeledImpression
-from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+from stream.synthetic.sinks import event_topics_and_codecs, produce_items, produce_to_kafka
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def demo_settings(settings: Settings, report_dir: Path, run_id: str) -> Settings
                        examples_by_member=prefix + "examples.by-member", examples_by_job=prefix + "examples.by-job",
                        examples_prefix=prefix + "examples.by-", coefficients_prefix=prefix + "coefficients.",
                        model_global=prefix + "model.global", dead_letter=prefix + "dead-letter",
-                       score_requests=prefix + "score-requests", score_results=prefix + "score-results"),
+                       score_requests=prefix + "score-requests", score_results=prefix + "score-results",
+                       items=prefix + "items"),
     )
 
 
@@ -266,7 +267,9 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
     statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
     pipeline = Pipeline(settings, statistics=statistics)
     metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics)
-    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"))
+    produce_items(world, producer, settings)  # the job catalog: HTTP requests may name candidates by id alone
+    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
+                             follow_items=True)
     service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
                              lambda: follower.ready and follower.global_model.current is not None)
     http = BackgroundServer(build_app(service))
@@ -314,7 +317,7 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
         raise GlmixError(f"pipeline stages failed: {pipeline.errors}")
     latest = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("report"))
     try:
-        http_ok = _ask_http(http.url, world)
+        http_ok = _ask_http(http.url, world, service.scorer)
         latest.catch_up()
         twins = _alice_and_annie(world, settings, latest, live)
     finally:
@@ -325,18 +328,26 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
     return _report(settings, world, run, pipeline, twins, http_ok, report_dir, out, time.monotonic() - clock)
 
 
-def _ask_http(url: str, world: World) -> bool:
-    """One real request to the scoring service: it answers 200 with a ranking."""
+def _ask_http(url: str, world: World, scorer: Scorer) -> bool:
+    """One real request to the scoring service, candidates named by id alone (features from the items topic).
+
+    True when it answers 200 with the same top 3 and margins as the scorer given every feature explicitly.
+    """
     member = world.members[0]
-    body = {"member_id": member.entity_id,
-            "member_features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in member.bags.items()},
-            "candidates": [{"item_id": j.entity_id, "features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f]
-                                                                 for b, f in j.bags.items()}} for j in world.jobs[:10]],
-            "top_k": 3}
+    member_bags = {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in member.bags.items()}
+    body = {"member_id": member.entity_id, "member_features": member_bags,
+            "candidates": [{"item_id": j.entity_id} for j in world.jobs[:10]], "top_k": 3}
     request = urllib.request.Request(f"{url}/v1/score", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status == 200 and len(json.loads(response.read())["candidates"]) == 3
+        if response.status != 200:
+            return False
+        answered = json.loads(response.read())["candidates"]
+    listed = [{"item_id": j.entity_id, "features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f]
+                                                    for b, f in j.bags.items()}} for j in world.jobs[:10]]
+    expected = scorer.score(member.entity_id, member_bags, listed, top_k=3)
+    return [a["item_id"] for a in answered] == [e.item_id for e in expected] and all(
+        abs(a["margin"] - e.margin) < 1e-9 for a, e in zip(answered, expected))
 
 
 def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, twins: list, http_ok: bool,

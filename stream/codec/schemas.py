@@ -18,7 +18,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from stream.codec.exceptions import SchemaNotFoundError
 
 EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel", "ScoredCandidate",
-                 "ScoreRequest", "ScoreResponse")
+                 "ScoreRequest", "ScoreResponse", "ItemFeatures")
 PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro", "ScoringResultAvro")
 
 # Files that only define named types used by the others; parsed first.

@@ -65,6 +65,7 @@ class TopicSettings:
     dead_letter: str = "glmix.dead-letter"
     score_requests: str = "glmix.score-requests"
     score_results: str = "glmix.score-results"
+    items: str = "glmix.items"
     partitions: int = 4
     replication_factor: int = 1
 

@@ -88,6 +88,7 @@ def all_topics(topics: TopicSettings, coordinates: Mapping[str, CoordinateSettin
         topics.model_global: True,
         topics.score_requests: False,
         topics.score_results: False,
+        topics.items: True,
     }
     names.update({topics.examples(name, c.entity_field): False for name, c in coordinates.items()})
     names.update({topics.coefficients(name): True for name in coordinates})

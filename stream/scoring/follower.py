@@ -1,6 +1,7 @@
 """The models a scorer needs — the global model and every coordinate's coefficients — followed from their topics.
 
-Used by the joiner (scores at join time) and the scorer. The follower reads the
+Used by the joiner (scores at join time) and the scorer; the scorer also follows the
+compacted items topic, the features of items that candidates may name by id alone. The follower reads the
 compacted topics from the beginning into version-checked tables and keeps following
 them; it is ``ready`` once it has read up to the high watermarks that existed when it
 started, so nothing already published is missing.
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from stream.codec import make_codec
 from stream.config import Settings
@@ -20,11 +23,14 @@ from stream.scoring.tables import CoefficientTable, GlobalModelTable
 
 log = logging.getLogger(__name__)
 
+Bags = Mapping[str, Sequence[Any]]
+
 
 class ModelFollower:
     """The global model and every coordinate's coefficients, kept current from their topics."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str, keep_posteriors: bool = False) -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str, keep_posteriors: bool = False,
+                 follow_items: bool = False) -> None:
         registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
         topics = settings.topics
         self.global_model = GlobalModelTable(settings.model)
@@ -39,11 +45,22 @@ class ModelFollower:
                               bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
             for name in self.tables
         }
+        self.items: dict[str, tuple[int, Bags]] = {}
+        self._item_listeners: list[Callable[[dict[str, Bags]], None]] = []
+        self._items_reader = TopicReader(
+            settings.kafka, topics.items, make_codec("ItemFeatures", topics.items, registry, registry_settings),
+            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-items") if follow_items else None
         self._targets = {reader: reader.end_offsets() for reader in self._all_readers()}
         self._ready = False
 
     def _all_readers(self) -> list[TopicReader]:
-        return [self._global_reader, *self._readers.values()]
+        return [self._global_reader, *self._readers.values(), *([self._items_reader] if self._items_reader else [])]
+
+    def on_items(self, listener: Callable[[dict[str, Bags]], None]) -> None:
+        """Call ``listener`` with every item's features now, then with each batch of changed items."""
+        self._item_listeners.append(listener)
+        if self.items:
+            listener({item: features for item, (_, features) in self.items.items()})
 
     @property
     def ready(self) -> bool:
@@ -69,6 +86,20 @@ class ModelFollower:
                      self.global_model.current.index_version)
         for name, reader in self._readers.items():
             self.tables[name].apply(reader.poll(timeout_s=timeout_s).records)
+        if self._items_reader is not None:
+            self._take_items(self._items_reader.poll(timeout_s=timeout_s).records)
+
+    def _take_items(self, records: list[dict]) -> None:
+        """Keep each item's highest version; tell the listeners which items changed."""
+        changed: dict[str, Bags] = {}
+        for record in records:
+            held = self.items.get(record["item_id"])
+            if held is None or record["version"] > held[0]:
+                self.items[record["item_id"]] = (record["version"], record["features"])
+                changed[record["item_id"]] = record["features"]
+        if changed:
+            for listener in self._item_listeners:
+                listener(changed)
 
     def close(self) -> None:
         """Close every reader and table."""

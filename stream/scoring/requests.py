@@ -104,8 +104,9 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
     for i, candidate in enumerate(candidates):
         if not isinstance(candidate, Mapping):
             raise InvalidRequest(f"$.candidates[{i}]", "must be an object {item_id, features}")
+        features = candidate.get("features")  # absent: the item's features from the items topic
         checked.append({"item_id": _string(candidate.get("item_id"), f"$.candidates[{i}].item_id"),
-                        "features": _bags(candidate.get("features"), f"$.candidates[{i}].features", limits)})
+                        "features": None if features is None else _bags(features, f"$.candidates[{i}].features", limits)})
     context = body.get("context") or {}
     if not isinstance(context, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
         raise InvalidRequest("$.context", "must be an object of strings")

@@ -85,8 +85,10 @@ class Scorer:
 
     @classmethod
     def following(cls, model: ModelSettings, follower: ModelFollower) -> Scorer:
-        """A scorer over the tables a follower keeps current."""
-        return cls(model, follower.global_model, follower.tables)
+        """A scorer over the tables a follower keeps current (and its items, when it follows them)."""
+        scorer = cls(model, follower.global_model, follower.tables)
+        follower.on_items(scorer.register_items)
+        return scorer
 
     def register_items(self, items: Mapping[str, Bags]) -> None:
         """Features of items, used for every candidate given without ``features`` (a server-side item catalog).

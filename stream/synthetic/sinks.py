@@ -17,7 +17,7 @@ from stream.codec import RecordCodec, load_schema, make_codec
 from stream.config import Settings
 from stream.kafka.exceptions import KafkaClientError
 from stream.synthetic.events import IMPRESSION, INTERACTION, SyntheticEvent
-from stream.synthetic.world import GroundTruth
+from stream.synthetic.world import GroundTruth, World
 
 _SCHEMAS = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
 
@@ -39,6 +39,25 @@ def encode_event(event: SyntheticEvent, codecs: dict[str, RecordCodec]) -> bytes
     assert event.record is not None
     value = codecs[event.kind].encode(event.record)
     return value[: len(value) // 2] if event.truncated else value
+
+
+def item_feature_records(world: World, version: int = 1) -> list[dict]:
+    """Every job of ``world`` as an ``ItemFeatures`` record (what an item catalog service would publish)."""
+    return [{"item_id": job.entity_id, "version": version,
+             "features": {bag: [{"name": n, "term": t, "value": v} for n, t, v in items] for bag, items in job.bags.items()}}
+            for job in world.jobs]
+
+
+def produce_items(world: World, producer: Producer, settings: Settings) -> int:
+    """Publish ``world``'s jobs to the compacted items topic, keyed by item id; returns how many."""
+    topic = settings.topics.items
+    codec = make_codec("ItemFeatures", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
+    records = item_feature_records(world)
+    for record in records:
+        producer.produce(topic, key=record["item_id"].encode(), value=codec.encode(record))
+    if producer.flush(30):
+        raise KafkaClientError(f"items not delivered to {topic} within 30 s")
+    return len(records)
 
 
 def produce_to_kafka(

@@ -52,6 +52,7 @@ def server(world):
     service = ScoringService(Scorer(model_settings, global_models, tables), limits, lambda: refreshes.append(1), lambda: True)
     running = BackgroundServer(build_app(service))
     running.refreshes = refreshes
+    running.scorer = service.scorer
     yield running
     running.close()
 
@@ -76,6 +77,15 @@ def test_scores_come_back_with_their_breakdown(server, world):
         assert c["margin"] == pytest.approx(sum(c["breakdown"].values()))
         assert c["versions"]["member"] == 7 and c["versions"]["global"] == 1
     assert server.refreshes, "the models were never refreshed"
+
+
+def test_candidates_named_by_id_use_the_item_catalog(server, world):
+    body = _body(world[:4])
+    server.scorer.register_items({c["item_id"]: c["features"] for c in body["candidates"][:3]})
+    by_id = {**body, "candidates": [{"item_id": c["item_id"]} for c in body["candidates"]]}
+    listed, named = (json.loads(_request(server, "/v1/score", json.dumps(b).encode())[1])["candidates"] for b in (body, by_id))
+    assert [c["margin"] for c in named[:3]] == pytest.approx([c["margin"] for c in listed[:3]])
+    assert named[3]["margin"] != pytest.approx(listed[3]["margin"])  # not in the catalog: scored without item features
 
 
 def test_term_and_value_default_to_empty_and_one(server, world):

@@ -165,3 +165,44 @@ def test_a_published_coefficient_is_used_soon_and_stale_versions_are_ignored(kaf
         assert scorer.score(impression["member_id"], member_features, [candidate])[0].versions["member"] == 5
     finally:
         follower.close()
+
+
+@pytest.mark.kafka
+def test_the_scorer_follows_item_features_published_to_the_items_topic(kafka_bootstrap, unique_name):
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "topics.model_global": f"global-{unique_name}",
+        "topics.coefficients_prefix": f"coef-{unique_name}-", "topics.items": f"items-{unique_name}"})
+    labeled, record = _world_and_model(settings, seed=12)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    codec = make_codec("ItemFeatures", settings.topics.items)
+    member_features, first = _split(labeled[0].impression)
+    _, second = _split(next(li.impression for li in labeled if li.impression["item_id"] != first["item_id"]))
+
+    def publish(version: int, features: dict) -> None:
+        producer.produce(settings.topics.items, key=first["item_id"].encode(),
+                         value=codec.encode({"item_id": first["item_id"], "version": version, "features": features}))
+        producer.flush()
+
+    publish(1, first["features"])
+    follower = ModelFollower(settings, kafka_bootstrap, f"scorer-{unique_name}", follow_items=True)
+    try:
+        follower.catch_up(timeout_s=30)
+        scorer = Scorer.following(settings.model, follower)
+        [named] = scorer.score("m", member_features, [{"item_id": first["item_id"]}])
+        [listed] = scorer.score("m", member_features, [first])
+        assert named.margin == pytest.approx(listed.margin)
+        publish(3, second["features"])
+        publish(2, first["features"])  # stale: must not replace version 3
+        [expected] = scorer.score("m", member_features, [{"item_id": first["item_id"], "features": second["features"]}])
+
+        def uses_version_3() -> bool:
+            follower.refresh(timeout_s=0.1)
+            return follower.items[first["item_id"]][0] == 3
+        wait_for(uses_version_3, timeout_s=30, what="version 3 of the item's features")
+        follower.refresh(timeout_s=0.5)
+        [named] = scorer.score("m", member_features, [{"item_id": first["item_id"]}])
+        assert named.margin == pytest.approx(expected.margin) and named.margin != pytest.approx(listed.margin)
+    finally:
+        follower.close()
