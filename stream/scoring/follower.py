@@ -27,7 +27,10 @@ Bags = Mapping[str, Sequence[Any]]
 
 
 class ModelFollower:
-    """The global model and every coordinate's coefficients, kept current from their topics."""
+    """The global model, every coordinate's coefficients and, with ``follow_items``, the item catalog.
+
+    Each is kept current from its topic.
+    """
 
     def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str, keep_posteriors: bool = False,
                  follow_items: bool = False) -> None:
@@ -109,7 +112,8 @@ class ModelFollower:
             table.close()
 
 
-def _table(settings: Settings, coordinate: str, client_id: str, keep_posteriors: bool) -> CoefficientTable | StoredCoefficientTable:
+def _table(settings: Settings, coordinate: str, client_id: str,
+           keep_posteriors: bool) -> CoefficientTable | StoredCoefficientTable:
     """The coefficient table ``serving.table`` asks for."""
     dim = settings.model.coordinates[coordinate].max_features
     if settings.serving.table == "memory":
