@@ -26,6 +26,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
@@ -259,73 +260,77 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
     producer.flush()
     events = list(event_stream(world, live))
-    topics, codecs = event_topics_and_codecs(settings)
     out.write(f"synthetic world: {len(world.members)} members, {len(world.jobs)} jobs; global model v1 fitted on "
               f"{len(history)} historical impressions; streaming {len(live)} impressions "
               f"({len(events)} events) over ~{options.duration_s:.0f} s\n")
 
     statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
-    pipeline = Pipeline(settings, statistics=statistics)
-    metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics)
-    produce_items(world, producer, settings)  # the job catalog: HTTP requests may name candidates by id alone
-    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
-                             follow_items=True)
-    service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
-                             lambda: follower.ready and follower.global_model.current is not None)
-    http = BackgroundServer(build_app(service))
-    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
-    run = DemoRun()
-    pipeline.start()
-    refits = _PeriodicRefit(refit, options.refit_every_s, run.refits)
-    out.write(f"metrics: {metrics.url}   scoring: {http.url}/v1/score   report: {report_dir}/\n")
-    if on_running is not None:
-        on_running(metrics.url)
-    clock = time.monotonic()
-    try:
-        next_line, i = clock, 0
-        stream_end_ms = started_ms + int(options.duration_s * 1000)
-        while i < len(events) and not pipeline.errors:
-            now_ms = int(time.time() * 1000)
-            if now_ms > stream_end_ms:  # the tail (late clicks, strays) arrives at once instead of a minute later
-                now_ms = events[-1].arrival_ms
-            due = i
-            while due < len(events) and events[due].arrival_ms <= now_ms:
-                due += 1
-            if due > i:
-                produce_to_kafka(events[i:due], producer, topics, codecs)
-                run.produced += due - i
-                i = due
-            if time.monotonic() >= next_line:
-                line = _progress_line(time.monotonic() - clock, run, pipeline, statistics)
-                run.progress.append(line)
-                _show(line, out)
-                next_line += 1.0
-            time.sleep(0.05)
-        _wait_until_settled(pipeline, pipeline.stages["archive"].stats)
-        refits.stop()
-        try:  # one last refit over everything archived, so every demo shows the gate at work
-            run.refits.append(refit.run_once().to_json())
-        except RefitError as exc:
-            log.warning("final demo refit skipped: %s", exc)
-        line = _progress_line(time.monotonic() - clock, run, pipeline, statistics)
-        run.progress.append(line)
-        _show(line, out)
-    finally:
-        refits.stop()
-        pipeline.stop()
-    if pipeline.errors:
-        raise GlmixError(f"pipeline stages failed: {pipeline.errors}")
-    latest = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("report"))
-    try:
+    with ExitStack() as cleanup:
+        pipeline = Pipeline(settings, statistics=statistics)
+        metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics)
+        cleanup.callback(metrics.close)
+        produce_items(world, producer, settings)  # the job catalog: HTTP requests may name candidates by id alone
+        follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
+                                 follow_items=True)
+        cleanup.callback(follower.close)
+        service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
+                                 lambda: follower.ready and follower.global_model.current is not None)
+        http = BackgroundServer(build_app(service))
+        cleanup.callback(http.close)
+        refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
+        run = DemoRun()
+        out.write(f"metrics: {metrics.url}   scoring: {http.url}/v1/score   report: {report_dir}/\n")
+        if on_running is not None:
+            on_running(metrics.url)
+        clock = time.monotonic()
+        pipeline.start()
+        refits = _PeriodicRefit(refit, options.refit_every_s, run.refits)
+        try:
+            _stream_live(events, producer, settings, run, pipeline, statistics, out, started_ms + int(options.duration_s * 1000))
+            _wait_until_settled(pipeline, pipeline.stages["archive"].stats)
+            refits.stop()
+            try:  # one last refit over everything archived, so every demo shows the gate at work
+                run.refits.append(refit.run_once().to_json())
+            except RefitError as exc:
+                log.warning("final demo refit skipped: %s", exc)
+            run.progress.append(_progress_line(time.monotonic() - clock, run, pipeline, statistics))
+            _show(run.progress[-1], out)
+        finally:
+            refits.stop()
+            pipeline.stop()
+        if pipeline.errors:
+            raise GlmixError(f"pipeline stages failed: {pipeline.errors}")
         http_ok = _ask_http(http.url, world, service.scorer)
+        latest = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("report"))
+        cleanup.callback(latest.close)
         latest.catch_up()
         twins = _alice_and_annie(world, settings, latest, live)
-    finally:
-        latest.close()
-        http.close()
-        follower.close()
-        metrics.close()
-    return _report(settings, world, run, pipeline, twins, http_ok, report_dir, out, time.monotonic() - clock)
+        seconds = time.monotonic() - clock
+    return _report(settings, world, run, pipeline, twins, http_ok, report_dir, out, seconds)
+
+
+def _stream_live(events: list, producer: Producer, settings: Settings, run: DemoRun, pipeline: Pipeline,
+                 statistics: KafkaStatistics, out: TextIO, stream_end_ms: int) -> None:
+    """Produce each event when its arrival time comes (the tail at once after ``stream_end_ms``); a progress line a second."""
+    topics, codecs = event_topics_and_codecs(settings)
+    clock = next_line = time.monotonic()
+    i = 0
+    while i < len(events) and not pipeline.errors:
+        now_ms = int(time.time() * 1000)
+        if now_ms > stream_end_ms:  # the tail (late clicks, strays) arrives at once instead of a minute later
+            now_ms = events[-1].arrival_ms
+        due = i
+        while due < len(events) and events[due].arrival_ms <= now_ms:
+            due += 1
+        if due > i:
+            produce_to_kafka(events[i:due], producer, topics, codecs)
+            run.produced += due - i
+            i = due
+        if time.monotonic() >= next_line:
+            run.progress.append(_progress_line(time.monotonic() - clock, run, pipeline, statistics))
+            _show(run.progress[-1], out)
+            next_line += 1.0
+        time.sleep(0.05)
 
 
 def _ask_http(url: str, world: World, scorer: Scorer) -> bool:
