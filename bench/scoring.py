@@ -51,6 +51,19 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def post_all(connection: http.client.HTTPConnection, bodies: list[str]) -> list[float]:
+    """Seconds each ``POST /v1/score`` took, one after the other on one keep-alive connection."""
+    seconds = []
+    for body in bodies:
+        started = time.perf_counter()
+        connection.request("POST", "/v1/score", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        seconds.append(time.perf_counter() - started)
+        assert response.status == 200, response.status
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -89,7 +102,7 @@ def main() -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     scorer.register_items(jobs)  # the item catalog: candidates named by id alone use these features
     for count in (1, 100, 1000):
-        ours, peer, over_http, by_id, http_by_id = [], [], [], [], []
+        ours, peer, by_id = [], [], []
         batch = []  # the same requests for every path; each path runs them in a loop of its own, as a service would
         for r in range(requests):
             member = world.members[r % len(world.members)]
@@ -110,20 +123,8 @@ def main() -> None:
             started = time.perf_counter()
             scorer.score(member.entity_id, member_bags, named, top_k=10)
             by_id.append(time.perf_counter() - started)
-        for body in bodies:
-            started = time.perf_counter()
-            connection.request("POST", "/v1/score", body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            over_http.append(time.perf_counter() - started)
-            assert response.status == 200
-        for body in id_bodies:
-            started = time.perf_counter()
-            connection.request("POST", "/v1/score", body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            http_by_id.append(time.perf_counter() - started)
-            assert response.status == 200
+        over_http = post_all(connection, bodies)
+        http_by_id = post_all(connection, id_bodies)
         for member, member_bags, candidates in batch:
             rows = [{"member_id": member.entity_id, "item_id": c["item_id"], "features": {**member_bags, **c["features"]}}
                     for c in candidates]
