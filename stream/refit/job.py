@@ -288,8 +288,9 @@ class GlobalRefit:
                holdout: SpilledExamples) -> GateDecision:
         """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass."""
         labels, weights = holdout.column("labels"), holdout.column("weights")
-        result.current_metrics = holdout_metrics(labels, weights, holdout.margins(model.coefficients), self.loss)
-        result.candidate_metrics = holdout_metrics(labels, weights, holdout.margins(coefficients), self.loss)
+        margins = holdout.margins(np.column_stack([model.coefficients, coefficients]))  # one pass for both models
+        result.current_metrics = holdout_metrics(labels, weights, margins[:, 0], self.loss)
+        result.candidate_metrics = holdout_metrics(labels, weights, margins[:, 1], self.loss)
         decision = gate(result.current_metrics, result.candidate_metrics, self.refit)
         result.gate = decision.reason
         if not decision.passed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,15 +78,17 @@ class SpilledExamples:
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def margins(self, coefficients: np.ndarray) -> np.ndarray:
-        """Every row's total margin ``offset + x . coefficients``."""
-        parts = [b.offsets + b.features @ coefficients for b in self.blocks()]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        """Every row's total margin ``offset + x . beta``: (N,) for one (dim,) vector, (N, K) for (dim, K) columns."""
+        parts = [(b.offsets if coefficients.ndim == 1 else b.offsets[:, None]) + b.features @ coefficients
+                 for b in self.blocks()]
+        return np.concatenate(parts) if parts else np.zeros((0,) + coefficients.shape[1:])
 
-    def hessian_diagonal(self, coefficients: np.ndarray, second_derivative) -> np.ndarray:
-        """``diag(X' W H X)`` at ``coefficients``: the data part of the posterior precision's diagonal."""
+    def hessian_diagonal(self, coefficients: np.ndarray,
+                         derivatives: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """``diag(X' W H X)`` at ``coefficients`` (``derivatives`` is a loss's): the data part of the precision's diagonal."""
         total = np.zeros(self.dim)
         for b in self.blocks():
-            _, second = second_derivative(b.labels, b.offsets + b.features @ coefficients)
+            _, second = derivatives(b.labels, b.offsets + b.features @ coefficients)
             total += b.features.multiply(b.features).T @ (b.weights * second)
         return total
 
