@@ -292,7 +292,7 @@ def test_threads_give_the_same_result():
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diagonal"])
 def test_fewer_events_than_coefficients_reach_the_same_optimum_and_posterior(loss, diagonal):
-    """n < d with a warm start at the prior mean takes the low-rank path (stream.model.low_rank)."""
+    """n < d with a warm start at the prior mean takes the low-rank path (stream.model.entity_solver)."""
     rng = np.random.default_rng(hash(("low-rank", loss, diagonal)) % 2**32)
     events, pri = random_problem(rng, loss, b=16, n=3, d=12, prior="bayes", diagonal=diagonal)
     result = newton_update(events, pri, LOSSES[loss], max_steps=30, gradient_tolerance=1e-9)
@@ -306,3 +306,33 @@ def test_fewer_events_than_coefficients_reach_the_same_optimum_and_posterior(los
         _, second = LOSSES[loss].derivatives(y, o + z @ result.mean[b])
         posterior = full[b] + z.T @ np.diag(w * second) @ z
         assert np.allclose(result.precision[b], np.diag(posterior) if diagonal else posterior, atol=1e-9)
+
+
+def test_singular_hessian_reports_the_loading_it_needed():
+    z = np.ones((1, 6, 2))
+    y = np.array([[1, 1, 0, 1, 1, 0]], dtype=float)
+    prior = GaussianPrior(np.zeros((1, 2)), np.zeros((1, 2, 2)))
+    first_step = newton_update(EntityEvents.build(z, y), prior, max_steps=1)
+    assert first_step.loading[0] > 0.0  # the exactly singular first system
+    solved = newton_update(EntityEvents.build(z, y), prior, max_steps=20)
+    np.testing.assert_allclose(solved.mean.sum(), np.log(2.0), atol=1e-6)  # logit(4/6) split over the twins
+    regular = newton_update(EntityEvents.build(z[:, :, :1], y), l2_prior(1, 1, 1.0))
+    assert regular.loading[0] == 0.0
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_compiled_loss_terms_match_the_numpy_losses(loss):
+    """The compiled solver's scalar loss formulas are the ones of stream.model.losses, extremes included."""
+    from stream.model.entity_solver import loss_code, loss_terms
+
+    margins = np.array([-800.0, -40.0, -3.0, -1e-9, 0.0, 1e-9, 0.7, 29.9, 30.0, 31.5, 40.0, 800.0])
+    labels = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.5, 2.0, 3.0, 0.0, 1.0, 1.0]) if loss != "logistic" else \
+        np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.5, 1.0, 0.0, 0.0, 1.0, 1.0])
+    code = loss_code(LOSSES[loss])
+    compiled = np.array([loss_terms(code, y, m) for y, m in zip(labels, margins)])
+    first, second = LOSSES[loss].derivatives(labels, margins)
+    with np.errstate(over="ignore"):
+        expected = np.column_stack([LOSSES[loss].value(labels, margins), first, second])
+    # Values agree to rounding at the scale of the margin (``m - y m`` cancels for large m).
+    scale = np.finfo(float).eps * (1.0 + np.abs(margins))[:, None]
+    np.testing.assert_array_less(np.abs(compiled - expected), 1e-12 * np.abs(expected) + 4 * scale)
