@@ -26,24 +26,25 @@ def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.
         raise ValueError("refusing to publish non-finite coefficients")
     published = int(time.time() * 1000) if now_ms is None else now_ms
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
-    means = states["mean"].tolist()
-    precisions = row_bytes(states["precision"].astype("<f8", copy=False))
+    columns = zip(entity_ids, states["version"].tolist(), states["mean"].tolist(),
+                  row_bytes(states["precision"].astype("<f8", copy=False)), states["index_version"].tolist(),
+                  states["last_offset"].tolist(), states["event_count"].tolist(), states["last_event_time"].tolist())
     return [
         {
             "coordinate": coordinate,
             "entity_id": entity,
-            "version": int(s["version"]),
-            "means": m,
+            "version": version,
+            "means": means,
             "precision_kind": kind,
-            "precision": p,
-            "index_version": int(s["index_version"]),
+            "precision": precision,
+            "index_version": index_version,
             "source_partition": partition,
-            "source_offset": int(s["last_offset"]),
-            "event_count": int(s["event_count"]),
-            "last_event_time": int(s["last_event_time"]),
+            "source_offset": last_offset,
+            "event_count": event_count,
+            "last_event_time": last_event_time,
             "published_time": published,
         }
-        for entity, s, m, p in zip(entity_ids, states, means, precisions)
+        for entity, version, means, precision, index_version, last_offset, event_count, last_event_time in columns
     ]
 
 
