@@ -31,8 +31,7 @@ import numpy as np
 from stream.model.entity_solver import UpdateStatus, loss_code, solve_rows, solver_workspace
 from stream.model.losses import LogisticLoss, Loss
 
-__all__ = ["EntityEvents", "EntityUpdate", "GaussianPrior", "UpdateStatus", "newton_update", "objective", "valid_entities",
-           "warm_up_solver"]
+__all__ = ["EntityEvents", "EntityUpdate", "GaussianPrior", "UpdateStatus", "newton_update", "objective", "valid_entities"]
 
 _LOGISTIC = LogisticLoss()
 
@@ -246,15 +245,6 @@ def newton_update(
     else:
         solve(rows)
     return result
-
-
-def warm_up_solver() -> None:
-    """Load the compiled solver now (compiling it on first use), so a stage's first batch doesn't wait for it.
-
-    Loading takes ~0.2 s from numba's cache and seconds without one; a stage calls this
-    at start-up rather than adding it to the freshness of its first micro-batch.
-    """
-    newton_update(EntityEvents.build(np.ones((1, 1, 2)), np.ones((1, 1))), GaussianPrior(np.zeros((1, 2)), np.ones((1, 2))))
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:

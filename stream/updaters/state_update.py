@@ -45,6 +45,20 @@ class CoordinateMath:
         )
         return cls(layout, settings, loss)
 
+    def warm_up(self) -> None:
+        """Load the compiled parts of an update (the Newton solver, state packing) now.
+
+        They load from numba's cache in ~0.2 s (and compile in seconds without one); a stage
+        calls this at start-up rather than adding it to its first micro-batch's freshness.
+        """
+        d = self.layout.dim
+        single = {name: np.zeros((1, 1), dtype=np.int64) for name in ("event_times", "label_times", "input_offsets",
+                                                                       "index_versions")}
+        batch = EntityBatch(entity_ids=np.array(["warm-up"], dtype=object), features=np.zeros((1, 1, d)),
+                            labels=np.zeros((1, 1)), offsets=np.zeros((1, 1)), weights=np.ones((1, 1)),
+                            mask=np.ones((1, 1), dtype=bool), **single)
+        apply_batch(self, self.layout.new_states(1, self.new_entity_precision), batch)
+
     @property
     def new_entity_precision(self) -> np.ndarray:
         """(d,) prior precision diagonal of an entity never seen before."""

@@ -40,7 +40,6 @@ from stream.metrics.histogram import (
 )
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.model.losses import get_loss
-from stream.model.newton import warm_up_solver
 from stream.state.changelog import entity_model_records, states_from_records
 from stream.state.exceptions import StateLayoutError
 from stream.state.ownership import PartitionStores
@@ -90,7 +89,7 @@ class CoordinateUpdater:
         self.coordinate = coordinate
         self.coordinate_settings = settings.model.coordinates[coordinate]
         self.math = CoordinateMath.of(self.coordinate_settings, get_loss(settings.model.loss))
-        warm_up_solver()
+        self.math.warm_up()
         self.topic = settings.topics.examples(coordinate, self.coordinate_settings.entity_field)
         self.coefficients_topic = settings.topics.coefficients(coordinate)
         self.group_id = settings.kafka.group_id(f"updater-{coordinate}")

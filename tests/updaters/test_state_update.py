@@ -128,3 +128,14 @@ def test_a_new_feature_index_restarts_the_entity_and_old_events_are_ignored():
     outcome = apply_batch(math, states, group_by_entity(mixed))
     assert outcome.stale_index_events == 3 and outcome.absorbed_events == 7
     assert outcome.states["index_version"][0] == 2 and outcome.states["event_count"][0] == 7
+
+
+@pytest.mark.parametrize("prior", ["bayes", "l2"])
+@pytest.mark.parametrize("precision", ["full", "diagonal"])
+@pytest.mark.parametrize("loss", ["logistic", "linear", "poisson"])
+def test_warm_up_runs_the_whole_update_for_every_layout_and_loss(prior, precision, loss):
+    math = _math(prior=prior, loss=loss, precision=precision)
+    math.warm_up()
+    batch = group_by_entity(_examples(6, ["a", "b"], seed=3))
+    outcome = apply_batch(math, _fresh(math, batch), batch)
+    assert outcome.changed.all()  # warming up left nothing behind that changes a real update
