@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/glmix compile
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)

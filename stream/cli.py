@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -293,6 +294,18 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
+    """Compile the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    from stream.model.losses import get_loss
+    from stream.updaters.state_update import CoordinateMath
+
+    started = time.monotonic()
+    for coordinate in settings.model.coordinates.values():
+        CoordinateMath.of(coordinate, get_loss(settings.model.loss)).warm_up()
+    print(f"compiled kernels ready in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def _demo_setting_defaults() -> dict[str, str]:
     from stream.demo import DEMO_SETTINGS
 
@@ -329,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--output", type=Path, default=Path("out/synthetic"), help="directory for --to files")
     synthetic.add_argument("--truth", type=Path, help="write the true coefficients to this JSON file")
     synthetic.set_defaults(handler=cmd_produce_synthetic)
+
+    compile_parser = sub.add_parser("compile", parents=[common],
+                                    help="compile the Newton solver into numba's cache (else the first stage start does, ~15 s)")
+    compile_parser.set_defaults(handler=cmd_compile)
 
     demo = sub.add_parser("demo", parents=[common], help="the whole pipeline live on the embedded broker, with a report")
     demo.add_argument("--events", type=int, default=30_000, help="impressions to stream (default 30000)")

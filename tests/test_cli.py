@@ -13,8 +13,13 @@ from stream.cli import main
 
 def test_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "stream", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("broker", "produce", "demo", "run", "serve", "score", "refit", "evaluate"):
+    for command in ("broker", "produce", "compile", "demo", "run", "serve", "score", "refit", "evaluate"):
         assert command in out
+
+
+def test_compile_readies_the_kernels_of_every_configured_coordinate(capsys):
+    assert main(["compile", "--set", "model.coordinates.job.precision=diagonal", "--set", "model.loss=poisson"]) == 0
+    assert "compiled kernels ready" in capsys.readouterr().out
 
 
 def test_demo_runs_from_the_command_line_and_leaves_its_report(tmp_path, capsys):

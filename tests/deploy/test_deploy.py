@@ -83,6 +83,7 @@ def test_grafana_provisioning_parses_and_points_at_mounted_paths(path):
 def test_dockerfile_installs_the_package_and_runs_glmix():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["glmix"]' in dockerfile and "pip install --no-cache-dir ." in dockerfile
+    assert "glmix compile" in dockerfile  # stages start without compiling the numba kernels
     for line in dockerfile.splitlines():
         if line.startswith("COPY"):
             for source in shlex.split(line)[1:-1]:
