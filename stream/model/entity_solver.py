@@ -105,14 +105,6 @@ def _weighted_loss(code, y, w, margins, n, first, second):
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def _trial_loss(code, y, w, margins, direction_margins, t, n):
-    total = 0.0
-    for k in range(n):
-        total += w[k] * loss_terms(code, y[k], margins[k] - t * direction_margins[k])[0]
-    return total
-
-
-@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
 def _quadratic(a, v, d):
     """v' a v for a symmetric (d, d) matrix."""
     total = 0.0
@@ -237,28 +229,35 @@ def _prior_matrix(lam_diag, lam_full, b, diagonal, d, out):
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
 def _solve_full(code, z, y, o, w, n, d, p, mu0, theta, max_steps, tol, max_backtracks, armijo, work):
-    """Newton on F from ``theta`` (updated in place). Returns (status, iterations, gnorm, objective, loading); ``h`` holds the Hessian at ``theta``."""
+    """Newton on F from ``theta`` (updated in place); ``work.h`` ends as the Hessian at ``theta``.
+
+    Returns (status, iterations, gnorm, objective, loading).
+    """
     margins, first, second, zdir = work.margins, work.first, work.second, work.zdir
+    trial_margins, trial_first, trial_second = work.trial_margins, work.trial_first, work.trial_second
     grad, diff, direction, h, low = work.grad, work.diff, work.direction, work.h, work.low
     loading = 0.0
+    for k in range(n):
+        s = o[k]
+        for i in range(d):
+            s += z[k, i] * theta[i]
+        margins[k] = s
+    data = _weighted_loss(code, y, w, margins, n, first, second)
     for step in range(max_steps + 1):
-        for k in range(n):
-            s = o[k]
-            for i in range(d):
-                s += z[k, i] * theta[i]
-            margins[k] = s
         for i in range(d):
             diff[i] = theta[i] - mu0[i]
-        fval = _weighted_loss(code, y, w, margins, n, first, second) + 0.5 * _quadratic(p, diff, d)
-        gsq = 0.0
+        fval = data + 0.5 * _quadratic(p, diff, d)
         for i in range(d):
             g = 0.0
             for j in range(d):
                 g += p[i, j] * diff[j]
-            for k in range(n):
-                g += first[k] * z[k, i]
             grad[i] = g
-            gsq += g * g
+        for k in range(n):
+            for i in range(d):
+                grad[i] += first[k] * z[k, i]
+        gsq = 0.0
+        for i in range(d):
+            gsq += grad[i] * grad[i]
         h[:, :] = p
         _data_hessian(z, second, n, d, h)
         gnorm = np.sqrt(gsq)
@@ -279,33 +278,44 @@ def _solve_full(code, z, y, o, w, n, d, p, mu0, theta, max_steps, tol, max_backt
             for i in range(d):
                 s += z[k, i] * direction[i]
             zdir[k] = s
-        t = _armijo_step(code, y, w, margins, zdir, n, p, diff, direction, d, fval, slope, max_backtracks, armijo, work.trial)
+        t, trial_data = _armijo_step(code, y, w, margins, zdir, n, p, diff, direction, d, fval, slope, max_backtracks,
+                                     armijo, work.trial, trial_margins, trial_first, trial_second)
         if t == 0.0:
             break  # no decrease along the Newton direction: another step would repeat this one
         for i in range(d):
             theta[i] -= t * direction[i]
+        margins, trial_margins = trial_margins, margins
+        first, trial_first = trial_first, first
+        second, trial_second = trial_second, second
+        data = trial_data
     return _NOT_CONVERGED, step, gnorm, fval, loading
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def _armijo_step(code, y, w, margins, zdir, n, quad, base, direction, m, fval, slope, max_backtracks, armijo, trial):
+def _armijo_step(code, y, w, margins, zdir, n, quad, base, direction, m, fval, slope, max_backtracks, armijo, trial,
+                 trial_margins, trial_first, trial_second):
     """The largest t in 1, 1/2, ... with F(x - t direction) <= F(x) - armijo t slope; 0 if none.
 
     F's data term is read at ``margins - t zdir``; its quadratic is ``1/2 v' quad v`` at
-    ``v = base - t direction`` (m-dimensional).
+    ``v = base - t direction`` (m-dimensional). Returns t and the data term at t, and
+    leaves the margins and weighted loss derivatives at t in the ``trial_*`` arrays, so
+    the next Newton step starts from them instead of evaluating the loss again.
     """
     if not slope > 0.0:
-        return 0.0
+        return 0.0, np.nan
     slack = _ROUNDING_SLACK * abs(fval)
     t = 1.0
     for _ in range(max_backtracks):
+        for k in range(n):
+            trial_margins[k] = margins[k] - t * zdir[k]
         for i in range(m):
             trial[i] = base[i] - t * direction[i]
-        f_trial = _trial_loss(code, y, w, margins, zdir, t, n) + 0.5 * _quadratic(quad, trial, m)
+        data = _weighted_loss(code, y, w, trial_margins, n, trial_first, trial_second)
+        f_trial = data + 0.5 * _quadratic(quad, trial, m)
         if np.isfinite(f_trial) and f_trial <= fval - armijo * t * slope + slack:
-            return t
+            return t, data
         t *= 0.5
-    return 0.0
+    return 0.0, np.nan
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
@@ -370,24 +380,24 @@ def _solve_low_rank(code, z, y, o, w, n, d, p, diagonal, mu0, theta, max_steps, 
             s += z[i, c] * mu0[c]
         base[i] = s
         u[i] = 0.0
+    trial_margins, trial_first, trial_second = work.trial_margins, work.trial_first, work.trial_second
     iterations = 0
     status = _NOT_CONVERGED
+    for i in range(n):
+        margins[i] = base[i]
+    data = _weighted_loss(code, y, w, margins, n, first, second)
     for step in range(max_steps + 1):
-        for i in range(n):
-            s = base[i]
-            for j in range(n):
-                s += kmat[i, j] * u[j]
-            margins[i] = s
-        fval = _weighted_loss(code, y, w, margins, n, first, second) + 0.5 * _quadratic(kmat, u, n)
+        fval = data + 0.5 * _quadratic(kmat, u, n)
         for i in range(n):
             r[i] = u[i] + first[i]
+        for c in range(d):
+            grad[c] = 0.0
+        for k in range(n):
+            for c in range(d):
+                grad[c] += z[k, c] * r[k]
         gsq = 0.0
         for c in range(d):
-            g = 0.0
-            for k in range(n):
-                g += z[k, c] * r[k]
-            grad[c] = g
-            gsq += g * g
+            gsq += grad[c] * grad[c]
         gnorm = np.sqrt(gsq)
         if not (np.isfinite(gnorm) and np.isfinite(fval)):
             return False, _NOT_CONVERGED, 0, np.nan, np.nan
@@ -409,11 +419,16 @@ def _solve_low_rank(code, z, y, o, w, n, d, p, diagonal, mu0, theta, max_steps, 
                 krow += kmat[i, j] * r[j]
             kdelta[i] = kd
             slope += krow * delta[i]  # grad f(u) = K r
-        t = _armijo_step(code, y, w, margins, kdelta, n, kmat, u, delta, n, fval, slope, max_backtracks, armijo, work.trial)
+        t, trial_data = _armijo_step(code, y, w, margins, kdelta, n, kmat, u, delta, n, fval, slope, max_backtracks,
+                                     armijo, work.trial, trial_margins, trial_first, trial_second)
         if t == 0.0:
             break
         for i in range(n):
             u[i] -= t * delta[i]
+        margins, trial_margins = trial_margins, margins
+        first, trial_first = trial_first, first
+        second, trial_second = trial_second, second
+        data = trial_data
         iterations += 1
     step_back = work.direction
     for c in range(d):
@@ -436,16 +451,14 @@ def _solve_low_rank(code, z, y, o, w, n, d, p, diagonal, mu0, theta, max_steps, 
     return True, status, iterations, gnorm, fval
 
 
-_Work = namedtuple("_Work", [
-    "z", "y", "o", "w", "margins", "first", "second", "zdir", "grad", "diff", "direction", "trial",
-    "p", "h", "low", "vt", "kmat", "system", "base", "u", "r", "delta", "kdelta",
-])
+_VECTORS_N = ("y", "o", "w", "margins", "first", "second", "zdir", "trial_margins", "trial_first", "trial_second",
+              "base", "u", "r", "delta", "kdelta")
+_Work = namedtuple("_Work", _VECTORS_N + ("z", "grad", "diff", "direction", "trial", "p", "h", "low", "vt", "kmat", "system"))
 
 
 def solver_workspace(n: int, d: int) -> _Work:
     """Scratch arrays for entities of up to n events over d coefficients, reused from one entity to the next."""
-    vectors_n = {name: np.empty(n) for name in ("y", "o", "w", "margins", "first", "second", "zdir", "base", "u", "r",
-                                                   "delta", "kdelta")}
+    vectors_n = {name: np.empty(n) for name in _VECTORS_N}
     return _Work(z=np.empty((n, d)), grad=np.empty(d), diff=np.empty(d), direction=np.empty(d), trial=np.empty(max(n, d)),
                  p=np.empty((d, d)), h=np.empty((d, d)), low=np.empty((d, d)), vt=np.empty((n, d)), kmat=np.empty((n, n)),
                  system=np.empty((n, n)), **vectors_n)
