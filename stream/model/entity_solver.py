@@ -58,9 +58,10 @@ _LOADING_TRIES = 30
 # Reassociation lets LLVM vectorize the dot products; NaN and inf stay honoured (no
 # "nnan"/"ninf"), so the finiteness checks below keep working.
 _FAST_MATH = {"reassoc", "contract", "arcp", "nsz"}
-_ROUNDING_SLACK = 1e-12
-# From about this many multiply-adds a BLAS call beats the compiled loop for Z' D Z (measured: d=8, n=256 is 1.5x faster with BLAS).
-_BLAS_HESSIAN_MACS = 1 << 13  # relative objective noise tolerated by the Armijo test at the optimum
+_ROUNDING_SLACK = 1e-12  # relative objective noise tolerated by the Armijo test at the optimum
+# From about this many multiply-adds a BLAS call beats the compiled loop for Z' D Z
+# (measured: at d=8, n=256 BLAS is 1.5x faster).
+_BLAS_HESSIAN_MACS = 1 << 13
 
 
 def loss_code(loss: Loss) -> int:
