@@ -24,7 +24,7 @@ Per entity, with its real (unmasked) events compacted first:
 
 Both take Armijo backtracking steps on the true objective and stop on
 ``||grad F||_2 <= tol``; the returned precision is the Hessian at the returned mean.
-Input validation (non-finite values, labels, weights) happens before, in numpy.
+Inputs are validated entity by entity while its events are compacted, in the same pass.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ LOSS_CODES = {"logistic": 0, "linear": 1, "poisson": 2}
 _CONVERGED = int(UpdateStatus.CONVERGED)
 _NOT_CONVERGED = int(UpdateStatus.NOT_CONVERGED)
 _NUMERICAL_FAILURE = int(UpdateStatus.NUMERICAL_FAILURE)
+_REJECTED_INPUT = int(UpdateStatus.REJECTED_INPUT)
 _LOGISTIC, _LINEAR = LOSS_CODES["logistic"], LOSS_CODES["linear"]
 _RELATIVE_LOADING = 1e-10
 _LOADING_TRIES = 30
@@ -217,16 +218,6 @@ def _data_hessian(z, second, n, d, out):
     for i in range(d):
         for j in range(i):
             out[j, i] = out[i, j]
-
-
-@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def _prior_matrix(lam_diag, lam_full, b, diagonal, d, out):
-    if diagonal:
-        out[:, :] = 0.0
-        for i in range(d):
-            out[i, i] = lam_diag[b, i]
-    else:
-        out[:, :] = lam_full[b]
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
@@ -469,19 +460,34 @@ def solver_workspace(n: int, d: int) -> _Work:
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
 def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_diag, lam_full, diagonal, start,
                max_steps, tol, max_backtracks, armijo, work,
-                out_mean, out_precision_diag, out_precision_full, out_iterations, out_gnorm, out_objective, out_status,
-                out_loading):
+               out_mean, out_precision_diag, out_precision_full, out_iterations, out_gnorm, out_objective, out_status,
+               out_loading):
+    """Validate and solve the entities ``rows``, writing every output of each (see ``newton_update``)."""
     d = features.shape[2]
-    z, y, o, w, p = work.z, work.y, work.o, work.w, work.p
+    z, y, o, w = work.z, work.y, work.o, work.w
     for b in rows:
-        n = 0
-        for k in range(features.shape[1]):
-            if mask[b, k]:
-                z[n, :] = features[b, k]
-                y[n], o[n], w[n] = labels[b, k], offsets[b, k], weights[b, k]
-                n += 1
-        _prior_matrix(lam_diag, lam_full, b, diagonal, d, p)
+        n = _compact_events(code, features, labels, offsets, weights, mask, b, z, y, o, w)
+        valid = n >= 0 and _valid_prior(mu0[b], lam_diag, lam_full, b, diagonal, start[b], d)
+        out_iterations[b] = 0
+        out_gnorm[b] = np.nan
+        out_objective[b] = np.nan
+        out_loading[b] = 0.0
         theta = out_mean[b]
+        if not valid:  # rejected inputs leave zeros behind, never their non-finite values
+            theta[:] = 0.0
+            if diagonal:
+                out_precision_diag[b, :] = 0.0
+            else:
+                out_precision_full[b, :, :] = 0.0
+            out_status[b] = _REJECTED_INPUT
+            continue
+        if diagonal:
+            p = work.p
+            p[:, :] = 0.0
+            for i in range(d):
+                p[i, i] = lam_diag[b, i]
+        else:
+            p = lam_full[b]
         solved = False
         if n < d:
             at_prior_mean = True
@@ -499,11 +505,62 @@ def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_di
         out_status[b] = status
         out_loading[b] = loading
         out_gnorm[b] = gnorm if np.isfinite(gnorm) else np.nan
-        if status == _NUMERICAL_FAILURE:
-            continue  # keeps the last finite mean and the prior precision
-        out_objective[b] = fval
+        if status == _NUMERICAL_FAILURE:  # keeps the last finite mean, and the prior precision
+            precision = p
+        else:
+            out_objective[b] = fval
+            precision = work.h
         if diagonal:
             for i in range(d):
-                out_precision_diag[b, i] = work.h[i, i]
+                out_precision_diag[b, i] = precision[i, i]
         else:
-            out_precision_full[b] = work.h
+            out_precision_full[b] = precision
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
+def label_is_valid(code: int, y: float) -> bool:
+    """Whether ``y`` is a label the loss accepts (the rule of ``Loss.valid_labels``)."""
+    if not np.isfinite(y):
+        return False
+    if code == _LOGISTIC:
+        return 0.0 <= y <= 1.0
+    if code == _LINEAR:
+        return True
+    return y >= 0.0
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
+def _compact_events(code, features, labels, offsets, weights, mask, b, z, y, o, w):
+    """Copy entity b's real events to the front of the scratch arrays; their count, or -1 if one is invalid."""
+    n = 0
+    d = features.shape[2]
+    for k in range(features.shape[1]):
+        if not mask[b, k]:
+            continue
+        if not (label_is_valid(code, labels[b, k]) and np.isfinite(offsets[b, k]) and np.isfinite(weights[b, k])
+                and weights[b, k] >= 0.0):
+            return -1
+        for i in range(d):
+            value = features[b, k, i]
+            if not np.isfinite(value):
+                return -1
+            z[n, i] = value
+        y[n], o[n], w[n] = labels[b, k], offsets[b, k], weights[b, k]
+        n += 1
+    return n
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
+def _valid_prior(mean, lam_diag, lam_full, b, diagonal, start, d):
+    """Finite prior mean, precision and warm start; a diagonal precision must also be non-negative."""
+    for i in range(d):
+        if not (np.isfinite(mean[i]) and np.isfinite(start[i])):
+            return False
+        if diagonal:
+            if not (np.isfinite(lam_diag[b, i]) and lam_diag[b, i] >= 0.0):
+                return False
+        else:
+            for j in range(d):
+                if not np.isfinite(lam_full[b, i, j]):
+                    return False
+    return True

@@ -31,7 +31,7 @@ import numpy as np
 from stream.model.entity_solver import UpdateStatus, loss_code, solve_rows, solver_workspace
 from stream.model.losses import LogisticLoss, Loss
 
-__all__ = ["EntityEvents", "EntityUpdate", "GaussianPrior", "UpdateStatus", "newton_update", "objective", "valid_entities"]
+__all__ = ["EntityEvents", "EntityUpdate", "GaussianPrior", "UpdateStatus", "newton_update", "objective"]
 
 _LOGISTIC = LogisticLoss()
 
@@ -146,27 +146,6 @@ def _matvec(precision: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.matmul(precision, v[:, :, None])[:, :, 0]
 
 
-def valid_entities(events: EntityEvents, prior: GaussianPrior, loss: Loss, start: np.ndarray | None = None) -> np.ndarray:
-    """(B,) mask of entities whose inputs are all finite and valid for ``loss``.
-
-    Checks real (unmasked) events only: features, labels (in the loss's range), offsets,
-    weights (finite, >= 0), and the prior mean, precision and warm start.
-    """
-    m = events.mask
-    with np.errstate(invalid="ignore"):
-        ok = np.all(np.isfinite(events.features) | ~m[..., None], axis=(1, 2))
-        ok &= np.all(loss.valid_labels(events.labels) | ~m, axis=1)
-        ok &= np.all(np.isfinite(events.offsets) | ~m, axis=1)
-        ok &= np.all((np.isfinite(events.weights) & (events.weights >= 0)) | ~m, axis=1)
-        ok &= np.isfinite(prior.mean).all(axis=1)
-        ok &= np.isfinite(prior.precision.reshape(len(ok), -1)).all(axis=1)
-        if prior.diagonal:  # a diagonal precision must be non-negative to be a precision at all
-            ok &= np.all(prior.precision >= 0, axis=1)
-        if start is not None:
-            ok &= np.isfinite(start).all(axis=1)
-    return ok
-
-
 def objective(events: EntityEvents, prior: GaussianPrior, theta: np.ndarray, loss: Loss = _LOGISTIC) -> np.ndarray:
     """F(theta) per entity: weighted loss sum plus the prior's quadratic penalty (numpy, for checks and reports)."""
     m = events.mask
@@ -205,40 +184,35 @@ def newton_update(
     """
     b, n, d = events.features.shape
     code = loss_code(loss)
-    ok = valid_entities(events, prior, loss, start)
-    theta0 = prior.mean if start is None else start
-    mean = np.where(ok[:, None], theta0, 0.0).astype(np.float64)
-    precision = np.where(ok.reshape((b,) + (1,) * (prior.precision.ndim - 1)), prior.precision, 0.0).astype(np.float64)
-    result = EntityUpdate(
-        mean=mean,
-        precision=precision,
-        iterations=np.zeros(b, dtype=np.int32),
-        gradient_norm=np.full(b, np.nan),
-        objective=np.full(b, np.nan),
-        status=np.where(ok, UpdateStatus.NOT_CONVERGED, UpdateStatus.REJECTED_INPUT).astype(np.int8),
-        loading=np.zeros(b),
-    )
-    rows = np.flatnonzero(ok)
-    if rows.size == 0:
-        return result
     diagonal = prior.diagonal
-    unused = np.empty((0,) * precision.ndim)
+    result = EntityUpdate(
+        mean=np.empty((b, d)),
+        precision=np.empty(prior.precision.shape),
+        iterations=np.empty(b, dtype=np.int32),
+        gradient_norm=np.empty(b),
+        objective=np.empty(b),
+        status=np.empty(b, dtype=np.int8),
+        loading=np.empty(b),
+    )
+    if b == 0:
+        return result
     arrays = (
         code, _contiguous(events.features), _contiguous(events.labels), _contiguous(events.offsets),
-        _contiguous(events.weights), np.ascontiguousarray(events.mask, dtype=np.bool_), _contiguous(prior.mean),
+        _contiguous(events.weights), _contiguous(events.mask, np.bool_), _contiguous(prior.mean),
         _contiguous(prior.precision) if diagonal else np.empty((0, 0)),
         _contiguous(prior.precision) if not diagonal else np.empty((0, 0, 0)),
-        diagonal, _contiguous(theta0), max_steps, gradient_tolerance, max_backtracks, armijo,
+        diagonal, _contiguous(prior.mean if start is None else start), max_steps, gradient_tolerance, max_backtracks, armijo,
     )
     outputs = (
-        result.mean, result.precision if diagonal else unused, unused if diagonal else result.precision,
+        result.mean, result.precision if diagonal else np.empty((0, 0)), np.empty((0, 0, 0)) if diagonal else result.precision,
         result.iterations, result.gradient_norm, result.objective, result.status, result.loading,
     )
+    rows = np.arange(b)
 
     def solve(part: np.ndarray) -> None:
         solve_rows(part, *arrays, solver_workspace(n, d), *outputs)
 
-    parts = np.array_split(rows, min(max(1, threads), rows.size))
+    parts = np.array_split(rows, min(max(1, threads), b))
     if len(parts) > 1:
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
             list(pool.map(solve, parts))
@@ -247,5 +221,10 @@ def newton_update(
     return result
 
 
-def _contiguous(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+def _contiguous(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """``a`` as the one array type the solver is compiled for (C-contiguous, writeable), copied only if it is not.
+
+    numba compiles a separate specialization, for seconds, per array type: a read-only
+    input (``np.frombuffer``, ``broadcast_to``) would otherwise trigger one mid-stream.
+    """
+    return np.require(a, dtype=dtype, requirements=["C", "W"])

@@ -322,7 +322,7 @@ def test_singular_hessian_reports_the_loading_it_needed():
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_compiled_loss_terms_match_the_numpy_losses(loss):
-    """The compiled solver's scalar loss formulas are the ones of stream.model.losses, extremes included."""
+    """The compiled solver's scalar loss formulas and label rules are those of stream.model.losses, extremes included."""
     from stream.model.entity_solver import loss_code, loss_terms
 
     margins = np.array([-800.0, -40.0, -3.0, -1e-9, 0.0, 1e-9, 0.7, 29.9, 30.0, 31.5, 40.0, 800.0])
@@ -333,6 +333,27 @@ def test_compiled_loss_terms_match_the_numpy_losses(loss):
     first, second = LOSSES[loss].derivatives(labels, margins)
     with np.errstate(over="ignore"):
         expected = np.column_stack([LOSSES[loss].value(labels, margins), first, second])
+    from stream.model.entity_solver import label_is_valid
+
+    candidates = np.array([-1.0, -1e-300, 0.0, 0.5, 1.0, 1.0 + 1e-15, 2.0, 7.0, np.nan, np.inf, -np.inf])
+    compiled_valid = [label_is_valid(code, y) for y in candidates]
+    assert compiled_valid == LOSSES[loss].valid_labels(candidates).tolist()
     # Values agree to rounding at the scale of the margin (``m - y m`` cancels for large m).
     scale = np.finfo(float).eps * (1.0 + np.abs(margins))[:, None]
     np.testing.assert_array_less(np.abs(compiled - expected), 1e-12 * np.abs(expected) + 4 * scale)
+
+
+def test_read_only_inputs_use_the_one_compiled_solver():
+    from stream.model.entity_solver import solve_rows
+
+    rng = np.random.default_rng(23)
+    events, pri = random_problem(rng, "logistic", b=4, n=6, d=3, prior="bayes", diagonal=False)
+    frozen = [a.copy() for a in (events.features, events.labels, events.offsets, events.weights, events.mask, pri.mean,
+                                 pri.precision)]
+    for a in frozen:
+        a.flags.writeable = False
+    expected = newton_update(events, pri)
+    compiled = len(solve_rows.signatures)
+    result = newton_update(EntityEvents(*frozen[:5]), GaussianPrior(*frozen[5:]))
+    assert len(solve_rows.signatures) == compiled  # no second specialization compiled for read-only arrays
+    np.testing.assert_array_equal(result.mean, expected.mean)
