@@ -48,6 +48,7 @@ class RecordCodec(Protocol):
 
     def encode(self, record: Mapping[str, Any]) -> bytes: ...  # noqa: D102
     def decode(self, payload: bytes) -> dict[str, Any]: ...  # noqa: D102
+    def header(self) -> bytes: ...  # noqa: D102
 
 
 def _write_body(schema: AvroSchema, record: Mapping[str, Any], out: io.BytesIO) -> None:
@@ -88,6 +89,10 @@ class SingleObjectCodec:
             self._writers[writer.fingerprint] = writer
         self._header = SINGLE_OBJECT_MAGIC + schema.fingerprint
 
+    def header(self) -> bytes:
+        """The framing every value this codec encodes starts with (magic + writer fingerprint)."""
+        return self._header
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with this codec's schema as the writer schema."""
         out = io.BytesIO()
@@ -124,14 +129,18 @@ class RegistryCodec:
         self._schema_id: int | None = None
         self._writers: dict[int, AvroSchema] = {}
 
-    def encode(self, record: Mapping[str, Any]) -> bytes:
-        """Encode ``record`` with the registered id of this codec's schema."""
+    def header(self) -> bytes:
+        """The framing every value this codec encodes starts with (magic + schema id), registering the schema once."""
         if self._schema_id is None:
             from confluent_kafka.schema_registry import Schema
 
             self._schema_id = self.client.register_schema(self._subject, Schema(self.schema.to_json(), "AVRO"))
+        return REGISTRY_MAGIC + int(self._schema_id).to_bytes(4, "big")
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Encode ``record`` with the registered id of this codec's schema."""
         out = io.BytesIO()
-        out.write(REGISTRY_MAGIC + int(self._schema_id).to_bytes(4, "big"))
+        out.write(self.header())
         _write_body(self.schema, record, out)
         return out.getvalue()
 

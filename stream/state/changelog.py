@@ -11,41 +11,28 @@ from changelog partition p alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from stream.state.entity_state import StateLayout, row_bytes
+from stream.codec.avro import RecordCodec
+from stream.codec.entity_model_writer import check_entity_model_schema, encode_entity_models
+from stream.state.entity_state import StateLayout
 
 
-def entity_model_records(coordinate: str, entity_ids: Iterable[str], states: np.ndarray, layout: StateLayout,
-                         partition: int, now_ms: int | None = None) -> list[dict[str, Any]]:
-    """One ``EntityModel`` record per state (non-finite states must have been filtered before)."""
+def entity_model_values(codec: RecordCodec, coordinate: str, entity_ids: Sequence[str], states: np.ndarray,
+                        layout: StateLayout, partition: int, now_ms: int | None = None) -> list[bytes]:
+    """One encoded ``EntityModel`` value per state (non-finite states must have been filtered before)."""
     if not (np.isfinite(states["mean"]).all() and np.isfinite(states["precision"]).all()):
         raise ValueError("refusing to publish non-finite coefficients")
-    published = int(time.time() * 1000) if now_ms is None else now_ms
-    kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
-    columns = zip(entity_ids, states["version"].tolist(), states["mean"].tolist(),
-                  row_bytes(states["precision"].astype("<f8", copy=False)), states["index_version"].tolist(),
-                  states["last_offset"].tolist(), states["event_count"].tolist(), states["last_event_time"].tolist())
-    return [
-        {
-            "coordinate": coordinate,
-            "entity_id": entity,
-            "version": version,
-            "means": means,
-            "precision_kind": kind,
-            "precision": precision,
-            "index_version": index_version,
-            "source_partition": partition,
-            "source_offset": last_offset,
-            "event_count": event_count,
-            "last_event_time": last_event_time,
-            "published_time": published,
-        }
-        for entity, version, means, precision, index_version, last_offset, event_count, last_event_time in columns
-    ]
+    check_entity_model_schema(codec.schema)
+    return encode_entity_models(
+        codec.header(), coordinate, list(entity_ids), states["version"], states["mean"],
+        "DIAGONAL" if layout.diagonal else "PACKED_UPPER", states["precision"], states["index_version"], partition,
+        states["last_offset"], states["event_count"], states["last_event_time"],
+        int(time.time() * 1000) if now_ms is None else now_ms,
+    )
 
 
 def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, new_precision: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from stream.metrics.histogram import (
 )
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.model.losses import get_loss
-from stream.state.changelog import entity_model_records, states_from_records
+from stream.state.changelog import entity_model_values, states_from_records
 from stream.state.exceptions import StateLayoutError
 from stream.state.ownership import PartitionStores
 from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
@@ -231,11 +231,10 @@ class CoordinateUpdater:
         states, _ = layout.decode(store.get_many(keys), self.math.new_entity_precision)
         outcome = apply_batch(self.math, states, batch)
         changed = np.flatnonzero(outcome.changed)
-        published = entity_model_records(self.coordinate, batch.entity_ids[changed], outcome.states[changed], layout, partition)
-        encode = self._model_codec.encode
-        for record in published:
-            self._producer.produce(self.coefficients_topic, key=record["entity_id"].encode(), value=encode(record),
-                                   partition=partition)
+        entity_ids = batch.entity_ids[changed].tolist()
+        values = entity_model_values(self._model_codec, self.coordinate, entity_ids, outcome.states[changed], layout, partition)
+        for entity_id, value in zip(entity_ids, values):
+            self._producer.produce(self.coefficients_topic, key=entity_id.encode(), value=value, partition=partition)
         self._producer.poll(0)
         now_ms = int(time.time() * 1000)
         positive = batch.mask & (batch.labels > 0) & outcome.changed[:, None]
