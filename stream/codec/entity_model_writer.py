@@ -11,6 +11,8 @@ output with fastavro's byte for byte.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
 
@@ -45,28 +47,40 @@ def check_entity_model_schema(schema: AvroSchema) -> None:
         raise EncodeError(f"the batch EntityModel writer does not know schema {schema.name} with fields {found}")
 
 
-def encode_entity_models(header: bytes, coordinate: str, entity_ids: list[str], versions: np.ndarray, means: np.ndarray,
-                         precision_kind: str, precisions: np.ndarray, index_versions: np.ndarray, partition: int,
-                         source_offsets: np.ndarray, event_counts: np.ndarray, last_event_times: np.ndarray,
-                         published_ms: int) -> list[bytes]:
-    """One framed ``EntityModel`` value per row: ``header`` (the codec's framing) + the Avro body.
+def encode_entity_models(header: bytes, coordinate: str, entity_ids: list[str], versions: np.ndarray, rows: np.ndarray,
+                         means_at: tuple[int, int], precision_kind: str, precision_at: tuple[int, int],
+                         index_versions: np.ndarray, partition: int, source_offsets: np.ndarray, event_counts: np.ndarray,
+                         last_event_times: np.ndarray, published_ms: int) -> list[bytes]:
+    """One framed ``EntityModel`` value per entity: ``header`` (the codec's framing) + the Avro body.
 
-    ``means`` is (B, d) and ``precisions`` (B, p) float64; the integer columns are (B,).
+    The means and the precision are float64 values read where they lie: ``rows`` is a
+    (B, k) uint8 array (each entity's state record as bytes) and ``means_at`` /
+    ``precision_at`` give (byte offset, number of doubles) inside a row. The integer
+    columns are (B,). Raises :class:`NonFiniteCoefficientsError`, encoding nothing, if any
+    of those doubles is NaN or infinite: checking while copying costs no extra pass.
     """
     count = len(entity_ids)
     if count == 0:
         return []
+    if sys.byteorder != "little":  # doubles are copied as they lie in memory; Avro's are little-endian
+        raise EncodeError("the batch EntityModel writer needs a little-endian machine")
     ids = [e.encode() for e in entity_ids]
     id_offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum([len(i) for i in ids], out=id_offsets[1:])
-    buffer, offsets = _write(
+    buffer, offsets, finite = _write(
         np.frombuffer(header, dtype=np.uint8), np.frombuffer(coordinate.encode(), dtype=np.uint8),
         np.frombuffer(b"".join(ids), dtype=np.uint8), id_offsets, _int64(versions),
-        np.ascontiguousarray(means, dtype="<f8").view(np.uint8), PRECISION_KINDS.index(precision_kind),
-        np.ascontiguousarray(precisions, dtype="<f8").view(np.uint8), _int64(index_versions), partition,
-        _int64(source_offsets), _int64(event_counts), _int64(last_event_times), published_ms)
+        np.ascontiguousarray(rows, dtype=np.uint8), means_at[0], means_at[1], PRECISION_KINDS.index(precision_kind),
+        precision_at[0], precision_at[1], _int64(index_versions), partition, _int64(source_offsets),
+        _int64(event_counts), _int64(last_event_times), published_ms)
+    if not finite:
+        raise NonFiniteCoefficientsError("refusing to publish non-finite coefficients")
     data = buffer.tobytes()
     return [data[offsets[i]:offsets[i + 1]] for i in range(count)]
+
+
+class NonFiniteCoefficientsError(EncodeError):
+    """A state about to be published holds a NaN or infinite mean or precision value."""
 
 
 def _int64(values: np.ndarray) -> np.ndarray:
@@ -95,11 +109,13 @@ def _write_bytes(buffer, pos, data, start, stop):
 
 
 @njit(nogil=True, cache=True)
-def _write(header, coordinate, ids, id_offsets, versions, means, kind, precisions, index_versions, partition,
-           source_offsets, event_counts, last_event_times, published_ms):
+def _write(header, coordinate, ids, id_offsets, versions, rows, means_offset, dim, kind, precision_offset,
+           precision_size, index_versions, partition, source_offsets, event_counts, last_event_times, published_ms):
     count = versions.shape[0]
-    mean_bytes, precision_bytes = means.shape[1], precisions.shape[1]
-    fixed = header.shape[0] + coordinate.shape[0] + mean_bytes + precision_bytes + 12 * _MAX_VARINT
+    fixed = header.shape[0] + coordinate.shape[0] + 8 * (dim + precision_size) + 12 * _MAX_VARINT
+    scratch = np.empty(1, dtype=np.float64)
+    scratch_bytes = scratch.view(np.uint8)
+    finite = True
     buffer = np.empty(count * fixed + ids.shape[0], dtype=np.uint8)
     offsets = np.empty(count + 1, dtype=np.int64)
     pos = 0
@@ -111,14 +127,15 @@ def _write(header, coordinate, ids, id_offsets, versions, means, kind, precision
         pos = _write_bytes(buffer, pos, coordinate, 0, coordinate.shape[0])
         pos = _write_bytes(buffer, pos, ids, id_offsets[b], id_offsets[b + 1])
         pos = _write_long(buffer, pos, versions[b])
-        if mean_bytes > 0:  # one block of d doubles, then the empty block that ends the array
-            pos = _write_long(buffer, pos, np.int64(mean_bytes // 8))
-            for i in range(mean_bytes):
-                buffer[pos] = means[b, i]
-                pos += 1
+        if dim > 0:  # one block of d doubles, then the empty block that ends the array
+            pos = _write_long(buffer, pos, np.int64(dim))
+            pos, ok = _write_doubles(buffer, pos, rows[b], means_offset, dim, scratch, scratch_bytes)
+            finite = finite and ok
         pos = _write_long(buffer, pos, np.int64(0))
         pos = _write_long(buffer, pos, np.int64(kind))
-        pos = _write_bytes(buffer, pos, precisions[b], 0, precision_bytes)
+        pos = _write_long(buffer, pos, np.int64(8 * precision_size))
+        pos, ok = _write_doubles(buffer, pos, rows[b], precision_offset, precision_size, scratch, scratch_bytes)
+        finite = finite and ok
         pos = _write_long(buffer, pos, index_versions[b])
         pos = _write_long(buffer, pos, np.int64(partition))
         pos = _write_long(buffer, pos, source_offsets[b])
@@ -126,4 +143,17 @@ def _write(header, coordinate, ids, id_offsets, versions, means, kind, precision
         pos = _write_long(buffer, pos, last_event_times[b])
         pos = _write_long(buffer, pos, np.int64(published_ms))
     offsets[count] = pos
-    return buffer[:pos], offsets
+    return buffer[:pos], offsets, finite
+
+
+@njit(nogil=True, cache=True)
+def _write_doubles(buffer, pos, row, start, count, scratch, scratch_bytes):
+    """``count`` doubles stored at byte ``start`` of ``row``, copied; also says whether they were all finite."""
+    finite = True
+    for i in range(count):
+        for j in range(8):
+            scratch_bytes[j] = row[start + 8 * i + j]
+            buffer[pos + j] = scratch_bytes[j]
+        finite = finite and np.isfinite(scratch[0])
+        pos += 8
+    return pos, finite

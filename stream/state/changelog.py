@@ -23,15 +23,17 @@ from stream.state.entity_state import StateLayout
 
 def entity_model_values(codec: RecordCodec, coordinate: str, entity_ids: Sequence[str], states: np.ndarray,
                         layout: StateLayout, partition: int, now_ms: int | None = None) -> list[bytes]:
-    """One encoded ``EntityModel`` value per state (non-finite states must have been filtered before)."""
-    if not (np.isfinite(states["mean"]).all() and np.isfinite(states["precision"]).all()):
-        raise ValueError("refusing to publish non-finite coefficients")
+    """One encoded ``EntityModel`` value per state; a non-finite mean or precision raises ``NonFiniteCoefficientsError``."""
     check_entity_model_schema(codec.schema)
+    if len(states) == 0:
+        return []
+    states = np.ascontiguousarray(states)
+    fields = states.dtype.fields
     return encode_entity_models(
-        codec.header(), coordinate, list(entity_ids), states["version"], states["mean"],
-        "DIAGONAL" if layout.diagonal else "PACKED_UPPER", states["precision"], states["index_version"], partition,
-        states["last_offset"], states["event_count"], states["last_event_time"],
-        int(time.time() * 1000) if now_ms is None else now_ms,
+        codec.header(), coordinate, list(entity_ids), states["version"], states.view(np.uint8).reshape(len(states), -1),
+        (fields["mean"][1], layout.dim), "DIAGONAL" if layout.diagonal else "PACKED_UPPER",
+        (fields["precision"][1], layout.precision_size), states["index_version"], partition, states["last_offset"],
+        states["event_count"], states["last_event_time"], int(time.time() * 1000) if now_ms is None else now_ms,
     )
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.codec import make_codec
-from stream.codec.entity_model_writer import check_entity_model_schema
+from stream.codec.entity_model_writer import NonFiniteCoefficientsError, check_entity_model_schema
 from stream.codec.exceptions import EncodeError
 from stream.codec.schemas import AvroSchema, load_schema
 from stream.state.changelog import entity_model_values, states_from_records
@@ -62,12 +62,14 @@ def test_published_values_restore_the_states_they_came_from():
         np.testing.assert_array_equal(restored[name], states[name])
 
 
-def test_non_finite_states_are_never_published():
-    layout = StateLayout(dim=2, diagonal=True, window=0)
-    states = layout.new_states(1, np.ones(2))
-    states["mean"] = [[np.nan, 0.0]]
-    with pytest.raises(ValueError, match="non-finite"):
-        entity_model_values(CODEC, "member", ["m"], states, layout, partition=0)
+@pytest.mark.parametrize("field, bad", [("mean", np.nan), ("precision", np.inf), ("precision", -np.inf)])
+def test_non_finite_states_are_never_published(field, bad):
+    layout = StateLayout(dim=2, diagonal=False, window=0)
+    states = layout.new_states(3, np.ones(2))
+    states[field][1, -1] = bad
+    with pytest.raises(NonFiniteCoefficientsError, match="non-finite"):
+        entity_model_values(CODEC, "member", ["a", "b", "c"], states, layout, partition=0)
+    assert entity_model_values(CODEC, "member", [], states[:0], layout, partition=0) == []
 
 
 def test_the_writer_refuses_a_schema_it_does_not_know():
