@@ -10,7 +10,7 @@ Stages join their consumer group before the data arrives, so only processing is 
   coordinate (d=32, bayes, full and diagonal precision) consumed by a CoordinateUpdater — hot: ~1k
   entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
   micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition).
-  Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages, and
+  Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages (best of three reads), and
   their ratio; entity updates/s; RocksDB bytes per entity after a flush.
 * ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
   through the Joiner (decode, index, RocksDB join, produce examples for two coordinates),
@@ -160,8 +160,9 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
         produce_all(producer, settings.topics.examples_by_member, items)
         total += len(items)
         seconds += timed_steps(updater.step, lambda n=total: updater.stats.examples >= n)
-        ceiling_seconds += len(items) / raw_ceiling(settings, settings.topics.examples_by_member, len(items),
-                                                    "LabeledExample") if r == 0 else 0.0
+        if r == 0:  # the best of three reads: the ceiling is what consume + decode can reach here
+            ceiling_seconds = len(items) / max(raw_ceiling(settings, settings.topics.examples_by_member, len(items),
+                                                           "LabeledExample") for _ in range(3))
     stats = updater.stats
     updater.close()
     entities = rounds * entities_per_round
