@@ -1,4 +1,4 @@
-"""The GLMix math core: losses, the vectorized per-entity Newton update, priors, uncertainty,
+"""The GLMix math core: losses, the per-entity Newton update (compiled, many entities per call), priors, uncertainty,
 feature indexing, the batch GAME trainer and quality metrics."""
 
 from stream.model.features import INTERCEPT_KEY, FeatureIndex

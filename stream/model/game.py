@@ -4,7 +4,7 @@ One global (fixed-effect) coordinate over sparse features plus any number of
 random-effect coordinates over dense, bounded features. Each coordinate is fitted on
 the other coordinates' scores as offsets (only residual information travels between
 coordinates), the global one with scipy's L-BFGS on the sparse design matrix, the
-random effects with the vectorized Newton solver of :mod:`stream.model.newton`, all
+random effects with the batch Newton solver of :mod:`stream.model.newton`, all
 entities at once in buckets of similar event counts. After every coordinate update the
 model is scored on a validation set and the best state is kept.
 
@@ -225,7 +225,7 @@ def fit_random_effect(
     max_steps: int = 20,
     max_cells: int = 2_000_000,
 ) -> RandomEffectModel:
-    """Fit every entity's ``l2``-regularized model on its rows, all entities vectorized."""
+    """Fit every entity's ``l2``-regularized model on its rows, all entities in one solver call."""
     ids, codes = np.unique(data.entity_ids, return_inverse=True)
     n_entities, d = ids.size, data.features.shape[1]
     order = np.argsort(codes, kind="stable")

@@ -1,4 +1,4 @@
-"""One micro-batch of one coordinate: stored states + grouped events -> new states (pure numpy).
+"""One micro-batch of one coordinate: stored states + grouped events -> new states (no I/O: arrays in, arrays out).
 
 This is DESIGN §4 applied to the state layout of :mod:`stream.state.entity_state`:
 

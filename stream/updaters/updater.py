@@ -2,7 +2,7 @@
 
 Each micro-batch (at most ``batch_size`` examples or ``batch_time_ms``) is decoded at
 once, split by input partition, grouped by entity, read from the partition's store with
-one multi-get, updated by one vectorized Newton solve (:mod:`stream.updaters.state_update`),
+one multi-get, updated by one call of the compiled Newton solver (:mod:`stream.updaters.state_update`),
 published, committed, and written back with one WriteBatch, in DESIGN §5's order:
 produce coefficients -> flush -> commit input offsets -> write the batch (states + offset).
 
