@@ -48,6 +48,9 @@ class UpdateStatus(IntEnum):
 
 
 LOSS_CODES = {"logistic": 0, "linear": 1, "poisson": 2}
+# How a batch's prior precisions are laid out: (B, d) diagonals, (B, d, d) matrices, or
+# (B, d(d+1)/2) packed upper triangles (stream.model.packed); results come back the same way.
+DIAGONAL, FULL, PACKED = 0, 1, 2
 
 _CONVERGED = int(UpdateStatus.CONVERGED)
 _NOT_CONVERGED = int(UpdateStatus.NOT_CONVERGED)
@@ -458,16 +461,21 @@ def solver_workspace(n: int, d: int) -> _Work:
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_diag, lam_full, diagonal, start,
+def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_rows, lam_full, layout, start,
                max_steps, tol, max_backtracks, armijo, work,
-               out_mean, out_precision_diag, out_precision_full, out_iterations, out_gnorm, out_objective, out_status,
+               out_mean, out_precision_rows, out_precision_full, out_iterations, out_gnorm, out_objective, out_status,
                out_loading):
-    """Validate and solve the entities ``rows``, writing every output of each (see ``newton_update``)."""
+    """Validate and solve the entities ``rows``, writing every output of each (see ``newton_update``).
+
+    Precisions are ``lam_rows`` / ``out_precision_rows`` (B, k) for the DIAGONAL and PACKED
+    layouts and ``lam_full`` / ``out_precision_full`` (B, d, d) for FULL; the other pair is empty.
+    """
     d = features.shape[2]
     z, y, o, w = work.z, work.y, work.o, work.w
+    diagonal = layout == DIAGONAL
     for b in rows:
         n = _compact_events(code, features, labels, offsets, weights, mask, b, z, y, o, w)
-        valid = n >= 0 and _valid_prior(mu0[b], lam_diag, lam_full, b, diagonal, start[b], d)
+        valid = n >= 0 and _valid_prior(mu0[b], lam_rows, lam_full, b, layout, start[b], d)
         out_iterations[b] = 0
         out_gnorm[b] = np.nan
         out_objective[b] = np.nan
@@ -475,19 +483,13 @@ def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_di
         theta = out_mean[b]
         if not valid:  # rejected inputs leave zeros behind, never their non-finite values
             theta[:] = 0.0
-            if diagonal:
-                out_precision_diag[b, :] = 0.0
-            else:
+            if layout == FULL:
                 out_precision_full[b, :, :] = 0.0
+            else:
+                out_precision_rows[b, :] = 0.0
             out_status[b] = _REJECTED_INPUT
             continue
-        if diagonal:
-            p = work.p
-            p[:, :] = 0.0
-            for i in range(d):
-                p[i, i] = lam_diag[b, i]
-        else:
-            p = lam_full[b]
+        p = _prior_matrix(lam_rows, lam_full, b, layout, d, work.p)
         solved = False
         if n < d:
             at_prior_mean = True
@@ -510,11 +512,41 @@ def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_di
         else:
             out_objective[b] = fval
             precision = work.h
-        if diagonal:
-            for i in range(d):
-                out_precision_diag[b, i] = precision[i, i]
-        else:
-            out_precision_full[b] = precision
+        _store_precision(precision, layout, d, b, out_precision_rows, out_precision_full)
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
+def _prior_matrix(lam_rows, lam_full, b, layout, d, scratch):
+    """Entity b's prior precision as a d x d matrix: read in place (FULL) or built in ``scratch``."""
+    if layout == FULL:
+        return lam_full[b]
+    if layout == DIAGONAL:
+        scratch[:, :] = 0.0
+        for i in range(d):
+            scratch[i, i] = lam_rows[b, i]
+        return scratch
+    k = 0
+    for i in range(d):
+        for j in range(i, d):
+            scratch[i, j] = lam_rows[b, k]
+            scratch[j, i] = lam_rows[b, k]
+            k += 1
+    return scratch
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST_MATH)
+def _store_precision(precision, layout, d, b, out_rows, out_full):
+    if layout == FULL:
+        out_full[b] = precision
+    elif layout == DIAGONAL:
+        for i in range(d):
+            out_rows[b, i] = precision[i, i]
+    else:
+        k = 0
+        for i in range(d):
+            for j in range(i, d):
+                out_rows[b, k] = precision[i, j]
+                k += 1
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
@@ -551,16 +583,19 @@ def _compact_events(code, features, labels, offsets, weights, mask, b, z, y, o, 
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def _valid_prior(mean, lam_diag, lam_full, b, diagonal, start, d):
+def _valid_prior(mean, lam_rows, lam_full, b, layout, start, d):
     """Finite prior mean, precision and warm start; a diagonal precision must also be non-negative."""
     for i in range(d):
         if not (np.isfinite(mean[i]) and np.isfinite(start[i])):
             return False
-        if diagonal:
-            if not (np.isfinite(lam_diag[b, i]) and lam_diag[b, i] >= 0.0):
-                return False
-        else:
+        if layout == FULL:
             for j in range(d):
                 if not np.isfinite(lam_full[b, i, j]):
                     return False
+        elif layout == DIAGONAL and not (np.isfinite(lam_rows[b, i]) and lam_rows[b, i] >= 0.0):
+            return False
+    if layout == PACKED:
+        for k in range(lam_rows.shape[1]):
+            if not np.isfinite(lam_rows[b, k]):
+                return False
     return True

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.model.entity_solver import UpdateStatus, loss_code, solve_rows, solver_workspace
+from stream.model.entity_solver import DIAGONAL, FULL, PACKED, UpdateStatus, loss_code, solve_rows, solver_workspace
 from stream.model.losses import LogisticLoss, Loss
+from stream.model.packed import unpack_upper
 
 __all__ = ["EntityEvents", "EntityUpdate", "GaussianPrior", "UpdateStatus", "newton_update", "objective"]
 
@@ -85,18 +86,25 @@ class EntityEvents:
 
 @dataclass(frozen=True)
 class GaussianPrior:
-    """Per-entity prior means (B, d) and precisions: full (B, d, d) or diagonal (B, d)."""
+    """Per-entity prior means (B, d) and precisions: full (B, d, d), diagonal (B, d), or packed.
+
+    ``packed=True`` means (B, d(d+1)/2) upper triangles row by row (:mod:`stream.model.packed`),
+    the layout entity states keep; the solver reads and returns it without unpacking.
+    """
 
     mean: np.ndarray
     precision: np.ndarray
+    packed: bool = False
 
     @property
     def diagonal(self) -> bool:
         """Whether precisions are stored as their diagonals."""
-        return self.precision.ndim == 2
+        return self.precision.ndim == 2 and not self.packed
 
     def full_precision(self) -> np.ndarray:
         """Precisions as (B, d, d) matrices."""
+        if self.packed:
+            return unpack_upper(np.ascontiguousarray(self.precision, dtype=np.float64), self.mean.shape[1])
         if not self.diagonal:
             return self.precision
         b, d = self.precision.shape
@@ -106,14 +114,14 @@ class GaussianPrior:
 
     def take(self, index: np.ndarray) -> GaussianPrior:
         """The prior of a subset of entities."""
-        return GaussianPrior(self.mean[index], self.precision[index])
+        return GaussianPrior(self.mean[index], self.precision[index], self.packed)
 
 
 @dataclass(frozen=True)
 class EntityUpdate:
     """Result of :func:`newton_update` for B entities.
 
-    ``precision`` has the prior's layout (full or diagonal). ``objective`` is F at the
+    ``precision`` has the prior's layout (full, diagonal or packed). ``objective`` is F at the
     returned mean; ``loading`` is the diagonal loading the last Newton system needed.
     """
 
@@ -184,7 +192,7 @@ def newton_update(
     """
     b, n, d = events.features.shape
     code = loss_code(loss)
-    diagonal = prior.diagonal
+    layout = PACKED if prior.packed else DIAGONAL if prior.diagonal else FULL
     result = EntityUpdate(
         mean=np.empty((b, d)),
         precision=np.empty(prior.precision.shape),
@@ -196,15 +204,16 @@ def newton_update(
     )
     if b == 0:
         return result
+    matrices = layout == FULL
     arrays = (
         code, _contiguous(events.features), _contiguous(events.labels), _contiguous(events.offsets),
         _contiguous(events.weights), _contiguous(events.mask, np.bool_), _contiguous(prior.mean),
-        _contiguous(prior.precision) if diagonal else np.empty((0, 0)),
-        _contiguous(prior.precision) if not diagonal else np.empty((0, 0, 0)),
-        diagonal, _contiguous(prior.mean if start is None else start), max_steps, gradient_tolerance, max_backtracks, armijo,
+        np.empty((0, 0)) if matrices else _contiguous(prior.precision),
+        _contiguous(prior.precision) if matrices else np.empty((0, 0, 0)),
+        layout, _contiguous(prior.mean if start is None else start), max_steps, gradient_tolerance, max_backtracks, armijo,
     )
     outputs = (
-        result.mean, result.precision if diagonal else np.empty((0, 0)), np.empty((0, 0, 0)) if diagonal else result.precision,
+        result.mean, np.empty((0, 0)) if matrices else result.precision, result.precision if matrices else np.empty((0, 0, 0)),
         result.iterations, result.gradient_norm, result.objective, result.status, result.loading,
     )
     rows = np.arange(b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream.model.newton import GaussianPrior
+from stream.model.packed import diagonal_positions
 
 
 def l2_precision_diagonal(dim: int, l2: float, intercept_l2: float | None = None, intercept_column: int | None = 0) -> np.ndarray:
@@ -46,7 +47,7 @@ def forgetting_prior(posterior: GaussianPrior, forgetting: float, new_entity_pre
     """The prior for the next update: ``delta P + (1 - delta) Lambda_new`` around the old mean.
 
     ``new_entity_precision`` is the (d,) diagonal of a new entity's prior (see
-    :func:`l2_precision_diagonal`); ``posterior`` may be full or diagonal.
+    :func:`l2_precision_diagonal`); ``posterior`` may be full, diagonal or packed.
     """
     if not 0.0 < forgetting <= 1.0:
         raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
@@ -55,6 +56,10 @@ def forgetting_prior(posterior: GaussianPrior, forgetting: float, new_entity_pre
     ridge = (1.0 - forgetting) * np.asarray(new_entity_precision, dtype=np.float64)
     if posterior.diagonal:
         return GaussianPrior(posterior.mean, forgetting * posterior.precision + ridge)
+    if posterior.packed:
+        precision = forgetting * posterior.precision
+        precision[:, diagonal_positions(posterior.mean.shape[1])] += ridge
+        return GaussianPrior(posterior.mean, precision, packed=True)
     d = posterior.precision.shape[-1]
     precision = forgetting * posterior.precision
     precision[:, np.arange(d), np.arange(d)] += ridge

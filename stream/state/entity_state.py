@@ -16,8 +16,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from stream.model.packed import pack_upper, packed_diagonal, packed_size, unpack_upper
 from stream.state.exceptions import StateLayoutError
 
 NO_OFFSET = -1
@@ -34,7 +34,7 @@ class StateLayout:
     @property
     def precision_size(self) -> int:
         """Stored precision values: d (diagonal) or d(d+1)/2 (packed upper triangle)."""
-        return self.dim if self.diagonal else self.dim * (self.dim + 1) // 2
+        return self.dim if self.diagonal else packed_size(self.dim)
 
     @property
     def tag(self) -> int:
@@ -105,16 +105,14 @@ class StateLayout:
         if self.diagonal:
             return precision if precision.ndim == 2 else np.diagonal(precision, axis1=1, axis2=2)
         if precision.ndim == 2:
-            full = np.zeros(precision.shape + (self.dim,))
-            full[:, np.arange(self.dim), np.arange(self.dim)] = precision
-            precision = full
-        return _pack_upper(np.ascontiguousarray(precision, dtype=np.float64))
+            return packed_diagonal(precision)
+        return pack_upper(np.ascontiguousarray(precision, dtype=np.float64))
 
     def unpack_precision(self, stored: np.ndarray) -> np.ndarray:
         """Stored values -> (B, d) diagonals or symmetric (B, d, d) matrices."""
         if self.diagonal:
             return np.array(stored, dtype=np.float64)
-        return _unpack_upper(np.ascontiguousarray(stored, dtype=np.float64), self.dim)
+        return unpack_upper(np.ascontiguousarray(stored, dtype=np.float64), self.dim)
 
 
 def row_bytes(rows: np.ndarray) -> list[bytes]:
@@ -122,34 +120,3 @@ def row_bytes(rows: np.ndarray) -> list[bytes]:
     buffer = np.ascontiguousarray(rows).tobytes()
     size = len(buffer) // len(rows) if len(rows) else 0
     return [buffer[i:i + size] for i in range(0, len(buffer), size)] if size else [b""] * len(rows)
-
-
-# Packing is a plain copy loop: compiled, it is ~10x numpy's gather over index arrays,
-# which was a tenth of a cold full-precision micro-batch.
-@njit(nogil=True, cache=True)
-def _pack_upper(full: np.ndarray) -> np.ndarray:
-    """(B, d, d) symmetric matrices -> (B, d(d+1)/2) upper triangles, row by row."""
-    b, d = full.shape[0], full.shape[1]
-    packed = np.empty((b, d * (d + 1) // 2))
-    for e in range(b):
-        k = 0
-        for i in range(d):
-            for j in range(i, d):
-                packed[e, k] = full[e, i, j]
-                k += 1
-    return packed
-
-
-@njit(nogil=True, cache=True)
-def _unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
-    """(B, d(d+1)/2) upper triangles -> (B, d, d) symmetric matrices."""
-    b = packed.shape[0]
-    full = np.empty((b, d, d))
-    for e in range(b):
-        k = 0
-        for i in range(d):
-            for j in range(i, d):
-                full[e, i, j] = packed[e, k]
-                full[e, j, i] = packed[e, k]
-                k += 1
-    return full

@@ -22,6 +22,7 @@ import numpy as np
 from stream.config import CoordinateSettings
 from stream.model.losses import Loss
 from stream.model.newton import EntityEvents, EntityUpdate, GaussianPrior, newton_update
+from stream.model.packed import packed_diagonal
 from stream.model.priors import forgetting_prior, l2_precision_diagonal, l2_prior
 from stream.state.entity_state import StateLayout
 from stream.updaters.examples import EntityBatch
@@ -109,7 +110,7 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     target = rows[usable]
     new = states[target]
     new["mean"] = update.mean[usable]
-    new["precision"] = layout.pack_precision(update.precision[usable])
+    new["precision"] = update.precision[usable]  # both updates solve in the stored layout
     new["version"] += 1
     live_rows = live[target]
     new["last_offset"] = np.where(live_rows, batch.input_offsets[target], -1).max(axis=1)
@@ -127,11 +128,19 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
 def _bayes_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,
                   rows: np.ndarray) -> EntityUpdate:
     s = math.settings
-    posterior = GaussianPrior(states["mean"].copy(), math.layout.unpack_precision(states["precision"]))
+    # A full precision stays in the states' packed layout: the solver reads and returns it as is.
+    posterior = GaussianPrior(states["mean"].copy(), states["precision"].copy(), packed=not math.layout.diagonal)
     prior = forgetting_prior(posterior, s.forgetting, math.new_entity_precision)
     events = EntityEvents(batch.features[rows], batch.labels[rows], batch.offsets[rows], batch.weights[rows], live[rows])
     return newton_update(events, prior, math.loss, start=posterior.mean, max_steps=s.newton_steps,
                          gradient_tolerance=s.gradient_tolerance)
+
+
+def _stored_layout(diagonal_prior: GaussianPrior, layout: StateLayout) -> GaussianPrior:
+    """A diagonal prior in the states' precision layout (packed when they keep full precisions)."""
+    if layout.diagonal:
+        return diagonal_prior
+    return GaussianPrior(diagonal_prior.mean, packed_diagonal(diagonal_prior.precision), packed=True)
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,7 @@ def _l2_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, liv
                rows: np.ndarray) -> tuple[EntityUpdate, _Window]:
     s, layout = math.settings, math.layout
     window = _merged_window(states, batch, live, rows, s.window_events, s.window_max_age_ms)
-    prior = l2_prior(len(rows), layout.dim, s.l2, s.intercept_l2, 0 if s.intercept else None, diagonal=layout.diagonal)
+    prior = _stored_layout(l2_prior(len(rows), layout.dim, s.l2, s.intercept_l2, 0 if s.intercept else None), layout)
     events = EntityEvents(window.features, window.labels, window.offsets, window.weights, window.mask)
     update = newton_update(events, prior, math.loss, start=states["mean"].copy(), max_steps=s.newton_steps,
                            gradient_tolerance=s.gradient_tolerance)

@@ -357,3 +357,20 @@ def test_read_only_inputs_use_the_one_compiled_solver():
     result = newton_update(EntityEvents(*frozen[:5]), GaussianPrior(*frozen[5:]))
     assert len(solve_rows.signatures) == compiled  # no second specialization compiled for read-only arrays
     np.testing.assert_array_equal(result.mean, expected.mean)
+
+
+@pytest.mark.parametrize("n", [3, 20], ids=["low-rank", "full-path"])
+def test_a_packed_prior_gives_the_full_priors_result_in_packed_form(n):
+    from stream.model.packed import pack_upper
+
+    rng = np.random.default_rng(29)
+    events, pri = random_problem(rng, "logistic", b=12, n=n, d=6, prior="bayes", diagonal=False)
+    events = EntityEvents.build(events.features, events.labels, events.offsets, events.weights)  # no padding: n stays n
+    delta, ridge = 0.8, np.linspace(0.5, 1.5, 6)
+    full = newton_update(events, forgetting_prior(pri, delta, ridge))
+    packed_prior = forgetting_prior(GaussianPrior(pri.mean, pack_upper(pri.precision), packed=True), delta, ridge)
+    np.testing.assert_allclose(packed_prior.full_precision(), forgetting_prior(pri, delta, ridge).precision, rtol=1e-15)
+    packed = newton_update(events, packed_prior)
+    np.testing.assert_array_equal(packed.status, full.status)
+    np.testing.assert_allclose(packed.mean, full.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(packed.precision, pack_upper(full.precision), rtol=1e-12)
