@@ -113,8 +113,6 @@ def _write(header, coordinate, ids, id_offsets, versions, rows, means_offset, di
            precision_size, index_versions, partition, source_offsets, event_counts, last_event_times, published_ms):
     count = versions.shape[0]
     fixed = header.shape[0] + coordinate.shape[0] + 8 * (dim + precision_size) + 12 * _MAX_VARINT
-    scratch = np.empty(1, dtype=np.float64)
-    scratch_bytes = scratch.view(np.uint8)
     finite = True
     buffer = np.empty(count * fixed + ids.shape[0], dtype=np.uint8)
     offsets = np.empty(count + 1, dtype=np.int64)
@@ -129,12 +127,12 @@ def _write(header, coordinate, ids, id_offsets, versions, rows, means_offset, di
         pos = _write_long(buffer, pos, versions[b])
         if dim > 0:  # one block of d doubles, then the empty block that ends the array
             pos = _write_long(buffer, pos, np.int64(dim))
-            pos, ok = _write_doubles(buffer, pos, rows[b], means_offset, dim, scratch, scratch_bytes)
+            pos, ok = _write_doubles(buffer, pos, rows[b], means_offset, dim)
             finite = finite and ok
         pos = _write_long(buffer, pos, np.int64(0))
         pos = _write_long(buffer, pos, np.int64(kind))
         pos = _write_long(buffer, pos, np.int64(8 * precision_size))
-        pos, ok = _write_doubles(buffer, pos, rows[b], precision_offset, precision_size, scratch, scratch_bytes)
+        pos, ok = _write_doubles(buffer, pos, rows[b], precision_offset, precision_size)
         finite = finite and ok
         pos = _write_long(buffer, pos, index_versions[b])
         pos = _write_long(buffer, pos, np.int64(partition))
@@ -147,13 +145,16 @@ def _write(header, coordinate, ids, id_offsets, versions, rows, means_offset, di
 
 
 @njit(nogil=True, cache=True)
-def _write_doubles(buffer, pos, row, start, count, scratch, scratch_bytes):
-    """``count`` doubles stored at byte ``start`` of ``row``, copied; also says whether they were all finite."""
+def _write_doubles(buffer, pos, row, start, count):
+    """``count`` doubles stored at byte ``start`` of ``row``, copied; also says whether they were all finite.
+
+    Read as bytes, not as a float view, because a state record need not start 8-byte
+    aligned: a double is NaN or infinite exactly when its 11 exponent bits are all ones.
+    """
+    stop = start + 8 * count
+    buffer[pos:pos + 8 * count] = row[start:stop]
     finite = True
-    for i in range(count):
-        for j in range(8):
-            scratch_bytes[j] = row[start + 8 * i + j]
-            buffer[pos + j] = scratch_bytes[j]
-        finite = finite and np.isfinite(scratch[0])
-        pos += 8
-    return pos, finite
+    for i in range(start, stop, 8):
+        if (row[i + 7] & 0x7F) == 0x7F and (row[i + 6] & 0xF0) == 0xF0:
+            finite = False
+    return pos + 8 * count, finite

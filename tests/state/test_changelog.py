@@ -32,14 +32,16 @@ def _record(coordinate: str, entity: str, state: np.void, layout: StateLayout, p
 @given(
     diagonal=st.booleans(),
     dim=st.integers(min_value=0, max_value=5),
+    window=st.integers(min_value=0, max_value=3),  # l2 windows make records whose size is not a multiple of 8
     entities=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6),
     longs=st.lists(LONGS, min_size=30, max_size=30),
     partition=st.integers(min_value=-(2**31), max_value=2**31 - 1),
     now_ms=LONGS,
     seed=st.integers(min_value=0, max_value=2**32 - 1),
 )
-def test_batch_written_values_equal_fastavros_byte_for_byte(diagonal, dim, entities, longs, partition, now_ms, seed):
-    layout = StateLayout(dim=dim, diagonal=diagonal, window=0)
+def test_batch_written_values_equal_fastavros_byte_for_byte(diagonal, dim, window, entities, longs, partition, now_ms,
+                                                           seed):
+    layout = StateLayout(dim=dim, diagonal=diagonal, window=window)
     states = layout.new_states(len(entities), np.ones(dim))
     rng = np.random.default_rng(seed)
     states["mean"] = rng.normal(scale=1e3, size=states["mean"].shape)
