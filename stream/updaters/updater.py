@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
+from stream.gc_pause import cyclic_gc_paused
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
@@ -184,20 +185,24 @@ class CoordinateUpdater:
             return 0
         started = time.monotonic()
         usable = without_errors(messages, self.group_id)
-        decoded = decode_batch(self._examples_codec, usable)
-        for message, error in decoded.failures:
-            self._dead_letters.send(message, error.reason)
-        by_partition: dict[int, tuple[list, list]] = {}
-        for record, message in zip(decoded.records, decoded.messages):
-            problem = example_problem(record, self.coordinate, self.math.layout.dim)
-            if problem is not None:
-                self._dead_letters.send(message, problem)
-                continue
-            records, kept = by_partition.setdefault(message.partition(), ([], []))
-            records.append(record)
-            kept.append(message)
-        writes = {p: self._update_partition(p, records, kept) for p, (records, kept) in by_partition.items()
-                  if p in self._stores}
+        # The decoded records are acyclic and alive until the batch is done: a collection
+        # in between would only rescan them (see stream.gc_pause).
+        with cyclic_gc_paused():
+            decoded = decode_batch(self._examples_codec, usable)
+            for message, error in decoded.failures:
+                self._dead_letters.send(message, error.reason)
+            by_partition: dict[int, tuple[list, list]] = {}
+            for record, message in zip(decoded.records, decoded.messages):
+                problem = example_problem(record, self.coordinate, self.math.layout.dim)
+                if problem is not None:
+                    self._dead_letters.send(message, problem)
+                    continue
+                records, kept = by_partition.setdefault(message.partition(), ([], []))
+                records.append(record)
+                kept.append(message)
+            writes = {p: self._update_partition(p, records, kept) for p, (records, kept) in by_partition.items()
+                      if p in self._stores}
+            del decoded, by_partition
         self._commit(usable, writes)
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
