@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit
 
 from stream.model.losses import POISSON_MAX_MARGIN, Loss
+from stream.model.packed import pack_matrix, unpack_matrix
 
 
 class UpdateStatus(IntEnum):
@@ -525,12 +526,7 @@ def _prior_matrix(lam_rows, lam_full, b, layout, d, scratch):
         for i in range(d):
             scratch[i, i] = lam_rows[b, i]
         return scratch
-    k = 0
-    for i in range(d):
-        for j in range(i, d):
-            scratch[i, j] = lam_rows[b, k]
-            scratch[j, i] = lam_rows[b, k]
-            k += 1
+    unpack_matrix(lam_rows[b], scratch)
     return scratch
 
 
@@ -542,11 +538,7 @@ def _store_precision(precision, layout, d, b, out_rows, out_full):
         for i in range(d):
             out_rows[b, i] = precision[i, i]
     else:
-        k = 0
-        for i in range(d):
-            for j in range(i, d):
-                out_rows[b, k] = precision[i, j]
-                k += 1
+        pack_matrix(precision, out_rows[b])
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)

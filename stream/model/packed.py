@@ -34,16 +34,35 @@ def packed_diagonal(diagonals: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
+def pack_matrix(matrix: np.ndarray, out: np.ndarray) -> None:
+    """One symmetric d x d matrix -> its packed upper triangle in ``out`` (the one definition of the order)."""
+    d = matrix.shape[0]
+    k = 0
+    for i in range(d):
+        for j in range(i, d):
+            out[k] = matrix[i, j]
+            k += 1
+
+
+@njit(nogil=True, cache=True)
+def unpack_matrix(packed: np.ndarray, out: np.ndarray) -> None:
+    """One packed upper triangle -> the symmetric d x d matrix ``out``."""
+    d = out.shape[0]
+    k = 0
+    for i in range(d):
+        for j in range(i, d):
+            out[i, j] = packed[k]
+            out[j, i] = packed[k]
+            k += 1
+
+
+@njit(nogil=True, cache=True)
 def pack_upper(full: np.ndarray) -> np.ndarray:
     """(B, d, d) symmetric matrices -> (B, d(d+1)/2) upper triangles, row by row."""
     b, d = full.shape[0], full.shape[1]
     packed = np.empty((b, d * (d + 1) // 2))
     for e in range(b):
-        k = 0
-        for i in range(d):
-            for j in range(i, d):
-                packed[e, k] = full[e, i, j]
-                k += 1
+        pack_matrix(full[e], packed[e])
     return packed
 
 
@@ -53,10 +72,5 @@ def unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
     b = packed.shape[0]
     full = np.empty((b, d, d))
     for e in range(b):
-        k = 0
-        for i in range(d):
-            for j in range(i, d):
-                full[e, i, j] = packed[e, k]
-                full[e, j, i] = packed[e, k]
-                k += 1
+        unpack_matrix(packed[e], full[e])
     return full
