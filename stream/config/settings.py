@@ -127,6 +127,9 @@ class CoordinateSettings:
     ``Lambda0 = diag(l2, ..., l2, intercept_l2)``: the intercept's penalty is its own
     setting, never hidden. With ``prior = "bayes"``, later updates use
     ``Lambda0 = forgetting * P + (1 - forgetting) * Lambda_new`` (DESIGN §4).
+    ``max_features`` bounds the coordinate's feature index (intercept included); with
+    ``unseen_features = "admit"`` the refit's vocabulary step may append features to it
+    up to that bound, with ``drop`` the index stays as bootstrapped.
     With ``prior = "l2"`` each update refits the entity's last ``window_events`` events
     (younger than ``window_max_age_ms`` when that is > 0) around a zero mean. The
     updater reads micro-batches of at most ``batch_size`` examples or ``batch_time_ms``.
@@ -359,6 +362,14 @@ class RefitSettings:
     with random effects that have not seen the request. Data is streamed into
     ``chunk_rows`` chunks spilled to disk, so memory stays bounded by the chunk size and
     the model. Model files go to ``output_dir`` (empty: ``<state_dir>/models``).
+
+    The refit is also the one writer of the feature indexes (DESIGN §1): with
+    ``grow_vocabulary`` it admits, per coordinate whose ``unseen_features`` is ``admit``
+    (and the global coordinate with ``grow_global_vocabulary``), the features its index
+    could not place that the training window saw at least ``vocabulary_min_count``
+    times, most frequent first, up to the coordinate's ``max_features``; the next index
+    version keeps every column in place and is published even when the coefficients are
+    refused (status ``grown``).
     """
 
     window_hours: float = 24.0
@@ -371,12 +382,15 @@ class RefitSettings:
     min_examples: int = 100
     output_dir: str = ""
     model_name: str = "glmix"
+    grow_vocabulary: bool = True
+    grow_global_vocabulary: bool = True
+    vocabulary_min_count: int = 5
 
     def __post_init__(self) -> None:
         _check_positive(self.window_hours, "window_hours")
         _check(0 < self.holdout_fraction < 1, "holdout_fraction", f"must be in (0, 1), got {self.holdout_fraction}")
         _check_non_negative(self.gate_tolerance, "gate_tolerance")
-        for name in ("max_iterations", "chunk_rows", "min_examples"):
+        for name in ("max_iterations", "chunk_rows", "min_examples", "vocabulary_min_count"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(bool(self.model_name.strip()), "model_name", "must not be empty")
 

@@ -3,31 +3,39 @@
 The joiner is the edge of DESIGN §8: it decodes name–term–value bags once and ships every
 coordinate's features indexed — the global coordinate as int32/float32 index/value
 bytes, each random effect as a packed float32 vector of its fixed width — tagged with
-the index version. Features the index does not know are dropped and counted.
+the index version. Features an index cannot place travel packed in
+``unindexed_features``, where the vocabulary writer counts them and the refit fits them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from stream.codec.feature_bags import encode_bags
 from stream.config import ModelSettings
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
-from stream.scoring.indexing import FeatureResolver
+from stream.scoring.indexing import FeatureResolver, MissedFeatures
 from stream.scoring.tables import CoefficientTable, GlobalModel
 
 
 def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalModel, resolver: FeatureResolver,
-                       settings: ModelSettings) -> list[dict[str, Any]]:
+                       settings: ModelSettings, unindexed_counts: MutableMapping[str, int] | None = None
+                       ) -> list[dict[str, Any]]:
     """The ``LabeledExample`` of each impression with label 0, indexed by ``model``'s indexes in one pass.
 
     ``resolver`` must belong to ``model`` (same version). Repeated features add up.
+    ``unindexed_counts`` (by coordinate, ``global`` included) gains the occurrences each
+    index could not place.
     """
     n = len(impressions)
-    indexed = resolver.index([imp["features"] for imp in impressions])
+    indexed = resolver.index([imp["features"] for imp in impressions], with_missed=True)
+    if unindexed_counts is not None and indexed.missed is not None:
+        for name, count in zip([GLOBAL, *resolver.coordinates], indexed.missed.per_slot.tolist()):
+            unindexed_counts[name] = unindexed_counts.get(name, 0) + count
     intercepts = resolver.intercepts()
     global_rows = _global_rows(indexed.rows[0], indexed.columns[0], indexed.values[0], n, model.global_index.dim,
                                intercepts[0])
@@ -38,6 +46,7 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
             matrix[:, 0] = 1.0
         np.add.at(matrix, (indexed.rows[slot], indexed.columns[slot]), indexed.values[slot])
         dense[name] = matrix
+    unindexed = _packed_misses(indexed.missed, n)
     return [
         {
             "example_id": imp["impression_id"],
@@ -55,9 +64,23 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
             "coordinates": {name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
                             for name, c in settings.coordinates.items()},
             "index_version": model.index_version,
+            "unindexed_features": unindexed[i],
         }
         for i, imp in enumerate(impressions)
     ]
+
+
+def _packed_misses(missed: MissedFeatures | None, n: int) -> list[bytes]:
+    """Per row, the features some index could not place, packed (``b""`` for rows without any)."""
+    packed = [b""] * n
+    if missed is None or not len(missed.rows):
+        return packed
+    per_row: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for row, (bag, name, term), value in zip(missed.rows.tolist(), missed.keys, missed.values.tolist()):
+        per_row.setdefault(row, {}).setdefault(bag, []).append({"name": name, "term": term, "value": value})
+    for row, bags in per_row.items():
+        packed[row] = encode_bags(bags)
+    return packed
 
 
 def _global_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, dim: int,
@@ -79,8 +102,9 @@ def _global_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int,
 def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, CoefficientTable]) -> None:
     """Fill each example's per-coordinate margins and model versions from the current models (vectorized).
 
-    Examples indexed with another index version than ``model`` get a global score of 0 and
-    global version 0: their columns mean something else.
+    Indexes only append columns (DESIGN §1), so a column means the same in every index
+    version: an example of any version is scored as it is, columns ``model`` does not
+    have yet contributing nothing.
     """
     n = len(examples)
     if n == 0:
@@ -93,10 +117,8 @@ def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: M
     in_range = all_cols < len(model.coefficients)
     contributions = np.where(in_range, model.coefficients[np.where(in_range, all_cols, 0)], 0.0) * np.concatenate(vals)
     global_scores = np.bincount(rows, weights=contributions, minlength=n)
-    same_index = np.fromiter((e["index_version"] == model.index_version for e in examples), dtype=bool, count=n)
-    global_scores = np.where(same_index, global_scores, 0.0)
     breakdown = {GLOBAL: global_scores}
-    versions = {GLOBAL: np.where(same_index, model.version, 0)}
+    versions = {GLOBAL: np.full(n, model.version)}
     for name, table in tables.items():
         parts = [e["coordinates"].get(name) for e in examples]
         present = np.array([p is not None for p in parts])

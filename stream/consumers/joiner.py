@@ -46,6 +46,7 @@ from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogra
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
+from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.scoring.follower import ModelFollower
 from stream.scoring.indexing import FeatureResolver
@@ -67,6 +68,9 @@ class JoinerStats:
     replayed: int = 0
     dead_lettered: int = 0
     busy_seconds: float = 0.0
+    unindexed_features: dict[str, int] = field(default_factory=dict)
+    index_columns: dict[str, int] = field(default_factory=dict)
+    index_version: int = 0
     join: JoinCounts = field(default_factory=JoinCounts)
     batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
     progressive: ProgressiveWindow | None = None
@@ -254,7 +258,10 @@ class Joiner:
         model = self.models.global_model.current
         if self._resolver is None or self._resolver.version != model.version:
             self._resolver = FeatureResolver(model, self.settings.model)
-        return unlabeled_examples(impressions, model, self._resolver, self.settings.model)
+            self.stats.index_version = model.index_version
+            self.stats.index_columns = {GLOBAL: model.global_index.dim,
+                                        **{name: index.dim for name, index in model.coordinate_indices.items()}}
+        return unlabeled_examples(impressions, model, self._resolver, self.settings.model, self.stats.unindexed_features)
 
     def _idle_inputs(self, partition: int) -> frozenset[str]:
         """Inputs of ``partition`` that delivered nothing for ``idle_input_ms`` and have nothing left to read.

@@ -42,6 +42,14 @@ COUNTERS = {
     "glmix_stream_scoring_responses": ("Ranked responses written by the streaming scorer.", []),
     "glmix_consumer_rebalances": ("Consumer group rebalances seen by a client (librdkafka).", ["client"]),
     "glmix_refit_runs": ("Global refit runs by outcome.", ["status"]),
+    "glmix_unindexed_features": ("Feature occurrences a coordinate's index could not place at join time "
+                                 "(what the vocabulary writer counts).", ["coordinate"]),
+    "glmix_widened_entities": ("Entity states that met a newer feature index and kept what they had learned.",
+                               ["coordinate"]),
+    "glmix_vocabulary_admitted_features": ("Features the vocabulary writer appended to a coordinate's index.",
+                                           ["coordinate"]),
+    "glmix_vocabulary_dropped_features": ("Features seen often enough that did not fit a coordinate at capacity.",
+                                          ["coordinate"]),
 }
 GAUGES = {
     "glmix_state_size_bytes": ("RocksDB's estimate of a stage's local state size.", ["stage"]),
@@ -53,6 +61,9 @@ GAUGES = {
                                             "(interaction_type 'all' is the label).", ["variant", "interaction_type"]),
     "glmix_progressive_examples": ("Joined examples in the progressive-validation window.", []),
     "glmix_refit_last_duration_seconds": ("Duration of the last global refit.", []),
+    "glmix_feature_index_columns": ("Columns of each coordinate's feature index in the model the joiner uses.",
+                                    ["coordinate"]),
+    "glmix_feature_index_version": ("Feature index version of the model the joiner uses.", []),
 }
 HISTOGRAMS = {
     "glmix_batch_duration_seconds": ("Duration of one micro-batch.", ["stage"]),
@@ -114,6 +125,10 @@ class PipelineCollector(Collector):
                                   ("skipped", r.skipped)):
                 counters["glmix_refit_runs"].add_metric([status], count)
             gauges["glmix_refit_last_duration_seconds"].add_metric([], r.last_seconds)
+            for coordinate, count in r.admitted_features.items():
+                counters["glmix_vocabulary_admitted_features"].add_metric([coordinate], count)
+            for coordinate, count in r.dropped_features.items():
+                counters["glmix_vocabulary_dropped_features"].add_metric([coordinate], count)
         yield from counters.values()
         yield from gauges.values()
         yield from histograms.values()
@@ -136,6 +151,12 @@ def _joiner(stage: str, stats: JoinerStats, counters: dict, gauges: dict, histog
     counters["glmix_batches"].add_metric([stage], stats.batches)
     counters["glmix_busy_seconds"].add_metric([stage], stats.busy_seconds)
     counters["glmix_replayed_events"].add_metric([stage], stats.replayed)
+    for coordinate, count in stats.unindexed_features.items():
+        counters["glmix_unindexed_features"].add_metric([coordinate], count)
+    for coordinate, columns in stats.index_columns.items():
+        gauges["glmix_feature_index_columns"].add_metric([coordinate], columns)
+    if stats.index_columns:
+        gauges["glmix_feature_index_version"].add_metric([], stats.index_version)
     stats.batch_seconds.add_to(histograms["glmix_batch_duration_seconds"], [stage])
     if stats.progressive is not None and stats.progressive.size:
         gauges["glmix_progressive_examples"].add_metric([], stats.progressive.size)
@@ -164,6 +185,7 @@ def _updater(coordinate: str, stats: UpdaterStats, counters: dict, histograms: d
     counters["glmix_newton_unconverged"].add_metric([coordinate], stats.unconverged_updates)
     counters["glmix_restored_entities"].add_metric([coordinate], stats.restored_entities)
     counters["glmix_restore_seconds"].add_metric([coordinate], stats.restore_seconds)
+    counters["glmix_widened_entities"].add_metric([coordinate], stats.widened_entities)
     stats.batch_seconds.add_to(histograms["glmix_batch_duration_seconds"], [stage])
     stats.freshness_seconds.add_to(histograms["glmix_freshness_seconds"], [coordinate])
     stats.newton_iterations.add_to(histograms["glmix_newton_iterations"], [coordinate])

@@ -152,6 +152,21 @@ class FeatureIndex:
         matrix.sum_duplicates()
         return matrix
 
+    def extends(self, other: FeatureIndex) -> bool:
+        """Whether this index keeps every column of ``other`` in place (it is ``other`` or a later version of it)."""
+        return self._keys[: len(other._keys)] == other._keys and self.intercept == other.intercept
+
+    def extended(self, keys: Iterable[FeatureKey], version: int) -> tuple[FeatureIndex, list[FeatureKey]]:
+        """Version ``version`` of this index: every column kept in place, ``keys`` appended while there is room.
+
+        Returns the new index and the keys that did not fit (DESIGN §1: append-only, a
+        column never changes meaning). Keys the index already has are ignored.
+        """
+        grown = FeatureIndex(self.bag_names, self._keys[1:] if self.intercept else self._keys, intercept=self.intercept,
+                             capacity=self.capacity, unseen=self.unseen, version=version)
+        dropped = [key for key in keys if key not in grown._columns and not grown._add(tuple(key))]  # type: ignore[arg-type]
+        return grown, dropped
+
     def to_record(self) -> list[dict[str, str]]:
         """The key list as Avro ``FeatureKey`` records (intercept included, in column order)."""
         return [{"name": n, "term": t} for n, t in self._keys]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from stream.model.priors import l2_precision_diagonal
 from stream.progress import Progress
 from stream.refit.gate import GateDecision, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
+from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
 from stream.scoring.follower import ModelFollower
 from stream.scoring.stored_table import StoredCoefficientTable
 from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
@@ -54,6 +56,18 @@ UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun 
 def _random_effect_offsets(records: list[dict]) -> np.ndarray:
     """Each example's fixed offset plus every random-effect coordinate's recorded score."""
     return np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in records])
+
+
+def _with_rows(first: tuple[np.ndarray, np.ndarray, np.ndarray],
+               second: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two sets of per-row (lengths, columns, values) of the same rows as one, each row's entries together."""
+    (len_a, col_a, val_a), (len_b, col_b, val_b) = first, second
+    if not len(col_b):
+        return first
+    rows = np.concatenate([np.repeat(np.arange(len(len_a)), len_a), np.repeat(np.arange(len(len_b)), len_b)])
+    order = np.argsort(rows, kind="stable")
+    return (len_a + len_b, np.concatenate([col_a, col_b])[order],
+            np.concatenate([val_a.astype(np.float32), val_b.astype(np.float32)])[order])
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
@@ -74,6 +88,8 @@ class RefitStats:
     unchanged: int = 0
     skipped: int = 0
     last_seconds: float = 0.0
+    admitted_features: Counter[str] = field(default_factory=Counter)
+    dropped_features: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -91,6 +107,8 @@ class RefitResult:
     current_metrics: dict[str, float] = field(default_factory=dict)
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     gate: str = ""
+    admitted_features: dict[str, int] = field(default_factory=dict)
+    index_version: int | None = None
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -120,12 +138,14 @@ class RefitInputs:
     train: SpilledExamples
     holdout: SpilledExamples
     dropped: int
+    growth: Growth
 
     def result(self) -> RefitResult:
         """A result that says nothing was published yet."""
         return RefitResult("skipped", self.model.version, window_ms=(self.window.start_ms, self.window.end_ms),
                            holdout_from_ms=self.window.holdout_ms, train_examples=self.train.rows,
-                           holdout_examples=self.holdout.rows, dropped_examples=self.dropped)
+                           holdout_examples=self.holdout.rows, dropped_examples=self.dropped,
+                           admitted_features=dict(self.growth.admitted))
 
 
 class GlobalRefit:
@@ -181,11 +201,17 @@ class GlobalRefit:
 
     def _spill(self, batches: Iterable[list[dict]], model: GlobalModel,
                tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
-               window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples) -> int:
-        """Write usable examples to the splits with their offsets; returns how many were dropped."""
+               window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples,
+               vocabulary: VocabularyCounter) -> int:
+        """Write usable examples to the splits with their offsets, counting unindexed features; returns how many were dropped.
+
+        Indexes only append columns, so examples of every index version up to ``model``'s
+        are used; each example's unindexed global features are spilled under the columns
+        ``vocabulary`` gives them.
+        """
         dropped = 0
         for records in batches:
-            usable = [r for r in records if r["index_version"] == model.index_version]
+            usable = [r for r in records if r["index_version"] <= model.index_version]
             dropped += len(records) - len(usable)
             if not usable:
                 continue
@@ -203,6 +229,8 @@ class GlobalRefit:
             ok &= self.loss.valid_labels(labels)
             ok[bad_rows] = False
             dropped += int((~ok).sum())
+            lengths, indices, values = _with_rows(
+                (lengths, indices, values), vocabulary.global_columns(usable, ok & (times < window.holdout_ms)))
             for split, rows_in in ((train, ok & (times < window.holdout_ms)), (holdout, ok & (times >= window.holdout_ms))):
                 keep = np.repeat(rows_in, lengths)
                 split.add(labels[rows_in], weights[rows_in], offsets[rows_in], times[rows_in], lengths[rows_in],
@@ -248,14 +276,26 @@ class GlobalRefit:
 
     def spill_window(self, spill: SpillDirectory, window: RefitWindow, model: GlobalModel,
                      tables: Mapping[str, CoefficientTable | StoredCoefficientTable]) -> RefitInputs:
-        """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time)."""
+        """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time).
+
+        The vocabulary grows in the same read (:mod:`stream.refit.vocabulary`): the splits
+        come back in the columns of the grown index, and ``RefitInputs.model`` is the grown
+        model (its global coefficients zero on the new columns).
+        """
         dim = model.global_index.dim
         train = spill.split("train", dim, self.refit.chunk_rows)
         holdout = spill.split("holdout", dim, self.refit.chunk_rows)
-        dropped = self._spill(self._batches(window), model, tables, window, train, holdout)
+        growable = growable_coordinates(self.settings.model, self.refit.grow_global_vocabulary)
+        vocabulary = VocabularyCounter(model, growable if self.refit.grow_vocabulary else [])
+        dropped = self._spill(self._batches(window), model, tables, window, train, holdout, vocabulary)
+        growth = vocabulary.grow(self.refit.vocabulary_min_count)
+        for split in (train, holdout):
+            split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
+        self.stats.admitted_features.update(growth.admitted)
+        self.stats.dropped_features.update(growth.dropped)
         log.info("refit: %d training and %d holdout examples in [%d, %d) (%d dropped)", train.rows, holdout.rows,
                  window.start_ms, window.end_ms, dropped)
-        return RefitInputs(model, window, train, holdout, dropped)
+        return RefitInputs(growth.model, window, train, holdout, dropped, growth)
 
     def run_once(self, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
         """One refit over ``[from_ms, to_ms)`` (default: the last ``window_hours`` of the archive)."""
@@ -270,7 +310,7 @@ class GlobalRefit:
                 self.stats.skipped += 1
             else:
                 coefficients = self.fit(inputs.train, inputs.model.coefficients, inputs.model.global_index.intercept)
-                self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout)
+                self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout, inputs.growth.grew)
         result.seconds = time.monotonic() - started
         self.stats.last_seconds = result.seconds
         return result
@@ -285,8 +325,13 @@ class GlobalRefit:
                                  max_iterations=self.refit.max_iterations, tolerance=1e-9)
 
     def decide(self, result: RefitResult, model: GlobalModel, coefficients: np.ndarray, train: SpilledExamples,
-               holdout: SpilledExamples) -> GateDecision:
-        """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass."""
+               holdout: SpilledExamples, grew: bool = False) -> GateDecision:
+        """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass.
+
+        With ``grew`` (``model`` carries a grown vocabulary), a version is published even
+        when the coefficients are refused or unchanged: the grown index with ``model``'s
+        coefficients (status ``grown``), so the random effects can learn the new columns.
+        """
         labels, weights = holdout.column("labels"), holdout.column("weights")
         margins = holdout.margins(np.column_stack([model.coefficients, coefficients]))  # one pass for both models
         result.current_metrics = holdout_metrics(labels, weights, margins[:, 0], self.loss)
@@ -294,28 +339,33 @@ class GlobalRefit:
         decision = gate(result.current_metrics, result.candidate_metrics, self.refit)
         result.gate = decision.reason
         if not decision.passed:
-            log.warning("refit: %s; version %d stays", decision.reason, model.version)
+            log.warning("refit: %s; version %d's coefficients stay", decision.reason, model.version)
             result.status = "refused"
             self.stats.refused += 1
         elif (change := _relative_change(coefficients, model.coefficients)) <= UNCHANGED:
-            log.info("refit: coefficients within %.1e of version %d's; nothing to publish", change, model.version)
+            log.info("refit: coefficients within %.1e of version %d's", change, model.version)
             result.status = "unchanged"
             self.stats.unchanged += 1
         else:
             log.info("refit: %s", decision.reason)
-            result.version = model.version + 1
-            metrics = {f"holdout_{k}": v for k, v in result.candidate_metrics.items() if math.isfinite(v)}
-            record = global_model_record(GameModel(self.settings.model.loss, coefficients), model.global_index,
-                                         model.coordinate_indices, result.version, self.refit.model_name, metrics)
-            spec = self.spec(model.global_index.intercept)
-            penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
-            variances = 1.0 / np.maximum(train.hessian_diagonal(coefficients, self.loss.derivatives) + penalty, 1e-12)
-            photon = PhotonModel(GLOBAL, [photon_key(k) for k in model.global_index.keys], coefficients.tolist(),
-                                 variances.tolist(), self.settings.model.loss)
-            result.files = self._write_files(record, photon)
-            self._publish(record)
             result.status = "published"
-            self.stats.published += 1
+        if result.status != "published":
+            if not grew:
+                return decision
+            coefficients, result.status = model.coefficients, "grown"
+            result.gate += "; the grown feature index is published with the current coefficients"
+        result.version, result.index_version = model.version + 1, model.index_version
+        metrics = {f"holdout_{k}": v for k, v in result.candidate_metrics.items() if math.isfinite(v)}
+        record = global_model_record(GameModel(self.settings.model.loss, coefficients), model.global_index,
+                                     model.coordinate_indices, result.version, self.refit.model_name, metrics)
+        spec = self.spec(model.global_index.intercept)
+        penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
+        variances = 1.0 / np.maximum(train.hessian_diagonal(coefficients, self.loss.derivatives) + penalty, 1e-12)
+        photon = PhotonModel(GLOBAL, [photon_key(k) for k in model.global_index.keys], coefficients.tolist(),
+                             variances.tolist(), self.settings.model.loss)
+        result.files = self._write_files(record, photon)
+        self._publish(record)
+        self.stats.published += 1
         return decision
 
     def _write_files(self, record: dict, photon: PhotonModel) -> list[str]:

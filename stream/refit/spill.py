@@ -34,6 +34,8 @@ class SpilledExamples:
     rows: int = field(default=0, init=False)
     _pending: list[dict[str, np.ndarray]] = field(default_factory=list, init=False)
     _pending_rows: int = field(default=0, init=False)
+    _moved: np.ndarray | None = field(default=None, init=False)
+    _moved_from: int = field(default=0, init=False)
 
     def add(self, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray, event_times: np.ndarray,
             lengths: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
@@ -62,8 +64,24 @@ class SpilledExamples:
         self.chunks.append(chunk)
         self._pending, self._pending_rows = [], 0
 
+    def move_columns(self, first: int, moved: np.ndarray, dim: int) -> None:
+        """Columns ``first + i`` stored so far now mean column ``moved[i]`` (-1: dropped) of a ``dim``-column problem.
+
+        The vocabulary writer spills new features under provisional columns and decides
+        afterwards which it admits; chunks are mapped as they are read back.
+        """
+        self._moved, self._moved_from, self.dim = np.asarray(moved, dtype=np.int64), first, dim
+
     def _columns(self, chunk: Path) -> dict[str, np.ndarray]:
-        return {key: np.load(chunk / f"{key}.npy") for key in _COLUMNS}
+        columns = {key: np.load(chunk / f"{key}.npy") for key in _COLUMNS}
+        if self._moved is not None:
+            indices = columns["indices"].astype(np.int64)
+            provisional = indices >= self._moved_from
+            indices[provisional] = self._moved[indices[provisional] - self._moved_from]
+            keep = indices >= 0
+            kept_before = np.concatenate([[0], np.cumsum(keep)])
+            columns.update(indices=indices[keep], values=columns["values"][keep], indptr=kept_before[columns["indptr"]])
+        return columns
 
     def blocks(self) -> Iterator[GlobalBlock]:
         """Every chunk as a :class:`GlobalBlock`, read one at a time."""

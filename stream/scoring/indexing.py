@@ -10,7 +10,7 @@ once and shared by every candidate, and each candidate adds only its own feature
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ class IndexedRows:
     rows: list[np.ndarray]
     columns: list[np.ndarray]
     values: list[np.ndarray]
+    missed: MissedFeatures | None = None
 
     @staticmethod
     def merged(parts: Sequence[tuple[np.ndarray, IndexedRows]]) -> IndexedRows:
@@ -40,6 +41,21 @@ class IndexedRows:
             columns=[np.concatenate([part.columns[s] for _, part in parts]) for s in range(slots)],
             values=[np.concatenate([part.values[s] for _, part in parts]) for s in range(slots)],
         )
+
+
+@dataclass(frozen=True)
+class MissedFeatures:
+    """Features some coordinate's index could not place: the vocabulary's growth candidates (DESIGN §1).
+
+    ``rows[i]`` is the row of ``keys[i]`` = (bag, name, term) with ``values[i]``; a
+    feature is listed once when at least one slot whose bags include its bag lacks it.
+    ``per_slot[s]`` counts the occurrences slot ``s`` could not place.
+    """
+
+    rows: np.ndarray
+    keys: list[tuple[str, str, str]]
+    values: np.ndarray
+    per_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 class FeatureResolver:
@@ -59,6 +75,7 @@ class FeatureResolver:
         self._item_rows: dict[str, int] = {}
         self._item_csr = [(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in self._indexes]
         self._columns = np.full((len(self._indexes), 1024), -1, dtype=np.int64)
+        self._missing = np.zeros((len(self._indexes), 1024), dtype=bool)  # slot uses the key's bag but lacks it
         self._transforms = FeatureTransforms.from_settings(settings)
 
     @property
@@ -71,17 +88,21 @@ class FeatureResolver:
         bag, name, term = key
         new = len(self._ids)
         if new >= self._columns.shape[1]:
-            grown = np.full((self._columns.shape[0], 2 * self._columns.shape[1]), -1, dtype=np.int64)
-            grown[:, : self._columns.shape[1]] = self._columns
-            self._columns = grown
+            self._columns = np.concatenate([self._columns, np.full_like(self._columns, -1)], axis=1)
+            self._missing = np.concatenate([self._missing, np.zeros_like(self._missing)], axis=1)
         for slot, (index, bags) in enumerate(zip(self._indexes, self._bags)):
             col = index.column(name, term, admit=False) if bag in bags else None
             self._columns[slot, new] = -1 if col is None else col
+            self._missing[slot, new] = bag in bags and col is None
         self._ids[key] = new
         return new
 
-    def index(self, bag_rows: Sequence[Bags]) -> IndexedRows:
-        """COO arrays per slot for ``bag_rows`` after the model's transforms (intercepts included where the index has one)."""
+    def index(self, bag_rows: Sequence[Bags], with_missed: bool = False) -> IndexedRows:
+        """COO arrays per slot for ``bag_rows`` after the model's transforms (intercepts included where the index has one).
+
+        ``with_missed`` also lists the features some slot could not place (the joiner
+        records them for the vocabulary writer; scoring does not need them).
+        """
         bag_rows = self._transforms.apply_rows(bag_rows)
         keys = [(bag, item["name"], item.get("term", "")) for bags in bag_rows for bag, items in bags.items() for item in items]
         values = np.fromiter((item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items),
@@ -99,7 +120,12 @@ class FeatureResolver:
             out_rows.append(rows[used])
             out_cols.append(cols[used])
             out_vals.append(values[used])
-        return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals)
+        missed = None
+        if with_missed:
+            misses = self._missing[:, ids]
+            where = np.flatnonzero(misses.any(axis=0))
+            missed = MissedFeatures(rows[where], [keys[i] for i in where], values[where], misses.sum(axis=1))
+        return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals, missed=missed)
 
     def index_items(self, item_ids: Sequence[str], catalog: Mapping[str, Bags]) -> IndexedRows:
         """COO arrays per slot for rows whose features are ``catalog[item_id]``.

@@ -8,6 +8,7 @@ tables and the scorer serves from them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 from stream.config import ModelSettings
 from stream.model.features import FeatureIndex
 from stream.state.entity_state import StateLayout
+
+log = logging.getLogger(__name__)
 
 
 class CoefficientTable:
@@ -166,8 +169,18 @@ class GlobalModel:
         return cls(int(record["version"]), int(record["index_version"]), global_index, coefficients, indices, record)
 
 
+    def extends(self, other: GlobalModel) -> bool:
+        """Whether every index of this model keeps ``other``'s columns in place (DESIGN §1: indexes only append)."""
+        return (self.index_version >= other.index_version and self.global_index.extends(other.global_index)
+                and all(self.coordinate_indices[name].extends(index) for name, index in other.coordinate_indices.items()))
+
+
 class GlobalModelTable:
-    """The highest-version global model seen; records that cannot be used are counted, not fatal."""
+    """The highest-version global model seen; records that cannot be used are counted and logged, not fatal.
+
+    A version whose feature indexes do not keep the current one's columns in place is
+    refused: every stored state and published coefficient would change meaning.
+    """
 
     def __init__(self, model: ModelSettings) -> None:
         self._model = model
@@ -181,9 +194,18 @@ class GlobalModelTable:
             if self.current is not None and record["version"] <= self.current.version:
                 continue
             try:
-                self.current = GlobalModel.from_record(record, self._model)
-            except ValueError:
-                self.rejected += 1
+                candidate = GlobalModel.from_record(record, self._model)
+            except ValueError as exc:
+                self._reject(record, str(exc))
                 continue
+            if self.current is not None and not candidate.extends(self.current):
+                self._reject(record, f"its feature indexes do not extend those of version {self.current.version} "
+                                     "(an index may only append columns)")
+                continue
+            self.current = candidate
             changed = True
         return changed
+
+    def _reject(self, record: Mapping[str, Any], reason: str) -> None:
+        self.rejected += 1
+        log.warning("global model version %s refused: %s", record.get("version"), reason)

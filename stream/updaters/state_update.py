@@ -4,8 +4,12 @@ This is DESIGN §4 applied to the state layout of :mod:`stream.state.entity_stat
 
 - events at or below an entity's ``last_offset`` stamp were absorbed before (a replay
   after a crash) and are ignored, so each event is applied once per entity;
-- a state built under an older feature index is restarted from the new-entity prior,
-  and events indexed with an older index than the newest in the batch are ignored;
+- feature indexes only append columns (DESIGN §1), so events of every index version
+  are used as they are, and a state of an older version needs no rewrite to be
+  *widened*: a column no event has fed keeps the new-entity prior (mean 0, the
+  coordinate's prior precision, no correlation with other columns) through every
+  update, since neither a Newton step nor the posterior moves a column whose features
+  are all zero; the state's ``index_version`` is the newest it has absorbed;
 - ``bayes``: the prior is the stored posterior with forgetting, the data are the new events;
 - ``l2``: the stored window plus the new events, cut to the last ``window_events``
   (and ``window_max_age_ms``), are refit around a zero mean;
@@ -73,7 +77,9 @@ class BatchOutcome:
 
     ``changed`` marks entities with a new state to store and publish; ``replayed`` counts
     events ignored because the state had absorbed them; ``update`` covers the entities
-    that were solved (``solved`` marks them among the batch's entities).
+    that were solved (``solved`` marks them among the batch's entities);
+    ``widened_entities`` counts stored states that met a newer feature index and kept
+    everything they had learned.
     """
 
     states: np.ndarray
@@ -82,23 +88,19 @@ class BatchOutcome:
     update: EntityUpdate | None
     absorbed_events: int
     replayed_events: int
-    stale_index_events: int
+    widened_entities: int
 
 
 def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) -> BatchOutcome:
     """Update ``states`` (one per ``batch`` entity, same order) with the batch's events."""
     layout = math.layout
     states = states.copy()
-    newest_index = np.where(batch.mask, batch.index_versions, -1).max(axis=1, initial=-1)
-    restart = (states["version"] > 0) & (states["index_version"] < newest_index)
-    if restart.any():
-        states[restart] = layout.new_states(int(restart.sum()), math.new_entity_precision)
-    current = batch.mask & (batch.index_versions == newest_index[:, None])
-    live = current & (batch.input_offsets > states["last_offset"][:, None])
-    stale = int((batch.mask & ~current).sum())
-    replayed = int((current & ~live).sum())
+    live = batch.mask & (batch.input_offsets > states["last_offset"][:, None])
+    newest_index = np.where(live, batch.index_versions, -1).max(axis=1, initial=-1)
+    widened = int(((states["version"] > 0) & (states["index_version"] < newest_index)).sum())
+    replayed = int((batch.mask & ~live).sum())
     solved = live.any(axis=1)
-    outcome = BatchOutcome(states, np.zeros(len(states), dtype=bool), solved, None, int(live.sum()), replayed, stale)
+    outcome = BatchOutcome(states, np.zeros(len(states), dtype=bool), solved, None, int(live.sum()), replayed, widened)
     if not solved.any():
         return outcome
     rows = np.flatnonzero(solved)
@@ -116,13 +118,13 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     new["last_offset"] = np.where(live_rows, batch.input_offsets[target], -1).max(axis=1)
     new["event_count"] += live_rows.sum(axis=1)
     new["last_event_time"] = np.maximum(new["last_event_time"], np.where(live_rows, batch.event_times[target], 0).max(axis=1))
-    new["index_version"] = newest_index[target]
+    new["index_version"] = np.maximum(new["index_version"], newest_index[target])
     if window is not None:
         _store_window(new, window, usable)
     states[target] = new
     changed = np.zeros(len(states), dtype=bool)
     changed[target] = True
-    return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, stale)
+    return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, widened)
 
 
 def _bayes_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,

@@ -63,7 +63,7 @@ class UpdaterStats:
     entity_updates: int = 0
     failed_updates: int = 0
     replayed_events: int = 0
-    stale_index_events: int = 0
+    widened_entities: int = 0
     dead_lettered: int = 0
     restored_entities: int = 0
     restore_seconds: float = 0.0
@@ -252,7 +252,7 @@ class CoordinateUpdater:
         self.stats.entity_updates += len(changed)
         self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
         self.stats.replayed_events += outcome.replayed_events
-        self.stats.stale_index_events += outcome.stale_index_events
+        self.stats.widened_entities += outcome.widened_entities
         return list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from stream.config import CoordinateSettings
 from stream.model.losses import get_loss
-from stream.model.newton import EntityEvents, newton_update
+from stream.model.newton import EntityEvents, GaussianPrior, newton_update
 from stream.model.priors import l2_prior
 from stream.updaters.examples import CoordinateExamples, group_by_entity
 from stream.updaters.state_update import CoordinateMath, apply_batch
@@ -119,15 +119,65 @@ def test_l2_refits_the_newest_window_of_events():
     assert np.allclose(states["mean"], direct.mean, atol=1e-6)
 
 
-def test_a_new_feature_index_restarts_the_entity_and_old_events_are_ignored():
+def _grown_examples(n: int, seed: int, old_dim: int, first_offset: int, index_version: int) -> CoordinateExamples:
+    """Examples whose features use only the first ``old_dim`` columns (an index of that size)."""
+    ex = _examples(n, ["a", "b"], seed=seed, first_offset=first_offset, index_version=index_version)
+    ex.features[:, old_dim:] = 0.0
+    return ex
+
+
+@pytest.mark.parametrize("prior", ["bayes", "l2"])
+@pytest.mark.parametrize("precision", ["full", "diagonal"])
+def test_a_state_of_an_older_index_is_its_widened_state_and_keeps_learning(prior, precision):
+    math = _math(prior=prior, precision=precision)
+    old_dim = 2  # index version 1: intercept + one feature; version 2 appends two columns
+    states = _fresh(math, group_by_entity(_grown_examples(30, 8, old_dim, 0, 1)))
+    for first in (0, 30):
+        states = apply_batch(math, states, group_by_entity(_grown_examples(30, 8 + first, old_dim, first, 1))).states
+    # The columns index version 1 did not have hold the new-entity prior exactly: mean 0, prior precision, no correlation.
+    stored = math.layout.unpack_precision(states["precision"])
+    if stored.ndim == 2:
+        stored = np.stack([np.diag(p) for p in stored])
+    assert np.array_equal(states["mean"][:, old_dim:], np.zeros((2, D - old_dim)))
+    assert np.array_equal(stored[:, old_dim:, old_dim:], np.broadcast_to(np.diag(math.new_entity_precision[old_dim:]),
+                                                                        (2, D - old_dim, D - old_dim)))
+    assert not stored[:, old_dim:, :old_dim].any()
+    learned = states.copy()
+    new = group_by_entity(_examples(20, ["a", "b"], seed=9, first_offset=60, index_version=2))
+    outcome = apply_batch(math, states, new)
+    assert outcome.widened_entities == 2 and outcome.changed.all()
+    # Nothing was reset: counts and versions go on from the old state.
+    assert outcome.states["event_count"].tolist() == [40, 40] and outcome.states["version"].tolist() == [3, 3]
+    assert outcome.states["index_version"].tolist() == [2, 2]
+    if prior == "bayes":  # the widened problem: old posterior on the old columns, new-entity prior on the new ones
+        widened = EntityEvents(new.features, new.labels, new.offsets, new.weights, new.mask)
+        full = np.zeros((2, D, D))
+        full[:, :old_dim, :old_dim] = stored[:, :old_dim, :old_dim]
+        full[:, range(old_dim, D), range(old_dim, D)] = math.new_entity_precision[old_dim:]
+        mean = np.zeros((2, D))
+        mean[:, :old_dim] = learned["mean"][:, :old_dim]
+        direct = newton_update(widened, GaussianPrior(mean, full), get_loss("logistic"), start=mean, max_steps=50,
+                               gradient_tolerance=1e-10)
+    else:  # the window of old events (zero on the new columns) and the new ones, refit around 0
+        parts = [_grown_examples(30, 8 + first, old_dim, first, 1) for first in (0, 30)]
+        parts.append(_examples(20, ["a", "b"], seed=9, first_offset=60, index_version=2))
+        window = group_by_entity(CoordinateExamples(**{k: np.concatenate([getattr(p, k) for p in parts])
+                                                       for k in parts[0].__dict__}))
+        events = EntityEvents(window.features.astype(np.float32).astype(float), window.labels,
+                              window.offsets.astype(np.float32).astype(float), window.weights, window.mask)
+        direct = newton_update(events, l2_prior(2, D, 1.0, 1.0, diagonal=precision == "diagonal"),
+                               get_loss("logistic"), max_steps=50, gradient_tolerance=1e-10)
+    assert np.allclose(outcome.states["mean"], direct.mean, atol=1e-7)
+
+
+def test_events_of_an_older_index_version_are_still_absorbed():
     math = _math()
-    old = group_by_entity(_examples(10, ["a"], seed=6, index_version=1))
-    states = apply_batch(math, _fresh(math, old), old).states
-    mixed = _examples(10, ["a"], seed=7, first_offset=10, index_version=2)
-    mixed.index_versions[:3] = 1
-    outcome = apply_batch(math, states, group_by_entity(mixed))
-    assert outcome.stale_index_events == 3 and outcome.absorbed_events == 7
-    assert outcome.states["index_version"][0] == 2 and outcome.states["event_count"][0] == 7
+    new = group_by_entity(_examples(10, ["a"], seed=6, index_version=2))
+    states = apply_batch(math, _fresh(math, new), new).states
+    older = _examples(10, ["a"], seed=7, first_offset=10, index_version=1)
+    outcome = apply_batch(math, states, group_by_entity(older))
+    assert outcome.absorbed_events == 10 and outcome.widened_entities == 0
+    assert outcome.states["index_version"][0] == 2 and outcome.states["event_count"][0] == 20
 
 
 @pytest.mark.parametrize("prior", ["bayes", "l2"])
