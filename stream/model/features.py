@@ -164,7 +164,7 @@ class FeatureIndex:
         """
         grown = FeatureIndex(self.bag_names, self._keys[1:] if self.intercept else self._keys, intercept=self.intercept,
                              capacity=self.capacity, unseen=self.unseen, version=version)
-        dropped = [key for key in keys if key not in grown._columns and not grown._add(tuple(key))]  # type: ignore[arg-type]
+        dropped = [key for key in dict.fromkeys(keys) if key not in grown._columns and not grown._add(key)]
         return grown, dropped
 
     def to_record(self) -> list[dict[str, str]]:

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream.model import INTERCEPT_KEY, FeatureIndex
 
@@ -49,3 +51,27 @@ def test_bad_policy_and_overfull_keys_are_refused():
         FeatureIndex(["a"], unseen="sometimes")
     with pytest.raises(ValueError, match="capacity"):
         FeatureIndex(["a"], keys=[("x", ""), ("y", "")], capacity=2)
+
+
+feature_keys = st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from(["", "x", "y", "z"])), max_size=30)
+
+
+@given(feature_keys, feature_keys, st.one_of(st.none(), st.integers(2, 12)), st.booleans())
+def test_growth_keeps_every_column_in_place_and_appends_until_capacity(old, new, capacity, intercept):
+    first = FeatureIndex(["bag"], intercept=intercept, capacity=capacity)
+    for key in old:
+        first.column(*key)
+    grown, left_out = first.extended(new, version=first.version + 1)
+    assert grown.keys[: first.dim] == first.keys and grown.extends(first)
+    assert grown.version == first.version + 1
+    fresh = [k for k in dict.fromkeys(new) if k not in first.keys]
+    assert grown.keys[first.dim:] + left_out == fresh
+    if left_out:
+        assert capacity is not None and grown.dim == capacity
+    assert first.extends(grown) == (grown.dim == first.dim)
+
+
+def test_an_index_with_other_columns_does_not_extend():
+    index = FeatureIndex(["bag"], keys=[("a", ""), ("b", "")])
+    assert not FeatureIndex(["bag"], keys=[("b", ""), ("a", "")]).extends(index)
+    assert FeatureIndex(["bag"], keys=[("a", ""), ("b", ""), ("c", "")]).extends(index)

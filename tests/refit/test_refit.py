@@ -22,6 +22,7 @@ from stream.scoring.follower import ModelFollower
 from stream.scoring.scorer import Scorer
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.synthetic.world import job_feature_keys, member_feature_keys
 from stream.synthetic.examples import joined_examples
 from tests.helpers import wait_for
 
@@ -174,3 +175,40 @@ def test_current_offsets_come_from_the_published_coefficients_on_either_table(ka
     assert np.abs(reference).max() > 0.5
     for key, got in offsets.items():
         assert got == pytest.approx(reference, abs=1e-4), key  # float32 features on the wire
+
+
+def test_a_vocabulary_frozen_at_24_impressions_grows_and_its_new_global_features_are_fitted(
+        kafka_bootstrap, tmp_path, unique_name):
+    """The user report: indexes from the first micro-batch of 24 impressions; one refit admits what came later."""
+    settings = _settings(kafka_bootstrap, tmp_path, unique_name)
+    world = World(WorldSpec(seed=11, members=120, jobs=60, requests=3000))
+    labeled = labeled_impressions(world)
+    record = initial_global_model_record([li.impression for li in labeled[:24]], settings.model)
+    _publish(settings, record, {})
+    _archive(settings, labeled, record)
+    first = GlobalModelTable(settings.model)
+    first.apply([record])
+    before = first.current
+
+    result = GlobalRefit(settings, kafka_bootstrap).run_once()
+    assert result.status == "published" and result.version == 2 and result.index_version == 2, result
+    assert result.admitted_features["global"] > 0
+    assert result.candidate_metrics["auc"] > result.current_metrics["auc"] + 0.02
+
+    follower = ModelFollower(settings, kafka_bootstrap, client_id=f"{unique_name}-scorer")
+    wait_for(lambda: (follower.refresh(0.2), follower.global_model.current.version == 2)[1], what="version 2")
+    grown = follower.global_model.current
+    follower.close()
+    assert grown.extends(before) and grown.index_version == 2
+    # Every feature of the world is frequent, so each index now holds all of them that fit.
+    for name, keys in (("member", job_feature_keys()), ("job", member_feature_keys())):
+        index = grown.coordinate_indices[name]
+        assert index.dim == before.coordinate_indices[name].dim + result.admitted_features[name]
+        assert index.dim == min(index.capacity, 1 + len(keys))
+    assert grown.global_index.dim == 1 + len(job_feature_keys()) + len(member_feature_keys())
+    new_keys = grown.global_index.keys[before.global_index.dim:]
+    learned = dict(zip(grown.global_index.keys, grown.coefficients))
+    strong = [k for k in new_keys if abs(world.truth.global_coefficients.get(k, 0.0)) > 0.3]
+    assert strong and all(abs(learned[k]) > 0.05 for k in strong)
+    true, fitted = zip(*[(world.truth.global_coefficients[k], learned[k]) for k in new_keys])
+    assert np.corrcoef(true, fitted)[0, 1] > 0.7
