@@ -53,7 +53,7 @@ class RecordCodec(Protocol):
 
 def _write_body(schema: AvroSchema, record: Mapping[str, Any], out: io.BytesIO) -> None:
     try:
-        schemaless_writer(out, schema.plain, record)
+        schemaless_writer(out, schema.parsed, record)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise EncodeError(f"{schema.name}: record does not match the schema: {exc}") from exc
 

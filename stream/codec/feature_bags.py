@@ -27,16 +27,16 @@ def _bags_schema() -> Any:
     return parse_schema({"type": "map", "values": {"type": "array", "items": ntv}}, named_schemas={})
 
 
-def encode_bags(bags: BagItems) -> bytes:
-    """The packed bytes of ``bags`` (``b""`` for no features, the field's default)."""
+def encode_bags(bags: BagItems) -> bytes | None:
+    """The packed bytes of ``bags`` (None for no features, the field's default)."""
     if not bags:
-        return b""
+        return None
     out = io.BytesIO()
     schemaless_writer(out, _bags_schema(), bags)
     return out.getvalue()
 
 
-def decode_bags(packed: bytes) -> dict[str, list[dict[str, Any]]]:
+def decode_bags(packed: bytes | None) -> dict[str, list[dict[str, Any]]]:
     """The bags packed by :func:`encode_bags`."""
     if not packed:
         return {}

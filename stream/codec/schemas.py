@@ -31,9 +31,8 @@ class AvroSchema:
     """A parsed, self-contained Avro schema with its canonical form and 8-byte fingerprint.
 
     ``parsed`` keeps logical types (for container files and registries); ``plain`` is the
-    same schema without them, which the codecs encode and decode with so that timestamps stay
-    epoch-millisecond ints on the hot path instead of becoming ``datetime`` objects, and
-    whose ``bytes`` defaults are bytes (see :func:`_bytes_defaults`).
+    same schema without them, which the codecs decode with so that timestamps stay
+    epoch-millisecond ints on the hot path instead of becoming ``datetime`` objects.
     """
 
     name: str
@@ -49,7 +48,7 @@ class AvroSchema:
         if isinstance(schema, str):
             schema = json.loads(schema)
         parsed = parse_schema(schema, named_schemas={})
-        plain = _bytes_defaults(parse_schema(_without_logical_types(schema), named_schemas={}))
+        plain = parse_schema(_without_logical_types(schema), named_schemas={})
         canonical = to_parsing_canonical_form(parsed)
         # fastavro prints the CRC-64-AVRO fingerprint as the little-endian byte sequence that
         # Avro single-object encoding puts on the wire.
@@ -65,24 +64,6 @@ class AvroSchema:
     def to_json(self) -> str:
         """The full JSON text (logical types and docs kept), for registering with a Schema Registry."""
         return self.text
-
-
-def _bytes_defaults(node: Any) -> Any:
-    """``node`` with the defaults of ``bytes`` fields as bytes (in place).
-
-    Avro JSON writes a bytes default as a string of code points 0-255, and fastavro fills a
-    missing field with that string as it is, which its bytes writer then refuses. Parsing
-    canonical form drops defaults, so the fingerprint is unchanged.
-    """
-    if isinstance(node, dict):
-        if node.get("type") == "bytes" and isinstance(node.get("default"), str):
-            node["default"] = node["default"].encode("latin-1")
-        for value in node.values():
-            _bytes_defaults(value)
-    elif isinstance(node, list):
-        for value in node:
-            _bytes_defaults(value)
-    return node
 
 
 def _without_logical_types(node: Any) -> Any:

@@ -261,8 +261,11 @@ class JoinerSettings:
     read) for ``idle_input_ms``. An emitted impression is remembered for
     ``emitted_retention_ms`` after its event time, to drop its duplicates and count its late
     interactions; an interaction for an impression older than that is an orphan. With ``bootstrap_model`` and no published
-    global model, the joiner builds feature indexes from its first impressions and
-    publishes a zero global model, so a fresh deployment can start.
+    global model (``glmix bootstrap`` publishes one from history), the joiner reads a
+    warm-up of ``bootstrap_impressions`` impressions (or what ``bootstrap_wait_ms``
+    brought), builds the first feature indexes from them, publishes a zero global model
+    and then processes the warm-up like any input, so a fresh deployment can start; the
+    refit's vocabulary step grows the indexes from there.
     """
 
     attribution_window_ms: int = 15 * 60 * 1000
@@ -274,6 +277,8 @@ class JoinerSettings:
     emitted_retention_ms: int = 60 * 60 * 1000
     early_positives: bool = False
     bootstrap_model: bool = True
+    bootstrap_impressions: int = 5000
+    bootstrap_wait_ms: int = 60_000
 
     def __post_init__(self) -> None:
         _check(self.attribution_window_ms >= 1, "attribution_window_ms", f"must be >= 1, got {self.attribution_window_ms}")
@@ -284,6 +289,8 @@ class JoinerSettings:
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
         _check(self.idle_input_ms >= 0, "idle_input_ms", f"must be >= 0, got {self.idle_input_ms}")
+        _check(self.bootstrap_impressions >= 1, "bootstrap_impressions", f"must be >= 1, got {self.bootstrap_impressions}")
+        _check(self.bootstrap_wait_ms >= 0, "bootstrap_wait_ms", f"must be >= 0, got {self.bootstrap_wait_ms}")
         _check(self.emitted_retention_ms >= self.attribution_window_ms, "emitted_retention_ms",
                f"must be >= attribution_window_ms ({self.attribution_window_ms}), got {self.emitted_retention_ms}")
 

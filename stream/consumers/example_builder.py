@@ -70,9 +70,9 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
     ]
 
 
-def _packed_misses(missed: MissedFeatures | None, n: int) -> list[bytes]:
-    """Per row, the features some index could not place, packed (``b""`` for rows without any)."""
-    packed = [b""] * n
+def _packed_misses(missed: MissedFeatures | None, n: int) -> list[bytes | None]:
+    """Per row, the features some index could not place, packed (None for rows without any)."""
+    packed: list[bytes | None] = [None] * n
     if missed is None or not len(missed.rows):
         return packed
     per_row: dict[int, dict[str, list[dict[str, Any]]]] = {}

@@ -28,6 +28,7 @@ from stream.codec import load_schema, make_codec
 from stream.codec.avro import SingleObjectCodec, decode_batch, encode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import ConfigError, Settings
+from stream.errors import GlmixError
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import (
     IMPRESSIONS,
@@ -54,6 +55,10 @@ from stream.state.ownership import PartitionStores
 from stream.state.partition_store import open_or_wipe, store_path
 
 log = logging.getLogger(__name__)
+
+
+class JoinerError(GlmixError):
+    """The joiner cannot go on: say what is missing."""
 
 
 @dataclass
@@ -124,6 +129,8 @@ class Joiner:
         self._last_delivery: dict[tuple[str, int], float] = {}
         self._resolver: FeatureResolver | None = None
         self._idle_s = j.idle_input_ms / 1000
+        self._warm_up_held: list = []
+        self._warm_up_since: float | None = None
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._ownership.on_assign,
                                  on_revoke=self._ownership.on_revoke, on_lost=self._ownership.on_revoke)
 
@@ -153,6 +160,11 @@ class Joiner:
             return 0
         messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
         self._ownership.raise_pending()
+        if self.models.global_model.current is None:
+            consumed = len(messages)
+            messages = self._warm_up(messages)
+            if not messages:
+                return consumed
         started = time.monotonic()
         good = without_errors(messages, self.group_id)
         for m in good:
@@ -210,7 +222,38 @@ class Joiner:
                 events.setdefault(m.partition(), []).append(item)
         return events
 
+    def _warm_up(self, messages: list) -> list:
+        """Hold input until the warm-up is complete, then hand all of it back (nothing is committed meanwhile).
+
+        The first feature index is built from ``joiner.bootstrap_impressions`` impressions,
+        or from what ``joiner.bootstrap_wait_ms`` brought, never from one micro-batch (DESIGN §1).
+        A rebalance during the warm-up re-delivers what was held, so repeats are dropped,
+        as are messages of partitions this joiner no longer owns.
+        """
+        j = self.settings.joiner
+        if messages and self._warm_up_since is None:
+            self._warm_up_since = time.monotonic()
+        self._warm_up_held.extend(messages)
+        impressions = sum(1 for m in self._warm_up_held if m.topic() == self.settings.topics.impressions)
+        waited_ms = 0.0 if self._warm_up_since is None else 1000 * (time.monotonic() - self._warm_up_since)
+        if impressions < j.bootstrap_impressions and (impressions == 0 or waited_ms < j.bootstrap_wait_ms):
+            return []
+        held, self._warm_up_held, self._warm_up_since = self._warm_up_held, [], None
+        seen: set[tuple[str, int, int]] = set()
+        kept = []
+        for m in held:
+            key = (m.topic(), m.partition(), m.offset())
+            if key not in seen and m.partition() in self._stores:
+                seen.add(key)
+                kept.append(m)
+        return kept
+
     def _bootstrap_model_if_needed(self, events: dict[int, list]) -> None:
+        """Publish a first global model indexed from the warm-up's impressions, then use whichever first one the topic has.
+
+        Two joiners warming up together may both publish; every reader takes the first
+        version 1 on the topic, this joiner included.
+        """
         if self.models.global_model.current is not None:
             return
         impressions = [record for items in events.values() for kind, record, _ in items if kind == "impression"]
@@ -220,9 +263,15 @@ class Joiner:
         self._producer.produce(self.settings.topics.model_global, key=record["model_name"].encode(),
                                value=self._global_model_codec.encode(record))
         self._producer.flush()
-        self.models.global_model.apply([record])
-        log.warning("no global model was published: bootstrapped version %d from %d impressions (zero coefficients)",
-                    record["version"], len(impressions))
+        deadline = time.monotonic() + 30
+        while self.models.global_model.current is None:
+            if time.monotonic() > deadline:
+                raise JoinerError(f"published a first global model to {self.settings.topics.model_global} but could not "
+                                  "read it back within 30 s")
+            self.models.refresh(timeout_s=0.2)
+        log.warning("no global model was published: bootstrapped one from %d warm-up impressions (zero coefficients); "
+                    "using version %d with %d global features", len(impressions), self.models.global_model.current.version,
+                    self.models.global_model.current.global_index.dim)
 
     def _join_partition(self, partition: int, items: list) -> JoinBatch:
         store = self._stores[partition]

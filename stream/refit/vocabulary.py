@@ -92,7 +92,7 @@ class VocabularyCounter:
         columns: list[int] = []
         values: list[float] = []
         for row, record in enumerate(records):
-            packed = record.get("unindexed_features", b"")
+            packed = record.get("unindexed_features")
             if not packed:
                 continue
             for bag, items in decode_bags(packed).items():

@@ -38,7 +38,7 @@ def test_the_joiner_packs_and_counts_what_each_index_could_not_place():
     counts: dict[str, int] = {}
     [known, new] = _examples(model, [_impression(1, ["python"], "nurse"), _impression(2, ["python", "sql"], "chef")],
                              counts)
-    assert known["unindexed_features"] == b""
+    assert known["unindexed_features"] is None
     assert decode_bags(new["unindexed_features"]) == {
         "member_skills": [{"name": "member_skill", "term": "sql", "value": 1.0}],
         "job_title": [{"name": "job_title", "term": "chef", "value": 1.0}]}
