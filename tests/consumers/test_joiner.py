@@ -82,3 +82,48 @@ def test_new_global_and_entity_models_are_used_from_the_next_batch(kafka_bootstr
     assert after["scores"]["global"] == pytest.approx(0.25 * global_values.sum(), rel=1e-6)
     dense = np.frombuffer(after["coordinates"]["member"]["dense"], dtype="<f4")
     assert after["scores"]["member"] == pytest.approx(float(dense @ member_means), rel=1e-6)
+
+
+def test_without_a_model_the_joiner_indexes_a_warm_up_of_impressions_not_its_first_batch(
+        kafka_bootstrap, tmp_path, unique_name):
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "joiner.bootstrap_impressions": "120", "joiner.batch_size": "25", "joiner.early_positives": "true",
+        "topics.impressions": f"imp-{unique_name}", "topics.interactions": f"int-{unique_name}",
+        "topics.examples_by_member": f"exm-{unique_name}", "topics.examples_by_job": f"exj-{unique_name}",
+        "topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
+    })
+    topics = settings.topics
+    labeled = labeled_impressions(World(WorldSpec(seed=4, members=30, jobs=40, requests=40, items_per_request=4)))
+    producer = Producer(producer_config(settings.kafka))
+    codec = make_codec("Impression", topics.impressions)
+    clicks = make_codec("Interaction", topics.interactions)
+
+    def produce(part) -> None:
+        for li in part:
+            imp = li.impression
+            producer.produce(topics.impressions, key=imp["member_id"].encode(), value=codec.encode(imp))
+            producer.produce(topics.interactions, key=imp["member_id"].encode(), value=clicks.encode({
+                "interaction_id": f"c-{imp['impression_id']}", "impression_id": imp["impression_id"],
+                "member_id": imp["member_id"], "item_id": imp["item_id"], "type": "CLICK",
+                "event_time": imp["event_time"] + 1}))
+        producer.flush()
+
+    joiner = Joiner(settings)
+    try:
+        produce(labeled[:100])
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:  # many micro-batches of 25, all held: 100 < 120 impressions
+            joiner.step()
+        assert joiner.models.global_model.current is None and joiner.stats.examples == 0
+        produce(labeled[100:])
+        _step_until(joiner, len(labeled))
+        model = joiner.models.global_model.current
+    finally:
+        joiner.close()
+    assert model.version == 1 and joiner.stats.examples == len(labeled) == 160
+    # Indexed from a warm-up that held at least the first 100 impressions, not from a micro-batch of 25.
+    held = initial_global_model_record([li.impression for li in labeled[:100]], settings.model)
+    assert {(f["name"], f["term"]) for f in held["features"]} <= set(model.global_index.keys)
+    first_batch = initial_global_model_record([li.impression for li in labeled[:25]], settings.model)
+    assert len(first_batch["features"]) < len(held["features"])
