@@ -20,26 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.codec import load_schema, make_codec
-from stream.codec.avro import SingleObjectCodec, decode_batch, encode_batch
+from stream.codec import make_codec
+from stream.codec.avro import decode_batch, encode_batch
 from stream.codec.validation import impression_problem, interaction_problem
-from stream.config import ConfigError, Settings
+from stream.config import Settings
+from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
+from stream.consumers.labeling import IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types
 from stream.errors import GlmixError
-from stream.consumers.example_builder import add_scores, unlabeled_examples
-from stream.consumers.join_state import (
-    IMPRESSIONS,
-    INTERACTIONS,
-    ImpressionEvent,
-    InteractionEvent,
-    JoinBatch,
-    JoinCounts,
-    JoinRules,
-    label_types,
-)
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import commit_positions, last_offsets, without_errors
@@ -47,10 +37,8 @@ from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogra
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
-from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.scoring.follower import ModelFollower
-from stream.scoring.indexing import FeatureResolver
 from stream.state.ownership import PartitionStores
 from stream.state.partition_store import open_or_wipe, store_path
 
@@ -73,9 +61,7 @@ class JoinerStats:
     replayed: int = 0
     dead_lettered: int = 0
     busy_seconds: float = 0.0
-    unindexed_features: dict[str, int] = field(default_factory=dict)
-    index_columns: dict[str, int] = field(default_factory=dict)
-    index_version: int = 0
+    indexing: ExampleIndexer | None = None
     join: JoinCounts = field(default_factory=JoinCounts)
     batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
     progressive: ProgressiveWindow | None = None
@@ -99,8 +85,6 @@ class Joiner:
         self._bootstrap = bootstrap_servers
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
-        example_schema = load_schema("LabeledExample")
-        self._stored_example_codec = SingleObjectCodec(example_schema)
         self._outputs = {
             name: (topics.examples(name, c.entity_field), c.entity_field) for name, c in settings.model.coordinates.items()
         }
@@ -108,14 +92,9 @@ class Joiner:
             topic: make_codec("LabeledExample", topic, registry, registry_settings) for topic, _ in self._outputs.values()
         }
         self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
-        self._type_symbols = _interaction_types(self._interaction_codec.schema.plain)
+        self._join = ExampleJoin(settings, interaction_types(self._interaction_codec.schema.plain))
+        self.stats.indexing = self._join.indexer
         j = settings.joiner
-        unknown = sorted(set(j.labels) - set(self._type_symbols))
-        if unknown:
-            raise ConfigError("joiner.labels", f"unknown interaction types {unknown} (known: {', '.join(self._type_symbols)})")
-        self._rules = JoinRules(j.attribution_window_ms, j.allowed_lateness_ms,
-                                {self._type_symbols.index(k): v for k, v in j.labels.items()}, j.emitted_retention_ms,
-                                j.early_positives)
         self._producer = Producer(producer_config(kafka, bootstrap_servers))
         self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "joiner")
         prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
@@ -127,7 +106,6 @@ class Joiner:
         self._ownership = PartitionStores(self.group_id, self._assign)
         self._stores = self._ownership.stores
         self._last_delivery: dict[tuple[str, int], float] = {}
-        self._resolver: FeatureResolver | None = None
         self._idle_s = j.idle_input_ms / 1000
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
@@ -195,17 +173,17 @@ class Joiner:
         self.stats.batch_seconds.observe(elapsed)
         return len(messages)
 
-    def _decode(self, good: list) -> dict[int, list[tuple[str, dict[str, Any], Any]]]:
+    def _decode(self, good: list) -> dict[int, list[JoinInput]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
         topics = self.settings.topics
         by_kind = {
-            "impression": [m for m in good if m.topic() == topics.impressions],
-            "interaction": [m for m in good if m.topic() == topics.interactions],
+            IMPRESSION: [m for m in good if m.topic() == topics.impressions],
+            INTERACTION: [m for m in good if m.topic() == topics.interactions],
         }
-        decoded: dict[int, tuple[str, dict[str, Any], Any]] = {}
+        decoded: dict[int, JoinInput] = {}
         for kind, batch in by_kind.items():
-            codec = self._impression_codec if kind == "impression" else self._interaction_codec
-            problem = impression_problem if kind == "impression" else interaction_problem
+            codec = self._impression_codec if kind == IMPRESSION else self._interaction_codec
+            problem = impression_problem if kind == IMPRESSION else interaction_problem
             result = decode_batch(codec, batch)
             for message, error in result.failures:
                 self._dead_letters.send(message, str(error))
@@ -214,8 +192,8 @@ class Joiner:
                 if reason is not None:
                     self._dead_letters.send(message, reason)
                 else:
-                    decoded[id(message)] = (kind, record, message)
-        events: dict[int, list] = {}
+                    decoded[id(message)] = JoinInput(kind, record, message.offset(), message.value(), message.key() or b"")
+        events: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
             if item is not None:
@@ -256,7 +234,7 @@ class Joiner:
         """
         if self.models.global_model.current is not None:
             return
-        impressions = [record for items in events.values() for kind, record, _ in items if kind == "impression"]
+        impressions = [e.record for items in events.values() for e in items if e.kind == IMPRESSION]
         if not impressions:
             return
         record = initial_global_model_record(impressions, self.settings.model)
@@ -273,25 +251,14 @@ class Joiner:
                     "using version %d with %d global features", len(impressions), self.models.global_model.current.version,
                     self.models.global_model.current.global_index.dim)
 
-    def _join_partition(self, partition: int, items: list) -> JoinBatch:
+    def _join_partition(self, partition: int, items: list[JoinInput]) -> JoinBatch:
         store = self._stores[partition]
         topics = self.settings.topics
-        done = {topics.impressions: store.processed_offset(topics.impressions),
-                topics.interactions: store.processed_offset(topics.interactions)}
-        fresh = [(k, r, m) for k, r, m in items if m.offset() > done[m.topic()]]
+        done = {IMPRESSION: store.processed_offset(topics.impressions),
+                INTERACTION: store.processed_offset(topics.interactions)}
+        fresh = [e for e in items if e.offset > done[e.kind]]
         self.stats.replayed += len(items) - len(fresh)
-        batch = JoinBatch(store, self._rules, (r["impression_id"] for _, r, _ in fresh))
-        impressions = [record for kind, record, _ in fresh if kind == "impression"]
-        examples = iter(self._index(impressions))
-        for kind, record, message in fresh:
-            if kind == "impression":
-                batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"],
-                                                     self._stored_example_codec.encode(next(examples))))
-            else:
-                batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
-                                                       self._type_symbols.index(record["type"]), message.value(),
-                                                       message.key() or b"", message.offset()))
-        batch.close_windows(self._idle_inputs(partition))
+        batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(partition))
         for orphan in batch.result.orphans:
             self._dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
                                         "orphan interaction: no impression known for it (none arrived within "
@@ -299,18 +266,6 @@ class Joiner:
         self.stats.orphans += len(batch.result.orphans)
         self.stats.join.add(batch.result.counts)
         return batch
-
-    def _index(self, impressions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Unlabeled examples of ``impressions``, indexed with the current model (never None once impressions came)."""
-        if not impressions:
-            return []
-        model = self.models.global_model.current
-        if self._resolver is None or self._resolver.version != model.version:
-            self._resolver = FeatureResolver(model, self.settings.model)
-            self.stats.index_version = model.index_version
-            self.stats.index_columns = {GLOBAL: model.global_index.dim,
-                                        **{name: index.dim for name, index in model.coordinate_indices.items()}}
-        return unlabeled_examples(impressions, model, self._resolver, self.settings.model, self.stats.unindexed_features)
 
     def _idle_inputs(self, partition: int) -> frozenset[str]:
         """Inputs of ``partition`` that delivered nothing for ``idle_input_ms`` and have nothing left to read.
@@ -334,14 +289,7 @@ class Joiner:
     def _emit(self, emissions: list) -> None:
         if not emissions:
             return
-        examples = [self._stored_example_codec.decode(e.example) for e in emissions]
-        for example, emission in zip(examples, emissions):
-            example["label"] = emission.label
-            example["label_time"] = emission.label_time
-            example["interaction_types"] = label_types(emission.types, self._type_symbols)
-        model = self.models.global_model.current
-        if model is not None:
-            add_scores(examples, model, self.models.tables)
+        examples = self._join.labeled(emissions, self.models.global_model.current, self.models.tables)
         self.stats.progressive.add(examples)
         for name, (topic, _) in self._outputs.items():
             encoded = encode_batch(self._output_codecs[topic], examples)
@@ -360,8 +308,3 @@ class Joiner:
         self._ownership.close()
         self.models.close()
 
-
-def _interaction_types(interaction_schema: dict[str, Any]) -> list[str]:
-    """The symbols of the Interaction ``type`` enum; a symbol's position is its type code."""
-    field_type = next(f["type"] for f in interaction_schema["fields"] if f["name"] == "type")
-    return list(field_type["symbols"])

@@ -151,12 +151,13 @@ def _joiner(stage: str, stats: JoinerStats, counters: dict, gauges: dict, histog
     counters["glmix_batches"].add_metric([stage], stats.batches)
     counters["glmix_busy_seconds"].add_metric([stage], stats.busy_seconds)
     counters["glmix_replayed_events"].add_metric([stage], stats.replayed)
-    for coordinate, count in stats.unindexed_features.items():
-        counters["glmix_unindexed_features"].add_metric([coordinate], count)
-    for coordinate, columns in stats.index_columns.items():
-        gauges["glmix_feature_index_columns"].add_metric([coordinate], columns)
-    if stats.index_columns:
-        gauges["glmix_feature_index_version"].add_metric([], stats.index_version)
+    if stats.indexing is not None:
+        for coordinate, count in stats.indexing.unindexed_features.items():
+            counters["glmix_unindexed_features"].add_metric([coordinate], count)
+        for coordinate, columns in stats.indexing.index_columns.items():
+            gauges["glmix_feature_index_columns"].add_metric([coordinate], columns)
+        if stats.indexing.index_columns:
+            gauges["glmix_feature_index_version"].add_metric([], stats.indexing.index_version)
     stats.batch_seconds.add_to(histograms["glmix_batch_duration_seconds"], [stage])
     if stats.progressive is not None and stats.progressive.size:
         gauges["glmix_progressive_examples"].add_metric([], stats.progressive.size)
