@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,8 +151,11 @@ class RefitInputs:
 class GlobalRefit:
     """Refits and gates the global coordinate; :meth:`run_once` is one cron run."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", show_progress: bool = False) -> None:
+    def __init__(self, settings: Settings, bootstrap_servers: str = "", show_progress: bool = False,
+                 publish: Callable[[dict], None] | None = None) -> None:
+        """``publish`` takes a new ``GlobalModel`` record; by default it goes to ``model.global`` (a backtest keeps it)."""
         self.settings = settings
+        self._publish = publish or self._publish_to_kafka
         self._show_progress = show_progress
         self.refit = settings.refit
         self.loss = get_loss(settings.model.loss)
@@ -299,10 +302,17 @@ class GlobalRefit:
 
     def run_once(self, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
         """One refit over ``[from_ms, to_ms)`` (default: the last ``window_hours`` of the archive)."""
+        return self._run(lambda spill: self.prepare(spill, from_ms, to_ms))
+
+    def run_from(self, model: GlobalModel, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
+        """One refit of ``model`` (instead of the newest on Kafka) with join-time offsets, as a backtest runs it."""
+        return self._run(lambda spill: self.spill_window(spill, self.window(from_ms, to_ms), model, {}))
+
+    def _run(self, prepare: Callable[[SpillDirectory], RefitInputs]) -> RefitResult:
         started = time.monotonic()
         self.stats.runs += 1
         with SpillDirectory() as spill:
-            inputs = self.prepare(spill, from_ms, to_ms)
+            inputs = prepare(spill)
             result = inputs.result()
             if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
                 log.warning("refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",
@@ -381,7 +391,7 @@ class GlobalRefit:
             temporary.replace(path)
         return [str(path) for path, _ in targets]
 
-    def _publish(self, record: dict) -> None:
+    def _publish_to_kafka(self, record: dict) -> None:
         prepare_topics(self.settings, self._bootstrap)
         producer = Producer(producer_config(self.settings.kafka, self._bootstrap))
         producer.produce(self.settings.topics.model_global, key=self.refit.model_name.encode(),

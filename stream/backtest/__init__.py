@@ -1,0 +1,1 @@
+"""Deterministic replays of an event log through the live join and update code (``glmix backtest``, ``glmix tune``)."""

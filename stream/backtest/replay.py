@@ -1,0 +1,251 @@
+"""``glmix backtest``: replay an event log through the live join and update code, in one process, deterministically.
+
+What a live deployment would have scored (progressive validation: every example is
+scored by the models current when it is emitted, then learned from) and what freshness
+is worth on a user's own data (DESIGN §9). The replay calls the live stages' own
+functions — :class:`~stream.consumers.labeling.ExampleJoin` over a RocksDB partition
+store, :func:`~stream.updaters.state_update.apply_batch` over RocksDB entity states, the
+global refit with its vocabulary growth — so there is no second implementation to drift.
+
+Time is the events' time. Micro-batches are cut every ``latency_ms`` of event time (0:
+every event alone): a micro-batch's events are joined, its emitted examples are scored
+with the models as they were before it, then every coordinate absorbs them, as an
+updater a ``latency_ms`` behind the joiner would. Without a model, the first index comes
+from a warm-up of ``joiner.bootstrap_impressions`` impressions, as the live joiner
+builds it; every ``refit_every_ms`` the examples so far are archived and the refit runs
+(vocabulary growth included) on the last ``refit.window_hours``. The replay is one
+partition: the watermark is the whole log's, not one Kafka partition's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.archive.files import ArchiveFiles, hour_of
+from stream.codec.schemas import load_schema
+from stream.config import Settings
+from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinCounts
+from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
+from stream.evaluation.progressive import collect, progressive_report
+from stream.model.export import initial_global_model_record
+from stream.model.game import GLOBAL
+from stream.model.losses import get_loss
+from stream.refit.job import GlobalRefit, RefitError
+from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.state.partition_store import PartitionStore, open_or_wipe
+from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
+from stream.updaters.state_update import CoordinateMath, apply_batch
+
+log = logging.getLogger(__name__)
+
+_ENDED = frozenset({IMPRESSIONS, INTERACTIONS})
+
+
+@dataclass(frozen=True)
+class BacktestOptions:
+    """How the replay runs: the update latency, the refit schedule (event time) and the report's time windows."""
+
+    latency_ms: int = 1000
+    refit_every_ms: int = 0
+    windows: int = 10
+
+
+@dataclass
+class BacktestResult:
+    """The progressive report, the emitted examples (scored at emission) and how the replay went."""
+
+    report: dict[str, Any]
+    examples: list[dict[str, Any]] = field(repr=False)
+
+
+class _CoordinateReplay:
+    """One coordinate's updater in the replay: a RocksDB store of entity states and the table the join scores with."""
+
+    def __init__(self, settings: Settings, name: str, directory: Path) -> None:
+        self.name = name
+        coordinate = settings.model.coordinates[name]
+        self.math = CoordinateMath.of(coordinate, get_loss(settings.model.loss))
+        self.store, _ = open_or_wipe(directory / f"states-{name}")
+        self.table = CoefficientTable(name, coordinate.max_features)
+        self._next_offset = 0
+        self.entity_updates = 0
+        self.widened_entities = 0
+
+    def absorb(self, examples: Sequence[dict[str, Any]]) -> None:
+        """Update every entity the examples touch, as the coordinate's updater does with one micro-batch."""
+        layout = self.math.layout
+        records = [e for e in examples if example_problem(e, self.name, layout.dim) is None]
+        if not records:
+            return
+        offsets = np.arange(self._next_offset, self._next_offset + len(records))
+        self._next_offset += len(records)
+        batch_examples = coordinate_examples(records, offsets, self.name, layout.dim)
+        batch = group_by_entity(batch_examples.take(~invalid_values(batch_examples)))
+        keys = [entity.encode() for entity in batch.entity_ids]
+        states, _ = layout.decode(self.store.get_many(keys), self.math.new_entity_precision)
+        outcome = apply_batch(self.math, states, batch)
+        changed = np.flatnonzero(outcome.changed)
+        new = outcome.states[changed]
+        self.store.commit(zip([keys[i] for i in changed], layout.encode(new)), offsets={"input": int(offsets[-1])})
+        self.table.apply({"entity_id": e, "version": v, "means": m}
+                         for e, v, m in zip(batch.entity_ids[changed], new["version"], new["mean"]))
+        self.entity_updates += len(changed)
+        self.widened_entities += outcome.widened_entities
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Backtest:
+    """One replay of an event log under ``settings`` (the settings a live deployment would run with)."""
+
+    def __init__(self, settings: Settings, options: BacktestOptions, model_record: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self._model_record = model_record
+        self._join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
+
+    def run(self, events: Sequence[JoinInput]) -> BacktestResult:
+        """Replay ``events`` (in event-time order) and report what a live deployment would have scored."""
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
+            run = _Run(dataclasses.replace(self.settings, state_dir=workdir), self.options, self._join,
+                       Path(workdir), self._model_record)
+            try:
+                run.replay(events)
+            finally:
+                run.close()
+        seconds = time.monotonic() - started
+        coordinates = list(self.settings.model.coordinates)
+        report = progressive_report(collect(run.examples, coordinates), get_loss(self.settings.model.loss),
+                                    self.options.windows)
+        report.update({
+            "events": len(events), "seconds": round(seconds, 3),
+            "events_per_s": round(len(events) / seconds) if seconds > 0 else None,
+            "latency_ms": self.options.latency_ms, "micro_batches": run.micro_batches,
+            "join": dataclasses.asdict(run.join_counts), "refits": run.refits, "vocabulary": run.vocabulary,
+            "entity_updates": {c.name: c.entity_updates for c in run.coordinates},
+            "widened_entities": {c.name: c.widened_entities for c in run.coordinates},
+        })
+        return BacktestResult(report, run.examples)
+
+
+class _Run:
+    """The state of one replay (everything under one temporary directory)."""
+
+    def __init__(self, settings: Settings, options: BacktestOptions, join: ExampleJoin, workdir: Path,
+                 model_record: dict[str, Any] | None) -> None:
+        self.settings, self.options, self.join = settings, options, join
+        self.store: PartitionStore = open_or_wipe(workdir / "join")[0]
+        self.coordinates = [_CoordinateReplay(settings, name, workdir) for name in settings.model.coordinates]
+        self.tables = {c.name: c.table for c in self.coordinates}
+        self.model = GlobalModelTable(settings.model)
+        if model_record is not None:
+            self.model.apply([model_record])
+        self.refit = GlobalRefit(settings, publish=self._take_model)
+        self.archive = ArchiveFiles(settings.archive_path)
+        self.examples: list[dict[str, Any]] = []
+        self._unarchived = 0
+        self.join_counts = JoinCounts()
+        self.micro_batches = 0
+        self.refits: list[dict[str, Any]] = []
+        self.vocabulary: list[dict[str, Any]] = []
+        self._held: list[JoinInput] = []
+
+    def _take_model(self, record: dict[str, Any]) -> None:
+        self.model.apply([record])
+
+    def replay(self, events: Sequence[JoinInput]) -> None:
+        times = np.fromiter((e.record["event_time"] for e in events), dtype=np.int64, count=len(events))
+        bounds = _micro_batches(times, self.options.latency_ms)
+        next_refit = int(times[0]) + self.options.refit_every_ms if len(times) and self.options.refit_every_ms else None
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            self._micro_batch(events[start:end], frozenset())
+            if next_refit is not None and times[end - 1] >= next_refit:
+                self._refit_now(int(times[end - 1]))
+                next_refit = int(times[end - 1]) + self.options.refit_every_ms
+        self._micro_batch([], _ENDED)  # the inputs ended: every window the watermark has passed closes
+
+    def _micro_batch(self, events: Sequence[JoinInput], idle: frozenset[str]) -> None:
+        if self.model.current is None:
+            events = self._warm_up(events)
+            if self.model.current is None:
+                return
+        batch = self.join.join(self.store, events, self.model.current, idle)
+        examples = self.join.labeled(batch.result.emissions, self.model.current, self.tables)
+        batch.write({})
+        self.join_counts.add(batch.result.counts)
+        self.micro_batches += 1
+        if examples:
+            self.examples.extend(examples)
+            for coordinate in self.coordinates:
+                coordinate.absorb(examples)
+        self._note_vocabulary()
+
+    def _warm_up(self, events: Sequence[JoinInput]) -> list[JoinInput]:
+        """Hold events until the live joiner's warm-up would be complete, then index the first model from them."""
+        self._held.extend(events)
+        j = self.settings.joiner
+        impressions = [e.record for e in self._held if e.kind == IMPRESSION]
+        span = self._held[-1].record["event_time"] - self._held[0].record["event_time"] if self._held else 0
+        if not impressions or (len(impressions) < j.bootstrap_impressions and span < j.bootstrap_wait_ms):
+            return []
+        self.model.apply([initial_global_model_record(impressions, self.settings.model)])
+        held, self._held = self._held, []
+        return held
+
+    def _note_vocabulary(self) -> None:
+        model = self.model.current
+        if model is not None and (not self.vocabulary or self.vocabulary[-1]["index_version"] != model.index_version):
+            last = self.examples[-1]["event_time"] if self.examples else None
+            self.vocabulary.append({"index_version": model.index_version, "from_event_time": last,
+                                    "columns": {GLOBAL: model.global_index.dim,
+                                                **{n: i.dim for n, i in model.coordinate_indices.items()}}})
+
+    def _refit_now(self, now_ms: int) -> None:
+        """Archive the examples emitted since the last refit, then refit the current model on the archive."""
+        fresh = self.examples[self._unarchived:]
+        by_hour: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+        for offset, example in enumerate(fresh, start=self._unarchived):
+            by_hour[hour_of(example["event_time"])].append((offset, example))
+        for hour, rows in sorted(by_hour.items()):
+            self.archive.write(hour, 0, rows[0][0], rows[-1][0], [e for _, e in rows])
+        self._unarchived = len(self.examples)
+        if self.model.current is None or not self.examples:
+            return
+        try:
+            result = self.refit.run_from(self.model.current)
+        except RefitError as exc:
+            log.info("backtest: refit at %d skipped: %s", now_ms, exc)
+            return
+        self.refits.append({"at_event_time": now_ms, "status": result.status, "version": result.version,
+                            "index_version": result.index_version, "admitted_features": result.admitted_features,
+                            "train_examples": result.train_examples, "holdout_examples": result.holdout_examples,
+                            "current_metrics": result.to_json()["current_metrics"],
+                            "candidate_metrics": result.to_json()["candidate_metrics"]})
+        self._note_vocabulary()
+
+    def close(self) -> None:
+        self.store.close()
+        for coordinate in self.coordinates:
+            coordinate.close()
+
+
+def _micro_batches(times: np.ndarray, latency_ms: int) -> np.ndarray:
+    """Boundaries (start indexes, then the end) of the micro-batches: every ``latency_ms`` of event time, or every event."""
+    if not len(times):
+        return np.zeros(1, dtype=np.int64)
+    if latency_ms <= 0:
+        return np.arange(len(times) + 1)
+    slots = (times - times[0]) // latency_ms
+    return np.concatenate([[0], np.flatnonzero(np.diff(slots)) + 1, [len(times)]])
