@@ -192,6 +192,15 @@ def _duration_s(text: str) -> float:
     return seconds
 
 
+def _latency_s(text: str) -> float:
+    """A duration that may be 0 (``0`` or ``event``: every event alone), or ``200ms``."""
+    if text in ("0", "event"):
+        return 0.0
+    if text.endswith("ms"):
+        return _duration_s(text[:-2]) / 1000
+    return _duration_s(text)
+
+
 def _time_ms(text: str) -> int:
     """Epoch milliseconds from an ISO-8601 time (UTC unless it says otherwise) or a number of milliseconds."""
     from datetime import datetime, timezone
@@ -294,6 +303,49 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    """Build the first feature indexes and a fitted global model from history; publish them (or write them to a file)."""
+    from stream.backtest.events import EventLog
+    from stream.codec.container import write_container
+    from stream.refit.bootstrap import bootstrap_record, publish_first_model
+
+    log = EventLog.from_paths(args.from_files)
+    record = bootstrap_record(settings, log.events)
+    if args.output:
+        write_container(args.output, "GlobalModel", [record])
+    if not args.no_publish:
+        publish_first_model(settings, record)
+    print(json.dumps({"events": len(log), "invalid_events": log.invalid, "version": record["version"],
+                      "index_version": record["index_version"], "global_features": len(record["features"]),
+                      "coordinate_features": {k: len(v) for k, v in record["coordinate_indices"].items()},
+                      "published_to": None if args.no_publish else settings.topics.model_global,
+                      "output": str(args.output) if args.output else None}))
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay an event log through the live join and update code; print the progressive report as JSON."""
+    from stream.backtest.events import EventLog
+    from stream.backtest.replay import Backtest, BacktestOptions
+    from stream.codec.container import read_container
+
+    log = EventLog.from_paths(args.from_files)
+    model = None
+    if args.model:
+        if not args.model.is_file():
+            raise ConfigError("--model", f"no such file: {args.model}")
+        model = next(iter(read_container(args.model, "GlobalModel")), None)
+    options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000),
+                              windows=args.windows)
+    result = Backtest(settings, options, model).run(log.events)
+    report = {"invalid_events": log.invalid, **result.report}
+    text = json.dumps(report, indent=1)
+    if args.report:
+        args.report.write_text(text)
+    print(text)
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     """Compile the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
     from stream.model.losses import get_loss
@@ -378,6 +430,29 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--to", dest="to_ms", type=_time_ms, help="window end; default: just after the newest archived example")
     refit.add_argument("--every", type=_duration_s, help="keep running, one refit per interval (e.g. 1h)")
     refit.set_defaults(handler=cmd_refit)
+
+    bootstrap = sub.add_parser("bootstrap", parents=[common],
+                               help="first feature indexes and a fitted global model from history, published as version 1")
+    bootstrap.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
+                           help="Impression and Interaction Avro container files (told apart by their schema)")
+    bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
+    bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")
+    bootstrap.set_defaults(handler=cmd_bootstrap)
+
+    backtest = sub.add_parser("backtest", parents=[common],
+                              help="replay an event log through the live join and update code (progressive report)")
+    backtest.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
+                          help="Impression and Interaction Avro container files (told apart by their schema)")
+    backtest.add_argument("--latency", type=_latency_s, default=1.0,
+                          help="update latency: micro-batches of this much event time (e.g. 200ms, 1s; 0 = every event)")
+    backtest.add_argument("--refit-every", type=_duration_s,
+                          help="event time between global refits with vocabulary growth (default: none)")
+    backtest.add_argument("--model", type=Path,
+                          help="GlobalModel container file to start from (glmix bootstrap --output); default: the "
+                               "joiner's warm-up")
+    backtest.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
+    backtest.add_argument("--report", type=Path, help="also write the JSON report to this file")
+    backtest.set_defaults(handler=cmd_backtest)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

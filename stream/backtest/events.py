@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fastavro
+
 from stream.codec.container import read_container
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
@@ -44,6 +46,20 @@ class EventLog:
                     events.append(JoinInput(kind, record))
         return cls(replay_order(events), invalid, [str(p) for p in [*impressions, *interactions]])
 
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path]) -> EventLog:
+        """Like :meth:`from_files`, each file's kind read from the schema it was written with."""
+        impressions, interactions = [], []
+        for path in paths:
+            name = writer_schema_name(path)
+            if name == "Impression":
+                impressions.append(path)
+            elif name == "Interaction":
+                interactions.append(path)
+            else:
+                raise EventLogError(f"{path}: holds {name} records; expected Impression or Interaction container files")
+        return cls.from_files(impressions, interactions)
+
     def __len__(self) -> int:
         return len(self.events)
 
@@ -54,6 +70,18 @@ class EventLog:
 def replay_order(events: Sequence[JoinInput]) -> list[JoinInput]:
     """``events`` by event time; impressions before interactions at the same millisecond; given order otherwise."""
     return sorted(events, key=lambda e: (e.record["event_time"], e.kind != IMPRESSION))
+
+
+def writer_schema_name(path: str | Path) -> str:
+    """The short name of the schema an Avro container file was written with."""
+    if not Path(path).is_file():
+        raise EventLogError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            schema = fastavro.reader(fh).writer_schema
+    except (OSError, ValueError) as exc:
+        raise EventLogError(f"{path}: not an Avro container file ({exc})") from exc
+    return str(schema.get("name", "?")).rsplit(".", 1)[-1] if isinstance(schema, dict) else "?"
 
 
 def _records(path: str | Path, schema: str) -> Iterator[dict]:

@@ -91,13 +91,16 @@ def initial_global_model_record(impressions: list[Mapping[str, Any]], model: Mod
 
 
 def fitted_global_model_record(impressions: list[Mapping[str, Any]], labels: np.ndarray, model: ModelSettings,
-                               version: int = 1, model_name: str = "glmix") -> dict[str, Any]:
+                               version: int = 1, model_name: str = "glmix",
+                               index_from: list[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """A first ``GlobalModel`` fitted on labeled history: indexes from ``impressions``, then L-BFGS on their labels.
 
     The batch model a team starts streaming from when it has history (``model.global_l2``
-    on every feature, the intercept unpenalized, as the refit does).
+    on every feature, the intercept unpenalized, as the refit does). ``index_from``
+    (default: ``impressions``) are the impressions the indexes are built from, when
+    more impressions than the labeled ones are known.
     """
-    record = initial_global_model_record(impressions, model, version, model_name)
+    record = initial_global_model_record(impressions if index_from is None else index_from, model, version, model_name)
     index = FeatureIndex.from_record(record["features"], model.global_feature_bags, version=version)
     labels = np.asarray(labels, dtype=np.float64)
     data = build_dataset(impressions, labels, index, {}, transforms=FeatureTransforms.from_settings(model))
