@@ -80,6 +80,7 @@ class _CoordinateReplay:
         self._next_offset = 0
         self.entity_updates = 0
         self.widened_entities = 0
+        self.reset_entities = 0
 
     def absorb(self, examples: Sequence[dict[str, Any]]) -> None:
         """Update every entity the examples touch, as the coordinate's updater does with one micro-batch."""
@@ -101,6 +102,7 @@ class _CoordinateReplay:
                          for e, v, m in zip(batch.entity_ids[changed], new["version"], new["mean"]))
         self.entity_updates += len(changed)
         self.widened_entities += outcome.widened_entities
+        self.reset_entities += outcome.reset_entities
 
     def close(self) -> None:
         self.store.close()
@@ -136,6 +138,7 @@ class Backtest:
             "join": dataclasses.asdict(run.join_counts), "refits": run.refits, "vocabulary": run.vocabulary,
             "entity_updates": {c.name: c.entity_updates for c in run.coordinates},
             "widened_entities": {c.name: c.widened_entities for c in run.coordinates},
+            "reset_entities": {c.name: c.reset_entities for c in run.coordinates},
         })
         return BacktestResult(report, run.examples)
 

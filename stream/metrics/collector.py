@@ -46,6 +46,8 @@ COUNTERS = {
                                  "(what the vocabulary writer counts).", ["coordinate"]),
     "glmix_widened_entities": ("Entity states that met a newer feature index and kept what they had learned.",
                                ["coordinate"]),
+    "glmix_entity_resets": ("Entity states that did not go on from their stored version (never expected).",
+                            ["coordinate"]),
     "glmix_vocabulary_admitted_features": ("Features the vocabulary writer appended to a coordinate's index.",
                                            ["coordinate"]),
     "glmix_vocabulary_dropped_features": ("Features seen often enough that did not fit a coordinate at capacity.",
@@ -187,6 +189,7 @@ def _updater(coordinate: str, stats: UpdaterStats, counters: dict, histograms: d
     counters["glmix_restored_entities"].add_metric([coordinate], stats.restored_entities)
     counters["glmix_restore_seconds"].add_metric([coordinate], stats.restore_seconds)
     counters["glmix_widened_entities"].add_metric([coordinate], stats.widened_entities)
+    counters["glmix_entity_resets"].add_metric([coordinate], stats.reset_entities)
     stats.batch_seconds.add_to(histograms["glmix_batch_duration_seconds"], [stage])
     stats.freshness_seconds.add_to(histograms["glmix_freshness_seconds"], [coordinate])
     stats.newton_iterations.add_to(histograms["glmix_newton_iterations"], [coordinate])

@@ -9,6 +9,14 @@ so learned coefficients can be compared with the truth. It includes the GLMix pa
 Alice/Annie case: pairs of members with identical features and opposite tastes, which
 only a per-member coordinate can tell apart. Everything is drawn from one seeded
 ``numpy`` generator, so a seed fixes the world.
+
+With ``emerging_terms`` the vocabulary grows during the stream, as real vocabularies do:
+that many new skills and as many new companies debut at evenly spread points of the
+stream, and ``late_entity_share`` of the members and jobs arrive later, carrying the
+terms that have debuted by then (most of their skills and their company, drawn with a
+long tail: the earliest new terms are the most common); the new terms' global effects
+are ``emerging_effect_scale`` times as large as the others'. Entities and impressions
+follow their arrival, so a feature index taken from the start of the stream misses them.
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ class WorldSpec:
     mean_click_delay_ms: int = 30_000
     member_effect_scale: float = 1.0
     job_effect_scale: float = 0.7
+    emerging_terms: int = 0
+    late_entity_share: float = 0.5
+    emerging_effect_scale: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("members", "jobs", "requests", "items_per_request", "mean_request_gap_ms", "mean_click_delay_ms"):
@@ -64,8 +75,10 @@ class WorldSpec:
             raise ConfigError("alice_annie_pairs", "needs two members per pair")
         if self.items_per_request > self.jobs:
             raise ConfigError("items_per_request", "cannot exceed the number of jobs")
+        if self.emerging_terms < 0:
+            raise ConfigError("emerging_terms", f"must be >= 0, got {self.emerging_terms}")
         for name in ("random_bucket_rate", "apply_given_click", "duplicate_rate", "out_of_order_rate",
-                     "late_rate", "orphan_rate", "malformed_rate"):
+                     "late_rate", "orphan_rate", "malformed_rate", "late_entity_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(name, f"must be a share in [0, 1], got {value}")
@@ -149,9 +162,60 @@ class World:
     def __init__(self, spec: WorldSpec) -> None:
         self.spec = spec
         self.rng = np.random.default_rng(spec.seed)
+        self.emerging_skills = [f"new-skill-{k:03d}" for k in range(spec.emerging_terms)]
+        self.emerging_companies = [f"new-company-{k:03d}" for k in range(spec.emerging_terms)]
+        self.arrival: dict[str, float] = {}
         self.members = self._draw_members()
         self.jobs = self._draw_jobs()
+        if spec.emerging_terms:
+            self._make_late_arrivals()
         self.truth = self._draw_truth()
+
+    def job_keys(self) -> list[tuple[str, str]]:
+        """Every (name, term) a job of this world can carry (the member coordinate's feature space)."""
+        return (job_feature_keys() + [("job_skill", s) for s in self.emerging_skills]
+                + [("job_company", c) for c in self.emerging_companies])
+
+    def member_keys(self) -> list[tuple[str, str]]:
+        """Every (name, term) a member of this world can carry (the job coordinate's feature space)."""
+        return member_feature_keys() + [("member_skill", s) for s in self.emerging_skills]
+
+    def _make_late_arrivals(self) -> None:
+        """Let a share of members and jobs arrive during the stream, carrying the new terms debuted by then."""
+        rng = np.random.default_rng([self.spec.seed, 3])
+        n = self.spec.emerging_terms
+        debut = (np.arange(n) + 1) / (n + 1)  # new term k debuts at this fraction of the stream
+
+        def debuted(at: float, names: list[str], count: int) -> list[str]:
+            ready = int(np.searchsorted(debut, at, side="right"))
+            if not ready:
+                return []
+            weights = 1.0 / (np.arange(ready) + 1.0) ** 1.1  # a long tail: the first new terms are the most common
+            picked = rng.choice(ready, size=min(count, ready), replace=False, p=weights / weights.sum())
+            return [names[int(k)] for k in picked]
+
+        def late(entities: list[Entity], prefix: str) -> list[Entity]:
+            out = []
+            for entity in entities:
+                if entity.entity_id.startswith(("alice", "annie")) or rng.random() >= self.spec.late_entity_share:
+                    out.append(entity)
+                    continue
+                at = float(rng.uniform(0.05, 1.0))
+                self.arrival[entity.entity_id] = at
+                bags = dict(entity.bags)
+                skills_bag = f"{prefix}_skills"
+                name = bags[skills_bag][0][0] if bags[skills_bag] else f"{prefix}_skill"
+                kept = [f for f in bags[skills_bag] if rng.random() < 0.3]
+                bags[skills_bag] = tuple(kept) + tuple((name, s, 1.0) for s in debuted(at, self.emerging_skills, 3))
+                if prefix == "job":
+                    company = debuted(at, self.emerging_companies, 1)
+                    if company:
+                        bags["job_company"] = _one_hot("job_company", company[0])
+                out.append(Entity(entity.entity_id, bags))
+            return out
+
+        self.members = late(self.members, "member")
+        self.jobs = late(self.jobs, "job")
 
     def _draw_skills(self, title_index: int) -> list[str]:
         # Skills cluster by title so that features correlate as they do in real profiles.
@@ -185,11 +249,14 @@ class World:
     def _draw_truth(self) -> GroundTruth:
         rng, spec = self.rng, self.spec
         truth = GroundTruth()
-        keys = [INTERCEPT] + member_feature_keys() + job_feature_keys()
+        keys = [INTERCEPT] + self.member_keys() + self.job_keys()
         w = rng.normal(0.0, 0.3, size=len(keys))
         w[0] = -1.5
+        if spec.emerging_terms:  # what the market moves to matters more than the long-known terms
+            emerging = np.array([k[1].startswith("new-") for k in keys])
+            w[emerging] *= spec.emerging_effect_scale
         truth.global_coefficients = dict(zip(keys, (float(v) for v in w)))
-        job_keys = [INTERCEPT] + job_feature_keys()
+        job_keys = [INTERCEPT] + self.job_keys()
         for member in self.members:
             alpha = rng.normal(0.0, 0.35 * spec.member_effect_scale, size=len(job_keys))
             own_title = member.bags["member_title"][0][1]
@@ -203,7 +270,7 @@ class World:
                 effects[("job_title", liked)] = 2.0 * sign
                 effects[("job_title", disliked)] = -2.0 * sign
             truth.alice_annie.append((alice, annie))
-        member_keys = [INTERCEPT] + member_feature_keys()
+        member_keys = [INTERCEPT] + self.member_keys()
         for job in self.jobs:
             beta = rng.normal(0.0, 0.35 * spec.job_effect_scale, size=len(member_keys))
             beta[0] = rng.normal(0.0, 0.8 * spec.job_effect_scale)  # some jobs are simply more attractive

@@ -79,7 +79,8 @@ class BatchOutcome:
     events ignored because the state had absorbed them; ``update`` covers the entities
     that were solved (``solved`` marks them among the batch's entities);
     ``widened_entities`` counts stored states that met a newer feature index and kept
-    everything they had learned.
+    everything they had learned; ``reset_entities`` counts changed states that did not
+    go on from their stored version (there should never be any: it is the check).
     """
 
     states: np.ndarray
@@ -89,6 +90,7 @@ class BatchOutcome:
     absorbed_events: int
     replayed_events: int
     widened_entities: int
+    reset_entities: int = 0
 
 
 def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) -> BatchOutcome:
@@ -121,10 +123,11 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     new["index_version"] = np.maximum(new["index_version"], newest_index[target])
     if window is not None:
         _store_window(new, window, usable)
+    reset = int((new["version"] != states["version"][target] + 1).sum())
     states[target] = new
     changed = np.zeros(len(states), dtype=bool)
     changed[target] = True
-    return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, widened)
+    return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, widened, reset)
 
 
 def _bayes_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,

@@ -64,6 +64,7 @@ class UpdaterStats:
     failed_updates: int = 0
     replayed_events: int = 0
     widened_entities: int = 0
+    reset_entities: int = 0
     dead_lettered: int = 0
     restored_entities: int = 0
     restore_seconds: float = 0.0
@@ -253,6 +254,7 @@ class CoordinateUpdater:
         self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
         self.stats.replayed_events += outcome.replayed_events
         self.stats.widened_entities += outcome.widened_entities
+        self.stats.reset_entities += outcome.reset_entities
         return list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
 
     def close(self) -> None:

@@ -145,7 +145,7 @@ def test_a_state_of_an_older_index_is_its_widened_state_and_keeps_learning(prior
     learned = states.copy()
     new = group_by_entity(_examples(20, ["a", "b"], seed=9, first_offset=60, index_version=2))
     outcome = apply_batch(math, states, new)
-    assert outcome.widened_entities == 2 and outcome.changed.all()
+    assert outcome.widened_entities == 2 and outcome.changed.all() and outcome.reset_entities == 0
     # Nothing was reset: counts and versions go on from the old state.
     assert outcome.states["event_count"].tolist() == [40, 40] and outcome.states["version"].tolist() == [3, 3]
     assert outcome.states["index_version"].tolist() == [2, 2]
