@@ -25,6 +25,7 @@ from stream.state.partition_store import PartitionStore
 PENDING, EMITTED, HELD = b"p", b"x", b"o"
 _DEADLINE = b"d"
 _MAX_EVENT_TIME = b"\x00meta:max-event-time:"
+_SCAN_FROM = b"\x00meta:deadline-scan-from"
 IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
 _NEVER = -(1 << 62)
 _PENDING_HEADER = struct.Struct("<qqdI")
@@ -152,8 +153,11 @@ class JoinBatch:
         keys = [kind + i for i in ids for kind in (PENDING, EMITTED, HELD)]
         self._overlay: dict[bytes, bytes | None] = dict(zip(keys, store.get_many(keys)))
         inputs = (IMPRESSIONS, INTERACTIONS)
-        stored = store.get_many([_MAX_EVENT_TIME + i.encode() for i in inputs])
+        *stored, scan_from = store.get_many([_MAX_EVENT_TIME + i.encode() for i in inputs] + [_SCAN_FROM])
         self.max_event_time = {i: _TIME.unpack(raw)[0] if raw is not None else _NEVER for i, raw in zip(inputs, stored)}
+        # Every stored deadline is at or after the last close's limit (all below it were closed), so the scan
+        # starts there instead of wading through the tombstones of every deadline ever closed.
+        self._scan_from = scan_from if scan_from is not None else _DEADLINE
         self._new_deadlines: set[bytes] = set()
         self._deleted_deadlines: set[bytes] = set()
         self.result = JoinResult()
@@ -281,7 +285,8 @@ class JoinBatch:
         ``idle`` names the inputs (``impressions``, ``interactions``) that are idle (see :meth:`watermark`).
         """
         limit = _DEADLINE + _DEADLINE_TIME.pack(max(self.watermark(idle), -_TIME_BIAS) + _TIME_BIAS)
-        stored = [k for k, _ in self._store.scan(_DEADLINE, limit) if k not in self._deleted_deadlines]
+        stored = [k for k, _ in self._store.scan(self._scan_from, limit) if k not in self._deleted_deadlines]
+        self._scan_from = limit
         due = sorted(set(stored) | {k for k in self._new_deadlines if k < limit})
         for key in due:
             kind, iid = key[9:10], key[10:]
@@ -304,6 +309,7 @@ class JoinBatch:
         puts += [(k, b"") for k in self._new_deadlines]
         deletes += list(self._deleted_deadlines)
         puts += [(_MAX_EVENT_TIME + name.encode(), _TIME.pack(t)) for name, t in self.max_event_time.items()]
+        puts.append((_SCAN_FROM, self._scan_from))
         self._store.commit(puts, deletes, offsets)
 
 
