@@ -346,6 +346,24 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    """Choose every coordinate's prior and the global L2 by backtest on the log before the split; judge them after it."""
+    from stream.backtest.events import EventLog
+    from stream.backtest.replay import BacktestOptions
+    from stream.backtest.tune import tune
+
+    if not 0 < args.split < 1:
+        raise ConfigError("--split", f"must be a share of the log's impressions in (0, 1), got {args.split}")
+    log = EventLog.from_paths(args.from_files)
+    options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000))
+    result = tune(settings, log.events, options, args.split)
+    print(json.dumps({"split_event_time_ms": result.split_ms, "chosen": result.chosen,
+                      "validation_auc": result.validation_auc, "evaluation_auc": result.evaluation_auc,
+                      "trials": len(result.trials)}, indent=1))
+    print(result.toml(), end="")
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     """Compile the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
     from stream.model.losses import get_loss
@@ -453,6 +471,17 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
     backtest.add_argument("--report", type=Path, help="also write the JSON report to this file")
     backtest.set_defaults(handler=cmd_backtest)
+
+    tune_parser = sub.add_parser("tune", parents=[common],
+                                 help="choose each coordinate's prior and the global L2 by backtest (prints TOML)")
+    tune_parser.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
+                             help="Impression and Interaction Avro container files (told apart by their schema)")
+    tune_parser.add_argument("--split", type=float, default=0.7,
+                             help="share of the log's impressions, in time order, used to choose (the rest judges "
+                                  "the choice; default 0.7)")
+    tune_parser.add_argument("--latency", type=_latency_s, default=1.0, help="update latency of every backtest")
+    tune_parser.add_argument("--refit-every", type=_duration_s, help="event time between refits in every backtest")
+    tune_parser.set_defaults(handler=cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")

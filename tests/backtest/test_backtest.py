@@ -90,3 +90,26 @@ def test_an_unreadable_event_log_is_one_line_and_exit_code_2(tmp_path, capsys):
     (tmp_path / "text.avro").write_text("not avro")
     assert main(["backtest", "--from", str(tmp_path / "text.avro")]) == 2
     assert "not an Avro container file" in capsys.readouterr().err
+
+
+def test_tune_chooses_on_the_validation_period_and_beats_the_defaults_after_it(tmp_path, capsys):
+    world = World(WorldSpec(seed=8, members=150, jobs=1000, requests=2500, emerging_terms=10, mean_request_gap_ms=200,
+                            attribution_window_ms=60_000))
+    write_avro_files(event_stream(world), tmp_path)
+    settings = ["--set", "joiner.bootstrap_impressions=1000", "--set", "joiner.attribution_window_ms=60000",
+                "--set", "joiner.allowed_lateness_ms=60000"]
+    assert main(["tune", "--from", str(tmp_path / "impressions.avro"), str(tmp_path / "interactions.avro"),
+                 *settings]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[: out.rindex("}") + 1])
+    print(f"\ntune: {summary}")
+    assert summary["trials"] == 19 and summary["chosen"]
+    assert summary["validation_auc"]["tuned"] > summary["validation_auc"]["defaults"] + 0.002
+    assert summary["evaluation_auc"]["tuned"] >= summary["evaluation_auc"]["defaults"]
+    toml = out[out.rindex("}") + 1:]
+    for key, value in summary["chosen"].items():
+        table, _, name = key.rpartition(".")
+        assert f"[{table}]" in toml and f"{name} = {value!r}" in toml.replace('"', "'")
+    split = summary["split_event_time_ms"]
+    impressions = sorted(r["event_time"] for r in read_container(tmp_path / "impressions.avro", "Impression"))
+    assert impressions[int(0.7 * (len(impressions) - 1))] == split
