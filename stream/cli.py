@@ -192,6 +192,18 @@ def _duration_s(text: str) -> float:
     return seconds
 
 
+def _segment_field(field: str | None) -> str | None:
+    """``--by``'s field, checked (None when not given)."""
+    from stream.evaluation.progressive import check_segment_field
+
+    if field is None:
+        return None
+    try:
+        return check_segment_field(field)
+    except ValueError as exc:
+        raise ConfigError("--by", str(exc)) from None
+
+
 def _latency_s(text: str) -> float:
     """A duration that may be 0 (``0`` or ``event``: every event alone), or ``200ms``."""
     if text in ("0", "event"):
@@ -247,10 +259,11 @@ def cmd_evaluate_progressive(args: argparse.Namespace, settings: Settings) -> in
     from stream.evaluation.progressive import collect, progressive_report
     from stream.model.losses import get_loss
 
+    by = _segment_field(args.by)
     files = ArchiveFiles(args.archive or settings.archive_path)
     examples = files.examples_between(args.from_ms or 0, args.to_ms or 2**62)
-    report = progressive_report(collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss),
-                                windows=args.windows)
+    report = progressive_report(collect(examples, list(settings.model.coordinates), by), get_loss(settings.model.loss),
+                                windows=args.windows, top=args.top)
     if args.plots:
         from stream.evaluation.plots import write_plots
 
@@ -492,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     progressive.add_argument("--to", dest="to_ms", type=_time_ms, help="end event time (exclusive)")
     progressive.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
     progressive.add_argument("--plots", type=Path, help="directory for the PNG plots")
+    progressive.add_argument("--by", help="also report per value of this field: member_id, item_id, random_bucket, "
+                                          "position or context:<key> (e.g. context:activity_type)")
+    progressive.add_argument("--top", type=int, default=10, help="with --by: values reported one by one, the rest as "
+                                                                   "(other) (default 10)")
     progressive.set_defaults(handler=cmd_evaluate_progressive)
     replay_parser = evaluate_sub.add_parser("replay", parents=[common],
                                             help="replay the current models on random-bucket impressions")

@@ -34,6 +34,14 @@ TableKind = Literal["memory", "rocksdb"]
 
 ENV_PREFIX = "GLMIX_"
 
+SEGMENT_FIELDS = ("member_id", "item_id", "random_bucket", "position")
+
+
+def is_segment_field(field: str) -> bool:
+    """Whether labeled examples can be grouped by ``field``: a segment field, or ``context:<key>``."""
+    return field in SEGMENT_FIELDS or (field.startswith("context:") and len(field) > len("context:"))
+
+
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
 JOB_BAGS = ("job_title", "job_skills", "job_company", "job_seniority")
 
@@ -349,6 +357,7 @@ class ArchiveSettings:
 
 GateMetric = Literal["auc", "log_loss"]
 RefitOffsets = Literal["current", "join_time"]
+TrainingExamples = Literal["all", "random_bucket"]
 
 
 @dataclass(frozen=True)
@@ -377,6 +386,11 @@ class RefitSettings:
     times, most frequent first, up to the coordinate's ``max_features``; the next index
     version keeps every column in place and is published even when the coefficients are
     refused (status ``grown``).
+
+    ``training_examples = "random_bucket"`` trains the global coordinate on the examples
+    whose ranking was randomized only (free of the serving model's position and
+    selection bias, as feed relevance teams train); the holdout keeps every example, the
+    traffic the model will serve.
     """
 
     window_hours: float = 24.0
@@ -392,6 +406,7 @@ class RefitSettings:
     grow_vocabulary: bool = True
     grow_global_vocabulary: bool = True
     vocabulary_min_count: int = 5
+    training_examples: TrainingExamples = "all"
 
     def __post_init__(self) -> None:
         _check_positive(self.window_hours, "window_hours")
@@ -407,15 +422,24 @@ class MetricsSettings:
     """``/metrics`` of pipeline processes (``glmix run``, ``glmix refit --every``, the demo).
 
     ``port`` 0 picks a free port (the demo prints it). ``kafka_statistics_interval_ms`` is
-    how often librdkafka reports consumer lag and rebalances.
+    how often librdkafka reports consumer lag and rebalances. With ``segment_by`` (an
+    example field: ``member_id``, ``item_id``, ``random_bucket``, ``position`` or
+    ``context:<key>``, e.g. ``context:activity_type``) the live quality metrics also give
+    observed/expected per value of that field: the ``segment_values`` most frequent in the
+    window, the rest as ``(other)``, so the label set stays bounded.
     """
 
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = 9108
     kafka_statistics_interval_ms: int = 5000
+    segment_by: str = ""
+    segment_values: int = 20
 
     def __post_init__(self) -> None:
+        _check(not self.segment_by or is_segment_field(self.segment_by), "segment_by",
+               f"must be one of {', '.join(SEGMENT_FIELDS)} or context:<key>, got {self.segment_by!r}")
+        _check(self.segment_values >= 1, "segment_values", f"must be >= 1, got {self.segment_values}")
         _check(0 <= self.port <= 65535, "port", f"must be a TCP port (0: any free port), got {self.port}")
         _check(self.kafka_statistics_interval_ms >= 100, "kafka_statistics_interval_ms",
                f"must be >= 100, got {self.kafka_statistics_interval_ms}")

@@ -64,6 +64,9 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
             "coordinates": {name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
                             for name, c in settings.coordinates.items()},
             "index_version": model.index_version,
+            "random_bucket": bool(imp.get("random_bucket", False)),
+            "position": int(imp.get("position", -1)),
+            "context": dict(imp.get("context") or {}),
             "unindexed_features": unindexed[i],
         }
         for i, imp in enumerate(impressions)

@@ -78,8 +78,9 @@ class Joiner:
     def __init__(self, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None) -> None:
         self.settings = settings
         self.group_id = group_id = settings.kafka.group_id("joiner")
-        self.stats = JoinerStats(progressive=ProgressiveWindow(list(settings.model.coordinates), get_loss(settings.model.loss),
-                                                               list(settings.joiner.labels)))
+        self.stats = JoinerStats(progressive=ProgressiveWindow(
+            list(settings.model.coordinates), get_loss(settings.model.loss), list(settings.joiner.labels),
+            segment_by=settings.metrics.segment_by, segment_values=settings.metrics.segment_values))
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._bootstrap = bootstrap_servers

@@ -10,18 +10,43 @@ same over consecutive time windows, and a reliability (calibration) table.
 Observed/expected per interaction type T is ``#examples with a T interaction / sum of
 predicted probabilities``: with one label type it is the calibration of that type; for a
 type implied by the label (an apply after a click) it shows its share of the expected.
+
+The same quality per segment (``by``: ``member_id``, ``item_id``, ``random_bucket``,
+``position`` or ``context:<key>``, such as the activity type of the served item) shows
+where a model is miscalibrated: the feed-relevance practice of judging every model by
+observed/expected per activity type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from stream.config.settings import SEGMENT_FIELDS, is_segment_field
 from stream.model.game import GLOBAL
 from stream.model.losses import Loss
 from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
+
+
+OTHER = "(other)"
+
+
+def check_segment_field(field: str) -> str:
+    """``field`` if examples can be grouped by it, else ValueError saying which fields can."""
+    if is_segment_field(field):
+        return field
+    raise ValueError(f"cannot group examples by {field!r}: use {', '.join(SEGMENT_FIELDS)} or context:<key>")
+
+
+def segment_value(example: Mapping[str, Any], field: str) -> str:
+    """The value of ``field`` (see :func:`check_segment_field`) in one labeled example, as a string."""
+    if field.startswith("context:"):
+        return (example.get("context") or {}).get(field[len("context:"):], "")
+    value = example.get(field)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,7 @@ class ProgressiveTrace:
     member_ids: np.ndarray
     types: dict[str, np.ndarray]
     margins: dict[str, np.ndarray]
+    segments: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,8 +77,8 @@ def variant_margins(examples: Sequence[dict], coordinates: Sequence[str]) -> np.
     return np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples], dtype=np.float64)[:, None]
 
 
-def collect(examples: Iterable[dict], coordinates: Sequence[str]) -> ProgressiveTrace:
-    """The trace of ``examples`` (any order; sorted by event time here)."""
+def collect(examples: Iterable[dict], coordinates: Sequence[str], by: str | None = None) -> ProgressiveTrace:
+    """The trace of ``examples`` (any order; sorted by event time here), with each one's ``by`` segment if given."""
     rows = list(examples)
     rows.sort(key=lambda e: e["event_time"])
     cumulative = variant_margins(rows, coordinates)
@@ -64,6 +90,7 @@ def collect(examples: Iterable[dict], coordinates: Sequence[str]) -> Progressive
         member_ids=np.array([e["member_id"] for e in rows]),
         types={t: np.array([t in e["interaction_types"] for e in rows]) for t in all_types},
         margins={name: cumulative[:, i] for i, name in enumerate(variant_names(coordinates))},
+        segments=None if by is None else np.array([segment_value(e, by) for e in rows], dtype=object),
     )
 
 
@@ -101,8 +128,8 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
     return table
 
 
-def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10) -> dict:
-    """The whole report: overall quality per variant, the same per time window, and calibration tables."""
+def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10, top: int = 10) -> dict:
+    """The whole report: overall quality per variant, the same per time window, calibration tables, and segments."""
     n = len(trace)
     everything = np.arange(n)
     report: dict = {"examples": n, "variants": _quality(trace, everything, loss), "windows": []}
@@ -115,4 +142,26 @@ def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10) -
                 report["windows"].append({"start_ms": int(lo), "end_ms": int(hi), "examples": int(b - a),
                                           "variants": _quality(trace, np.arange(a, b), loss)})
     report["calibration"] = {name: reliability(trace.labels > 0, loss.mean(m)) for name, m in trace.margins.items()}
+    if trace.segments is not None:
+        report["segments"] = segment_quality(trace, loss, top)
     return report
+
+
+def top_segments(values: np.ndarray, top: int) -> np.ndarray:
+    """``values`` with every value outside the ``top`` most frequent replaced by ``(other)`` (bounded cardinality)."""
+    text = [str(v) for v in values]
+    kinds, counts = np.unique(text, return_counts=True)
+    kept = {str(k) for k in kinds[np.argsort(-counts, kind="stable")[:top]]}
+    return np.array([v if v in kept else OTHER for v in text], dtype=object)
+
+
+def segment_quality(trace: ProgressiveTrace, loss: Loss, top: int = 10) -> list[dict]:
+    """Quality per segment value, most examples first; values past the ``top`` most frequent are one ``(other)`` row."""
+    if trace.segments is None:
+        return []
+    grouped = top_segments(trace.segments, top)
+    out = []
+    for value in sorted(set(grouped.tolist()), key=lambda v: (v == OTHER, -int((grouped == v).sum()), v)):
+        rows = np.flatnonzero(grouped == value)
+        out.append({"value": value, "examples": len(rows), "variants": _quality(trace, rows, loss)})
+    return out

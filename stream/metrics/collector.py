@@ -62,6 +62,9 @@ GAUGES = {
     "glmix_progressive_observed_expected": ("Observed over expected positives of the last joined examples "
                                             "(interaction_type 'all' is the label).", ["variant", "interaction_type"]),
     "glmix_progressive_examples": ("Joined examples in the progressive-validation window.", []),
+    "glmix_progressive_observed_expected_by_segment": (
+        "Observed over expected positives of the full model per value of metrics.segment_by (top values, the rest "
+        "as '(other)').", ["field", "value"]),
     "glmix_refit_last_duration_seconds": ("Duration of the last global refit.", []),
     "glmix_feature_index_columns": ("Columns of each coordinate's feature index in the model the joiner uses.",
                                     ["coordinate"]),
@@ -174,6 +177,10 @@ def _joiner(stage: str, stats: JoinerStats, counters: dict, gauges: dict, histog
                 else:
                     kind = key.partition(":")[2] or "all"
                     gauges["glmix_progressive_observed_expected"].add_metric([variant, kind], value)
+        for segment, value in stats.progressive.observed_expected_by_segment().items():
+            if _finite(value):
+                gauges["glmix_progressive_observed_expected_by_segment"].add_metric(
+                    [stats.progressive.segment_by, segment], value)
 
 
 def _updater(coordinate: str, stats: UpdaterStats, counters: dict, histograms: dict) -> None:

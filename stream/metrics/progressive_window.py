@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stream.evaluation.progressive import variant_margins, variant_names
+from stream.evaluation.progressive import segment_value, top_segments, variant_margins, variant_names
 from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
 
@@ -21,7 +21,8 @@ from stream.model.metrics import auc, log_loss, observed_expected
 class ProgressiveWindow:
     """Labels, interaction types and cumulative margins of the most recent examples."""
 
-    def __init__(self, coordinates: Sequence[str], loss: Loss, interaction_types: Sequence[str], capacity: int = 20_000) -> None:
+    def __init__(self, coordinates: Sequence[str], loss: Loss, interaction_types: Sequence[str], capacity: int = 20_000,
+                 segment_by: str = "", segment_values: int = 20) -> None:
         self.coordinates = list(coordinates)
         self.variants = variant_names(self.coordinates)
         self.loss = loss
@@ -30,6 +31,9 @@ class ProgressiveWindow:
         self._labels = np.zeros(capacity)
         self._margins = np.zeros((capacity, len(self.variants)))
         self._has_type = np.zeros((capacity, len(self.types)), dtype=bool)
+        self.segment_by = segment_by
+        self.segment_values = segment_values
+        self._segments = np.full(capacity, "", dtype=object)
         self._next = 0
         self.size = 0
         self._lock = threading.Lock()  # the joiner adds while a scrape or the demo reads
@@ -43,11 +47,14 @@ class ProgressiveWindow:
         margins = variant_margins(examples, self.coordinates)
         labels = [e["label"] for e in examples]
         has_type = [[t in e["interaction_types"] for t in self.types] for e in examples]
+        segments = [segment_value(e, self.segment_by) for e in examples] if self.segment_by else None
         with self._lock:
             slots = (self._next + np.arange(n)) % self.capacity
             self._labels[slots] = labels
             self._margins[slots] = margins
             self._has_type[slots] = has_type
+            if segments is not None:
+                self._segments[slots] = segments
             self._next = (self._next + n) % self.capacity
             self.size = min(self.size + n, self.capacity)
 
@@ -71,3 +78,16 @@ class ProgressiveWindow:
                 values[f"observed_expected:{kind}"] = observed / expected if expected > 0 else float("nan")
             out[name] = values
         return out
+
+    def observed_expected_by_segment(self) -> dict[str, float]:
+        """Observed/expected of the full model per value of ``segment_by`` (top values, the rest as ``(other)``)."""
+        if not self.segment_by:
+            return {}
+        with self._lock:
+            size = self.size
+            y, m, segments = self._labels[:size].copy(), self._margins[:size, -1].copy(), self._segments[:size].copy()
+        if not size:
+            return {}
+        p = self.loss.mean(m)
+        grouped = top_segments(segments, self.segment_values)
+        return {value: observed_expected(y[grouped == value], p[grouped == value]) for value in set(grouped.tolist())}

@@ -234,7 +234,10 @@ class GlobalRefit:
             dropped += int((~ok).sum())
             lengths, indices, values = _with_rows(
                 (lengths, indices, values), vocabulary.global_columns(usable, ok & (times < window.holdout_ms)))
-            for split, rows_in in ((train, ok & (times < window.holdout_ms)), (holdout, ok & (times >= window.holdout_ms))):
+            trainable = ok & (times < window.holdout_ms)
+            if self.refit.training_examples == "random_bucket":
+                trainable &= np.array([bool(r.get("random_bucket")) for r in usable])
+            for split, rows_in in ((train, trainable), (holdout, ok & (times >= window.holdout_ms))):
                 keep = np.repeat(rows_in, lengths)
                 split.add(labels[rows_in], weights[rows_in], offsets[rows_in], times[rows_in], lengths[rows_in],
                           indices[keep], values[keep])

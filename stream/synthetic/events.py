@@ -109,7 +109,8 @@ def labeled_impressions(world: World) -> list[LabeledImpression]:
                 "event_time": now,
                 "random_bucket": random_bucket,
                 "features": {**member_bags[mi], **job_bags[int(candidates[k])]},
-                "context": {"surface": "jobs-you-may-be-interested-in"},
+                "context": {"surface": "jobs-you-may-be-interested-in",
+                            **({"activity_type": world.activity_type[job.entity_id]} if world.activity_type else {})},
             }
             out.append(LabeledImpression(impression, clicked, applied, float(margins[k])))
     return out

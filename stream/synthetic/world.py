@@ -15,7 +15,13 @@ that many new skills and as many new companies debut at evenly spread points of 
 stream, and ``late_entity_share`` of the members and jobs arrive later, carrying the
 terms that have debuted by then (most of their skills and their company, drawn with a
 long tail: the earliest new terms are the most common); the new terms' global effects
-are ``emerging_effect_scale`` times as large as the others'. Entities and impressions
+are ``emerging_effect_scale`` times as large as the others'.
+
+With ``activity_effects`` every job is served as one of that many activity types (the
+actor-verb-object type of a feed item: ``job-posted``, ``company-hiring``, ...), named in
+the impression's ``context["activity_type"]``; each type adds its effect to the true
+margin. No feature carries the type, so a type whose effect differs from the others'
+is miscalibrated by every model: what observed/expected per activity type shows. Entities and impressions
 follow their arrival, so a feature index taken from the start of the stream misses them.
 """
 
@@ -36,6 +42,8 @@ SKILLS = (
 LOCATIONS = ("sf", "nyc", "london", "berlin", "bangalore", "remote")
 COMPANIES = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
 SENIORITY_LEVELS = 5
+ACTIVITY_TYPES = ("job-posted", "company-hiring", "similar-members-applied", "skill-match", "recruiter-pick",
+                  "trending")
 
 Feature = tuple[str, str, float]
 
@@ -66,6 +74,7 @@ class WorldSpec:
     emerging_terms: int = 0
     late_entity_share: float = 0.5
     emerging_effect_scale: float = 3.0
+    activity_effects: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("members", "jobs", "requests", "items_per_request", "mean_request_gap_ms", "mean_click_delay_ms"):
@@ -77,6 +86,8 @@ class WorldSpec:
             raise ConfigError("items_per_request", "cannot exceed the number of jobs")
         if self.emerging_terms < 0:
             raise ConfigError("emerging_terms", f"must be >= 0, got {self.emerging_terms}")
+        if len(self.activity_effects) > len(ACTIVITY_TYPES):
+            raise ConfigError("activity_effects", f"at most {len(ACTIVITY_TYPES)} activity types")
         for name in ("random_bucket_rate", "apply_given_click", "duplicate_rate", "out_of_order_rate",
                      "late_rate", "orphan_rate", "malformed_rate", "late_entity_share"):
             value = getattr(self, name)
@@ -170,6 +181,9 @@ class World:
         if spec.emerging_terms:
             self._make_late_arrivals()
         self.truth = self._draw_truth()
+        types = np.random.default_rng([spec.seed, 4]).integers(len(spec.activity_effects) or 1, size=len(self.jobs))
+        self.activity_type = {job.entity_id: ACTIVITY_TYPES[int(t)] for job, t in zip(self.jobs, types)
+                              if spec.activity_effects}
 
     def job_keys(self) -> list[tuple[str, str]]:
         """Every (name, term) a job of this world can carry (the member coordinate's feature space)."""
@@ -286,6 +300,8 @@ class World:
         """The true logit of a click for this pair: global + member effect + job effect."""
         t = self.truth
         margin = t.global_coefficients[INTERCEPT]
+        if self.activity_type:
+            margin += self.spec.activity_effects[ACTIVITY_TYPES.index(self.activity_type[job.entity_id])]
         alpha = t.member_effects[member.entity_id]
         beta = t.job_effects[job.entity_id]
         margin += alpha[INTERCEPT] + beta[INTERCEPT]

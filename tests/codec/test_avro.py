@@ -34,6 +34,7 @@ examples = st.fixed_dictionaries({
     "global_features": st.fixed_dictionaries({"indices": packed, "values": packed}),
     "coordinates": st.dictionaries(text, st.fixed_dictionaries({"entity_id": text, "dense": packed}), max_size=2),
     "index_version": st.integers(0, 2**40), "unindexed_features": st.one_of(st.none(), packed),
+    "random_bucket": st.booleans(), "position": st.integers(-1, 100), "context": st.dictionaries(text, text, max_size=2),
 })
 doubles = st.lists(st.floats(allow_nan=False, width=64), max_size=8)
 entity_models = st.fixed_dictionaries({

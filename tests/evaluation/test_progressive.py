@@ -87,3 +87,51 @@ def test_glmix_evaluate_progressive_reads_the_archive(tmp_path, capsys):
     assert out["examples"] == len(examples) and len(out["plots"]) == 3
     direct = progressive_report(collect(examples, list(load_settings().model.coordinates)), get_loss("logistic"), 3)
     assert out["variants"]["global+member+job"]["auc"] == pytest.approx(direct["variants"]["global+member+job"]["auc"])
+
+
+def test_an_activity_type_the_models_cannot_see_shows_as_miscalibrated_in_the_report_and_in_metrics():
+    """Feed-relevance practice: observed/expected per activity type finds the type every model gets wrong."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client import generate_latest
+
+    from stream.consumers.joiner import JoinerStats
+    from stream.metrics.collector import PipelineCollector
+    from stream.metrics.progressive_window import ProgressiveWindow
+    from stream.model.export import fitted_global_model_record
+    from stream.scoring.tables import GlobalModelTable
+    from stream.synthetic.examples import joined_examples
+
+    settings = load_settings()
+    world = World(WorldSpec(seed=6, members=80, jobs=60, requests=3000, activity_effects=(0.0, 0.0, -2.0)))
+    labeled = labeled_impressions(world)
+    table = GlobalModelTable(settings.model)
+    table.apply([fitted_global_model_record([li.impression for li in labeled], [float(li.clicked) for li in labeled],
+                                            settings.model)])
+    examples = joined_examples(labeled, table.current, settings.model)
+    report = progressive_report(collect(examples, ["member", "job"], by="context:activity_type"), get_loss("logistic"))
+    ratios = {s["value"]: s["variants"]["global"]["observed_expected"] for s in report["segments"]}
+    print(f"\nO/E per activity type (global model): {ratios}")
+    assert set(ratios) == {"job-posted", "company-hiring", "similar-members-applied"}
+    assert ratios["similar-members-applied"] < 0.6
+    assert ratios["job-posted"] > 1.05 and ratios["company-hiring"] > 1.05
+    assert sum(s["examples"] for s in report["segments"]) == len(examples)
+
+    window = ProgressiveWindow(["member", "job"], get_loss("logistic"), ["CLICK", "APPLY"],
+                               segment_by="context:activity_type", segment_values=2)
+    window.add(examples)
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector({"joiner": JoinerStats(progressive=window)}))
+    samples = {s.labels["value"]: s.value for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples if s.name == "glmix_progressive_observed_expected_by_segment"}
+    # Two values by name (the most frequent in the window), the third as (other): bounded label cardinality.
+    assert len(samples) == 3 and "(other)" in samples
+    named = {k: v for k, v in samples.items() if k != "(other)"}
+    for value, ratio in named.items():
+        # the full model's O/E from /metrics agrees with the report's direction for the same type
+        assert (ratio < 0.6) == (value == "similar-members-applied")
+
+
+def test_segments_need_a_known_field(capsys):
+    assert main(["evaluate", "progressive", "--by", "colour"]) == 2
+    assert "cannot group examples by 'colour'" in capsys.readouterr().err

@@ -212,3 +212,21 @@ def test_a_vocabulary_frozen_at_24_impressions_grows_and_its_new_global_features
     assert strong and all(abs(learned[k]) > 0.05 for k in strong)
     true, fitted = zip(*[(world.truth.global_coefficients[k], learned[k]) for k in new_keys])
     assert np.corrcoef(true, fitted)[0, 1] > 0.7
+
+
+def test_a_random_bucket_refit_trains_on_exactly_the_random_bucket_examples(kafka_bootstrap, tmp_path, unique_name):
+    settings = _settings(kafka_bootstrap, tmp_path, unique_name, **{"refit.training_examples": "random_bucket",
+                                                                   "refit.min_examples": "20"})
+    world = World(WorldSpec(seed=12, members=60, jobs=40, requests=1500, random_bucket_rate=0.2))
+    labeled = labeled_impressions(world)
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    _publish(settings, record, {})
+    _archive(settings, labeled, record)
+    refit = GlobalRefit(settings, kafka_bootstrap)
+    with SpillDirectory() as spill:
+        inputs = refit.prepare(spill)
+        holdout_from = inputs.window.holdout_ms
+    result = refit.run_once()
+    in_training = [li for li in labeled if li.impression["event_time"] < holdout_from]
+    assert result.train_examples == sum(li.impression["random_bucket"] for li in in_training) > 0
+    assert result.holdout_examples == len(labeled) - len(in_training)
