@@ -8,7 +8,7 @@ import numpy as np
 
 from stream.codec.feature_bags import decode_bags
 from stream.config import load_settings
-from stream.consumers.example_builder import unlabeled_examples
+from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.model.export import initial_global_model_record
 from stream.refit.vocabulary import VocabularyCounter, growable_coordinates
 from stream.scoring.indexing import FeatureResolver
@@ -95,3 +95,57 @@ def test_examples_of_an_older_index_use_the_columns_a_later_version_gave_their_f
 def test_frozen_coordinates_are_neither_counted_nor_grown():
     frozen = load_settings(overrides={"model.coordinates.member.unseen_features": "drop"})
     assert growable_coordinates(frozen.model, grow_global=False) == ["job"]
+
+
+def test_joiner_updaters_and_scorer_give_the_same_margins_across_a_version_change():
+    from stream.model.game import GLOBAL
+    from stream.scoring.scorer import Scorer
+    from stream.scoring.tables import CoefficientTable
+    from stream.synthetic import World, WorldSpec, labeled_impressions
+    from stream.synthetic.examples import joined_examples
+    from stream.updaters.examples import coordinate_examples
+
+    settings = load_settings()
+    labeled = labeled_impressions(World(WorldSpec(seed=9, members=40, jobs=30, requests=200)))
+    record = initial_global_model_record([li.impression for li in labeled[:24]], settings.model)
+    rng = np.random.default_rng(0)
+    record["coefficients"] = rng.normal(size=len(record["coefficients"])).tolist()
+    v1 = GlobalModelTable(settings.model)
+    v1.apply([record])
+    counter = VocabularyCounter(v1.current, growable_coordinates(settings.model, grow_global=True))
+    history = joined_examples(labeled, v1.current, settings.model)
+    counter.global_columns(history, np.ones(len(history), dtype=bool))
+    growth = counter.grow(min_count=1)
+    assert growth.grew
+    v2 = GlobalModelTable(settings.model)
+    v2.current = growth.model
+    # Every entity's coefficients as a state of index version 1 holds them: learned columns, the rest at the prior mean 0.
+    tables = {}
+    for name, coordinate in settings.model.coordinates.items():
+        tables[name] = CoefficientTable(name, coordinate.max_features)
+        used = v1.current.coordinate_indices[name].dim
+        field = coordinate.entity_field
+        tables[name].apply({"entity_id": e, "version": 1,
+                            "means": np.concatenate([rng.normal(size=used), np.zeros(coordinate.max_features - used)])}
+                           for e in {li.impression[field] for li in labeled})
+    shown = labeled[100:160]
+    rows = [li.impression for li in shown]
+    joined_v1 = joined_examples(shown, v1.current, settings.model, tables)  # indexed and scored under version 1
+    joined_v2 = joined_examples(shown, v2.current, settings.model, tables)  # indexed and scored under version 2
+    rescored = joined_examples(shown, v1.current, settings.model)           # indexed under 1, scored under 2
+    add_scores(rescored, v2.current, tables)
+    for name in [GLOBAL, *settings.model.coordinates]:
+        by_v1 = np.array([e["scores"][name] for e in joined_v1])
+        assert np.abs(by_v1).max() > 0.1, name
+        for other in (joined_v2, rescored):
+            assert np.allclose([e["scores"][name] for e in other], by_v1, rtol=1e-5, atol=1e-6), name
+        if name != GLOBAL:
+            dim = settings.model.coordinates[name].max_features
+            for examples in (joined_v1, joined_v2):  # what an updater computes: features . the entity's mean
+                arrays = coordinate_examples(examples, np.arange(len(examples)), name, dim)
+                means, _ = tables[name].lookup(list(arrays.entity_ids))
+                assert np.allclose(np.einsum("nd,nd->n", arrays.features, means), by_v1, rtol=1e-5, atol=1e-6)
+    for model in (v1, v2):
+        margins, _ = Scorer(settings.model, model, tables).rows_breakdown(rows)
+        for name, values in margins.items():
+            assert np.allclose(values, [e["scores"][name] for e in joined_v1], rtol=1e-5, atol=1e-6), name
