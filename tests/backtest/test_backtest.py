@@ -97,7 +97,8 @@ def test_tune_chooses_on_the_validation_period_and_beats_the_defaults_after_it(t
                             attribution_window_ms=60_000))
     write_avro_files(event_stream(world), tmp_path)
     settings = ["--set", "joiner.bootstrap_impressions=1000", "--set", "joiner.attribution_window_ms=60000",
-                "--set", "joiner.allowed_lateness_ms=60000"]
+                "--set", "joiner.allowed_lateness_ms=60000",  # and untuned penalties, l2 = 1 for both (the old defaults)
+                "--set", "model.coordinates.member.l2=1", "--set", "model.coordinates.job.l2=1"]
     assert main(["tune", "--from", str(tmp_path / "impressions.avro"), str(tmp_path / "interactions.avro"),
                  *settings]) == 0
     out = capsys.readouterr().out
