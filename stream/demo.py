@@ -122,7 +122,7 @@ def _world(options: DemoOptions, now_ms: int) -> World:
                            items_per_request=ITEMS_PER_REQUEST,
                            attribution_window_ms=ATTRIBUTION_WINDOW_MS, mean_click_delay_ms=2_000, start_time_ms=start,
                            mean_request_gap_ms=gap_ms, malformed_rate=0.01, duplicate_rate=0.02, out_of_order_rate=0.0,
-                           late_rate=0.01, orphan_rate=0.01))
+                           late_rate=0.01, orphan_rate=0.01, emerging_terms=10))
 
 
 def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics: KafkaStatistics) -> dict:
@@ -142,6 +142,8 @@ def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics:
         "auc_glmix": quality[variants[-1]]["auc"] if variants else None,
         "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters),
         "refits": len(run.refits),
+        "index_version": joiner.indexing.index_version if joiner.indexing else None,
+        "index_columns": dict(joiner.indexing.index_columns) if joiner.indexing else {},
     }
 
 
@@ -355,6 +357,15 @@ def _ask_http(url: str, world: World, scorer: Scorer) -> bool:
         abs(a["margin"] - e.margin) < 1e-9 for a, e in zip(answered, expected))
 
 
+def _vocabulary_over_time(progress: list[dict]) -> list[dict]:
+    """Each coordinate's index size whenever the joiner took a new index version (from the progress lines)."""
+    changes: list[dict] = []
+    for line in progress:
+        if line.get("index_columns") and (not changes or changes[-1]["index_version"] != line["index_version"]):
+            changes.append({"t_s": line["t_s"], "index_version": line["index_version"], "columns": line["index_columns"]})
+    return changes
+
+
 def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, twins: list, http_ok: bool,
             report_dir: Path, out: TextIO, seconds: float) -> dict:
     archived = list(ArchiveFiles(settings.archive_path).examples_between(0, 2**62))
@@ -382,14 +393,19 @@ def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, 
         "alice_and_annie": twins,
         "plots": [str(p) for p in plots],
         "progress": run.progress,
+        "vocabulary": _vocabulary_over_time(run.progress),
         "evaluation": evaluation,
     }
     (report_dir / "report.json").write_text(json.dumps(report, indent=1))
     auc = report["progressive_auc"]
     out.write("\nprogressive AUC (each example scored before anyone learned from it): "
               + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None) + "\n")
-    published = sum(1 for r in run.refits if r["status"] == "published")
+    published = sum(1 for r in run.refits if r["status"] in ("published", "grown"))
     out.write(f"global refits: {len(run.refits)} run, {published} published\n")
+    if report["vocabulary"]:
+        first, last = report["vocabulary"][0], report["vocabulary"][-1]
+        out.write(f"vocabulary: index version {first['index_version']} -> {last['index_version']}; columns "
+                  + ", ".join(f"{k} {first['columns'].get(k)} -> {v}" for k, v in last["columns"].items()) + "\n")
     for twin in twins:
         out.write(f"\n{twin['member_id']} ({twin['loves']}):\n")
         for s in twin["ranking"]:
