@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-mock test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/glmix demo
 
+# The whole suite on a Kafka broker process (Tansu), then the Kafka tests again on librdkafka's mock cluster.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q
+	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
+
+test-mock: $(STAMP)
+	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow
@@ -29,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/refit.py
+	$(BIN)/python bench/backtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -28,6 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # every test that talks to the broker is a Kafka test, marked or not: `-m kafka` runs them all
+        if {"kafka_bootstrap", "kafka_broker"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow suite: run with --run-slow (make test-slow)")
