@@ -23,8 +23,9 @@ from stream.codec.avro import decode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.kafka.messages import commit_processed, last_offsets, without_errors
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.runtime.stats import StageStats
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,11 @@ STAGE = "archive"
 
 
 @dataclass
-class ArchiveStats:
+class ArchiveStats(StageStats):
     """Counters of one archiver since it started (exported as metrics by the process)."""
 
-    batches: int = 0
     archived: int = 0
     skipped_replays: int = 0
-    dead_lettered: int = 0
     files_written: int = 0
     hours_expired: int = 0
     newest_event_time_ms: int = 0
@@ -136,7 +135,8 @@ class Archiver:
         self._buffered = 0
         if self._consumed:
             self._producer.flush()
-            self._consumer.commit(offsets=commit_positions(last_offsets(self._consumed)), asynchronous=False)
+            if not commit_processed(self._consumer, last_offsets(self._consumed), "archive"):
+                self.stats.refused_commits += 1
             self._consumed.clear()
         if self.stats.newest_event_time_ms:
             expired = self.files.expire(hour_of(self.stats.newest_event_time_ms), self.settings.retention_hours)

@@ -32,12 +32,13 @@ from stream.consumers.labeling import IMPRESSION, INTERACTION, ExampleIndexer, E
 from stream.errors import GlmixError
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.kafka.messages import commit_processed, last_offsets, without_errors
 from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogram
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
+from stream.runtime.stats import StageStats
 from stream.scoring.follower import ModelFollower
 from stream.state.ownership import PartitionStores
 from stream.state.partition_store import open_or_wipe, store_path
@@ -50,16 +51,14 @@ class JoinerError(GlmixError):
 
 
 @dataclass
-class JoinerStats:
+class JoinerStats(StageStats):
     """Counters of one joiner since it started."""
 
-    batches: int = 0
     positives: int = 0
     negatives: int = 0
     eager_emissions: int = 0
     orphans: int = 0
     replayed: int = 0
-    dead_lettered: int = 0
     busy_seconds: float = 0.0
     indexing: ExampleIndexer | None = None
     join: JoinCounts = field(default_factory=JoinCounts)
@@ -165,8 +164,8 @@ class Joiner:
         self._producer.flush()
         for batch, offsets in writes:
             batch.write(offsets)
-        if last:
-            self._consumer.commit(offsets=commit_positions(last), asynchronous=False)
+        if not commit_processed(self._consumer, last, self.group_id):
+            self.stats.refused_commits += 1
         self.stats.batches += 1
         self.stats.dead_lettered = self._dead_letters.total
         elapsed = time.monotonic() - started

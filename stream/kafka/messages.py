@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from stream.kafka.exceptions import KafkaClientError
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +36,30 @@ def last_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
 def commit_positions(last: dict[tuple[str, int], int]) -> list[TopicPartition]:
     """Positions to commit after processing up to ``last`` (Kafka commits the next offset to read)."""
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+
+
+# The group moved on while the batch was processed: the partitions may belong to someone else now.
+_REBALANCE_CODES = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                              KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET})
+
+
+def commit_processed(consumer: Consumer, last: dict[tuple[str, int], int], who: str) -> bool:
+    """Commit the positions after ``last``; False when a rebalance refused the commit (a normal event, logged).
+
+    A refused commit only means the next owner starts from the previous commit: every
+    stage's replay of already-processed input is a no-op (offset stamps, processed
+    offsets, archive file ranges), so nothing is lost and nothing applies twice. Any
+    other commit failure raises :class:`KafkaClientError`.
+    """
+    if not last:
+        return True
+    try:
+        consumer.commit(offsets=commit_positions(last), asynchronous=False)
+        return True
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in _REBALANCE_CODES:
+            log.warning("%s: commit of %s refused by a rebalance (%s); the next owner replays from the last commit",
+                        who, sorted(f"{t}[{p}]@{o + 1}" for (t, p), o in last.items()), error.name())
+            return False
+        raise KafkaClientError(f"{who}: committing offsets failed: {error}") from exc

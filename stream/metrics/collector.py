@@ -20,6 +20,7 @@ from stream.archive.archiver import ArchiveStats
 from stream.consumers.joiner import JoinerStats
 from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.refit.job import RefitStats
+from stream.runtime.stats import StageStats
 from stream.scoring.streaming import StreamingScorerStats
 from stream.updaters.updater import UpdaterStats
 
@@ -42,6 +43,8 @@ COUNTERS = {
     "glmix_stream_scoring_responses": ("Ranked responses written by the streaming scorer.", []),
     "glmix_consumer_rebalances": ("Consumer group rebalances seen by a client (librdkafka).", ["client"]),
     "glmix_refit_runs": ("Global refit runs by outcome.", ["status"]),
+    "glmix_refused_commits": ("Offset commits a consumer group rebalance refused (a normal event: the next owner "
+                              "replays from the last commit).", ["stage"]),
     "glmix_unindexed_features": ("Feature occurrences a coordinate's index could not place at join time "
                                  "(what the vocabulary writer counts).", ["coordinate"]),
     "glmix_widened_entities": ("Entity states that met a newer feature index and kept what they had learned.",
@@ -100,6 +103,8 @@ class PipelineCollector(Collector):
         gauges = {name: GaugeMetricFamily(name, doc, labels=labels) for name, (doc, labels) in GAUGES.items()}
         histograms = {name: HistogramMetricFamily(name, doc, labels=labels) for name, (doc, labels) in HISTOGRAMS.items()}
         for stage, stats in self._stats.items():
+            if isinstance(stats, StageStats):
+                counters["glmix_refused_commits"].add_metric([stage], stats.refused_commits)
             if isinstance(stats, JoinerStats):
                 _joiner(stage, stats, counters, gauges, histograms)
             elif isinstance(stats, UpdaterStats):

@@ -20,15 +20,16 @@ from stream.codec.avro import decode_batch, encode_batch
 from stream.config import Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.kafka.messages import commit_processed, last_offsets, without_errors
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.runtime.stats import StageStats
 from stream.scoring.follower import ModelFollower
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
 
 
 @dataclass
-class StreamingScorerStats:
+class StreamingScorerStats(StageStats):
     """Counters of one streaming scorer since it started."""
 
     requests: int = 0
@@ -92,7 +93,8 @@ class StreamingScorer:
         for key, value in zip(keys, encode_batch(self._responses_codec, responses)):
             self._producer.produce(topic, key=key, value=value)
         self._producer.flush()
-        self._consumer.commit(offsets=commit_positions(last_offsets(good)), asynchronous=False)
+        if not commit_processed(self._consumer, last_offsets(good), "stream-scorer"):
+            self.stats.refused_commits += 1
         self.stats.requests += len(good)
         self.stats.responses += len(responses)
         self.stats.dead_lettered = self._dead_letters.total

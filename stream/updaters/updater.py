@@ -31,7 +31,7 @@ from stream.config import Settings
 from stream.gc_pause import cyclic_gc_paused
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_positions, last_offsets, without_errors
+from stream.kafka.messages import commit_processed, last_offsets, without_errors
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.histogram import (
     FRESHNESS_SECONDS_BUCKETS,
@@ -41,6 +41,7 @@ from stream.metrics.histogram import (
 )
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.model.losses import get_loss
+from stream.runtime.stats import StageStats
 from stream.state.changelog import entity_model_values, states_from_records
 from stream.state.exceptions import StateLayoutError
 from stream.state.ownership import PartitionStores
@@ -55,17 +56,15 @@ _FRESHNESS_SAMPLES = 100_000
 
 
 @dataclass
-class UpdaterStats:
+class UpdaterStats(StageStats):
     """Counters of one updater since it started (exported as metrics by the process)."""
 
-    batches: int = 0
     examples: int = 0
     entity_updates: int = 0
     failed_updates: int = 0
     replayed_events: int = 0
     widened_entities: int = 0
     reset_entities: int = 0
-    dead_lettered: int = 0
     restored_entities: int = 0
     restore_seconds: float = 0.0
     busy_seconds: float = 0.0
@@ -216,8 +215,8 @@ class CoordinateUpdater:
         """DESIGN §5's order: flush the published coefficients, commit the input offsets, write each store."""
         self._producer.flush()
         last = {key: offset for key, offset in last_offsets(messages).items() if key[1] in self._stores}
-        if last:
-            self._consumer.commit(offsets=commit_positions(last), asynchronous=False)
+        if not commit_processed(self._consumer, last, self.group_id):
+            self.stats.refused_commits += 1
         for (_, partition), offset in last.items():
             self._stores[partition].commit(writes.get(partition, ()), offsets={"input": offset})
 

@@ -65,3 +65,38 @@ def test_config_layers_merge_in_order_without_mutating_the_settings():
 def test_missing_bootstrap_servers_fail_with_a_hint():
     with pytest.raises(BrokerUnavailableError, match="glmix broker"):
         producer_config(KafkaSettings())
+
+
+def test_a_commit_refused_by_a_rebalance_is_reported_not_raised(kafka_bootstrap, unique_name, caplog):
+    """A member that has not polled while another joins is asked to rejoin: its commit is refused, never a crash."""
+    from stream.kafka.messages import commit_processed
+
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    topic = f"rebalance-{unique_name}"
+    producer = Producer(producer_config(kafka))
+    for i in range(40):
+        producer.produce(topic, key=str(i).encode(), value=b"v")
+    assert producer.flush(15) == 0
+    overrides = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+    first = Consumer({**consumer_config(kafka, group_id=unique_name), **overrides})
+    first.subscribe([topic])
+    taken, deadline = [], time.monotonic() + 20
+    while not taken and time.monotonic() < deadline:
+        taken = [m for m in first.consume(10, timeout=0.5) if m.error() is None]
+    assert taken
+    second = Consumer({**consumer_config(kafka, group_id=unique_name), **overrides})
+    second.subscribe([topic])
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:  # the second member joins; the first does not poll meanwhile
+        second.consume(10, timeout=0.2)
+    last = {(taken[-1].topic(), taken[-1].partition()): taken[-1].offset()}
+    try:
+        with caplog.at_level("WARNING", logger="stream.kafka.messages"):
+            committed = commit_processed(first, last, "test-stage")
+    finally:
+        second.close()
+        first.close()
+    if committed:
+        pytest.skip("this broker completed the commit while the group rebalanced (the broker process does); "
+                    "nothing was refused")
+    assert "refused by a rebalance" in caplog.text
