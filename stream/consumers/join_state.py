@@ -302,9 +302,9 @@ class JoinBatch:
             elif kind == HELD:
                 self.result.orphans.extend(_decode_held(value))
 
-    def write(self, offsets: Mapping[str, int]) -> None:
-        """Everything this batch changed, plus ``offsets``, in one WriteBatch."""
-        puts = [(k, v) for k, v in self._overlay.items() if v is not None]
+    def write(self, offsets: Mapping[str, int], extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """Everything this batch changed, plus ``offsets`` and ``extra`` items (the joiner's outbox), in one WriteBatch."""
+        puts = [(k, v) for k, v in self._overlay.items() if v is not None] + list(extra)
         deletes = [k for k, v in self._overlay.items() if v is None]
         puts += [(k, b"") for k in self._new_deadlines]
         deletes += list(self._deleted_deadlines)

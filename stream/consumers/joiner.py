@@ -29,6 +29,7 @@ from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types
+from stream.consumers.outbox import OutgoingRecord, already_produced, outbox_entries, pending, wall_ms
 from stream.errors import GlmixError
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
@@ -61,6 +62,7 @@ class JoinerStats(StageStats):
     replayed: int = 0
     busy_seconds: float = 0.0
     indexing: ExampleIndexer | None = None
+    outbox_recovered: int = 0
     join: JoinCounts = field(default_factory=JoinCounts)
     batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
     progressive: ProgressiveWindow | None = None
@@ -107,6 +109,7 @@ class Joiner:
         self._stores = self._ownership.stores
         self._last_delivery: dict[tuple[str, int], float] = {}
         self._idle_s = j.idle_input_ms / 1000
+        self._unchecked: set[int] = set()
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
         self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._ownership.on_assign,
@@ -127,6 +130,7 @@ class Joiner:
             if p not in self._stores:
                 path = store_path(self.settings.state_dir, "joiner", self.settings.topics.impressions, p)
                 self._stores[p], _ = open_or_wipe(path)
+                self._unchecked.add(p)
 
     def step(self) -> int:
         """Consume, join, emit, write state and commit one micro-batch; returns the messages it took."""
@@ -138,6 +142,7 @@ class Joiner:
             return 0
         messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
         self._ownership.raise_pending()
+        self._recover_outboxes()
         if self.models.global_model.current is None:
             consumed = len(messages)
             messages = self._warm_up(messages)
@@ -150,20 +155,26 @@ class Joiner:
         events = self._decode(good)
         last = {key: offset for key, offset in last_offsets(good).items() if key[1] in self._stores}
         self._bootstrap_model_if_needed(events)
-        examples, writes = [], []
+        writes = []
         for partition in list(self._stores):  # quiet partitions too: their windows close once an input is idle
             items = events.get(partition, [])
             batch = self._join_partition(partition, items)
             offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
             if items or offsets or batch.result.emissions or batch.result.orphans:
-                examples.extend(batch.result.emissions)
-                writes.append((batch, offsets))
+                writes.append((partition, batch, offsets, self._outgoing(batch.result.emissions)))
         if not messages and not writes:
             return 0
-        self._emit(examples)
+        # Effectively-once (stream.consumers.outbox): state, processed offsets and outgoing records in one
+        # WriteBatch, then produce, flush, empty the outbox, commit.
+        written_ms = wall_ms()
+        for _, batch, offsets, records in writes:
+            batch.write(offsets, outbox_entries(records, written_ms))
+        for _, _, _, records in writes:
+            self._produce(records)
         self._producer.flush()
-        for batch, offsets in writes:
-            batch.write(offsets)
+        for partition, _, _, records in writes:
+            if records:
+                self._stores[partition].commit([], [key for key, _ in outbox_entries(records, written_ms)])
         if not commit_processed(self._consumer, last, self.group_id):
             self.stats.refused_commits += 1
         self.stats.batches += 1
@@ -286,20 +297,47 @@ class Joiner:
                 idle.add(names[tp.topic])
         return frozenset(idle)
 
-    def _emit(self, emissions: list) -> None:
+    def _outgoing(self, emissions: list) -> list[OutgoingRecord]:
+        """The records that carry ``emissions`` to every examples topic (labeled and scored with the current models)."""
         if not emissions:
-            return
+            return []
         examples = self._join.labeled(emissions, self.models.global_model.current, self.models.tables)
         self.stats.progressive.add(examples)
+        records = []
         for name, (topic, _) in self._outputs.items():
             encoded = encode_batch(self._output_codecs[topic], examples)
-            for example, value in zip(examples, encoded):
-                self._producer.produce(topic, key=example["coordinates"][name]["entity_id"].encode(), value=value)
-            self._producer.poll(0)
+            records.extend(OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value,
+                                          example["example_id"]) for example, value in zip(examples, encoded))
         positives = sum(1 for e in emissions if e.label > 0)
         self.stats.positives += positives
         self.stats.negatives += len(emissions) - positives
         self.stats.eager_emissions += sum(1 for e in emissions if e.eager)
+        return records
+
+    def _produce(self, records: list[OutgoingRecord]) -> None:
+        for record in records:
+            self._producer.produce(record.topic, key=record.key, value=record.value)
+        self._producer.poll(0)
+
+    def _recover_outboxes(self) -> None:
+        """Produce what a crash left unproduced in the outbox of each newly opened store (see stream.consumers.outbox)."""
+        while self._unchecked:
+            partition = self._unchecked.pop()
+            store = self._stores.get(partition)
+            if store is None:
+                continue
+            keys, records, written_ms = pending(store)
+            if not records:
+                continue
+            found = already_produced(self.settings, self._bootstrap, self._output_codecs, records, written_ms,
+                                     client_id=f"{self.group_id}-outbox")
+            missing = [r for r in records if (r.topic, r.example_id) not in found]
+            self._produce(missing)
+            self._producer.flush()
+            store.commit([], keys)
+            self.stats.outbox_recovered += len(missing)
+            log.warning("joiner: partition %d: a crash left %d outgoing records; %d had not reached their topic and "
+                        "were produced now", partition, len(records), len(missing))
 
     def close(self) -> None:
         """Flush, leave the group, close stores and readers."""

@@ -1,4 +1,4 @@
-"""Reading a whole topic (or some of its partitions) without a consumer group.
+"""Reading a whole topic (or some of its partitions, or what was produced since a time) without a consumer group.
 
 Compacted topics are read this way: the coefficient tables and the global model follow
 every partition from the beginning, and an updater restoring partition p reads its
@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from stream.codec.avro import DecodedBatch, RecordCodec, decode_batch
 from stream.config import KafkaSettings
@@ -24,8 +24,10 @@ class TopicReader:
     """Decoded records of ``topic`` from the beginning, partition by partition as they come."""
 
     def __init__(self, kafka: KafkaSettings, topic: str, codec: RecordCodec, partitions: Sequence[int] | None = None,
-                 bootstrap_servers: str = "", client_id: str = "glmix-topic-reader") -> None:
+                 bootstrap_servers: str = "", client_id: str = "glmix-topic-reader", since_ms: int | None = None) -> None:
+        """``since_ms``: start at the first record produced at or after this time instead of the beginning."""
         self.topic = topic
+        self._since_ms = since_ms
         self._codec = codec
         self._wanted = None if partitions is None else list(partitions)
         config = consumer_config(kafka, group_id=f"{client_id}-unused", bootstrap_servers=bootstrap_servers)
@@ -47,7 +49,13 @@ class TopicReader:
         self._assigned = available if self._wanted is None else [p for p in self._wanted if p in metadata.partitions]
         if not self._assigned:
             return False
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned])
+        if self._since_ms is None:
+            starts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned]
+        else:
+            found = self._consumer.offsets_for_times([TopicPartition(self.topic, p, self._since_ms)
+                                                      for p in self._assigned], timeout=timeout_s)
+            starts = [tp if tp.offset >= 0 else TopicPartition(self.topic, tp.partition, OFFSET_END) for tp in found]
+        self._consumer.assign(starts)
         return True
 
     def poll(self, max_messages: int = 10_000, timeout_s: float = 0.0) -> DecodedBatch:
