@@ -1,0 +1,136 @@
+"""Real ``glmix run joiner`` processes SIGKILLed at random points: every example reaches each topic exactly once.
+
+The reference is one uninterrupted joiner (the same code, in this process) over the same
+input into topics of its own. The killed joiner keeps one state directory across its
+restarts. A default run kills it a few times; ``--run-slow`` kills it 20 times.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from stream.codec import make_codec
+from stream.config import Settings, load_settings
+from stream.consumers.joiner import Joiner
+from stream.kafka import producer_config
+from stream.model.export import initial_global_model_record
+from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
+from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.kafka
+
+WINDOW_MS = 20_000
+
+
+def _overrides(prefix: str, state_dir: Path) -> dict[str, str]:
+    return {
+        "state_dir": str(state_dir), "kafka.group_prefix": prefix, "metrics.enabled": "false",
+        "topics.impressions": f"imp-{prefix}", "topics.interactions": f"int-{prefix}",
+        "topics.examples_by_member": f"exm-{prefix}", "topics.examples_by_job": f"exj-{prefix}",
+        "topics.model_global": f"global-{prefix}", "topics.coefficients_prefix": f"coef-{prefix}-",
+        "topics.dead_letter": f"dlq-{prefix}", "joiner.attribution_window_ms": str(WINDOW_MS),
+        "joiner.allowed_lateness_ms": "1000", "joiner.idle_input_ms": "500", "joiner.batch_size": "300",
+        "joiner.emitted_retention_ms": str(3_600_000),
+    }
+
+
+def _counts(bootstrap: str, settings: Settings) -> dict[str, Counter]:
+    codec = make_codec("LabeledExample", "any")
+    return {topic: Counter(codec.decode(m.value())["example_id"] for m in read_topic(bootstrap, topic, timeout_s=20))
+            for topic in (settings.topics.examples_by_member, settings.topics.examples_by_job)}
+
+
+def _reference(bootstrap: str, inputs: dict[str, str], state_dir: Path, prefix: str, records: int) -> dict[str, Counter]:
+    """What one uninterrupted joiner emits over the same input topics (its own group, state and outputs)."""
+    settings = load_settings(overrides={**_overrides(prefix, state_dir), **inputs})
+    joiner = Joiner(settings, bootstrap)
+    try:
+        read = lambda: joiner.stats.join.impressions + joiner.stats.join.interactions + joiner.stats.dead_lettered  # noqa: E731
+        deadline = time.monotonic() + 120
+        while read() < records:
+            assert time.monotonic() < deadline, f"the reference joiner read {read()} of {records} records"
+            joiner.step()
+        emitted, quiet_since = joiner.stats.examples, time.monotonic()
+        while time.monotonic() - quiet_since < 3:  # then the inputs go idle and the last windows close
+            joiner.step()
+            if joiner.stats.examples != emitted:
+                emitted, quiet_since = joiner.stats.examples, time.monotonic()
+    finally:
+        joiner.close()
+    return _counts(bootstrap, settings)
+
+
+def _run_joiner(bootstrap: str, overrides: dict[str, str], log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "stream", "run", "joiner", "--bootstrap-servers", bootstrap]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    return subprocess.Popen(args, stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("kills", [pytest.param(4, id="4-kills"), pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
+def test_a_joiner_killed_at_random_emits_every_example_exactly_once(kafka_broker, kafka_bootstrap, tmp_path, unique_name,
+                                                                  kills):
+    if kafka_broker.kind == "mock":
+        pytest.skip("process-level fault tests run on a broker process, not on the mock in this test process")
+    settings = load_settings(overrides={**_overrides(unique_name, tmp_path / "state"),
+                                        "kafka.bootstrap_servers": kafka_bootstrap})
+    world = World(WorldSpec(seed=21, members=60, jobs=40, requests=800, attribution_window_ms=WINDOW_MS,
+                            mean_request_gap_ms=200, malformed_rate=0.02))
+    labeled = labeled_impressions(world)
+    producer = Producer(producer_config(settings.kafka))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    topics, codecs = event_topics_and_codecs(settings)
+    events = list(event_stream(world, labeled))
+    produce_to_kafka(events, producer, topics, codecs)
+    producer.flush(30)
+
+    started = time.monotonic()
+    rng = random.Random(unique_name)
+    log = tmp_path / "joiner.log"
+    overrides = _overrides(unique_name, tmp_path / "state")
+    for _ in range(kills):
+        process = _run_joiner(kafka_bootstrap, overrides, log)
+        time.sleep(rng.uniform(1.5, 5.0))  # start-up takes ~1.5 s: kills land before, during and after batches
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    final = _run_joiner(kafka_bootstrap, overrides, log)
+    reference = _reference(kafka_bootstrap, {"topics.impressions": settings.topics.impressions,
+                                             "topics.interactions": settings.topics.interactions,
+                                             "topics.model_global": settings.topics.model_global},
+                           tmp_path / "reference", f"{unique_name}-ref", len(events))
+    assert min(sum(c.values()) for c in reference.values()) > 0.9 * len(labeled)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            got = _counts(kafka_bootstrap, settings)
+            if all(sum(got[t].values()) >= sum(reference[r].values())
+                   for t, r in zip(got, reference)) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        time.sleep(3)  # anything still in flight would show up as a duplicate
+        got = _counts(kafka_bootstrap, settings)
+    finally:
+        final.send_signal(signal.SIGTERM)
+        final.wait(30)
+    seconds = time.monotonic() - started
+    for (topic, counts), expected in zip(got.items(), reference.values()):
+        twice = sum(1 for n in counts.values() if n > 1)
+        lost = len(set(expected) - set(counts))
+        extra = len(set(counts) - set(expected))
+        print(f"\n{topic}: {kills} kills, 1 process, {len(expected)} examples expected; lost {lost}, twice {twice}, "
+              f"unexpected {extra}; {seconds:.0f} s")
+        assert lost == 0 and twice == 0 and extra == 0
+    recovered = log.read_text().count("outgoing records")
+    print(f"outboxes a kill left behind and recovery completed: {recovered}")
