@@ -41,6 +41,8 @@ def _overrides(prefix: str, state_dir: Path) -> dict[str, str]:
         "topics.dead_letter": f"dlq-{prefix}", "joiner.attribution_window_ms": str(WINDOW_MS),
         "joiner.allowed_lateness_ms": "1000", "joiner.idle_input_ms": "500", "joiner.batch_size": "300",
         "joiner.emitted_retention_ms": str(3_600_000),
+        # a killed member's partitions move after this, not after librdkafka's default 45 s
+        "kafka.consumer.session.timeout.ms": "6000", "kafka.consumer.heartbeat.interval.ms": "500",
     }
 
 
