@@ -462,22 +462,24 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--every", type=_duration_s, help="keep running, one refit per interval (e.g. 1h)")
     refit.set_defaults(handler=cmd_refit)
 
-    bootstrap = sub.add_parser("bootstrap", parents=[common],
-                               help="first feature indexes and a fitted global model from history, published as version 1")
-    bootstrap.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
+    event_log = argparse.ArgumentParser(add_help=False)
+    event_log.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
                            help="Impression and Interaction Avro container files (told apart by their schema)")
+    replay_options = argparse.ArgumentParser(add_help=False)
+    replay_options.add_argument("--latency", type=_latency_s, default=1.0,
+                                help="update latency: micro-batches of this much event time (e.g. 200ms, 1s; 0 = every "
+                                     "event)")
+    replay_options.add_argument("--refit-every", type=_duration_s,
+                                help="event time between global refits with vocabulary growth (default: none)")
+
+    bootstrap = sub.add_parser("bootstrap", parents=[common, event_log],
+                               help="first feature indexes and a fitted global model from history, published as version 1")
     bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
     bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
-    backtest = sub.add_parser("backtest", parents=[common],
+    backtest = sub.add_parser("backtest", parents=[common, event_log, replay_options],
                               help="replay an event log through the live join and update code (progressive report)")
-    backtest.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
-                          help="Impression and Interaction Avro container files (told apart by their schema)")
-    backtest.add_argument("--latency", type=_latency_s, default=1.0,
-                          help="update latency: micro-batches of this much event time (e.g. 200ms, 1s; 0 = every event)")
-    backtest.add_argument("--refit-every", type=_duration_s,
-                          help="event time between global refits with vocabulary growth (default: none)")
     backtest.add_argument("--model", type=Path,
                           help="GlobalModel container file to start from (glmix bootstrap --output); default: the "
                                "joiner's warm-up")
@@ -485,15 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--report", type=Path, help="also write the JSON report to this file")
     backtest.set_defaults(handler=cmd_backtest)
 
-    tune_parser = sub.add_parser("tune", parents=[common],
+    tune_parser = sub.add_parser("tune", parents=[common, event_log, replay_options],
                                  help="choose each coordinate's prior and the global L2 by backtest (prints TOML)")
-    tune_parser.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
-                             help="Impression and Interaction Avro container files (told apart by their schema)")
     tune_parser.add_argument("--split", type=float, default=0.7,
                              help="share of the log's impressions, in time order, used to choose (the rest judges "
                                   "the choice; default 0.7)")
-    tune_parser.add_argument("--latency", type=_latency_s, default=1.0, help="update latency of every backtest")
-    tune_parser.add_argument("--refit-every", type=_duration_s, help="event time between refits in every backtest")
     tune_parser.set_defaults(handler=cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")

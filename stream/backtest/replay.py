@@ -43,7 +43,7 @@ from stream.model.losses import get_loss
 from stream.refit.job import GlobalRefit, RefitError
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.state.partition_store import PartitionStore, open_or_wipe
-from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
+from stream.updaters.examples import example_problem, valid_entity_batch
 from stream.updaters.state_update import CoordinateMath, apply_batch
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class _CoordinateReplay:
             return
         offsets = np.arange(self._next_offset, self._next_offset + len(records))
         self._next_offset += len(records)
-        batch_examples = coordinate_examples(records, offsets, self.name, layout.dim)
-        batch = group_by_entity(batch_examples.take(~invalid_values(batch_examples)))
+        batch, _ = valid_entity_batch(records, offsets, self.name, layout.dim)
         keys = [entity.encode() for entity in batch.entity_ids]
         states, _ = layout.decode(self.store.get_many(keys), self.math.new_entity_precision)
         outcome = apply_batch(self.math, states, batch)

@@ -134,3 +134,15 @@ def group_by_entity(examples: CoordinateExamples) -> EntityBatch:
         index_versions=pad(examples.index_versions, fill=-1),
         mask=mask,
     )
+
+
+def valid_entity_batch(records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str,
+                       dim: int) -> tuple[EntityBatch, np.ndarray]:
+    """The records' examples of ``coordinate`` grouped by entity, and the rows left out for invalid values.
+
+    The one way from decoded records to an update's input: the live updater (which
+    dead-letters the rows left out) and the backtest both call it.
+    """
+    examples = coordinate_examples(records, input_offsets, coordinate, dim)
+    invalid = invalid_values(examples)
+    return group_by_entity(examples.take(~invalid) if invalid.any() else examples), np.flatnonzero(invalid)

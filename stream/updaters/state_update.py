@@ -95,7 +95,6 @@ class BatchOutcome:
 
 def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) -> BatchOutcome:
     """Update ``states`` (one per ``batch`` entity, same order) with the batch's events."""
-    layout = math.layout
     states = states.copy()
     live = batch.mask & (batch.input_offsets > states["last_offset"][:, None])
     newest_index = np.where(live, batch.index_versions, -1).max(axis=1, initial=-1)

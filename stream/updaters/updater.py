@@ -46,7 +46,7 @@ from stream.state.changelog import entity_model_values, states_from_records
 from stream.state.exceptions import StateLayoutError
 from stream.state.ownership import PartitionStores
 from stream.state.partition_store import NO_OFFSET, PartitionStore, open_or_wipe, store_path
-from stream.updaters.examples import coordinate_examples, example_problem, group_by_entity, invalid_values
+from stream.updaters.examples import example_problem, valid_entity_batch
 from stream.updaters.state_update import CoordinateMath, apply_batch
 
 log = logging.getLogger(__name__)
@@ -223,14 +223,10 @@ class CoordinateUpdater:
     def _update_partition(self, partition: int, records: list, messages: list) -> list[tuple[bytes, bytes]]:
         """Update one partition's entities and publish them; returns the store writes (key, state)."""
         layout = self.math.layout
-        examples = coordinate_examples(records, [m.offset() for m in messages], self.coordinate, layout.dim)
-        invalid = invalid_values(examples)
-        if invalid.any():
-            for row in np.flatnonzero(invalid):
-                self._dead_letters.send(messages[row], "non-finite feature, label, weight, offset or score, or a negative weight")
-            examples = examples.take(~invalid)
-        self.stats.examples += len(examples)
-        batch = group_by_entity(examples)
+        batch, invalid_rows = valid_entity_batch(records, [m.offset() for m in messages], self.coordinate, layout.dim)
+        for row in invalid_rows:
+            self._dead_letters.send(messages[row], "non-finite feature, label, weight, offset or score, or a negative weight")
+        self.stats.examples += int(batch.mask.sum())
         keys = [_entity_key(e) for e in batch.entity_ids]
         store = self._stores[partition]
         states, _ = layout.decode(store.get_many(keys), self.math.new_entity_precision)
