@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
 
@@ -165,6 +167,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix score reads the models from Kafka: --bootstrap-servers")
+    if not args.input.is_file():
+        raise ConfigError("--input", f"no such file: {args.input}")
     follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("offline-scorer"))
     try:
         follower.catch_up(timeout_s=args.timeout)
@@ -407,21 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser("broker", parents=[common], help="run the embedded Kafka broker (librdkafka mock cluster)")
-    broker.add_argument("--num-brokers", type=int, default=1)
+    broker.add_argument("--num-brokers", type=int, default=1, help="brokers in the mock cluster (default 1)")
     broker.set_defaults(handler=cmd_broker)
 
     produce = sub.add_parser("produce", help="produce data into Kafka or files")
     produce_sub = produce.add_subparsers(dest="source", required=True, metavar="SOURCE")
     synthetic = produce_sub.add_parser("synthetic", parents=[common], help="a synthetic world with known true coefficients")
-    synthetic.add_argument("--seed", type=int, default=7)
-    synthetic.add_argument("--members", type=int)
-    synthetic.add_argument("--jobs", type=int)
-    synthetic.add_argument("--requests", type=int)
-    synthetic.add_argument("--items-per-request", type=int)
-    synthetic.add_argument("--alice-annie-pairs", type=int)
-    for rate in ("duplicate", "out-of-order", "late", "orphan", "malformed", "random-bucket"):
-        synthetic.add_argument(f"--{rate}-rate", type=float)
-    synthetic.add_argument("--to", choices=("kafka", "files"), default="kafka")
+    synthetic.add_argument("--seed", type=int, default=7, help="seed of the world and its events (default 7)")
+    synthetic.add_argument("--members", type=int, help="members in the world (default 200)")
+    synthetic.add_argument("--jobs", type=int, help="jobs in the world (default 100)")
+    synthetic.add_argument("--requests", type=int, help="requests served, each showing several jobs (default 2000)")
+    synthetic.add_argument("--items-per-request", type=int, help="jobs shown per request (default 5)")
+    synthetic.add_argument("--alice-annie-pairs", type=int,
+                           help="pairs of members with the same features and opposite tastes (default 2)")
+    for rate, what in (("duplicate", "events sent twice"), ("out-of-order", "events that arrive up to a minute late"),
+                       ("late", "clicks after the attribution window"), ("orphan", "interactions with no impression"),
+                       ("malformed", "records a correct pipeline must dead-letter"),
+                       ("random-bucket", "requests ranked at random")):
+        synthetic.add_argument(f"--{rate}-rate", type=float, help=f"share of {what}")
+    synthetic.add_argument("--to", choices=("kafka", "files"), default="kafka",
+                           help="write to Kafka (--bootstrap-servers) or to Avro container files (--output)")
     synthetic.add_argument("--output", type=Path, default=Path("out/synthetic"), help="directory for --to files")
     synthetic.add_argument("--truth", type=Path, help="write the true coefficients to this JSON file")
     synthetic.set_defaults(handler=cmd_produce_synthetic)
@@ -433,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="the whole pipeline live on the embedded broker, with a report")
     demo.add_argument("--events", type=int, default=30_000, help="impressions to stream (default 30000)")
     demo.add_argument("--duration", type=_duration_s, default=60.0, help="how long the live traffic lasts (default 60s)")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic world (default 7)")
     demo.add_argument("--refit-every", type=_duration_s, default=20.0, help="global refit interval (default 20s)")
     demo.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="where report.json and plots go")
     demo.set_defaults(handler=cmd_demo, setting_defaults=_demo_setting_defaults())
@@ -517,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.set_defaults(handler=cmd_evaluate_replay)
     movielens = evaluate_sub.add_parser("movielens", parents=[common], help="GDMix's MovieLens-100K protocol")
     movielens.add_argument("--path", required=True, help="directory with u.data, u.user and u.item")
-    movielens.add_argument("--seed", type=int, default=0)
-    movielens.add_argument("--l2", type=float, default=1.0)
+    movielens.add_argument("--seed", type=int, default=0, help="seed of the random 80/20 split (default 0)")
+    movielens.add_argument("--l2", type=float, default=1.0, help="every coordinate's L2 unless --tune (default 1)")
     movielens.add_argument("--passes", type=int, default=2, help="coordinate-descent passes")
     movielens.add_argument("--tune", action="store_true",
                            help="choose each coordinate's L2 on a validation split of the training data")
@@ -537,6 +546,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GlmixError as exc:
         print(f"glmix: error: {exc}", file=sys.stderr)
         return 2
+    except (KafkaException, OSError) as exc:  # the boundary's last net: a user's broker or file, never a traceback
+        print(f"glmix: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, in one line (librdkafka errors by their own description)."""
+    error = exc.args[0] if exc.args else exc
+    text = error.str() if hasattr(error, "str") else str(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text else ""
+    return " ".join(f"{text}{where}".split())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from stream.config import CoordinateSettings, KafkaSettings, Settings, TopicSett
 from stream.kafka.exceptions import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
@@ -53,7 +54,8 @@ def _base(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
             "kafka.bootstrap_servers is empty: start the embedded broker (glmix broker) "
             "or point GLMIX_KAFKA__BOOTSTRAP_SERVERS at a cluster"
         )
-    return {"bootstrap.servers": servers}
+    # librdkafka's own log lines go through logging, at their levels, instead of straight to stderr.
+    return {"bootstrap.servers": servers, "logger": _LIBRDKAFKA_LOG}
 
 
 def producer_config(kafka: KafkaSettings, bootstrap_servers: str = "", **enforced: Any) -> dict[str, Any]:
@@ -139,8 +141,14 @@ def prepare_topics(settings: Settings, bootstrap_servers: str = "", timeout_s: f
     interval before they see it, so stages make sure their topics exist before they start.
     """
     wanted = all_topics(settings.topics, settings.model.coordinates)
-    admin = AdminClient(admin_config(settings.kafka, bootstrap_servers))
-    metadata = admin.list_topics(timeout=timeout_s)
+    config = admin_config(settings.kafka, bootstrap_servers)
+    admin = AdminClient(config)
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        raise BrokerUnavailableError(f"no Kafka broker answered at {config['bootstrap.servers']} within "
+                                     f"{timeout_s:.0f} s ({getattr(error, 'str', lambda: error)()})") from exc
     missing = {name: compacted for name, compacted in wanted.items() if name not in metadata.topics}
     if not missing:
         return

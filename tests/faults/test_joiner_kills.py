@@ -25,7 +25,7 @@ from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
-from tests.helpers import read_topic
+from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -79,34 +79,42 @@ def _run_joiner(bootstrap: str, overrides: dict[str, str], log: Path) -> subproc
     return subprocess.Popen(args, stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize("kills", [pytest.param(4, id="4-kills"), pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("kills", "requests"), [pytest.param(4, 2_000, id="4-kills"),
+                                                 pytest.param(20, 8_000, id="20-kills", marks=pytest.mark.slow)])
 def test_a_joiner_killed_at_random_emits_every_example_exactly_once(kafka_broker, kafka_bootstrap, tmp_path, unique_name,
-                                                                  kills):
+                                                                  kills, requests):
     if kafka_broker.kind == "mock":
         pytest.skip("process-level fault tests run on a broker process, not on the mock in this test process")
     settings = load_settings(overrides={**_overrides(unique_name, tmp_path / "state"),
                                         "kafka.bootstrap_servers": kafka_bootstrap})
-    world = World(WorldSpec(seed=21, members=60, jobs=40, requests=800, attribution_window_ms=WINDOW_MS,
+    world = World(WorldSpec(seed=21, members=60, jobs=40, requests=requests, attribution_window_ms=WINDOW_MS,
                             mean_request_gap_ms=200, malformed_rate=0.02))
     labeled = labeled_impressions(world)
     producer = Producer(producer_config(settings.kafka))
     record = initial_global_model_record([li.impression for li in labeled], settings.model)
     producer.produce(settings.topics.model_global, key=b"glmix",
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
-    topics, codecs = event_topics_and_codecs(settings)
     events = list(event_stream(world, labeled))
-    produce_to_kafka(events, producer, topics, codecs)
-    producer.flush(30)
+    bounds = [len(events) * i // (kills + 1) for i in range(kills + 2)]
+    chunks = [events[a:b] for a, b in zip(bounds, bounds[1:])]  # each run finds fresh input to work on
+    topics, codecs = event_topics_and_codecs(settings)
 
     started = time.monotonic()
     rng = random.Random(unique_name)
     log = tmp_path / "joiner.log"
     overrides = _overrides(unique_name, tmp_path / "state")
-    for _ in range(kills):
+    for run in range(kills):
+        produce_to_kafka(chunks[run], producer, topics, codecs)
+        producer.flush(30)
+        before = log.read_text().count("assigned partitions") if log.exists() else 0
         process = _run_joiner(kafka_bootstrap, overrides, log)
-        time.sleep(rng.uniform(1.5, 5.0))  # start-up takes ~1.5 s: kills land before, during and after batches
+        wait_for(lambda: log.read_text().count("assigned partitions") > before or process.poll() is not None,
+                 timeout_s=60, what="the joiner to be assigned its partitions")
+        time.sleep(rng.uniform(0.0, 1.5))  # inside its batches: before, during or after a state write or flush
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+    produce_to_kafka(chunks[-1], producer, topics, codecs)
+    producer.flush(30)
     final = _run_joiner(kafka_bootstrap, overrides, log)
     reference = _reference(kafka_bootstrap, {"topics.impressions": settings.topics.impressions,
                                              "topics.interactions": settings.topics.interactions,

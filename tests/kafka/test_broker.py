@@ -100,3 +100,13 @@ def test_a_commit_refused_by_a_rebalance_is_reported_not_raised(kafka_bootstrap,
         pytest.skip("this broker completed the commit while the group rebalanced (the broker process does); "
                     "nothing was refused")
     assert "refused by a rebalance" in caplog.text
+
+
+def test_librdkafka_logs_go_through_logging_not_stderr(caplog, capfd):
+    with caplog.at_level("DEBUG", logger="librdkafka"):
+        producer = Producer(producer_config(KafkaSettings(bootstrap_servers="127.0.0.1:1")))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(r.name == "librdkafka" for r in caplog.records):
+            producer.poll(0.2)
+    assert any(r.name == "librdkafka" and "127.0.0.1:1" in r.getMessage() for r in caplog.records)
+    assert "%3|" not in capfd.readouterr().err  # librdkafka's own stderr format
