@@ -129,3 +129,53 @@ def test_without_a_model_the_joiner_indexes_a_warm_up_of_impressions_not_its_fir
     assert int(re.search(r"from (\d+) warm-up impressions", line).group(1)) >= 120
     first_batch = initial_global_model_record([li.impression for li in labeled[:25]], settings.model)
     assert len(first_batch["features"]) < model.global_index.dim
+
+
+def test_an_outbox_left_by_a_crash_is_completed_without_producing_anything_twice(kafka_bootstrap, tmp_path, unique_name):
+    """The crash the outbox is for: state and outgoing records written, some records produced, then SIGKILL."""
+    from stream.consumers.outbox import OutgoingRecord, outbox_entries, pending, wall_ms
+    from stream.state.partition_store import open_or_wipe, store_path
+
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "topics.impressions": f"imp-{unique_name}", "topics.interactions": f"int-{unique_name}",
+        "topics.examples_by_member": f"exm-{unique_name}", "topics.examples_by_job": f"exj-{unique_name}",
+        "topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
+    })
+    topics = settings.topics
+    labeled = labeled_impressions(World(WorldSpec(seed=3, members=5, jobs=5, requests=2, items_per_request=3)))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(topics.model_global, key=b"glmix", value=make_codec("GlobalModel", topics.model_global).encode(record))
+    from stream.scoring.tables import GlobalModelTable
+    from stream.synthetic.examples import joined_examples
+
+    table = GlobalModelTable(settings.model)
+    table.apply([record])
+    examples = joined_examples(labeled, table.current, settings.model)
+    codec = make_codec("LabeledExample", "any")
+    outgoing = [OutgoingRecord(topic, e["member_id"].encode(), codec.encode(e), e["example_id"])
+                for topic in (topics.examples_by_member, topics.examples_by_job) for e in examples]
+    delivered = outgoing[:4] + outgoing[len(examples):len(examples) + 1]  # what reached the broker before the crash
+    for r in delivered:
+        producer.produce(r.topic, key=r.key, value=r.value)
+    producer.flush(10)
+    stores = [open_or_wipe(store_path(tmp_path, "joiner", topics.impressions, p))[0] for p in range(4)]
+    stores[0].commit(outbox_entries(outgoing, wall_ms()))
+    for store in stores:
+        store.close()
+
+    joiner = Joiner(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while joiner.stats.outbox_recovered < len(outgoing) - len(delivered):
+            assert time.monotonic() < deadline, f"recovered {joiner.stats.outbox_recovered}"
+            joiner.step()
+        store = joiner._stores[0]
+        assert pending(store)[1] == []
+    finally:
+        joiner.close()
+    assert joiner.stats.outbox_recovered == len(outgoing) - len(delivered) == 7
+    for topic in (topics.examples_by_member, topics.examples_by_job):
+        ids = [codec.decode(m.value())["example_id"] for m in read_topic(kafka_bootstrap, topic)]
+        assert sorted(ids) == sorted(e["example_id"] for e in examples)

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.codec import make_codec
 from stream.config import Settings, load_settings
@@ -72,6 +72,32 @@ def _reference(bootstrap: str, inputs: dict[str, str], state_dir: Path, prefix: 
     return _counts(bootstrap, settings)
 
 
+class _OutputWatch:
+    """The high watermarks of an output topic, polled to kill a joiner right as its records arrive."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{topic}"})
+        self._topic = topic
+        self._marked = 0
+
+    def _total(self) -> int:
+        metadata = self._consumer.list_topics(self._topic, timeout=5).topics.get(self._topic)
+        partitions = sorted(metadata.partitions) if metadata is not None and metadata.partitions else []
+        return sum(self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=5, cached=False)[1]
+                   for p in partitions)
+
+    def mark(self) -> None:
+        self._marked = self._total()
+
+    def wait_for_growth(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._total() <= self._marked and time.monotonic() < deadline:
+            pass
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def _run_joiner(bootstrap: str, overrides: dict[str, str], log: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "stream", "run", "joiner", "--bootstrap-servers", bootstrap]
     for key, value in overrides.items():
@@ -103,16 +129,22 @@ def test_a_joiner_killed_at_random_emits_every_example_exactly_once(kafka_broker
     rng = random.Random(unique_name)
     log = tmp_path / "joiner.log"
     overrides = _overrides(unique_name, tmp_path / "state")
+    outputs = _OutputWatch(kafka_bootstrap, settings.topics.examples_by_member)
     for run in range(kills):
         produce_to_kafka(chunks[run], producer, topics, codecs)
         producer.flush(30)
+        outputs.mark()
         before = log.read_text().count("assigned partitions") if log.exists() else 0
         process = _run_joiner(kafka_bootstrap, overrides, log)
         wait_for(lambda: log.read_text().count("assigned partitions") > before or process.poll() is not None,
                  timeout_s=60, what="the joiner to be assigned its partitions")
-        time.sleep(rng.uniform(0.0, 1.5))  # inside its batches: before, during or after a state write or flush
+        if run % 2:  # the moment its first records reach an examples topic: during a flush, before the state is safe
+            outputs.wait_for_growth(timeout_s=10)
+        else:  # anywhere in its batches: before, during or after a state write or a flush
+            time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+    outputs.close()
     produce_to_kafka(chunks[-1], producer, topics, codecs)
     producer.flush(30)
     final = _run_joiner(kafka_bootstrap, overrides, log)
