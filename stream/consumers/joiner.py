@@ -167,14 +167,17 @@ class Joiner:
         # Effectively-once (stream.consumers.outbox): state, processed offsets and outgoing records in one
         # WriteBatch, then produce, flush, empty the outbox, commit.
         written_ms = wall_ms()
-        for _, batch, offsets, records in writes:
-            batch.write(offsets, outbox_entries(records, written_ms))
+        outboxes = []
+        for partition, batch, offsets, records in writes:
+            entries = outbox_entries(records, written_ms)
+            batch.write(offsets, entries)
+            outboxes.append((partition, [key for key, _ in entries]))
         for _, _, _, records in writes:
             self._produce(records)
         self._producer.flush()
-        for partition, _, _, records in writes:
-            if records:
-                self._stores[partition].commit([], [key for key, _ in outbox_entries(records, written_ms)])
+        for partition, keys in outboxes:
+            if keys:
+                self._stores[partition].commit([], keys)
         if not commit_processed(self._consumer, last, self.group_id):
             self.stats.refused_commits += 1
         self.stats.batches += 1
