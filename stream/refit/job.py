@@ -153,7 +153,7 @@ class GlobalRefit:
 
     def __init__(self, settings: Settings, bootstrap_servers: str = "", show_progress: bool = False,
                  publish: Callable[[dict], None] | None = None) -> None:
-        """``publish`` takes a new ``GlobalModel`` record; by default it goes to ``model.global`` (a backtest keeps it)."""
+        """``publish`` takes each new ``GlobalModel`` record: by default to ``model.global``; a backtest keeps it."""
         self.settings = settings
         self._publish = publish or self._publish_to_kafka
         self._show_progress = show_progress
@@ -206,7 +206,7 @@ class GlobalRefit:
                tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
                window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples,
                vocabulary: VocabularyCounter) -> int:
-        """Write usable examples to the splits with their offsets, counting unindexed features; returns how many were dropped.
+        """Write usable examples to the splits with their offsets and count unindexed features; returns the dropped.
 
         Indexes only append columns, so examples of every index version up to ``model``'s
         are used; each example's unindexed global features are spilled under the columns
@@ -232,9 +232,9 @@ class GlobalRefit:
             ok &= self.loss.valid_labels(labels)
             ok[bad_rows] = False
             dropped += int((~ok).sum())
-            lengths, indices, values = _with_rows(
-                (lengths, indices, values), vocabulary.global_columns(usable, ok & (times < window.holdout_ms)))
             trainable = ok & (times < window.holdout_ms)
+            unindexed = vocabulary.global_columns(usable, trainable)
+            lengths, indices, values = _with_rows((lengths, indices, values), unindexed)
             if self.refit.training_examples == "random_bucket":
                 trainable &= np.array([bool(r.get("random_bucket")) for r in usable])
             for split, rows_in in ((train, trainable), (holdout, ok & (times >= window.holdout_ms))):
@@ -297,8 +297,6 @@ class GlobalRefit:
         growth = vocabulary.grow(self.refit.vocabulary_min_count)
         for split in (train, holdout):
             split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
-        self.stats.admitted_features.update(growth.admitted)
-        self.stats.dropped_features.update(growth.dropped)
         log.info("refit: %d training and %d holdout examples in [%d, %d) (%d dropped)", train.rows, holdout.rows,
                  window.start_ms, window.end_ms, dropped)
         return RefitInputs(growth.model, window, train, holdout, dropped, growth)
@@ -324,6 +322,9 @@ class GlobalRefit:
             else:
                 coefficients = self.fit(inputs.train, inputs.model.coefficients, inputs.model.global_index.intercept)
                 self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout, inputs.growth.grew)
+                self.stats.dropped_features.update(inputs.growth.dropped)
+                if result.version is not None:  # the grown index went out with this version
+                    self.stats.admitted_features.update(inputs.growth.admitted)
         result.seconds = time.monotonic() - started
         self.stats.last_seconds = result.seconds
         return result
