@@ -1,0 +1,56 @@
+"""deploy/prometheus/alerts.yml: valid rules (promtool check), the behaviour its unit tests pin (promtool test), exported names."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream.metrics.collector import METRIC_NAMES
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """promtool, from Debian's prometheus package, installed here if missing and this is root (as in CI)."""
+    found = shutil.which("promtool")
+    if found is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], env=env,
+                       capture_output=True, timeout=900)
+        found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool is not installed and could not be installed here (Debian package 'prometheus', as root)")
+    return found
+
+
+def test_the_alert_rules_are_valid(promtool):
+    result = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS, capture_output=True, text=True)
+    assert result.returncode == 0 and "SUCCESS: 6 rules found" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_alert_rules_fire_as_their_unit_tests_say(promtool):
+    result = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=PROMETHEUS, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_prometheus_configuration_loads_the_rules(promtool):
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "alerts.yml" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_every_metric_an_alert_uses_is_exported_and_each_wanted_alert_exists():
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
+    used = {name for rule in rules for name in re.findall(r"\bglmix_[a-z0-9_]+", rule["expr"])}
+    assert used and used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
+    assert {rule["alert"] for rule in rules} == {"GlmixConsumerLagGrowing", "GlmixFreshnessSlow", "GlmixDeadLettersRising",
+                                                 "GlmixNewtonFailures", "GlmixRefitRefused", "GlmixScorerNotReady"}
