@@ -198,14 +198,11 @@ def _duration_s(text: str) -> float:
 
 def _segment_field(field: str | None) -> str | None:
     """``--by``'s field, checked (None when not given)."""
-    from stream.evaluation.progressive import check_segment_field
+    from stream.config.settings import SEGMENT_FIELDS, is_segment_field
 
-    if field is None:
-        return None
-    try:
-        return check_segment_field(field)
-    except ValueError as exc:
-        raise ConfigError("--by", str(exc)) from None
+    if field is not None and not is_segment_field(field):
+        raise ConfigError("--by", f"cannot group examples by {field!r}: use {', '.join(SEGMENT_FIELDS)} or context:<key>")
+    return field
 
 
 def _latency_s(text: str) -> float:

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from stream.config.settings import SEGMENT_FIELDS, is_segment_field
 from stream.model.game import GLOBAL
 from stream.model.losses import Loss
 from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
@@ -34,15 +33,8 @@ from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
 OTHER = "(other)"
 
 
-def check_segment_field(field: str) -> str:
-    """``field`` if examples can be grouped by it, else ValueError saying which fields can."""
-    if is_segment_field(field):
-        return field
-    raise ValueError(f"cannot group examples by {field!r}: use {', '.join(SEGMENT_FIELDS)} or context:<key>")
-
-
 def segment_value(example: Mapping[str, Any], field: str) -> str:
-    """The value of ``field`` (see :func:`check_segment_field`) in one labeled example, as a string."""
+    """The value of ``field`` (see :func:`stream.config.settings.is_segment_field`) in one labeled example, as a string."""
     if field.startswith("context:"):
         return (example.get("context") or {}).get(field[len("context:"):], "")
     value = example.get(field)
