@@ -35,7 +35,7 @@ from stream.archive.files import ArchiveFiles, hour_of
 from stream.codec.schemas import load_schema
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinCounts
-from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
+from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types, warm_up_complete
 from stream.evaluation.progressive import collect, progressive_report
 from stream.model.export import initial_global_model_record
 from stream.model.game import GLOBAL
@@ -197,10 +197,9 @@ class _Run:
     def _warm_up(self, events: Sequence[JoinInput]) -> list[JoinInput]:
         """Hold events until the live joiner's warm-up would be complete, then index the first model from them."""
         self._held.extend(events)
-        j = self.settings.joiner
         impressions = [e.record for e in self._held if e.kind == IMPRESSION]
         span = self._held[-1].record["event_time"] - self._held[0].record["event_time"] if self._held else 0
-        if not impressions or (len(impressions) < j.bootstrap_impressions and span < j.bootstrap_wait_ms):
+        if not warm_up_complete(len(impressions), span, self.settings.joiner):
             return []
         self.model.apply([initial_global_model_record(impressions, self.settings.model)])
         held, self._held = self._held, []

@@ -28,7 +28,8 @@ from stream.codec.avro import decode_batch, encode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
-from stream.consumers.labeling import IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types
+from stream.consumers.labeling import (IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types,
+                                      warm_up_complete)
 from stream.consumers.outbox import OutgoingRecord, already_produced, outbox_entries, pending, wall_ms
 from stream.errors import GlmixError
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
@@ -228,7 +229,7 @@ class Joiner:
         self._warm_up_held.extend(messages)
         impressions = sum(1 for m in self._warm_up_held if m.topic() == self.settings.topics.impressions)
         waited_ms = 0.0 if self._warm_up_since is None else 1000 * (time.monotonic() - self._warm_up_since)
-        if impressions < j.bootstrap_impressions and (impressions == 0 or waited_ms < j.bootstrap_wait_ms):
+        if not warm_up_complete(impressions, waited_ms, j):
             return []
         held, self._warm_up_held, self._warm_up_since = self._warm_up_held, [], None
         seen: set[tuple[str, int, int]] = set()

@@ -16,7 +16,7 @@ from typing import Any
 
 from stream.codec import load_schema
 from stream.codec.avro import SingleObjectCodec
-from stream.config import ConfigError, ModelSettings, Settings
+from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.model.game import GLOBAL
@@ -107,6 +107,14 @@ class ExampleJoin:
         if model is not None:
             add_scores(examples, model, tables)
         return examples
+
+
+def warm_up_complete(impressions: int, waited_ms: float, joiner: JoinerSettings) -> bool:
+    """Whether a warm-up that holds ``impressions`` after ``waited_ms`` may index the first model (DESIGN §1).
+
+    The live joiner counts wall time, a backtest event time; the rule is this one.
+    """
+    return impressions > 0 and (impressions >= joiner.bootstrap_impressions or waited_ms >= joiner.bootstrap_wait_ms)
 
 
 def interaction_types(interaction_schema: Mapping[str, Any]) -> list[str]:
