@@ -40,6 +40,7 @@ from stream.kafka import EmbeddedBroker, consumer_config, producer_config
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
 from stream.pipeline import Pipeline
+from stream.runtime.runner import StageRunner
 from stream.state.partition_store import PartitionStore
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.updaters.state_update import CoordinateMath
@@ -147,7 +148,7 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
         "model.coordinates.member.batch_time_ms": "200", "model.coordinates.member.precision": precision})
     rng = np.random.default_rng(0)
     producer = Producer(producer_config(settings.kafka))
-    updater = CoordinateUpdater(settings, "member")
+    updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
     wait_assigned(updater)
     seconds = ceiling_seconds = 0.0
     total = 0
@@ -204,7 +205,7 @@ def bench_joiner(bootstrap: str, requests: int) -> dict:
     producer.produce(settings.topics.model_global, key=b"glmix",
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
     producer.flush()
-    joiner = Joiner(settings)
+    joiner = StageRunner(Joiner(settings), settings)
     wait_assigned(joiner)
     topics, codecs = event_topics_and_codecs(settings)
     produce_to_kafka(events, producer, topics, codecs)

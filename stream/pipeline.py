@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Protocol
 
 from stream.archive.archiver import Archiver
 from stream.config import Settings
 from stream.consumers.joiner import Joiner
 from stream.metrics.collector import PipelineCollector
 from stream.metrics.kafka_statistics import KafkaStatistics
+from stream.runtime.runner import StageRunner
+from stream.runtime.stage import Stage
 from stream.scoring.streaming import StreamingScorer
 from stream.updaters.updater import CoordinateUpdater
 
@@ -30,23 +31,13 @@ STREAM_SCORER = "stream-scorer"
 NAMED_STAGES = (JOINER, ARCHIVE, STREAM_SCORER)
 
 
-class Stage(Protocol):
-    """A pipeline stage: one micro-batch per ``step``, and a clean ``close`` (finish, commit, release)."""
-
-    stats: object
-
-    def step(self) -> int: ...  # noqa: D102
-
-    def close(self) -> None: ...  # noqa: D102
-
-
-def run_stage(stage: Stage, stop: threading.Event) -> None:
-    """Run ``stage``'s micro-batches until ``stop`` is set, then close it (also when a batch fails)."""
+def run_stage(runner: StageRunner, stop: threading.Event) -> None:
+    """Run a stage's micro-batches until ``stop`` is set, then close it (also when a batch fails)."""
     try:
         while not stop.is_set():
-            stage.step()
+            runner.step()
     finally:
-        stage.close()
+        runner.close()
 
 
 def stage_names(settings: Settings) -> list[str]:
@@ -54,16 +45,15 @@ def stage_names(settings: Settings) -> list[str]:
     return [JOINER, *settings.model.coordinates, ARCHIVE]
 
 
-def build_stage(settings: Settings, name: str, bootstrap_servers: str = "",
-                statistics: KafkaStatistics | None = None) -> Stage:
+def build_stage(settings: Settings, name: str) -> Stage:
     """The joiner, the archive, the streaming scorer, or the updater of coordinate ``name``."""
     if name == JOINER:
-        return Joiner(settings, bootstrap_servers, statistics)
+        return Joiner(settings)
     if name == ARCHIVE:
-        return Archiver(settings, bootstrap_servers, statistics)
+        return Archiver(settings)
     if name == STREAM_SCORER:
-        return StreamingScorer(settings, bootstrap_servers, statistics=statistics)
-    return CoordinateUpdater(settings, name, bootstrap_servers, statistics)
+        return StreamingScorer(settings)
+    return CoordinateUpdater(settings, name)
 
 
 class Pipeline:
@@ -77,14 +67,15 @@ class Pipeline:
             raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
         self.settings = settings
         self.stop_event = stop_event or threading.Event()
-        self.stages = {name: build_stage(settings, name, bootstrap_servers, statistics) for name in names}
+        self.stages = {name: StageRunner(build_stage(settings, name), settings, bootstrap_servers, statistics)
+                       for name in names}
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
 
     def metrics_collector(self, statistics: KafkaStatistics | None = None) -> PipelineCollector:
         """A Prometheus collector of every stage's counters and state size (and the Kafka statistics)."""
-        return PipelineCollector({name: stage.stats for name, stage in self.stages.items()},
-                                 {name: stage for name, stage in self.stages.items() if hasattr(stage, "state_size_bytes")},
+        return PipelineCollector({runner.stage.name: runner.stage.stats for runner in self.stages.values()},
+                                 {runner.stage.name: runner for runner in self.stages.values() if runner.stage.state_owner()},
                                  statistics)
 
     def start(self) -> None:
@@ -94,7 +85,7 @@ class Pipeline:
             thread.start()
             self._threads.append(thread)
 
-    def _run(self, name: str, stage: Stage) -> None:
+    def _run(self, name: str, stage: StageRunner) -> None:
         try:
             run_stage(stage, self.stop_event)
         except BaseException as exc:  # a failed stage stops the whole pipeline, loudly

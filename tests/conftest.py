@@ -180,10 +180,32 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         yield KafkaBroker(broker.bootstrap_servers, "mock")
 
 
+# Group members of the suite use Kafka's smallest allowed session (group.min.session.timeout.ms): Tansu holds
+# a new group's first JoinGroup for about half the session timeout (24 s at librdkafka's default 45 s, 4 s at 6 s),
+# and a killed member's partitions move after it. Processes the suite starts read it from the environment.
+_TEST_SESSION = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
-    """Bootstrap address of the session's broker."""
-    return kafka_broker.bootstrap_servers
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> Iterator[str]:
+    """Bootstrap address of the session's broker; group members of the suite use a short session (see above)."""
+    from stream.kafka import clients
+
+    saved = dict(clients._CONSUMER_DEFAULTS)
+    clients._CONSUMER_DEFAULTS.update(_TEST_SESSION)
+    env = {f"GLMIX_KAFKA__CONSUMER__{key.upper().replace('.', '_')}": str(value) for key, value in _TEST_SESSION.items()}
+    saved_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield kafka_broker.bootstrap_servers
+    finally:
+        clients._CONSUMER_DEFAULTS.clear()
+        clients._CONSUMER_DEFAULTS.update(saved)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,12 @@
 ``glmix run archive`` consumes the examples keyed by member (every example appears there
 once) and buffers them per (event hour, input partition). When ``roll_records`` examples
 are buffered or the oldest has waited ``roll_interval_ms`` — and before a rebalance takes
-partitions away — every buffer becomes one whole file, then the consumer offsets are
-committed, then old hours are expired. A crash after some files were written but before
-the commit replays those offsets; records at or below a file's last offset for the same
-hour and partition are skipped, so no example is archived twice or lost.
+when the process stops — every buffer becomes one whole file, then the runtime's
+Checkpoint commits the consumer offsets, then old hours are expired. A crash after some
+files were written but before the commit replays those offsets; records at or below a
+file's last offset for the same hour and partition are skipped, so no example is
+archived twice or lost. Partitions taken away by a rebalance drop their buffers (no
+file I/O inside the callback): their next owner reads them again from the last commit.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Message
 
 from stream.archive.files import ArchiveFiles, hour_of
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
-from stream.kafka.clients import consumer_config, prepare_topics, producer_config
-from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_processed, last_offsets, without_errors
-from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.metrics.families import MetricFamilies
+from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,19 @@ class ArchiveStats(StageStats):
     hours_expired: int = 0
     newest_event_time_ms: int = 0
 
+    def consumed(self) -> int:
+        """Examples consumed (archived or skipped as replays)."""
+        return self.archived + self.skipped_replays
+
+    def replayed(self) -> int:
+        """Examples already in an archive file."""
+        return self.skipped_replays
+
+    def add_samples(self, stage: str, families: MetricFamilies) -> None:
+        """Stage samples, plus files written."""
+        super().add_samples(stage, families)
+        families.counter("glmix_archive_files", [], self.files_written)
+
 
 @dataclass
 class _Buffer:
@@ -50,10 +64,12 @@ class _Buffer:
     records: list = field(default_factory=list)
 
 
-class Archiver:
+class Archiver(Stage):
     """Writes the examples topic to :class:`ArchiveFiles`, committing offsets only after files are whole."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None) -> None:
+    name = STAGE
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings.archive
         self.topic = settings.topics.examples_by_member
         self.group_id = settings.kafka.group_id(STAGE)
@@ -61,30 +77,32 @@ class Archiver:
         self.stats = ArchiveStats()
         self._codec = make_codec("LabeledExample", self.topic, settings.kafka.schema_registry_url,
                                  settings.kafka.schema_registry)
-        self._producer = Producer(producer_config(settings.kafka, bootstrap_servers))
-        self._dead_letters = DeadLetters(self._producer, settings.topics.dead_letter, STAGE)
-        prepare_topics(settings, bootstrap_servers)
-        self._consumer = Consumer(consumer_config(settings.kafka, self.group_id, bootstrap_servers,
-                                                  **statistics_settings(statistics, STAGE)))
+        self._clients: StageClients | None = None
         self._buffers: dict[tuple[int, int], _Buffer] = {}
         self._archived_through: dict[tuple[int, int], int] = {}
-        self._consumed: list = []
+        self._consumed: list[Message] = []
         self._buffered = 0
         self._oldest_buffered = 0.0
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_lost)
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._archived_through.clear()
+    def subscription(self) -> list[str]:
+        """The examples keyed by member (every example appears there once)."""
+        return [self.topic]
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.roll()
+    def batch_limits(self) -> tuple[int, float]:
+        """``archive.batch_size`` examples or ``archive.batch_time_ms``."""
+        return self.settings.batch_size, self.settings.batch_time_ms / 1000
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Partitions already belong to someone else: drop what was not archived; they replay it."""
-        self._buffers.clear()
-        self._consumed.clear()
-        self._buffered = 0
+    def open(self, clients: StageClients) -> None:
+        """Keep the clients (the dead-letter sink)."""
+        self._clients = clients
+
+    def revoked(self, partitions: list[int]) -> None:
+        """Drop what was not archived of ``partitions``: their next owner reads it again from the last commit."""
+        gone = set(partitions)
+        for key in [k for k in self._buffers if k[1] in gone]:
+            self._buffered -= len(self._buffers.pop(key).records)
+        self._consumed = [m for m in self._consumed if m.partition() not in gone]
+        self._archived_through = {k: v for k, v in self._archived_through.items() if k[1] not in gone}
 
     def _through(self, hour_ms: int, partition: int) -> int:
         key = (hour_ms, partition)
@@ -92,24 +110,24 @@ class Archiver:
             self._archived_through[key] = self.files.archived_through(hour_ms, partition)
         return self._archived_through[key]
 
-    def step(self) -> int:
-        """Consume one batch into the buffers; roll them into files when due. Returns the messages taken."""
-        messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_time_ms / 1000)
+    def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
+        """Buffer one batch; when a roll is due, write the files and hand the consumed offsets to the checkpoint."""
+        assert self._clients is not None
         if messages:
-            usable = without_errors(messages, self.group_id)
-            decoded = decode_batch(self._codec, usable)
+            decoded = decode_batch(self._codec, messages)
             for message, error in decoded.failures:
-                self._dead_letters.send(message, error.reason)
+                self._clients.dead_letters.send(message, error.reason)
             for record, message in zip(decoded.records, decoded.messages):
                 self._add(record, message.partition(), message.offset())
-            self._consumed.extend(usable)
-            self.stats.batches += 1
-            self.stats.dead_lettered = self._dead_letters.total
+            self._consumed.extend(messages)
         due = self._buffered >= self.settings.roll_records or (
             self._consumed and time.monotonic() - self._oldest_buffered >= self.settings.roll_interval_ms / 1000)
         if due:
-            self.roll()
-        return len(messages)
+            self._roll(checkpoint)
+
+    def finish(self, checkpoint: Checkpoint) -> None:
+        """On a clean stop: archive what is buffered."""
+        self._roll(checkpoint)
 
     def _add(self, record: dict, partition: int, offset: int) -> None:
         hour = hour_of(record["event_time"])
@@ -124,8 +142,8 @@ class Archiver:
         self._buffered += 1
         self.stats.newest_event_time_ms = max(self.stats.newest_event_time_ms, record["event_time"])
 
-    def roll(self) -> None:
-        """Write every buffer as one file, then commit what was consumed, then expire old hours."""
+    def _roll(self, checkpoint: Checkpoint) -> None:
+        """Write every buffer as one file, let the checkpoint commit what was consumed, then expire old hours."""
         for (hour, partition), buffer in sorted(self._buffers.items()):
             self.files.write(hour, partition, buffer.first_offset, buffer.last_offset, buffer.records)
             self._archived_through[(hour, partition)] = buffer.last_offset
@@ -133,19 +151,10 @@ class Archiver:
             self.stats.archived += len(buffer.records)
         self._buffers.clear()
         self._buffered = 0
-        if self._consumed:
-            self._producer.flush()
-            if not commit_processed(self._consumer, last_offsets(self._consumed), "archive"):
-                self.stats.refused_commits += 1
-            self._consumed.clear()
+        checkpoint.consumed(self._consumed)
+        self._consumed = []
         if self.stats.newest_event_time_ms:
             expired = self.files.expire(hour_of(self.stats.newest_event_time_ms), self.settings.retention_hours)
             self.stats.hours_expired += len(expired)
             for key in [k for k in self._archived_through if k[0] in expired]:
                 del self._archived_through[key]
-
-    def close(self) -> None:
-        """Archive what is buffered, commit, leave the group and release the clients."""
-        self.roll()
-        self._producer.flush(10)
-        self._consumer.close()

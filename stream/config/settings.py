@@ -124,6 +124,10 @@ class KafkaSettings:
         """The consumer group of a pipeline stage (``joiner``, ``updater-member``, ...)."""
         return f"{self.group_prefix}-{stage}"
 
+    def changelog_topic(self, stage: str) -> str:
+        """The compacted changelog of a stateful stage's stores: it belongs to the stage's consumer group."""
+        return f"{self.group_id(stage)}-changelog"
+
 
 @dataclass(frozen=True)
 class CoordinateSettings:
@@ -463,7 +467,12 @@ class Settings:
     refit: RefitSettings = field(default_factory=RefitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state_dir: str = "./state"
+    restore_max_records_per_s: int = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def __post_init__(self) -> None:
+        _check(self.restore_max_records_per_s >= 0, "restore_max_records_per_s",
+               f"must be >= 0 (0: unlimited), got {self.restore_max_records_per_s}")
 
     @property
     def archive_path(self) -> str:

@@ -302,14 +302,19 @@ class JoinBatch:
             elif kind == HELD:
                 self.result.orphans.extend(_decode_held(value))
 
-    def write(self, offsets: Mapping[str, int], extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        """Everything this batch changed, plus ``offsets`` and ``extra`` items (the joiner's outbox), in one WriteBatch."""
-        puts = [(k, v) for k, v in self._overlay.items() if v is not None] + list(extra)
+    def changes(self) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        """Everything this batch changed in the store: (puts, deletes)."""
+        puts = [(k, v) for k, v in self._overlay.items() if v is not None]
         deletes = [k for k, v in self._overlay.items() if v is None]
         puts += [(k, b"") for k in self._new_deadlines]
         deletes += list(self._deleted_deadlines)
         puts += [(_MAX_EVENT_TIME + name.encode(), _TIME.pack(t)) for name, t in self.max_event_time.items()]
         puts.append((_SCAN_FROM, self._scan_from))
+        return puts, deletes
+
+    def write(self, offsets: Mapping[str, int]) -> None:
+        """Everything this batch changed, plus the processed ``offsets``, in one WriteBatch."""
+        puts, deletes = self.changes()
         self._store.commit(puts, deletes, offsets)
 
 

@@ -4,11 +4,14 @@ Both input topics are keyed by member id and co-partitioned, so partition p of e
 lands in the same consumer (range assignment) and shares one RocksDB store of pending
 impressions (:mod:`stream.consumers.join_state`). Per micro-batch: decode both topics in
 batch, dead-letter what is malformed, join, close windows, build and score the finished
-examples, produce them, flush, write the store (join state + processed offsets, one
-WriteBatch), commit. Input at or below a store's processed offset is a replay and is
-skipped, so a restart neither loses pending impressions nor joins twice; a crash between
-the flush and the write can re-emit that batch's examples (at-least-once, without
-Kafka transactions).
+examples, and hand everything to the runtime's Checkpoint: the batch's store changes,
+processed offsets and outgoing examples are logged to the joiner's changelog topic
+(:mod:`stream.state.store_changelog`), then the examples are produced, the input
+offsets committed and the store written. Input at or below a store's processed offset is
+a replay and is skipped; a partition that arrives without its store (another machine)
+or behind it is restored from the changelog, and the outbox (:mod:`stream.consumers.outbox`)
+delivers what a crash left unproduced. So every valid impression becomes exactly one
+example in each examples topic, through kills and rebalances, on any broker.
 
 The joiner follows ``glmix.model.global`` (feature indexes and global coefficients) and
 every coordinate's coefficients topic, so a new version is used from the next batch on,
@@ -21,7 +24,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch, encode_batch
@@ -30,20 +36,20 @@ from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import (IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types,
                                       warm_up_complete)
-from stream.consumers.outbox import OutgoingRecord, already_produced, outbox_entries, pending, wall_ms
+from stream.consumers.outbox import (OutgoingRecord, already_produced, outbox_entries, outbox_size_item, pending,
+                                     previous_outbox_keys, wall_ms)
 from stream.errors import GlmixError
-from stream.kafka.clients import consumer_config, prepare_topics, producer_config
-from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_processed, last_offsets, without_errors
-from stream.metrics.histogram import CumulativeHistogram, batch_seconds_histogram
-from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.kafka.messages import last_offsets
+from stream.metrics.families import MetricFamilies
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
+from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
 from stream.scoring.follower import ModelFollower
-from stream.state.ownership import PartitionStores
-from stream.state.partition_store import open_or_wipe, store_path
+from stream.state.partition_store import PartitionStore
+from stream.state.store_changelog import ChangelogReplay, batch_records, replay
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +66,11 @@ class JoinerStats(StageStats):
     negatives: int = 0
     eager_emissions: int = 0
     orphans: int = 0
-    replayed: int = 0
-    busy_seconds: float = 0.0
+    replayed_events: int = 0
     indexing: ExampleIndexer | None = None
     outbox_recovered: int = 0
+    changelog_batches_restored: int = 0
     join: JoinCounts = field(default_factory=JoinCounts)
-    batch_seconds: CumulativeHistogram = field(default_factory=batch_seconds_histogram)
     progressive: ProgressiveWindow | None = None
 
     @property
@@ -73,19 +78,49 @@ class JoinerStats(StageStats):
         """Examples emitted."""
         return self.positives + self.negatives
 
+    def consumed(self) -> int:
+        """Impressions and interactions consumed (dead-lettered ones included)."""
+        return self.join.impressions + self.join.interactions + self.dead_lettered
 
-class Joiner:
+    def replayed(self) -> int:
+        """Events at or below a partition's processed offsets."""
+        return self.replayed_events
+
+    def add_samples(self, stage: str, families: MetricFamilies) -> None:
+        """Stage samples, plus join outcomes, examples, vocabulary and progressive validation."""
+        super().add_samples(stage, families)
+        families.counter("glmix_examples_emitted", ["positive"], self.positives)
+        families.counter("glmix_examples_emitted", ["negative"], self.negatives)
+        for outcome in self.join.__dataclass_fields__:
+            if outcome not in ("impressions", "interactions"):
+                families.counter("glmix_join_events", [outcome], getattr(self.join, outcome))
+        families.counter("glmix_join_events", ["orphan_interactions"], self.orphans)
+        families.counter("glmix_outbox_recovered", [], self.outbox_recovered)
+        if self.indexing is not None:
+            for coordinate, count in self.indexing.unindexed_features.items():
+                families.counter("glmix_unindexed_features", [coordinate], count)
+            for coordinate, columns in self.indexing.index_columns.items():
+                families.gauge("glmix_feature_index_columns", [coordinate], columns)
+            if self.indexing.index_columns:
+                families.gauge("glmix_feature_index_version", [], self.indexing.index_version)
+        if self.progressive is not None and self.progressive.size:
+            self.progressive.add_samples(families)
+
+
+class Joiner(Stage):
     """Joins impressions with interactions into labeled examples for every coordinate."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None) -> None:
+    name = "joiner"
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.group_id = group_id = settings.kafka.group_id("joiner")
+        self.group_id = settings.kafka.group_id(self.name)
+        self.changelog_topic = settings.kafka.changelog_topic(self.name)
         self.stats = JoinerStats(progressive=ProgressiveWindow(
             list(settings.model.coordinates), get_loss(settings.model.loss), list(settings.joiner.labels),
             segment_by=settings.metrics.segment_by, segment_values=settings.metrics.segment_values))
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
-        self._bootstrap = bootstrap_servers
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
         self._outputs = {
@@ -97,96 +132,115 @@ class Joiner:
         self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
         self._join = ExampleJoin(settings, interaction_types(self._interaction_codec.schema.plain))
         self.stats.indexing = self._join.indexer
-        j = settings.joiner
-        self._producer = Producer(producer_config(kafka, bootstrap_servers))
-        self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "joiner")
-        prepare_topics(settings, bootstrap_servers)  # a consumer may not see a topic created after it subscribed
-        self.models = ModelFollower(settings, bootstrap_servers, group_id)
-        self.models.catch_up()
-        config = consumer_config(kafka, group_id, bootstrap_servers, **statistics_settings(statistics, "joiner"))
-        config["partition.assignment.strategy"] = "range"  # partition p of both topics to one consumer
-        self._consumer = Consumer(config)
-        self._ownership = PartitionStores(self.group_id, self._assign)
-        self._stores = self._ownership.stores
+        self._clients: StageClients | None = None
+        self.models: ModelFollower | None = None
         self._last_delivery: dict[tuple[str, int], float] = {}
-        self._idle_s = j.idle_input_ms / 1000
-        self._unchecked: set[int] = set()
+        self._idle_s = settings.joiner.idle_input_ms / 1000
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
-        self._consumer.subscribe([topics.impressions, topics.interactions], on_assign=self._ownership.on_assign,
-                                 on_revoke=self._ownership.on_revoke, on_lost=self._ownership.on_revoke)
+        self._replays: dict[int, ChangelogReplay] = {}
+        self._compensate: dict[int, list[bytes]] = {}
 
-    @property
-    def assigned_partitions(self) -> list[int]:
-        """Partitions (of both input topics) this joiner owns now."""
-        return self._ownership.partitions
+    def subscription(self) -> list[str]:
+        """Impressions and interactions."""
+        return [self.settings.topics.impressions, self.settings.topics.interactions]
 
-    def state_size_bytes(self) -> int:
-        """Size of the local state of every owned partition (RocksDB's estimate)."""
-        return self._ownership.size_bytes()
+    def consumer_settings(self) -> dict[str, Any]:
+        """Range assignment: partition p of both (co-partitioned) topics to one consumer."""
+        return {"partition.assignment.strategy": "range"}
 
-    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Open the store of each assigned partition number (shared by both input topics)."""
-        for p in sorted({tp.partition for tp in partitions}):
-            if p not in self._stores:
-                path = store_path(self.settings.state_dir, "joiner", self.settings.topics.impressions, p)
-                self._stores[p], _ = open_or_wipe(path)
-                self._unchecked.add(p)
+    def batch_limits(self) -> tuple[int, float]:
+        """``joiner.batch_size`` events or ``joiner.batch_time_ms``."""
+        return self.settings.joiner.batch_size, self.settings.joiner.batch_time_ms / 1000
 
-    def step(self) -> int:
-        """Consume, join, emit, write state and commit one micro-batch; returns the messages it took."""
-        j = self.settings.joiner
+    def state_owner(self) -> str:
+        """Partition stores live under ``<state_dir>/joiner``."""
+        return self.name
+
+    def open(self, clients: StageClients) -> None:
+        """Follow the models (global model and indexes, coefficients) from their topics."""
+        self._clients = clients
+        self.models = ModelFollower(self.settings, clients.bootstrap_servers, self.group_id)
+        self.models.catch_up()
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, partition: int, store: PartitionStore, committed: Mapping[str, int]) -> Iterator[int]:
+        """Replay what the changelog holds beyond ``store`` (all of it on a machine that never had it)."""
+        assert self._clients is not None
+        result = ChangelogReplay()
+        self._replays[partition] = result
+        yield from replay(store, self.settings.kafka, self.changelog_topic, partition,
+                          self._clients.bootstrap_servers, f"{self.group_id}-restore", result,
+                          self.settings.restore_max_records_per_s)
+        if result.trailing_keys:  # a writer died mid-batch: overwrite what it left with the committed values
+            self._compensate[partition] = result.trailing_keys
+        if result.records_read:
+            self.stats.restored_records += result.records_read
+            self.stats.restore_seconds += result.seconds
+            self.stats.changelog_batches_restored += result.batches_applied
+            log.info("joiner: partition %d: %d changelog records read, %d batches applied, %d trailing records of an "
+                     "unfinished batch ignored (%.0f records/s)", partition, result.records_read, result.batches_applied,
+                     len(result.trailing_keys), result.records_per_s)
+
+    def restored(self, partition: int) -> None:
+        """After applying logged batches, produce what the last one's outbox did not deliver."""
+        result = self._replays.pop(partition, None)
+        if result is not None and result.batches_applied:
+            self._recover_outbox(partition)
+
+    def revoked(self, partitions: list[int]) -> None:
+        """Forget held warm-up input and pending compensations of ``partitions``."""
+        gone = set(partitions)
+        self._warm_up_held = [m for m in self._warm_up_held if m.partition() not in gone]
+        for partition in gone:
+            self._compensate.pop(partition, None)
+            self._replays.pop(partition, None)
+
+    # ------------------------------------------------------------------ the batch function
+
+    def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
+        """Join one micro-batch (and close the windows of quiet partitions) into the checkpoint."""
+        assert self.models is not None and self._clients is not None
         self.models.refresh()
-        if self.models.global_model.current is None and not j.bootstrap_model:
-            log.warning("no global model on %s yet and joiner.bootstrap_model is off; waiting", self.settings.topics.model_global)
-            time.sleep(j.batch_time_ms / 1000)
-            return 0
-        messages = self._consumer.consume(j.batch_size, timeout=j.batch_time_ms / 1000)
-        self._ownership.raise_pending()
-        self._recover_outboxes()
         if self.models.global_model.current is None:
-            consumed = len(messages)
             messages = self._warm_up(messages)
             if not messages:
-                return consumed
+                return
         started = time.monotonic()
-        good = without_errors(messages, self.group_id)
-        for m in good:
+        for m in messages:
             self._last_delivery[(m.topic(), m.partition())] = started
-        events = self._decode(good)
-        last = {key: offset for key, offset in last_offsets(good).items() if key[1] in self._stores}
+        events = self._decode(messages)
+        last = last_offsets(messages)
         self._bootstrap_model_if_needed(events)
-        writes = []
-        for partition in list(self._stores):  # quiet partitions too: their windows close once an input is idle
-            items = events.get(partition, [])
-            batch = self._join_partition(partition, items)
-            offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
-            if items or offsets or batch.result.emissions or batch.result.orphans:
-                writes.append((partition, batch, offsets, self._outgoing(batch.result.emissions)))
-        if not messages and not writes:
-            return 0
-        # Effectively-once (stream.consumers.outbox): state, processed offsets and outgoing records in one
-        # WriteBatch, then produce, flush, empty the outbox, commit.
         written_ms = wall_ms()
-        outboxes = []
-        for partition, batch, offsets, records in writes:
-            entries = outbox_entries(records, written_ms)
-            batch.write(offsets, entries)
-            outboxes.append((partition, [key for key, _ in entries]))
-        for _, _, _, records in writes:
-            self._produce(records)
-        self._producer.flush()
-        for partition, keys in outboxes:
-            if keys:
-                self._stores[partition].commit([], keys)
-        if not commit_processed(self._consumer, last, self.group_id):
-            self.stats.refused_commits += 1
-        self.stats.batches += 1
-        self.stats.dead_lettered = self._dead_letters.total
-        elapsed = time.monotonic() - started
-        self.stats.busy_seconds += elapsed
-        self.stats.batch_seconds.observe(elapsed)
-        return len(messages)
+        stores = self._clients.stores
+        for partition in sorted(stores):  # quiet partitions too: their windows close once an input is idle
+            items = events.get(partition, [])
+            store = stores[partition]
+            batch = self._join_partition(store, partition, items)
+            offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
+            if items or offsets or batch.result.emissions or batch.result.orphans or partition in self._compensate:
+                self._checkpoint_partition(checkpoint, store, partition, batch, offsets, written_ms)
+        checkpoint.consumed(messages)
+
+    def _checkpoint_partition(self, checkpoint: Checkpoint, store: PartitionStore, partition: int, batch: JoinBatch,
+                              offsets: dict[str, int], written_ms: int) -> None:
+        """Log the partition's changes with its outbox, produce its examples, write its store (in the checkpoint's order)."""
+        records = self._outgoing(batch.result.emissions)
+        puts, deletes = batch.changes()
+        deletes += previous_outbox_keys(store)
+        puts.append(outbox_size_item(len(records)))
+        changed = {key for key, _ in puts} | set(deletes)
+        compensation = [key for key in self._compensate.pop(partition, []) if key not in changed]
+        values = store.get_many(compensation)
+        log_puts = puts + outbox_entries(records, written_ms) + [(k, v) for k, v in zip(compensation, values) if v is not None]
+        log_deletes = deletes + [k for k, v in zip(compensation, values) if v is None]
+        logged = checkpoint.log(self.changelog_topic, partition,
+                                batch_records(log_puts, log_deletes, offsets))
+        for record in records:
+            checkpoint.produce(record.topic, record.key, record.value)
+        checkpoint.write(store, puts, deletes, offsets, logged=logged)
 
     def _decode(self, good: list) -> dict[int, list[JoinInput]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
@@ -201,11 +255,11 @@ class Joiner:
             problem = impression_problem if kind == IMPRESSION else interaction_problem
             result = decode_batch(codec, batch)
             for message, error in result.failures:
-                self._dead_letters.send(message, str(error))
+                self._clients.dead_letters.send(message, str(error))
             for record, message in zip(result.records, result.messages):
                 reason = problem(record)
                 if reason is not None:
-                    self._dead_letters.send(message, reason)
+                    self._clients.dead_letters.send(message, reason)
                 else:
                     decoded[id(message)] = JoinInput(kind, record, message.offset(), message.value(), message.key() or b"")
         events: dict[int, list[JoinInput]] = {}
@@ -227,6 +281,11 @@ class Joiner:
         if messages and self._warm_up_since is None:
             self._warm_up_since = time.monotonic()
         self._warm_up_held.extend(messages)
+        if not j.bootstrap_model:
+            if messages:
+                log.warning("no global model on %s yet and joiner.bootstrap_model is off: holding %d events until one "
+                            "is published", self.settings.topics.model_global, len(self._warm_up_held))
+            return []
         impressions = sum(1 for m in self._warm_up_held if m.topic() == self.settings.topics.impressions)
         waited_ms = 0.0 if self._warm_up_since is None else 1000 * (time.monotonic() - self._warm_up_since)
         if not warm_up_complete(impressions, waited_ms, j):
@@ -234,9 +293,10 @@ class Joiner:
         held, self._warm_up_held, self._warm_up_since = self._warm_up_held, [], None
         seen: set[tuple[str, int, int]] = set()
         kept = []
+        assert self._clients is not None
         for m in held:
             key = (m.topic(), m.partition(), m.offset())
-            if key not in seen and m.partition() in self._stores:
+            if key not in seen and m.partition() in self._clients.stores:
                 seen.add(key)
                 kept.append(m)
         return kept
@@ -253,9 +313,11 @@ class Joiner:
         if not impressions:
             return
         record = initial_global_model_record(impressions, self.settings.model)
-        self._producer.produce(self.settings.topics.model_global, key=record["model_name"].encode(),
-                               value=self._global_model_codec.encode(record))
-        self._producer.flush()
+        assert self._clients is not None and self.models is not None
+        producer = self._clients.producer
+        producer.produce(self.settings.topics.model_global, key=record["model_name"].encode(),
+                         value=self._global_model_codec.encode(record))
+        producer.flush()
         deadline = time.monotonic() + 30
         while self.models.global_model.current is None:
             if time.monotonic() > deadline:
@@ -266,16 +328,16 @@ class Joiner:
                     "using version %d with %d global features", len(impressions), self.models.global_model.current.version,
                     self.models.global_model.current.global_index.dim)
 
-    def _join_partition(self, partition: int, items: list[JoinInput]) -> JoinBatch:
-        store = self._stores[partition]
+    def _join_partition(self, store: PartitionStore, partition: int, items: list[JoinInput]) -> JoinBatch:
+        assert self._clients is not None and self.models is not None
         topics = self.settings.topics
         done = {IMPRESSION: store.processed_offset(topics.impressions),
                 INTERACTION: store.processed_offset(topics.interactions)}
         fresh = [e for e in items if e.offset > done[e.kind]]
-        self.stats.replayed += len(items) - len(fresh)
+        self.stats.replayed_events += len(items) - len(fresh)
         batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(partition))
         for orphan in batch.result.orphans:
-            self._dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
+            self._clients.dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
                                         "orphan interaction: no impression known for it (none arrived within "
                                         "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)")
         self.stats.orphans += len(batch.result.orphans)
@@ -295,8 +357,10 @@ class Joiner:
         if not quiet:
             return frozenset()
         idle = set()
-        for tp in self._consumer.position([TopicPartition(t, partition) for t in quiet]):
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        assert self._clients is not None
+        consumer = self._clients.consumer
+        for tp in consumer.position([TopicPartition(t, partition) for t in quiet]):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= high:
                 idle.add(names[tp.topic])
         return frozenset(idle)
@@ -318,35 +382,26 @@ class Joiner:
         self.stats.eager_emissions += sum(1 for e in emissions if e.eager)
         return records
 
-    def _produce(self, records: list[OutgoingRecord]) -> None:
-        for record in records:
-            self._producer.produce(record.topic, key=record.key, value=record.value)
-        self._producer.poll(0)
-
-    def _recover_outboxes(self) -> None:
-        """Produce what a crash left unproduced in the outbox of each newly opened store (see stream.consumers.outbox)."""
-        while self._unchecked:
-            partition = self._unchecked.pop()
-            store = self._stores.get(partition)
-            if store is None:
-                continue
-            keys, records, written_ms = pending(store)
-            if not records:
-                continue
-            found = already_produced(self.settings, self._bootstrap, self._output_codecs, records, written_ms,
-                                     client_id=f"{self.group_id}-outbox")
-            missing = [r for r in records if (r.topic, r.example_id) not in found]
-            self._produce(missing)
-            self._producer.flush()
-            store.commit([], keys)
-            self.stats.outbox_recovered += len(missing)
-            log.warning("joiner: partition %d: a crash left %d outgoing records; %d had not reached their topic and "
-                        "were produced now", partition, len(records), len(missing))
+    def _recover_outbox(self, partition: int) -> None:
+        """Produce what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""
+        assert self._clients is not None
+        store = self._clients.stores.get(partition) or None
+        if store is None:
+            return
+        _, records, written_ms = pending(store)
+        if not records:
+            return
+        found = already_produced(self.settings, self._clients.bootstrap_servers, self._output_codecs, records, written_ms,
+                                 client_id=f"{self.group_id}-outbox")
+        missing = [r for r in records if (r.topic, r.example_id) not in found]
+        for record in missing:
+            self._clients.producer.produce(record.topic, key=record.key, value=record.value)
+        self._clients.producer.flush()
+        self.stats.outbox_recovered += len(missing)
+        log.warning("joiner: partition %d: the last logged batch had %d outgoing records; %d had not reached their topic "
+                    "and were produced now", partition, len(records), len(missing))
 
     def close(self) -> None:
-        """Flush, leave the group, close stores and readers."""
-        self._producer.flush(10)
-        self._consumer.close()
-        self._ownership.close()
-        self.models.close()
-
+        """Stop following the models."""
+        if self.models is not None:
+            self.models.close()

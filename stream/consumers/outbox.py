@@ -1,15 +1,17 @@
-"""The joiner's outbox: emitted examples written with the join state before they are produced (effectively-once).
+"""The joiner's outbox: a batch's outgoing examples, logged with its join state before they are produced.
 
 Without Kafka transactions, a joiner that crashed after producing a batch's examples
-but before writing its state would join that input again and emit the examples twice,
-with new offsets that no downstream offset stamp recognizes. So the joiner writes each
-batch's outgoing records into its partition store, in the same WriteBatch as the join
-state and the processed input offsets, *before* producing them; deletes them once the
-producer has flushed; and, when it finds an outbox left by a crash, reads what its
-output topics received since the outbox was written and produces only the records that
-are missing. Input is never joined twice (the processed offsets are in the same
-WriteBatch) and no record is produced twice, so every example reaches each examples
-topic exactly once — on any broker, the mock cluster included.
+but before its state was safe would join that input again and emit the examples twice,
+with new offsets that no downstream offset stamp recognizes. So each batch's outgoing
+records go into its changelog batch (:mod:`stream.state.store_changelog`), with the join
+state and the processed input offsets, *before* they are produced. A restore that
+applies logged batches (the local store was behind, or absent: another machine) may have
+applied a batch whose records were not all delivered; it reads what the output topics
+received since the outbox was written and produces only the records that are missing.
+Input is never joined twice (its processed offsets are in the same logged batch) and no
+record is produced twice, so every example reaches each examples topic exactly once —
+on any broker, the mock cluster included. The local store does not keep the outbox:
+it is written after the records were delivered.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _PREFIX = b"\x00outbox:"
 _END = b"\x00outbox;"
+_SIZE_KEY = b"\x00outbox-size"
+_SIZE = struct.Struct("<I")
 _HEADER = struct.Struct("<qHII")  # written ms, topic, key and value lengths
 _SLACK_MS = 5_000  # producer timestamps are taken after the outbox write; a little earlier is safe
 
@@ -51,6 +55,18 @@ def outbox_entries(records: Sequence[OutgoingRecord], written_ms: int) -> list[t
         value = _HEADER.pack(written_ms, len(topic), len(r.key), len(r.value)) + topic + r.key + r.value + example_id
         entries.append((_PREFIX + struct.pack(">I", n), value))
     return entries
+
+
+def outbox_size_item(size: int) -> tuple[bytes, bytes]:
+    """The store item that remembers how many outbox entries the last logged batch had."""
+    return _SIZE_KEY, _SIZE.pack(size)
+
+
+def previous_outbox_keys(store: PartitionStore) -> list[bytes]:
+    """The outbox keys the last logged batch wrote (the next batch deletes them)."""
+    raw = store.get_many([_SIZE_KEY])[0]
+    size = 0 if raw is None else _SIZE.unpack(raw)[0]
+    return [_PREFIX + struct.pack(">I", n) for n in range(size)]
 
 
 def pending(store: PartitionStore) -> tuple[list[bytes], list[OutgoingRecord], int]:

@@ -140,7 +140,7 @@ def prepare_topics(settings: Settings, bootstrap_servers: str = "", timeout_s: f
     Consumers that subscribe to a topic that does not exist yet may wait a metadata refresh
     interval before they see it, so stages make sure their topics exist before they start.
     """
-    wanted = all_topics(settings.topics, settings.model.coordinates)
+    wanted = {**all_topics(settings.topics, settings.model.coordinates), settings.kafka.changelog_topic("joiner"): True}
     config = admin_config(settings.kafka, bootstrap_servers)
     admin = AdminClient(config)
     try:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from stream.metrics.families import MetricFamilies
 from stream.evaluation.progressive import segment_value, top_segments, variant_margins, variant_names
 from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
@@ -91,3 +92,17 @@ class ProgressiveWindow:
         p = self.loss.mean(m)
         grouped = top_segments(segments, self.segment_values)
         return {value: observed_expected(y[grouped == value], p[grouped == value]) for value in set(grouped.tolist())}
+
+    def add_samples(self, families: MetricFamilies) -> None:
+        """The window's size, AUC, log loss and observed/expected per variant (and per segment) as gauges."""
+        families.gauge("glmix_progressive_examples", [], self.size)
+        for variant, quality in self.quality().items():
+            for key, value in quality.items():
+                if key == "auc":
+                    families.gauge("glmix_progressive_auc", [variant], value)
+                elif key == "log_loss":
+                    families.gauge("glmix_progressive_log_loss", [variant], value)
+                else:
+                    families.gauge("glmix_progressive_observed_expected", [variant, key.partition(":")[2] or "all"], value)
+        for segment, value in self.observed_expected_by_segment().items():
+            families.gauge("glmix_progressive_observed_expected_by_segment", [self.segment_by, segment], value)

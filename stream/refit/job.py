@@ -35,6 +35,7 @@ from stream.consumers.example_builder import add_scores
 from stream.errors import GlmixError
 from stream.kafka.clients import prepare_topics, producer_config
 from stream.kafka.topic_reader import TopicReader
+from stream.metrics.families import MetricFamilies
 from stream.model.export import global_model_record, photon_key
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_blocks
 from stream.model.losses import get_loss
@@ -90,6 +91,17 @@ class RefitStats:
     last_seconds: float = 0.0
     admitted_features: Counter[str] = field(default_factory=Counter)
     dropped_features: Counter[str] = field(default_factory=Counter)
+
+    def add_samples(self, stage: str, families: MetricFamilies) -> None:
+        """Runs by outcome, the last duration, and the vocabulary admitted and dropped."""
+        for status, count in (("published", self.published), ("refused", self.refused), ("unchanged", self.unchanged),
+                              ("skipped", self.skipped)):
+            families.counter("glmix_refit_runs", [status], count)
+        families.gauge("glmix_refit_last_duration_seconds", [], self.last_seconds)
+        for coordinate, count in self.admitted_features.items():
+            families.counter("glmix_vocabulary_admitted_features", [coordinate], count)
+        for coordinate, count in self.dropped_features.items():
+            families.counter("glmix_vocabulary_dropped_features", [coordinate], count)
 
 
 @dataclass

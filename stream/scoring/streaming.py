@@ -13,15 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Message
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch, encode_batch
 from stream.config import Settings
-from stream.kafka.clients import consumer_config, prepare_topics, producer_config
-from stream.kafka.dead_letter import DeadLetters
-from stream.kafka.messages import commit_processed, last_offsets, without_errors
-from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.metrics.families import MetricFamilies
+from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
 from stream.scoring.follower import ModelFollower
 from stream.scoring.requests import InvalidRequest, parse_score_request
@@ -34,41 +33,60 @@ class StreamingScorerStats(StageStats):
 
     requests: int = 0
     responses: int = 0
-    dead_lettered: int = 0
+
+    def consumed(self) -> int:
+        """Requests consumed."""
+        return self.requests
+
+    def add_samples(self, stage: str, families: MetricFamilies) -> None:
+        """Stage samples, plus responses written."""
+        super().add_samples(stage, families)
+        families.counter("glmix_stream_scoring_responses", [], self.responses)
 
 
-class StreamingScorer:
+class StreamingScorer(Stage):
     """Answers score requests arriving on ``topics.score_requests`` on ``topics.score_results``."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", batch_size: int = 500,
-                 batch_time_ms: int = 50, statistics: KafkaStatistics | None = None) -> None:
+    name = "stream-scorer"
+
+    def __init__(self, settings: Settings, batch_size: int = 500, batch_time_ms: int = 50) -> None:
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self.settings = settings
+        self.group_id = kafka.group_id(self.name)
         self.stats = StreamingScorerStats()
         self._batch_size, self._batch_time_s = batch_size, batch_time_ms / 1000
         self._requests_codec = make_codec("ScoreRequest", topics.score_requests, registry, registry_settings)
         self._responses_codec = make_codec("ScoreResponse", topics.score_results, registry, registry_settings)
-        self._producer = Producer(producer_config(kafka, bootstrap_servers))
-        self._dead_letters = DeadLetters(self._producer, topics.dead_letter, "stream-scorer")
-        prepare_topics(settings, bootstrap_servers)
-        self.models = ModelFollower(settings, bootstrap_servers, kafka.group_id("stream-scorer"))
-        self.models.catch_up()
-        self.scorer = Scorer.following(settings.model, self.models)
-        self._consumer = Consumer(consumer_config(kafka, kafka.group_id("stream-scorer"), bootstrap_servers,
-                                                  **statistics_settings(statistics, "stream-scorer")))
-        self._consumer.subscribe([topics.score_requests])
+        self._clients: StageClients | None = None
+        self.models: ModelFollower | None = None
+        self.scorer: Scorer | None = None
 
-    def step(self) -> int:
-        """Answer one micro-batch of requests; returns the messages it took."""
+    def subscription(self) -> list[str]:
+        """The score requests."""
+        return [self.settings.topics.score_requests]
+
+    def batch_limits(self) -> tuple[int, float]:
+        """Requests per batch, and the wait for them."""
+        return self._batch_size, self._batch_time_s
+
+    def open(self, clients: StageClients) -> None:
+        """Follow the models from their topics."""
+        self._clients = clients
+        self.models = ModelFollower(self.settings, clients.bootstrap_servers, self.group_id)
+        self.models.catch_up()
+        self.scorer = Scorer.following(self.settings.model, self.models)
+
+    def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
+        """Answer one micro-batch of requests into the checkpoint."""
+        assert self.models is not None and self.scorer is not None and self._clients is not None
         self.models.refresh()
-        messages = self._consumer.consume(self._batch_size, timeout=self._batch_time_s)
-        good = without_errors(messages, "stream scorer")
-        if not good:
-            return len(messages)
-        decoded = decode_batch(self._requests_codec, good)
+        if not messages:
+            return
+        dead_letters = self._clients.dead_letters
+        decoded = decode_batch(self._requests_codec, messages)
         for message, error in decoded.failures:
-            self._dead_letters.send(message, error.reason)
+            dead_letters.send(message, error.reason)
         responses, keys = [], []
         now = int(time.time() * 1000)
         for record, message in zip(decoded.records, decoded.messages):
@@ -77,11 +95,8 @@ class StreamingScorer:
                                               self.settings.serving)
                 scored = self.scorer.score(request.member_id, request.member_features, request.candidates,
                                            request.context, request.top_k or len(request.candidates))
-            except InvalidRequest as exc:
-                self._dead_letters.send(message, str(exc))
-                continue
-            except ModelNotReadyError as exc:
-                self._dead_letters.send(message, str(exc))
+            except (InvalidRequest, ModelNotReadyError) as exc:
+                dead_letters.send(message, str(exc))
                 continue
             responses.append({"request_id": record["request_id"], "member_id": request.member_id, "scored_time": now,
                               "results": [{"request_id": record["request_id"], "member_id": request.member_id,
@@ -91,17 +106,12 @@ class StreamingScorer:
             keys.append(record["request_id"].encode())
         topic = self.settings.topics.score_results
         for key, value in zip(keys, encode_batch(self._responses_codec, responses)):
-            self._producer.produce(topic, key=key, value=value)
-        self._producer.flush()
-        if not commit_processed(self._consumer, last_offsets(good), "stream-scorer"):
-            self.stats.refused_commits += 1
-        self.stats.requests += len(good)
+            checkpoint.produce(topic, key, value)
+        checkpoint.consumed(messages)
+        self.stats.requests += len(messages)
         self.stats.responses += len(responses)
-        self.stats.dead_lettered = self._dead_letters.total
-        return len(messages)
 
     def close(self) -> None:
-        """Flush, leave the group, close the model readers."""
-        self._producer.flush(10)
-        self._consumer.close()
-        self.models.close()
+        """Stop following the models."""
+        if self.models is not None:
+            self.models.close()

@@ -39,6 +39,11 @@ def _options() -> Options:
     return options
 
 
+def offset_items(offsets: Mapping[str, int]) -> list[tuple[bytes, bytes]]:
+    """The store items that record processed ``offsets`` by input (what a changelog carries for them)."""
+    return [(_META_OFFSET + source.encode(), _OFFSET.pack(offset)) for source, offset in offsets.items()]
+
+
 def store_path(state_dir: str | Path, owner: str, topic: str, partition: int) -> Path:
     """Where the store of (``owner``, ``topic``, ``partition``) lives under the state dir."""
     return Path(state_dir) / owner / f"{topic}-{partition}"
@@ -79,8 +84,20 @@ class PartitionStore:
             batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
-        for source, offset in (offsets or {}).items():
-            batch.put(_META_OFFSET + source.encode(), _OFFSET.pack(offset))
+        for key, value in offset_items(offsets or {}):
+            batch.put(key, value)
+        self._db.write(batch)
+
+    def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offsets: Mapping[str, int] | None = None) -> None:
+        """Write ``changes`` in their order (a None value deletes the key) and ``offsets``: one WriteBatch."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for key, value in offset_items(offsets or {}):
+            batch.put(key, value)
         self._db.write(batch)
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:

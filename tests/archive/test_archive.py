@@ -14,6 +14,7 @@ from stream.archive.files import HOUR_MS, ArchiveFiles, hour_dir
 from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import producer_config
+from stream.runtime.runner import StageRunner
 
 START = 1_767_225_600_000  # 2026-01-01T00:00Z
 
@@ -64,14 +65,14 @@ def test_every_example_is_archived_once_even_when_the_commit_is_lost(kafka_boots
     producer.produce(topic, key=b"m0", value=b"not avro")
     producer.flush()
 
-    def run_until_consumed(archiver: Archiver, timeout_s: float = 60.0) -> None:
+    def run_until_consumed(archiver: StageRunner, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while archiver.stats.archived + archiver.stats.skipped_replays + archiver._buffered < len(sent):
+        while archiver.stats.archived + archiver.stats.skipped_replays + archiver.stage._buffered < len(sent):
             assert time.monotonic() < deadline, f"archiver saw {archiver.stats} of {len(sent)} examples"
             archiver.step()
         archiver.close()
 
-    first = Archiver(settings)
+    first = StageRunner(Archiver(settings), settings)
     run_until_consumed(first)
     files = ArchiveFiles(settings.archive_path)
     archived = [e for h in files.hours() for f in files.files(h) for e in files.read(f)]
@@ -81,7 +82,8 @@ def test_every_example_is_archived_once_even_when_the_commit_is_lost(kafka_boots
     assert first.stats.dead_lettered == 1 and first.stats.files_written > 3
 
     # A crash after the files were written but before the commit: a group with no commits reads from offset 0.
-    second = Archiver(dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_prefix=f"{unique_name}-2")))
+    second_settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_prefix=f"{unique_name}-2"))
+    second = StageRunner(Archiver(second_settings), second_settings)
     run_until_consumed(second)
     again = [e for h in files.hours() for f in files.files(h) for e in files.read(f)]
     assert len(again) == len(sent)

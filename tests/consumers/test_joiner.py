@@ -12,9 +12,11 @@ from confluent_kafka import Producer
 from stream.codec import make_codec
 from stream.config import load_settings
 from stream.consumers.joiner import Joiner
-from stream.kafka import producer_config
+from stream.kafka import prepare_topics, producer_config
 from stream.model.export import initial_global_model_record
-from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.runtime.runner import StageRunner
+from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
+from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -43,7 +45,7 @@ def test_new_global_and_entity_models_are_used_from_the_next_batch(kafka_bootstr
     global_codec = make_codec("GlobalModel", topics.model_global)
     producer.produce(topics.model_global, key=b"glmix", value=global_codec.encode(record))
     producer.flush()
-    joiner = Joiner(settings)
+    joiner = StageRunner(Joiner(settings), settings)
     impression_codec, interaction_codec = make_codec("Impression", topics.impressions), make_codec("Interaction", topics.interactions)
 
     def show_and_click(impression: dict) -> None:
@@ -110,17 +112,17 @@ def test_without_a_model_the_joiner_indexes_a_warm_up_of_impressions_not_its_fir
                 "event_time": imp["event_time"] + 1}))
         producer.flush()
 
-    joiner = Joiner(settings)
+    joiner = StageRunner(Joiner(settings), settings)
     caplog.set_level("WARNING", logger="stream.consumers.joiner")
     try:
         produce(labeled[:100])
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:  # many micro-batches of 25, all held: 100 < 120 impressions
             joiner.step()
-        assert joiner.models.global_model.current is None and joiner.stats.examples == 0
+        assert joiner.stage.models.global_model.current is None and joiner.stats.examples == 0
         produce(labeled[100:])
         _step_until(joiner, len(labeled))
-        model = joiner.models.global_model.current
+        model = joiner.stage.models.global_model.current
     finally:
         joiner.close()
     assert model.version == 1 and joiner.stats.examples == len(labeled) == 160
@@ -131,10 +133,16 @@ def test_without_a_model_the_joiner_indexes_a_warm_up_of_impressions_not_its_fir
     assert len(first_batch["features"]) < model.global_index.dim
 
 
-def test_an_outbox_left_by_a_crash_is_completed_without_producing_anything_twice(kafka_bootstrap, tmp_path, unique_name):
-    """The crash the outbox is for: state and outgoing records written, some records produced, then SIGKILL."""
-    from stream.consumers.outbox import OutgoingRecord, outbox_entries, pending, wall_ms
-    from stream.state.partition_store import open_or_wipe, store_path
+def test_a_logged_batch_whose_examples_were_half_delivered_is_completed_on_another_machine(kafka_bootstrap, tmp_path,
+                                                                                          unique_name):
+    """The crash the outbox is for: a batch logged to the changelog, some of its examples produced, then SIGKILL.
+
+    The partition then arrives at a process with an empty state directory (another
+    machine): it restores the batch from the changelog, produces exactly the missing
+    examples, and keeps the batch's processed offsets and pending impressions.
+    """
+    from stream.consumers.outbox import OutgoingRecord, outbox_entries, outbox_size_item, pending, wall_ms
+    from stream.state.store_changelog import batch_records
 
     settings = load_settings(overrides={
         "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
@@ -156,26 +164,74 @@ def test_an_outbox_left_by_a_crash_is_completed_without_producing_anything_twice
     codec = make_codec("LabeledExample", "any")
     outgoing = [OutgoingRecord(topic, e["member_id"].encode(), codec.encode(e), e["example_id"])
                 for topic in (topics.examples_by_member, topics.examples_by_job) for e in examples]
+    pending_key, pending_value = b"p" + b"imp-still-waiting", b"a pending impression"
+    logged = batch_records([*outbox_entries(outgoing, wall_ms()), outbox_size_item(len(outgoing)),
+                            (pending_key, pending_value)], [], {topics.impressions: 41})
+    changelog = settings.kafka.changelog_topic("joiner")
+    prepare_topics(settings)
+    for key, value in logged:
+        producer.produce(changelog, key=key, value=value, partition=0)
     delivered = outgoing[:4] + outgoing[len(examples):len(examples) + 1]  # what reached the broker before the crash
     for r in delivered:
         producer.produce(r.topic, key=r.key, value=r.value)
     producer.flush(10)
-    stores = [open_or_wipe(store_path(tmp_path, "joiner", topics.impressions, p))[0] for p in range(4)]
-    stores[0].commit(outbox_entries(outgoing, wall_ms()))
-    for store in stores:
-        store.close()
 
-    joiner = Joiner(settings)
+    joiner = StageRunner(Joiner(settings), settings)
     try:
         deadline = time.monotonic() + 60
-        while joiner.stats.outbox_recovered < len(outgoing) - len(delivered):
+        while 0 not in joiner.assignment.stores or joiner.stats.outbox_recovered < len(outgoing) - len(delivered):
             assert time.monotonic() < deadline, f"recovered {joiner.stats.outbox_recovered}"
             joiner.step()
-        store = joiner._stores[0]
-        assert pending(store)[1] == []
+        store = joiner.assignment.stores[0]
+        assert store.processed_offset(topics.impressions) == 41
+        assert store.get_many([pending_key]) == [pending_value]
+        assert joiner.stats.changelog_batches_restored == 1
     finally:
         joiner.close()
     assert joiner.stats.outbox_recovered == len(outgoing) - len(delivered) == 7
     for topic in (topics.examples_by_member, topics.examples_by_job):
         ids = [codec.decode(m.value())["example_id"] for m in read_topic(kafka_bootstrap, topic)]
         assert sorted(ids) == sorted(e["example_id"] for e in examples)
+
+
+def test_records_of_an_unfinished_batch_are_ignored_and_overwritten(kafka_bootstrap, tmp_path, unique_name):
+    """A writer killed in the middle of logging a batch: a restore applies nothing of it, and the next batch
+    overwrites its keys with the committed values, so compaction cannot resurrect them."""
+    from stream.state.store_changelog import batch_records
+
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "topics.impressions": f"imp-{unique_name}", "topics.interactions": f"int-{unique_name}",
+        "topics.examples_by_member": f"exm-{unique_name}", "topics.examples_by_job": f"exj-{unique_name}",
+        "topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
+        "joiner.bootstrap_impressions": "1",
+    })
+    topics = settings.topics
+    producer = Producer(producer_config(settings.kafka))
+    changelog = settings.kafka.changelog_topic("joiner")
+    prepare_topics(settings)
+    committed = batch_records([(b"kept", b"committed value")], [], {topics.impressions: 9})
+    unfinished = batch_records([(b"kept", b"uncommitted value"), (b"new", b"uncommitted")], [], {topics.impressions: 20})
+    for key, value in [*committed, *unfinished[:-2]]:  # no offsets, no marker: the writer died here
+        producer.produce(changelog, key=key, value=value, partition=0)
+    producer.flush(10)
+
+    world = World(WorldSpec(seed=4, members=5, jobs=5, requests=3, items_per_request=2))
+    produce_to_kafka(list(event_stream(world, labeled_impressions(world))), producer, *event_topics_and_codecs(settings))
+    producer.flush(10)
+    joiner = StageRunner(Joiner(settings), settings)
+    try:
+        deadline = time.monotonic() + 60
+        while 0 not in joiner.assignment.stores or joiner.stats.batches == 0:
+            assert time.monotonic() < deadline
+            joiner.step()
+        for _ in range(3):  # the first batch with partition 0 ready logs its compensation
+            joiner.step()
+        store = joiner.assignment.stores[0]
+        assert store.get_many([b"kept", b"new"]) == [b"committed value", None]
+    finally:
+        joiner.close()
+    log = [(m.key(), m.value()) for m in read_topic(kafka_bootstrap, changelog) if m.partition() == 0]
+    last_kept = [v for k, v in log if k == b"kept"][-1]
+    last_new = [v for k, v in log if k == b"new"][-1]
+    assert (last_kept, last_new) == (b"committed value", None)

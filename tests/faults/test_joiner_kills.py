@@ -8,6 +8,7 @@ restarts. A default run kills it a few times; ``--run-slow`` kills it 20 times.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -55,7 +57,7 @@ def _counts(bootstrap: str, settings: Settings) -> dict[str, Counter]:
 def _reference(bootstrap: str, inputs: dict[str, str], state_dir: Path, prefix: str, records: int) -> dict[str, Counter]:
     """What one uninterrupted joiner emits over the same input topics (its own group, state and outputs)."""
     settings = load_settings(overrides={**_overrides(prefix, state_dir), **inputs})
-    joiner = Joiner(settings, bootstrap)
+    joiner = StageRunner(Joiner(settings), settings, bootstrap)
     try:
         read = lambda: joiner.stats.join.impressions + joiner.stats.join.interactions + joiner.stats.dead_lettered  # noqa: E731
         deadline = time.monotonic() + 120
@@ -176,3 +178,88 @@ def test_a_joiner_killed_at_random_emits_every_example_exactly_once(kafka_broker
         assert lost == 0 and twice == 0 and extra == 0
     recovered = log.read_text().count("outgoing records")
     print(f"outboxes a kill left behind and recovery completed: {recovered}")
+
+
+@pytest.mark.parametrize(("kills", "requests"), [pytest.param(4, 2_000, id="4-kills"),
+                                                 pytest.param(20, 8_000, id="20-kills", marks=pytest.mark.slow)])
+def test_joiners_on_separate_machines_killed_at_random_emit_every_example_exactly_once(
+        kafka_broker, kafka_bootstrap, tmp_path, unique_name, kills, requests):
+    """Three joiner processes in one group, each with its own state directory (as on separate machines).
+
+    One is SIGKILLed at a random moment and restarted after each chunk of input, sometimes
+    with its state directory deleted, so partitions keep moving to processes that lack
+    their pending impressions: those come from the changelog. No process may end on its own.
+    """
+    if kafka_broker.kind == "mock":
+        pytest.skip("process-level fault tests run on a broker process, not on the mock in this test process")
+    processes = 3
+    settings = load_settings(overrides={**_overrides(unique_name, tmp_path / "state-0"),
+                                        "kafka.bootstrap_servers": kafka_bootstrap})
+    world = World(WorldSpec(seed=22, members=60, jobs=40, requests=requests, attribution_window_ms=WINDOW_MS,
+                            mean_request_gap_ms=200, malformed_rate=0.02))
+    labeled = labeled_impressions(world)
+    producer = Producer(producer_config(settings.kafka))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    events = list(event_stream(world, labeled))
+    bounds = [len(events) * i // (kills + 1) for i in range(kills + 2)]
+    chunks = [events[a:b] for a, b in zip(bounds, bounds[1:])]
+    topics, codecs = event_topics_and_codecs(settings)
+
+    started = time.monotonic()
+    rng = random.Random(unique_name)
+    log = tmp_path / "joiners.log"
+    running: dict[int, subprocess.Popen] = {}
+    wipes = 0
+    for chunk in chunks[:-1]:
+        produce_to_kafka(chunk, producer, topics, codecs)
+        producer.flush(30)
+        for slot in range(processes):
+            if slot not in running:
+                running[slot] = _run_joiner(kafka_bootstrap, _overrides(unique_name, tmp_path / f"state-{slot}"), log)
+        time.sleep(rng.uniform(2.0, 6.0))
+        victim = rng.randrange(processes)
+        assert running[victim].poll() is None, f"joiner {victim} ended on its own:\n{log.read_text()[-3000:]}"
+        running.pop(victim).send_signal(signal.SIGKILL)
+        if rng.random() < 0.4:  # restarted as if on a new machine
+            shutil.rmtree(tmp_path / f"state-{victim}", ignore_errors=True)
+            wipes += 1
+    produce_to_kafka(chunks[-1], producer, topics, codecs)
+    producer.flush(30)
+    for slot in range(processes):
+        if slot not in running:
+            running[slot] = _run_joiner(kafka_bootstrap, _overrides(unique_name, tmp_path / f"state-{slot}"), log)
+    reference = _reference(kafka_bootstrap, {"topics.impressions": settings.topics.impressions,
+                                             "topics.interactions": settings.topics.interactions,
+                                             "topics.model_global": settings.topics.model_global},
+                           tmp_path / "reference", f"{unique_name}-ref", len(events))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            got = _counts(kafka_bootstrap, settings)
+            if all(sum(got[t].values()) >= sum(reference[r].values())
+                   for t, r in zip(got, reference)) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        time.sleep(3)  # anything still in flight would show up as a duplicate
+        got = _counts(kafka_bootstrap, settings)
+        alive = {slot: p.poll() is None for slot, p in running.items()}
+    finally:
+        for process in running.values():
+            process.send_signal(signal.SIGTERM)
+        for process in running.values():
+            process.wait(30)
+    text = log.read_text()
+    assert all(alive.values()) and "Traceback" not in text, text[-3000:]
+    seconds = time.monotonic() - started
+    for (topic, counts), expected in zip(got.items(), reference.values()):
+        twice = sum(1 for n in counts.values() if n > 1)
+        lost = len(set(expected) - set(counts))
+        extra = len(set(counts) - set(expected))
+        print(f"\n{topic}: {kills} kills, {wipes} state wipes, {processes} processes, {len(expected)} examples expected; "
+              f"lost {lost}, twice {twice}, unexpected {extra}; {seconds:.0f} s")
+        assert lost == 0 and twice == 0 and extra == 0
+    print(f"changelog restores: {text.count('changelog records read')}; outboxes completed: "
+          f"{text.count('had not reached their topic')}; commits refused by rebalances: "
+          f"{text.count('refused by a rebalance')}")

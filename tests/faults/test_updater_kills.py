@@ -31,6 +31,7 @@ from stream.scoring.tables import GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from stream.updaters.updater import CoordinateUpdater
+from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -120,7 +121,7 @@ def test_updaters_killed_at_random_end_with_the_uninterrupted_coefficients(kafka
 
     reference_settings = load_settings(overrides={**_overrides(f"{unique_name}-ref", tmp_path / "reference",
                                                                examples_topic), "kafka.bootstrap_servers": kafka_bootstrap})
-    reference = CoordinateUpdater(reference_settings, "member", kafka_bootstrap)
+    reference = StageRunner(CoordinateUpdater(reference_settings, "member"), reference_settings, kafka_bootstrap)
     try:
         deadline = time.monotonic() + 120
         while reference.stats.examples < len(examples):

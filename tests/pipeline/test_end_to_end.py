@@ -329,7 +329,7 @@ def test_metrics_describe_the_run(run):
     assert samples[("glmix_freshness_seconds_count", (("coordinate", "member"),))] > 0
     assert samples[("glmix_newton_iterations_count", (("coordinate", "job"),))] > 0
     assert samples[("glmix_dead_letters_total", (("stage", "joiner"),))] == joiner.dead_lettered > 0
-    assert samples[("glmix_state_size_bytes", (("stage", "member"),))] > 0
+    assert samples[("glmix_state_size_bytes", (("stage", "updater-member"),))] > 0
     assert samples[("glmix_progressive_auc", (("variant", "global+member+job"),))] > samples[
         ("glmix_progressive_auc", (("variant", "global"),))]
     lags = [v for (name, _), v in samples.items() if name == "glmix_consumer_lag_messages"]

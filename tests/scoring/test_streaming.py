@@ -14,6 +14,7 @@ from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.scoring.streaming import StreamingScorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -46,13 +47,13 @@ def test_requests_are_answered_ranked_and_bad_ones_dead_lettered(kafka_bootstrap
         producer.produce(settings.topics.score_requests, key=key, value=value)
     producer.flush()
 
-    scorer = StreamingScorer(settings, batch_time_ms=100)
+    scorer = StageRunner(StreamingScorer(settings, batch_time_ms=100), settings)
     try:
         deadline = time.monotonic() + 60
         while scorer.stats.requests < 3:
             assert time.monotonic() < deadline, scorer.stats
             scorer.step()
-        expected = scorer.scorer.score(request["member_id"], request["member_features"], request["candidates"], top_k=4)
+        expected = scorer.stage.scorer.score(request["member_id"], request["member_features"], request["candidates"], top_k=4)
     finally:
         scorer.close()
     responses = [make_codec("ScoreResponse", settings.topics.score_results).decode(m.value())

@@ -18,6 +18,7 @@ from stream.codec import make_codec
 from stream.config import Settings, load_settings
 from stream.kafka import producer_config
 from stream.updaters.updater import CoordinateUpdater
+from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -79,7 +80,7 @@ def reference(kafka_bootstrap, tmp_path, unique_name):
     settings = _settings(kafka_bootstrap, tmp_path / "reference", f"ref-{unique_name}")
     for seed in (1, 2, 3):
         _produce_examples(settings, seed, 200)
-    updater = CoordinateUpdater(settings, "member")
+    updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(updater, 600)
     updater.close()
     return _latest_means(settings, kafka_bootstrap)
@@ -88,14 +89,14 @@ def reference(kafka_bootstrap, tmp_path, unique_name):
 def test_a_lost_or_stale_store_is_restored_from_the_changelog(kafka_bootstrap, tmp_path, unique_name, reference):
     settings = _settings(kafka_bootstrap, tmp_path / "state", unique_name)
     _produce_examples(settings, 1, 200)
-    first = CoordinateUpdater(settings, "member")
+    first = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(first, 200)
     first.close()
     snapshot = tmp_path / "snapshot"
     shutil.copytree(tmp_path / "state", snapshot)
 
     _produce_examples(settings, 2, 200)
-    second = CoordinateUpdater(settings, "member")
+    second = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(second, 200)
     second.close()
     # crash after the offset commit but before the write: the store is behind the committed offsets
@@ -103,7 +104,7 @@ def test_a_lost_or_stale_store_is_restored_from_the_changelog(kafka_bootstrap, t
     shutil.copytree(snapshot, tmp_path / "state")
 
     _produce_examples(settings, 3, 200)
-    third = CoordinateUpdater(settings, "member")
+    third = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(third, 200)
     third.close()
     assert third.stats.restored_entities == len(ENTITIES)
@@ -115,7 +116,7 @@ def test_a_lost_or_stale_store_is_restored_from_the_changelog(kafka_bootstrap, t
     # and with no store at all
     shutil.rmtree(tmp_path / "state")
     _produce_examples(settings, 4, 50)
-    fourth = CoordinateUpdater(settings, "member")
+    fourth = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(fourth, 50)
     fourth.close()
     assert fourth.stats.restored_entities == len(ENTITIES)
@@ -126,7 +127,7 @@ def test_a_lost_or_stale_store_is_restored_from_the_changelog(kafka_bootstrap, t
 def test_replayed_examples_are_absorbed_once(kafka_bootstrap, tmp_path, unique_name):
     settings = _settings(kafka_bootstrap, tmp_path / "state", unique_name)
     _produce_examples(settings, 5, 150)
-    first = CoordinateUpdater(settings, "member")
+    first = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(first, 150)
     first.close()
     published = len(read_topic(kafka_bootstrap, settings.topics.coefficients("member")))
@@ -134,7 +135,7 @@ def test_replayed_examples_are_absorbed_once(kafka_bootstrap, tmp_path, unique_n
     # a crash before any offset commit: a group with no committed offsets restarts from the beginning,
     # with the store intact
     settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_prefix=f"rewound-{unique_name}"))
-    again = CoordinateUpdater(settings, "member")
+    again = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(again, 150)
     again.close()
     assert again.stats.replayed_events == 150 and again.stats.entity_updates == 0

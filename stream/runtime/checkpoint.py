@@ -1,0 +1,148 @@
+"""The Checkpoint: one micro-batch's effects made durable in one order, for every stage (DESIGN §5).
+
+1. changelog records (a store's batch of changes, then its commit marker), flushed;
+2. output records (examples, coefficients, responses, dead letters), flushed;
+3. the input offsets, committed (a commit a rebalance refuses is a normal event);
+4. the local state writes, each with the processed offsets it covers.
+
+A crash between any two steps loses nothing and applies nothing twice, because each
+stage makes a replay of its last batch a no-op: the updaters by per-entity offset stamps
+(their output is their changelog), the joiner by its changelog and outbox (a restore
+applies what step 1 logged, then produces the outbox records step 2 did not deliver),
+the archive by file offset ranges. Offsets only go forward: a checkpoint that would
+commit an offset below one already committed in this assignment is a bug, and raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from stream.errors import GlmixError
+from stream.kafka.messages import commit_processed, last_offsets
+from stream.state.partition_store import PartitionStore
+from stream.state.store_changelog import CHANGELOG
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(GlmixError):
+    """A checkpoint could not be made durable (an undelivered record, or offsets that would go backwards)."""
+
+
+@dataclass
+class LoggedBatch:
+    """A store's batch of changes in its changelog: the marker's offset is known once the log is flushed."""
+
+    topic: str
+    partition: int
+    records: Sequence[tuple[bytes, bytes | None]]
+    marker_offset: int = -1
+
+    def delivered(self, error: KafkaError | None, message: Message) -> None:
+        """Delivery report of the commit marker (the batch's last record)."""
+        if error is None:
+            self.marker_offset = message.offset()
+
+
+@dataclass
+class _StoreWrite:
+    store: PartitionStore
+    puts: Sequence[tuple[bytes, bytes]]
+    deletes: Sequence[bytes]
+    offsets: Mapping[str, int]
+    logged: LoggedBatch | None
+
+
+@dataclass
+class _Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+
+
+@dataclass
+class Checkpoint:
+    """What one micro-batch consumed, logs, produces and writes; :meth:`commit` makes it durable in order."""
+
+    producer: Producer
+    who: str
+    committed: dict[tuple[str, int], int]
+    delivery_errors: list[str]
+    _consumed: dict[tuple[str, int], int] = field(default_factory=dict)
+    _logged: list[LoggedBatch] = field(default_factory=list)
+    _outputs: list[_Output] = field(default_factory=list)
+    _writes: list[_StoreWrite] = field(default_factory=list)
+
+    def consumed(self, messages: Sequence[Message]) -> None:
+        """Input whose effects this checkpoint holds: its offsets are committed by :meth:`commit`."""
+        for key, offset in last_offsets(messages).items():
+            self._consumed[key] = max(self._consumed.get(key, -1), offset)
+
+    def log(self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> LoggedBatch:
+        """A store's changelog records for this batch (ending with its commit marker), produced first."""
+        batch = LoggedBatch(topic, partition, records)
+        self._logged.append(batch)
+        return batch
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """An output record, produced after the changelog is safe and before the input offsets are committed."""
+        self._outputs.append(_Output(topic, key, value, partition))
+
+    def write(self, store: PartitionStore, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes] = (),
+              offsets: Mapping[str, int] | None = None, logged: LoggedBatch | None = None) -> None:
+        """A local state write (one WriteBatch), made last; ``logged`` records the changelog position it matches."""
+        self._writes.append(_StoreWrite(store, puts, deletes, dict(offsets or {}), logged))
+
+    @property
+    def empty(self) -> bool:
+        """Nothing consumed, logged, produced or written."""
+        return not (self._consumed or self._logged or self._outputs or self._writes)
+
+    def commit(self, consumer) -> bool:
+        """Log -> flush -> produce -> flush -> commit offsets -> write state. False if a rebalance refused the commit."""
+        self._check_forward()
+        for batch in self._logged:
+            *changes, (marker_key, marker_value) = batch.records
+            for key, value in changes:
+                self.producer.produce(batch.topic, key=key, value=value, partition=batch.partition)
+            self.producer.produce(batch.topic, key=marker_key, value=marker_value, partition=batch.partition,
+                                  on_delivery=batch.delivered)
+        if self._logged:
+            self._flush("changelog")
+            missing = [b for b in self._logged if b.marker_offset < 0]
+            if missing:
+                raise CheckpointError(f"{self.who}: changelog commit marker of {missing[0].topic}[{missing[0].partition}] "
+                                      "was not delivered")
+        for output in self._outputs:
+            if output.partition is None:
+                self.producer.produce(output.topic, key=output.key, value=output.value)
+            else:
+                self.producer.produce(output.topic, key=output.key, value=output.value, partition=output.partition)
+        self._flush("output")
+        accepted = commit_processed(consumer, self._consumed, self.who)
+        if accepted:
+            self.committed.update(self._consumed)
+        for w in self._writes:
+            offsets = dict(w.offsets)
+            if w.logged is not None:
+                offsets[CHANGELOG] = w.logged.marker_offset
+            w.store.commit(w.puts, w.deletes, offsets)
+        return accepted
+
+    def _flush(self, what: str) -> None:
+        self.producer.flush()
+        if self.delivery_errors:
+            errors, self.delivery_errors[:] = list(self.delivery_errors), []
+            raise CheckpointError(f"{self.who}: {len(errors)} {what} record(s) were not delivered, first: {errors[0]}; "
+                                  "nothing of this batch was committed")
+
+    def _check_forward(self) -> None:
+        backwards = {key: offset for key, offset in self._consumed.items() if offset < self.committed.get(key, -1)}
+        if backwards:
+            raise CheckpointError(f"{self.who}: offsets would go backwards: "
+                                  + ", ".join(f"{t}[{p}] {o} < {self.committed[(t, p)]}" for (t, p), o in backwards.items()))

@@ -1,0 +1,142 @@
+"""The one consume loop of glmix-stream: every stage runs on a :class:`StageRunner` (DESIGN §5).
+
+Per step: close released stores and restore paused partitions for one slice; consume a
+batch; keep the messages of ready partitions; hand them to the stage's batch function with
+a fresh :class:`~stream.runtime.checkpoint.Checkpoint`; commit it. Kafka clients are
+created on the first step, so building a stage touches no broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from stream.config import Settings
+from stream.kafka.clients import consumer_config, prepare_topics, producer_config
+from stream.kafka.dead_letter import DeadLetters
+from stream.kafka.messages import without_errors
+from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
+from stream.runtime.assignment import Assignment
+from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.stage import Stage, StageClients
+from stream.runtime.stats import StageStats
+
+log = logging.getLogger(__name__)
+
+_MAX_POLL_INTERVAL_MS_DEFAULT = 300_000  # librdkafka's default
+_RESTORE_SLICE_MAX_S = 1.0
+
+
+def restore_slice_seconds(settings: Settings) -> float:
+    """How long one restore slice may run between two polls of the group consumer.
+
+    A member that does not poll within ``max.poll.interval.ms`` is evicted. A slice of a
+    tenth of it leaves the rest for the batch that follows the slice, for a slow broker
+    and for a stalled disk; capped at 1 s so ready partitions keep their latency while
+    others restore.
+    """
+    configured = {**settings.kafka.client, **settings.kafka.consumer}.get("max.poll.interval.ms",
+                                                                          _MAX_POLL_INTERVAL_MS_DEFAULT)
+    return min(int(configured) / 1000 / 10, _RESTORE_SLICE_MAX_S)
+
+
+class StageRunner:
+    """Runs one stage: its clients, assignment, loop and checkpoints."""
+
+    def __init__(self, stage: Stage, settings: Settings, bootstrap_servers: str = "",
+                 statistics: KafkaStatistics | None = None) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.assignment = Assignment(stage, Path(settings.state_dir), restore_slice_seconds(settings))
+        self._bootstrap = bootstrap_servers
+        self._statistics = statistics
+        self._clients: StageClients | None = None
+        self._committed: dict[tuple[str, int], int] = {}
+        self._delivery_errors: list[str] = []
+
+    @property
+    def clients(self) -> StageClients:
+        """The stage's Kafka clients, created (and the stage opened) on first use."""
+        if self._clients is None:
+            self._clients = self._connect()
+        return self._clients
+
+    def _connect(self) -> StageClients:
+        stage, settings = self.stage, self.settings
+        prepare_topics(settings, self._bootstrap)  # a consumer may not see a topic created after it subscribed
+        producer = Producer(producer_config(settings.kafka, self._bootstrap, on_delivery=self._delivery_report))
+        consumer = Consumer(consumer_config(settings.kafka, stage.group_id, self._bootstrap,
+                                            **statistics_settings(self._statistics, stage.name),
+                                            **stage.consumer_settings()))
+        clients = StageClients(producer, consumer, DeadLetters(producer, settings.topics.dead_letter, stage.name),
+                               self._bootstrap, self.assignment.stores)
+        stage.open(clients)
+        consumer.subscribe(stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        return clients
+
+    def _on_assign(self, consumer: Consumer, partitions: list) -> None:
+        for tp in partitions:  # another member may have committed further while we did not own it
+            self._committed.pop((tp.topic, tp.partition), None)
+        self.assignment.on_assign(consumer, partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
+        self.assignment.on_revoke(consumer, partitions)
+
+    def _delivery_report(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error}")
+
+    def step(self) -> int:
+        """One pass of the loop: restore a slice, then consume, process and checkpoint a batch. Returns messages taken."""
+        clients = self.clients
+        self.assignment.advance(clients.consumer)
+        max_messages, timeout_s = self.stage.batch_limits()
+        messages = clients.consumer.consume(max_messages, timeout=timeout_s)
+        ready = self.assignment.ready_messages(without_errors(messages, self.stage.group_id))
+        started = time.monotonic()
+        checkpoint = Checkpoint(clients.producer, self.stage.group_id, self._committed, self._delivery_errors)
+        self.stage.process(ready, checkpoint)
+        if not ready and checkpoint.empty:
+            return len(messages)
+        stats = self.stage.stats
+        if not checkpoint.empty and not checkpoint.commit(clients.consumer):
+            stats.refused_commits += 1
+        elapsed = time.monotonic() - started
+        stats.batches += 1
+        stats.dead_lettered = clients.dead_letters.total
+        stats.busy_seconds += elapsed
+        stats.batch_seconds.observe(elapsed)
+        return len(messages)
+
+    @property
+    def stats(self) -> StageStats:
+        """The stage's counters."""
+        return self.stage.stats
+
+    @property
+    def assigned_partitions(self) -> list[int]:
+        """Partitions this stage owns now (ready or restoring)."""
+        return self.assignment.partitions
+
+    def state_size_bytes(self) -> int:
+        """Size of the local state of every ready partition (RocksDB's estimate)."""
+        return self.assignment.size_bytes()
+
+    def close(self) -> None:
+        """Checkpoint what the stage still holds, leave the group (revoking every partition), close stores and stage."""
+        try:
+            if self._clients is not None:
+                checkpoint = Checkpoint(self._clients.producer, self.stage.group_id, self._committed,
+                                        self._delivery_errors)
+                self.stage.finish(checkpoint)
+                if not checkpoint.empty:
+                    checkpoint.commit(self._clients.consumer)
+                self._clients.producer.flush(10)
+                self._clients.consumer.close()
+        finally:
+            self.assignment.close()
+            self.stage.close()

@@ -1,0 +1,86 @@
+"""The stage runtime: restores outside the rebalance callbacks, offsets that only go forward, one checkpoint order."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from stream.config import load_settings
+from stream.consumers.joiner import Joiner
+from stream.kafka import prepare_topics, producer_config
+from stream.runtime.checkpoint import Checkpoint, CheckpointError
+from stream.runtime.runner import StageRunner, restore_slice_seconds
+from stream.state.store_changelog import batch_records
+
+MAX_POLL_MS = 4_000
+
+
+def _settings(bootstrap: str, state_dir, prefix: str, **extra: str):
+    return load_settings(overrides={
+        "kafka.bootstrap_servers": bootstrap, "kafka.group_prefix": prefix, "state_dir": str(state_dir),
+        "topics.impressions": f"imp-{prefix}", "topics.interactions": f"int-{prefix}",
+        "topics.examples_by_member": f"exm-{prefix}", "topics.examples_by_job": f"exj-{prefix}",
+        "topics.model_global": f"global-{prefix}", "topics.coefficients_prefix": f"coef-{prefix}-",
+        "topics.dead_letter": f"dlq-{prefix}", **extra,
+    })
+
+
+def test_a_restore_longer_than_the_poll_interval_does_not_evict_the_member(kafka_bootstrap, tmp_path, unique_name):
+    """2,000 changelog records restored at 400/s (5 s) under max.poll.interval.ms = 4 s: restored inside a rebalance
+    callback, the member would be evicted and its partitions revoked; in the loop, it keeps them."""
+    settings = _settings(kafka_bootstrap, tmp_path, unique_name, **{
+        "kafka.consumer.session.timeout.ms": "3000", "kafka.consumer.max.poll.interval.ms": str(MAX_POLL_MS),
+        "restore_max_records_per_s": "400",
+    })
+    prepare_topics(settings)
+    producer = Producer(producer_config(settings.kafka))
+    records = batch_records([(b"k%05d" % i, b"v%d" % i) for i in range(2_000)], [], {settings.topics.impressions: 7})
+    for key, value in records:
+        producer.produce(settings.kafka.changelog_topic("joiner"), key=key, value=value, partition=0)
+    assert producer.flush(15) == 0
+
+    runner = StageRunner(Joiner(settings), settings)
+    try:
+        deadline = time.monotonic() + 90
+        while 0 not in runner.assignment.stores:
+            assert time.monotonic() < deadline, "partition 0 was not restored"
+            runner.step()
+        store = runner.assignment.stores[0]
+        assert store.get_many([b"k00000", b"k01999"]) == [b"v0", b"v1999"]
+        assert store.processed_offset(settings.topics.impressions) == 7
+        for _ in range(10):  # an eviction shows up at the next polls as a revocation
+            runner.step()
+        assert runner.stats.restore_seconds > MAX_POLL_MS / 1000
+        assert runner.assignment.revocations == 0 and runner.assignment.assignments == 1
+        assert runner.assigned_partitions == [0, 1, 2, 3]
+    finally:
+        runner.close()
+
+
+def test_the_restore_slice_leaves_most_of_the_poll_interval_to_the_batch():
+    assert restore_slice_seconds(load_settings(overrides={"kafka.consumer.max.poll.interval.ms": "4000"})) == 0.4
+    assert restore_slice_seconds(load_settings()) == 1.0
+
+
+def test_a_checkpoint_refuses_offsets_that_go_backwards():
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1"})
+
+    class Message:  # what Checkpoint.consumed reads of a consumed message
+        def __init__(self, offset: int) -> None:
+            self._offset = offset
+
+        def topic(self) -> str:
+            return "t"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self._offset
+
+    checkpoint = Checkpoint(producer, "test", committed={("t", 0): 10}, delivery_errors=[])
+    checkpoint.consumed([Message(4)])
+    with pytest.raises(CheckpointError, match=r"t\[0\] 4 < 10"):
+        checkpoint.commit(consumer=None)
