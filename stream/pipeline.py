@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from stream.archive.archiver import Archiver
-from stream.config import Settings
+from stream.config import ConfigError, Settings
 from stream.consumers.joiner import Joiner
 from stream.metrics.collector import PipelineCollector
 from stream.metrics.kafka_statistics import KafkaStatistics
@@ -64,7 +64,7 @@ class Pipeline:
         names = list(stages or stage_names(settings))
         unknown = [n for n in names if n not in NAMED_STAGES and n not in settings.model.coordinates]
         if unknown:
-            raise KeyError(f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
+            raise ConfigError("stage", f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
         self.settings = settings
         self.stop_event = stop_event or threading.Event()
         self.stages = {name: StageRunner(build_stage(settings, name), settings, bootstrap_servers, statistics)

@@ -173,7 +173,18 @@ class JoinBatch:
         times = self.max_event_time
         lagging = [t for name, t in times.items() if name not in idle]
         newest = min(lagging) if lagging else max(times.values())
-        return newest - self._rules.lateness_ms
+        return max(newest - self._rules.lateness_ms, self._closed_through())
+
+    def _closed_through(self) -> int:
+        """The limit of the last window close: every deadline below it was closed.
+
+        The watermark never goes below it. Without this, an input that was idle at the
+        last close and delivers again would pull the watermark back, and an impression
+        whose deadline fell between the two would wait below the scan position forever.
+        """
+        if len(self._scan_from) <= len(_DEADLINE):
+            return _NEVER
+        return _DEADLINE_TIME.unpack(self._scan_from[len(_DEADLINE):])[0] - _TIME_BIAS
 
     def _get(self, key: bytes) -> bytes | None:
         if key not in self._overlay:

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Message, TopicPartition
@@ -34,10 +33,24 @@ from stream.codec.avro import decode_batch, encode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
-from stream.consumers.labeling import (IMPRESSION, INTERACTION, ExampleIndexer, ExampleJoin, JoinInput, interaction_types,
-                                      warm_up_complete)
-from stream.consumers.outbox import (OutgoingRecord, already_produced, outbox_entries, outbox_size_item, pending,
-                                     previous_outbox_keys, wall_ms)
+from stream.consumers.labeling import (
+    IMPRESSION,
+    INTERACTION,
+    ExampleIndexer,
+    ExampleJoin,
+    JoinInput,
+    interaction_types,
+    warm_up_complete,
+)
+from stream.consumers.outbox import (
+    OutgoingRecord,
+    already_produced,
+    outbox_entries,
+    outbox_size_item,
+    pending,
+    previous_outbox_keys,
+    wall_ms,
+)
 from stream.errors import GlmixError
 from stream.kafka.messages import last_offsets
 from stream.metrics.families import MetricFamilies
@@ -138,7 +151,6 @@ class Joiner(Stage):
         self._idle_s = settings.joiner.idle_input_ms / 1000
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
-        self._replays: dict[int, ChangelogReplay] = {}
         self._compensate: dict[int, list[bytes]] = {}
 
     def subscription(self) -> list[str]:
@@ -169,7 +181,6 @@ class Joiner(Stage):
         """Replay what the changelog holds beyond ``store`` (all of it on a machine that never had it)."""
         assert self._clients is not None
         result = ChangelogReplay()
-        self._replays[partition] = result
         yield from replay(store, self.settings.kafka, self.changelog_topic, partition,
                           self._clients.bootstrap_servers, f"{self.group_id}-restore", result,
                           self.settings.restore_max_records_per_s)
@@ -184,10 +195,8 @@ class Joiner(Stage):
                      len(result.trailing_keys), result.records_per_s)
 
     def restored(self, partition: int) -> None:
-        """After applying logged batches, produce what the last one's outbox did not deliver."""
-        result = self._replays.pop(partition, None)
-        if result is not None and result.batches_applied:
-            self._recover_outbox(partition)
+        """Produce what the outbox of a restored batch did not deliver (local writes never hold an outbox)."""
+        self._recover_outbox(partition)
 
     def revoked(self, partitions: list[int]) -> None:
         """Forget held warm-up input and pending compensations of ``partitions``."""
@@ -195,7 +204,6 @@ class Joiner(Stage):
         self._warm_up_held = [m for m in self._warm_up_held if m.partition() not in gone]
         for partition in gone:
             self._compensate.pop(partition, None)
-            self._replays.pop(partition, None)
 
     # ------------------------------------------------------------------ the batch function
 
@@ -385,10 +393,10 @@ class Joiner(Stage):
     def _recover_outbox(self, partition: int) -> None:
         """Produce what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""
         assert self._clients is not None
-        store = self._clients.stores.get(partition) or None
+        store = self._clients.stores.get(partition)
         if store is None:
             return
-        _, records, written_ms = pending(store)
+        keys, records, written_ms = pending(store)
         if not records:
             return
         found = already_produced(self.settings, self._clients.bootstrap_servers, self._output_codecs, records, written_ms,
@@ -397,6 +405,7 @@ class Joiner(Stage):
         for record in missing:
             self._clients.producer.produce(record.topic, key=record.key, value=record.value)
         self._clients.producer.flush()
+        store.commit([], keys)  # delivered: the next logged batch deletes them from the changelog too
         self.stats.outbox_recovered += len(missing)
         log.warning("joiner: partition %d: the last logged batch had %d outgoing records; %d had not reached their topic "
                     "and were produced now", partition, len(records), len(missing))

@@ -29,7 +29,6 @@ from stream.model.game import GLOBAL
 from stream.model.losses import Loss
 from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
 
-
 OTHER = "(other)"
 
 

@@ -15,6 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from stream.codec.avro import DecodedBatch, RecordCodec, decode_batch
 from stream.config import KafkaSettings
+from stream.errors import WaitTimeoutError
 from stream.kafka.clients import consumer_config
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class TopicReader:
         deadline = time.monotonic() + timeout_s
         while not self.reached(ends):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.topic}: not at the end offsets {ends} after {timeout_s:.0f} s")
+                raise WaitTimeoutError(f"{self.topic}: not at the end offsets {ends} after {timeout_s:.0f} s")
             decoded = self.poll(batch, timeout_s=0.2)
             if decoded.messages or decoded.failures:
                 yield decoded

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stream.metrics.families import MetricFamilies
 from stream.evaluation.progressive import segment_value, top_segments, variant_margins, variant_names
+from stream.metrics.families import MetricFamilies
 from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
 

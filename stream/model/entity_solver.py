@@ -35,6 +35,7 @@ from enum import IntEnum
 import numpy as np
 from numba import njit
 
+from stream.errors import InvalidValueError
 from stream.model.losses import POISSON_MAX_MARGIN, Loss
 from stream.model.packed import pack_matrix, unpack_matrix
 
@@ -74,7 +75,7 @@ def loss_code(loss: Loss) -> int:
     try:
         return LOSS_CODES[loss.name]
     except KeyError:
-        raise ValueError(f"the compiled Newton solver has no loss {loss.name!r}; choose one of {', '.join(LOSS_CODES)}") from None
+        raise InvalidValueError(f"the compiled Newton solver has no loss {loss.name!r}; choose one of {', '.join(LOSS_CODES)}") from None
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)

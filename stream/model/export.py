@@ -16,6 +16,7 @@ import numpy as np
 
 from stream.codec.photon import INTERCEPT_NAME, PhotonModel
 from stream.config import ModelSettings
+from stream.errors import InvalidValueError
 from stream.model.dataset import build_dataset
 from stream.model.features import INTERCEPT_KEY, FeatureIndex
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, RandomEffectModel, fit_global
@@ -38,9 +39,9 @@ def global_model_record(
 ) -> dict[str, Any]:
     """The ``GlobalModel`` record of ``model``'s global coordinate, with every coordinate's index."""
     if len(model.global_coefficients) != global_index.dim:
-        raise ValueError(f"{len(model.global_coefficients)} global coefficients but the index has {global_index.dim} columns")
+        raise InvalidValueError(f"{len(model.global_coefficients)} global coefficients but the index has {global_index.dim} columns")
     if not np.isfinite(model.global_coefficients).all():
-        raise ValueError("refusing to export non-finite global coefficients")
+        raise InvalidValueError("refusing to export non-finite global coefficients")
     return {
         "model_name": model_name,
         "version": int(version),

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from stream.errors import InvalidValueError
+
 INTERCEPT_KEY = ("(INTERCEPT)", "")
 
 FeatureKey = tuple[str, str]
@@ -53,7 +55,7 @@ class FeatureIndex:
         version: int = 0,
     ) -> None:
         if unseen not in ("admit", "drop"):
-            raise ValueError(f"unseen must be 'admit' or 'drop', got {unseen!r}")
+            raise InvalidValueError(f"unseen must be 'admit' or 'drop', got {unseen!r}")
         self.bag_names = tuple(bag_names)
         self.intercept = intercept
         self.capacity = capacity
@@ -67,7 +69,7 @@ class FeatureIndex:
         for key in keys:
             if key not in self._columns:
                 if not self._add(tuple(key)):  # type: ignore[arg-type]
-                    raise ValueError(f"{len(self._keys) + 1} keys exceed the capacity of {capacity}")
+                    raise InvalidValueError(f"{len(self._keys) + 1} keys exceed the capacity of {capacity}")
 
     @classmethod
     def from_data(

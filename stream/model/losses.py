@@ -22,6 +22,8 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import expit
 
+from stream.errors import InvalidValueError
+
 POISSON_MAX_MARGIN = 30.0
 
 
@@ -120,4 +122,4 @@ def get_loss(name: str) -> Loss:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+        raise InvalidValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from stream.errors import InvalidValueError
+
 
 def _as_arrays(*arrays: np.ndarray) -> list[np.ndarray]:
     out = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
     if len({a.size for a in out}) > 1:
-        raise ValueError(f"arrays differ in length: {[a.size for a in out]}")
+        raise InvalidValueError(f"arrays differ in length: {[a.size for a in out]}")
     return out
 
 
@@ -99,7 +101,7 @@ def observed_expected_by_group(labels: np.ndarray, predictions: np.ndarray, grou
 def precision_at_k(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int) -> float:
     """Mean over groups of the share of positives among each group's top-k scores."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidValueError(f"k must be >= 1, got {k}")
     y, s = _as_arrays(labels, scores)
     codes = _group_codes(groups)
     order = np.lexsort((-s, codes))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream.errors import InvalidValueError
 from stream.model.entity_solver import DIAGONAL, FULL, PACKED, UpdateStatus, loss_code, solve_rows, solver_workspace
 from stream.model.losses import LogisticLoss, Loss
 from stream.model.packed import unpack_upper
@@ -64,7 +65,7 @@ class EntityEvents:
         labels = np.asarray(labels, dtype=np.float64)
         shape = labels.shape
         if features.ndim != 3 or features.shape[:2] != shape:
-            raise ValueError(f"features must be (B, n, d) matching labels (B, n); got {features.shape} and {shape}")
+            raise InvalidValueError(f"features must be (B, n, d) matching labels (B, n); got {features.shape} and {shape}")
         return cls(
             features=features,
             labels=labels,

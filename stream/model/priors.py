@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stream.errors import InvalidValueError
 from stream.model.newton import GaussianPrior
 from stream.model.packed import diagonal_positions
 
@@ -50,7 +51,7 @@ def forgetting_prior(posterior: GaussianPrior, forgetting: float, new_entity_pre
     :func:`l2_precision_diagonal`); ``posterior`` may be full, diagonal or packed.
     """
     if not 0.0 < forgetting <= 1.0:
-        raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
+        raise InvalidValueError(f"forgetting must be in (0, 1], got {forgetting}")
     if forgetting == 1.0:
         return posterior
     ridge = (1.0 - forgetting) * np.asarray(new_entity_precision, dtype=np.float64)

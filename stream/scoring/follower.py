@@ -17,6 +17,7 @@ from typing import Any
 
 from stream.codec import make_codec
 from stream.config import Settings
+from stream.errors import WaitTimeoutError
 from stream.kafka.topic_reader import TopicReader
 from stream.scoring.stored_table import StoredCoefficientTable
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
@@ -80,7 +81,7 @@ class ModelFollower:
             if self.ready:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"models not caught up with their topics after {timeout_s:.0f} s")
+                raise WaitTimeoutError(f"models not caught up with their topics after {timeout_s:.0f} s")
 
     def refresh(self, timeout_s: float = 0.0) -> None:
         """Take whatever was published since the last call (waiting at most ``timeout_s`` per topic)."""

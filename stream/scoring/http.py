@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from stream.config import ServingSettings
+from stream.errors import InvalidValueError
 from stream.gc_pause import cyclic_gc_paused, freeze_long_lived
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
@@ -148,7 +149,7 @@ def build_app(service: ScoringService) -> web.Application:
 def _strict_loads(text: str) -> Any:
     """JSON without NaN or Infinity literals (they are not JSON)."""
     def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not valid JSON")
+        raise InvalidValueError(f"{constant} is not valid JSON")
     return json.loads(text, parse_constant=refuse)
 
 

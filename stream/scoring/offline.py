@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.codec.container import read_container, write_container
+from stream.errors import InvalidValueError
 from stream.progress import Progress
 from stream.scoring.scorer import Scorer
 
@@ -31,7 +32,7 @@ def scored_records(scorer: Scorer, impressions: Iterable[Mapping[str, Any]], fmt
                    progress: Progress | None = None, model_id: str = "glmix") -> Iterator[dict[str, Any]]:
     """Score ``impressions`` batch by batch; yields output records in input order."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise InvalidValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     for batch in _batches(impressions, batch_size):
         margins, versions = scorer.rows_breakdown(batch)
         total = sum(margins.values())

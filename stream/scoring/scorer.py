@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stream.config import ModelSettings
+from stream.errors import InvalidValueError
 from stream.gc_pause import cyclic_gc_paused
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
@@ -44,9 +45,9 @@ class Exploration:
 
     def __post_init__(self) -> None:
         if self.policy not in ("thompson", "ucb"):
-            raise ValueError(f"exploration policy must be 'thompson' or 'ucb', got {self.policy!r}")
+            raise InvalidValueError(f"exploration policy must be 'thompson' or 'ucb', got {self.policy!r}")
         if not (math.isfinite(self.width) and self.width >= 0):
-            raise ValueError(f"exploration width must be a finite number >= 0, got {self.width!r}")
+            raise InvalidValueError(f"exploration width must be a finite number >= 0, got {self.width!r}")
 
 
 EXPLORATION = "exploration"

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.errors import InvalidValueError
 from stream.scoring.tables import precision_matrix
 from stream.state.partition_store import PartitionStore
 
@@ -124,7 +125,7 @@ class StoredCoefficientTable:
     def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, d) means, (N, d, d) precisions and (N,) known mask, read from disk."""
         if not self.keep_posteriors:
-            raise ValueError(f"table {self.coordinate!r} keeps no posteriors (keep_posteriors=False)")
+            raise InvalidValueError(f"table {self.coordinate!r} keeps no posteriors (keep_posteriors=False)")
         values = self._store.get_many([e.encode() for e in entity_ids])
         means = np.zeros((len(entity_ids), self.dim))
         precisions = np.zeros((len(entity_ids), self.dim, self.dim))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import ModelSettings
+from stream.errors import InvalidValueError
 from stream.model.features import FeatureIndex
 from stream.state.entity_state import StateLayout
 
@@ -112,7 +113,7 @@ class CoefficientTable:
     def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, d) means, (N, d, d) precisions and (N,) known mask; unknown or unusable entities are not known."""
         if not self.keep_posteriors:
-            raise ValueError(f"table {self.coordinate!r} keeps no posteriors (keep_posteriors=False)")
+            raise InvalidValueError(f"table {self.coordinate!r} keeps no posteriors (keep_posteriors=False)")
         means, versions = self.lookup(entity_ids)
         precisions = np.zeros((len(entity_ids), self.dim, self.dim))
         known = versions > 0
@@ -155,7 +156,7 @@ class GlobalModel:
         """Indexes take their bags and capacities from ``model``; a configured coordinate missing from the record is an error."""
         missing = [name for name in model.coordinates if name not in record["coordinate_indices"]]
         if missing:
-            raise ValueError(f"global model version {record['version']} has no feature index for coordinates {missing}")
+            raise InvalidValueError(f"global model version {record['version']} has no feature index for coordinates {missing}")
         indices = {
             name: FeatureIndex.from_record(record["coordinate_indices"][name], c.feature_bags, capacity=c.max_features,
                                            unseen="drop", version=record["index_version"])
@@ -165,7 +166,7 @@ class GlobalModel:
                                                 version=record["index_version"])
         coefficients = np.asarray(record["coefficients"], dtype=np.float64)
         if coefficients.shape != (global_index.dim,) or not np.isfinite(coefficients).all():
-            raise ValueError(f"global model version {record['version']}: coefficients do not match its index or are not finite")
+            raise InvalidValueError(f"global model version {record['version']}: coefficients do not match its index or are not finite")
         return cls(int(record["version"]), int(record["index_version"]), global_index, coefficients, indices, record)
 
 

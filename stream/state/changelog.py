@@ -18,6 +18,7 @@ import numpy as np
 
 from stream.codec.avro import RecordCodec
 from stream.codec.entity_model_writer import check_entity_model_schema, encode_entity_models
+from stream.errors import InvalidValueError
 from stream.state.entity_state import StateLayout
 
 
@@ -43,7 +44,7 @@ def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, n
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
     for i, r in enumerate(records):
         if r["precision_kind"] != kind or len(r["means"]) != layout.dim or len(r["precision"]) != 8 * layout.precision_size:
-            raise ValueError(f"record of entity {r['entity_id']!r} does not fit the state layout {layout}")
+            raise InvalidValueError(f"record of entity {r['entity_id']!r} does not fit the state layout {layout}")
         states[i]["mean"] = r["means"]
         states[i]["precision"] = np.frombuffer(r["precision"], dtype="<f8")
     states["version"] = [r["version"] for r in records]

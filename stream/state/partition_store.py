@@ -74,7 +74,10 @@ class PartitionStore:
         """Values of ``keys`` in one multi-get (None where absent)."""
         if not keys:
             return []
-        return self._db.get(list(keys))
+        try:
+            return self._db.get(list(keys))
+        except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
+            raise StateError(f"reading {len(keys)} keys from {self.path} failed: {exc}") from exc
 
     def commit(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (),
                offsets: Mapping[str, int] | None = None) -> None:
@@ -86,7 +89,7 @@ class PartitionStore:
             batch.put(key, value)
         for key, value in offset_items(offsets or {}):
             batch.put(key, value)
-        self._db.write(batch)
+        self._write(batch)
 
     def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offsets: Mapping[str, int] | None = None) -> None:
         """Write ``changes`` in their order (a None value deletes the key) and ``offsets``: one WriteBatch."""
@@ -98,7 +101,13 @@ class PartitionStore:
                 batch.put(key, value)
         for key, value in offset_items(offsets or {}):
             batch.put(key, value)
-        self._db.write(batch)
+        self._write(batch)
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch)
+        except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status (disk full, I/O error)
+            raise StateError(f"writing to the state store {self.path} failed: {exc}") from exc
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Items with ``start <= key < stop``, in key order."""

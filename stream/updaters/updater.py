@@ -28,7 +28,7 @@ from confluent_kafka import Message
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
-from stream.config import Settings
+from stream.config import ConfigError, Settings
 from stream.gc_pause import cyclic_gc_paused
 from stream.kafka.messages import last_offsets
 from stream.kafka.topic_reader import TopicReader
@@ -99,7 +99,8 @@ class CoordinateUpdater(Stage):
 
     def __init__(self, settings: Settings, coordinate: str) -> None:
         if coordinate not in settings.model.coordinates:
-            raise KeyError(f"no coordinate {coordinate!r} in model.coordinates ({', '.join(settings.model.coordinates)})")
+            raise ConfigError("model.coordinates", f"no coordinate {coordinate!r} (configured: "
+                                                   f"{', '.join(settings.model.coordinates)})")
         self.settings = settings
         self.coordinate = coordinate
         self.coordinate_settings = settings.model.coordinates[coordinate]

@@ -112,6 +112,19 @@ def test_the_watermark_follows_the_slower_input_unless_it_is_idle(store):
     assert IMPRESSIONS != INTERACTIONS
 
 
+def test_the_watermark_never_goes_back_when_an_idle_input_delivers_again(store):
+    """Windows closed while interactions were idle stay closed: an impression whose deadline is below that close
+    is emitted at once, not left below the deadline scan (it was lost that way when joiners restarted)."""
+    rules = _rules()
+    _batch(store, rules, [act("early", 0)])
+    closed = _batch(store, rules, [imp("x", 10_000)], idle=frozenset({INTERACTIONS}))
+    assert not closed.emissions  # its window is open: the watermark is 10_000 - LATE
+    _batch(store, rules, [act("y-click", 1_000)])  # interactions deliver again, far behind
+    late = _batch(store, rules, [imp("z", 8_000)])  # deadline 9_000, below the last close (9_800)
+    assert [e.example for e in late.emissions] == [b"example-z"]
+    assert JoinBatch(store, rules, []).watermark() == 10_000 - LATE
+
+
 def test_pending_impressions_survive_reopening_the_store(tmp_path):
     rules = _rules()
     first = PartitionStore(tmp_path / "s")

@@ -141,7 +141,7 @@ def test_a_logged_batch_whose_examples_were_half_delivered_is_completed_on_anoth
     machine): it restores the batch from the changelog, produces exactly the missing
     examples, and keeps the batch's processed offsets and pending impressions.
     """
-    from stream.consumers.outbox import OutgoingRecord, outbox_entries, outbox_size_item, pending, wall_ms
+    from stream.consumers.outbox import OutgoingRecord, outbox_entries, outbox_size_item, wall_ms
     from stream.state.store_changelog import batch_records
 
     settings = load_settings(overrides={

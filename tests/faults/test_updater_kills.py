@@ -27,11 +27,11 @@ from stream.codec import make_codec
 from stream.config import Settings, load_settings
 from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
+from stream.runtime.runner import StageRunner
 from stream.scoring.tables import GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from stream.updaters.updater import CoordinateUpdater
-from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
