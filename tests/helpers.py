@@ -22,27 +22,36 @@ def wait_for(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float 
 
 
 def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list:
-    """Every message of ``topic`` now (all partitions, from the beginning), raw."""
+    """Every message of ``topic`` now (all partitions, from the beginning), raw.
+
+    A partition's end comes from fetch responses as well as ListOffsets: Tansu answers the
+    latter with the base offset of the last batch (see stream.kafka.messages.fetched_end).
+    """
     from confluent_kafka import Consumer, TopicPartition
+
+    from stream.kafka.messages import fetched_end
 
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"read-{topic}", "enable.auto.commit": False,
                          "enable.partition.eof": False})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         partitions = sorted(metadata.partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        listed = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining = {p for p, end in ends.items() if end > 0}
+        positions = dict.fromkeys(partitions, 0)
+        ends: dict[int, int | None] = dict.fromkeys(partitions)
         messages: list = []
         deadline = time.monotonic() + timeout_s
-        while remaining:
+        while any(end is None or positions[p] < end for p, end in ends.items()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end in {timeout_s}s")
-            for m in consumer.consume(10_000, timeout=0.5):
+                raise AssertionError(f"could not read {topic} to its end in {timeout_s}s (at {positions} of {ends})")
+            for m in consumer.consume(10_000, timeout=0.2):
                 if m.error() is None:
                     messages.append(m)
-                    if m.offset() + 1 >= ends[m.partition()]:
-                        remaining.discard(m.partition())
+                    positions[m.partition()] = m.offset() + 1
+            for p in partitions:
+                if ends[p] is None:
+                    ends[p] = fetched_end(consumer, TopicPartition(topic, p), listed[p])
         return messages
     finally:
         consumer.close()

@@ -195,8 +195,14 @@ class Joiner(Stage):
                      len(result.trailing_keys), result.records_per_s)
 
     def restored(self, partition: int) -> None:
-        """Produce what the outbox of a restored batch did not deliver (local writes never hold an outbox)."""
+        """Produce what the outbox of a restored batch did not deliver (local writes never hold an outbox).
+
+        The partition's inputs count as quiet only ``idle_input_ms`` after this, not since the process started.
+        """
         self._recover_outbox(partition)
+        now = time.monotonic()
+        for topic in self.subscription():
+            self._last_delivery[(topic, partition)] = now
 
     def revoked(self, partitions: list[int]) -> None:
         """Forget held warm-up input and pending compensations of ``partitions``."""
@@ -343,7 +349,7 @@ class Joiner(Stage):
                 INTERACTION: store.processed_offset(topics.interactions)}
         fresh = [e for e in items if e.offset > done[e.kind]]
         self.stats.replayed_events += len(items) - len(fresh)
-        batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(partition))
+        batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(store, partition))
         for orphan in batch.result.orphans:
             self._clients.dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
                                         "orphan interaction: no impression known for it (none arrived within "
@@ -352,24 +358,26 @@ class Joiner(Stage):
         self.stats.join.add(batch.result.counts)
         return batch
 
-    def _idle_inputs(self, partition: int) -> frozenset[str]:
+    def _idle_inputs(self, store: PartitionStore, partition: int) -> frozenset[str]:
         """Inputs of ``partition`` that delivered nothing for ``idle_input_ms`` and have nothing left to read.
 
         Both conditions are needed: the cached high watermark can be stale, and a quiet
-        input may just be slow.
+        input may just be slow. A consumer knows its position only once it delivered a
+        record; for a partition that arrived fully read, the store's processed offset
+        stands in.
         """
         topics = self.settings.topics
         names = {topics.impressions: IMPRESSIONS, topics.interactions: INTERACTIONS}
         now = time.monotonic()
-        quiet = [t for t in names if now - self._last_delivery.get((t, partition), 0.0) >= self._idle_s]
+        quiet = [t for t in names if now - self._last_delivery.get((t, partition), now) >= self._idle_s]
         if not quiet:
             return frozenset()
         idle = set()
         assert self._clients is not None
         consumer = self._clients.consumer
         for tp in consumer.position([TopicPartition(t, partition) for t in quiet]):
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= high:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses (see stream.kafka.messages)
+            if high >= 0 and max(tp.offset, store.processed_offset(tp.topic) + 1) >= high:
                 idle.add(names[tp.topic])
         return frozenset(idle)
 

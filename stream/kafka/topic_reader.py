@@ -17,6 +17,7 @@ from stream.codec.avro import DecodedBatch, RecordCodec, decode_batch
 from stream.config import KafkaSettings
 from stream.errors import WaitTimeoutError
 from stream.kafka.clients import consumer_config
+from stream.kafka.messages import fetched_end
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class TopicReader:
         config["client.id"] = client_id
         self._consumer = Consumer(config)
         self._assigned: list[int] = []
+        self._early: list = []  # records consumed while finding the ends, handed out by the next poll
 
     def _ensure_assigned(self, timeout_s: float = 5.0) -> bool:
         if self._assigned:
@@ -65,18 +67,32 @@ class TopicReader:
         """Whatever arrived (at most ``max_messages``), decoded; undecodable records are in ``failures``."""
         if not self._ensure_assigned():
             return DecodedBatch([], [], [])
-        messages = [m for m in self._consumer.consume(max_messages, timeout=timeout_s) if m.error() is None]
+        messages, self._early = self._early, []
+        if not messages:
+            messages = [m for m in self._consumer.consume(max_messages, timeout=timeout_s) if m.error() is None]
         return decode_batch(self._codec, messages)
 
     def end_offsets(self, timeout_s: float = 10.0) -> dict[int, int]:
-        """High watermark of every assigned partition now."""
+        """The end of every assigned partition now (see :func:`stream.kafka.messages.fetched_end`)."""
         if not self._ensure_assigned(timeout_s):
             return {}
-        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
-                for p in self._assigned}
+        listed = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
+                  for p in self._assigned}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = {p: fetched_end(self._consumer, TopicPartition(self.topic, p), high) for p, high in listed.items()}
+            if all(end is not None for end in ends.values()):
+                return {p: end for p, end in ends.items() if end is not None}
+            if time.monotonic() > deadline:
+                log.warning("%s: no fetch response for partitions %s within %.0f s; using the broker's listed ends",
+                            self.topic, sorted(p for p, e in ends.items() if e is None), timeout_s)
+                return {p: listed[p] if end is None else end for p, end in ends.items()}
+            self._early.extend(m for m in self._consumer.consume(10_000, timeout=0.1) if m.error() is None)
 
     def reached(self, targets: dict[int, int]) -> bool:
         """Whether the reader's position is at or past ``targets`` (partition -> offset) everywhere."""
+        if self._early:
+            return False
         pending = {p: end for p, end in targets.items() if end > 0}
         if not pending:
             return True

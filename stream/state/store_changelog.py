@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from stream.config import KafkaSettings
 from stream.kafka.clients import consumer_config
 from stream.kafka.exceptions import KafkaClientError
+from stream.kafka.messages import fetched_end
 from stream.state.partition_store import NO_OFFSET, PartitionStore, offset_items
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,24 @@ def replay(store: PartitionStore, kafka: KafkaSettings, topic: str, partition: i
     try:
         tp = TopicPartition(topic, partition)
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            low, listed = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
         except KafkaException as exc:
             raise KafkaClientError(f"cannot read the end of changelog {topic}[{partition}]: {exc}") from exc
-        if high <= max(start, low):
-            return
-        consumer.assign([TopicPartition(topic, partition, max(start, low))])
+        position = max(start, low)
+        consumer.assign([TopicPartition(topic, partition, position)])
         committed: list[tuple[bytes, bytes | None]] = []
         uncommitted: list[tuple[bytes, bytes | None]] = []
-        position = max(start, low)
         last_marker = NO_OFFSET
         progressed = time.monotonic()
-        while position < high:
+        end = None
+        while end is None or position < end:
             messages = consumer.consume(10_000, timeout=0.2)
+            if end is None:  # the end is trusted only with a fetch response (see stream.kafka.messages)
+                end = fetched_end(consumer, tp, listed)
             if messages:
                 progressed = time.monotonic()
             elif time.monotonic() - progressed > _STALL_S:
-                raise KafkaClientError(f"changelog {topic}[{partition}] stopped at offset {position} of {high} "
+                raise KafkaClientError(f"changelog {topic}[{partition}] stopped at offset {position} of {end} "
                                        f"for {_STALL_S:.0f} s while restoring")
             for message in messages:
                 if message.error() is not None:
@@ -111,7 +113,8 @@ def replay(store: PartitionStore, kafka: KafkaSettings, topic: str, partition: i
             if committed and result.batches_applied:
                 store.apply(committed, {CHANGELOG: last_marker})
                 committed = []
-            yield result.records_read
+            if result.records_read:
+                yield result.records_read
             for _ in throttle(started, result.records_read, max_records_per_s):
                 yield result.records_read
         result.trailing_keys = [key for key, _ in uncommitted]

@@ -235,3 +235,42 @@ def test_records_of_an_unfinished_batch_are_ignored_and_overwritten(kafka_bootst
     last_kept = [v for k, v in log if k == b"kept"][-1]
     last_new = [v for k, v in log if k == b"new"][-1]
     assert (last_kept, last_new) == (b"committed value", None)
+
+
+def test_a_joiner_that_takes_over_fully_read_partitions_closes_their_windows(kafka_bootstrap, tmp_path, unique_name):
+    """Impressions whose interactions never come close once the interactions input is idle. A joiner that gets
+    partitions a previous owner read to the end never receives a record from them, so its consumer knows no
+    position there: the store's processed offsets must stand in, or those windows never close."""
+    overrides = {
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "topics.impressions": f"imp-{unique_name}", "topics.interactions": f"int-{unique_name}",
+        "topics.examples_by_member": f"exm-{unique_name}", "topics.examples_by_job": f"exj-{unique_name}",
+        "topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
+        "joiner.attribution_window_ms": "10000", "joiner.allowed_lateness_ms": "1000",
+    }
+    first_settings = load_settings(overrides={**overrides, "joiner.idle_input_ms": "3600000"})  # never idle
+    topics = first_settings.topics
+    labeled = labeled_impressions(World(WorldSpec(seed=5, members=6, jobs=6, requests=40, items_per_request=2)))
+    producer = Producer(producer_config(first_settings.kafka))
+    record = initial_global_model_record([li.impression for li in labeled], first_settings.model)
+    producer.produce(topics.model_global, key=b"glmix", value=make_codec("GlobalModel", topics.model_global).encode(record))
+    codec = make_codec("Impression", topics.impressions)
+    impressions = [dict(li.impression, event_time=1_000_000 + 1_000 * n) for n, li in enumerate(labeled)]
+    for impression in impressions:  # and no interactions at all
+        producer.produce(topics.impressions, key=impression["member_id"].encode(), value=codec.encode(impression))
+    producer.flush(10)
+    first = StageRunner(Joiner(first_settings), first_settings)
+    try:
+        deadline = time.monotonic() + 60
+        while first.stats.join.impressions < len(impressions):
+            assert time.monotonic() < deadline
+            first.step()
+        assert first.stats.examples == 0  # the interactions input is not idle yet: it holds every window
+    finally:
+        first.close()
+    second_settings = load_settings(overrides={**overrides, "joiner.idle_input_ms": "200"})
+    second = StageRunner(Joiner(second_settings), second_settings)
+    try:
+        _step_until(second, len(impressions) // 2, timeout_s=60)
+    finally:
+        second.close()

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from stream.metrics.collector import METRIC_NAMES
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    """promtool, from Debian's prometheus package, installed here if missing and this is root (as in CI)."""
-    found = shutil.which("promtool")
-    if found is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], env=env,
-                       capture_output=True, timeout=900)
-        found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed and could not be installed here (Debian package 'prometheus', as root)")
-    return found
 
 
 def test_the_alert_rules_are_valid(promtool):

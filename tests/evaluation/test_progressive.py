@@ -91,9 +91,9 @@ def test_glmix_evaluate_progressive_reads_the_archive(tmp_path, capsys):
 
 def test_an_activity_type_the_models_cannot_see_shows_as_miscalibrated_in_the_report_and_in_metrics():
     """Feed-relevance practice: observed/expected per activity type finds the type every model gets wrong."""
+    from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
     from prometheus_client.registry import CollectorRegistry
-    from prometheus_client import generate_latest
 
     from stream.consumers.joiner import JoinerStats
     from stream.metrics.collector import PipelineCollector

@@ -50,19 +50,21 @@ def _latest(bootstrap: str, settings: Settings, coordinate: str) -> dict[str, tu
 
 
 def _reference_coefficients(bootstrap: str, settings: Settings, state_dir: Path, prefix: str,
-                            examples: int) -> dict[str, dict[str, tuple[int, np.ndarray]]]:
-    """What one uninterrupted updater per coordinate makes of the run's examples topics (own group and outputs)."""
+                            records: dict[str, int]) -> dict[str, dict[str, tuple[int, np.ndarray]]]:
+    """What one uninterrupted updater per coordinate makes of the run's examples topics (own group and outputs);
+    ``records``: how many records each examples topic holds."""
     reference = load_settings(overrides={**_overrides(prefix, state_dir, state_dir / "archive"),
                                          "topics.examples_by_member": settings.topics.examples_by_member,
                                          "topics.examples_by_job": settings.topics.examples_by_job,
                                          "kafka.bootstrap_servers": bootstrap})
     latest = {}
     for coordinate in reference.model.coordinates:
-        runner = StageRunner(CoordinateUpdater(reference, coordinate), reference, bootstrap)
+        updater = CoordinateUpdater(reference, coordinate)
+        runner = StageRunner(updater, reference, bootstrap)
         try:
             deadline = time.monotonic() + 120
-            while runner.stats.examples < examples:
-                assert time.monotonic() < deadline, f"reference {coordinate}: {runner.stats.examples} of {examples}"
+            while runner.stats.consumed() < records[updater.topic]:
+                assert time.monotonic() < deadline, f"reference {coordinate}: {runner.stats.consumed()} of {records}"
                 runner.step()
         finally:
             runner.close()
@@ -103,7 +105,7 @@ def test_run_all_killed_at_random_ends_as_one_uninterrupted_run(kafka_broker, ka
         while sum((archived := _archived(archive)).values()) < wanted and time.monotonic() < deadline:
             time.sleep(2)
         reference = _reference_coefficients(kafka_bootstrap, settings, tmp_path / "reference-updaters",
-                                            f"{unique_name}-refu", wanted)
+                                            f"{unique_name}-refu", {t: sum(c.values()) for t, c in got.items()})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             coefficients = {c: _latest(kafka_bootstrap, settings, c) for c in reference}

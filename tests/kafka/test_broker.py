@@ -12,7 +12,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.config import KafkaSettings, load_settings
-from stream.kafka import BrokerUnavailableError, admin_config, all_topics, consumer_config, ensure_topics, producer_config
+from stream.kafka import (
+    BrokerUnavailableError,
+    admin_config,
+    all_topics,
+    consumer_config,
+    ensure_topics,
+    producer_config,
+)
 
 
 def test_glmix_broker_serves_produce_and_consume_from_another_process(unique_name):

@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.archive.files import ArchiveFiles
 from stream.backtest.events import replay_order
 from stream.backtest.replay import Backtest, BacktestOptions
-from stream.consumers.labeling import JoinInput
 from stream.codec import make_codec
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings, load_settings
+from stream.consumers.labeling import JoinInput
 from stream.evaluation.progressive import collect, progressive_report
 from stream.kafka import producer_config
 from stream.metrics.kafka_statistics import KafkaStatistics

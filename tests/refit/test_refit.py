@@ -22,8 +22,8 @@ from stream.scoring.follower import ModelFollower
 from stream.scoring.scorer import Scorer
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
-from stream.synthetic.world import job_feature_keys, member_feature_keys
 from stream.synthetic.examples import joined_examples
+from stream.synthetic.world import job_feature_keys, member_feature_keys
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.kafka

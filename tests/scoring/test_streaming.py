@@ -12,9 +12,9 @@ from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
+from stream.runtime.runner import StageRunner
 from stream.scoring.streaming import StreamingScorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
-from stream.runtime.runner import StageRunner
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka

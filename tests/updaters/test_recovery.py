@@ -17,8 +17,8 @@ from confluent_kafka import Producer
 from stream.codec import make_codec
 from stream.config import Settings, load_settings
 from stream.kafka import producer_config
-from stream.updaters.updater import CoordinateUpdater
 from stream.runtime.runner import StageRunner
+from stream.updaters.updater import CoordinateUpdater
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.kafka
