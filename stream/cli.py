@@ -23,6 +23,8 @@ from confluent_kafka import KafkaException
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
 
+log = logging.getLogger(__name__)
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = dict(getattr(args, "setting_defaults", {}))
@@ -98,34 +100,60 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The whole system live on the embedded broker (or a real cluster): progress, metrics, a report and plots."""
     from stream.demo import DemoOptions, run_demo
 
-    options = DemoOptions(events=args.events, duration_s=args.duration, seed=args.seed, refit_every_s=args.refit_every,
-                          report_dir=args.report_dir)
+    options = DemoOptions(
+        events=args.events,
+        duration_s=args.duration,
+        seed=args.seed,
+        refit_every_s=args.refit_every,
+        report_dir=args.report_dir,
+    )
     report = run_demo(settings, options)
-    print(json.dumps({k: report[k] for k in ("events_produced", "examples", "progressive_auc", "glmix_beats_global_only",
-                                             "http_scoring_ok", "plots")}))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "events_produced",
+                    "examples",
+                    "progressive_auc",
+                    "glmix_beats_global_only",
+                    "http_scoring_ok",
+                    "plots",
+                )
+            }
+        )
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run pipeline stages until SIGTERM/SIGINT: the joiner, updaters, the streaming scorer, or all."""
+    from stream.kafka.clients import prepare_topics
     from stream.metrics.kafka_statistics import KafkaStatistics
     from stream.metrics.server import MetricsServer
     from stream.pipeline import NAMED_STAGES, Pipeline
 
     if args.stage == "updater":
         if not args.coordinate:
-            raise ConfigError("--coordinate", f"glmix run updater needs --coordinate ({', '.join(settings.model.coordinates)})")
+            raise ConfigError(
+                "--coordinate", f"glmix run updater needs --coordinate ({', '.join(settings.model.coordinates)})"
+            )
         unknown = sorted(set(args.coordinate) - set(settings.model.coordinates))
         if unknown:
-            raise ConfigError("--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}")
+            raise ConfigError(
+                "--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}"
+            )
         stages = list(args.coordinate)
     else:
         stages = [args.stage] if args.stage in NAMED_STAGES else None
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix run needs a broker: --bootstrap-servers, or run glmix demo")
+    prepare_topics(settings)  # an unreachable broker is a one-line error here, not a failed stage thread
     statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
     pipeline = Pipeline(settings, stages, stop_event=_stop_event(), statistics=statistics)
-    metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics) if settings.metrics.enabled else None
+    metrics = (
+        MetricsServer(pipeline.metrics_collector(statistics), settings.metrics) if settings.metrics.enabled else None
+    )
     pipeline.start()
     try:
         pipeline.wait()
@@ -149,12 +177,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
-    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
-                             keep_posteriors=settings.serving.exploration, follow_items=True)
-    service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
-                             lambda: follower.ready and follower.global_model.current is not None, follower.close)
-    web.run_app(build_app(service), host=settings.serving.host, port=settings.serving.port, shutdown_timeout=10,
-                print=lambda message: print(message, flush=True))
+    follower = ModelFollower(
+        settings,
+        settings.kafka.bootstrap_servers,
+        client_id=settings.kafka.group_id("scorer"),
+        keep_posteriors=settings.serving.exploration,
+        follow_items=True,
+    )
+    service = ScoringService(
+        Scorer.following(settings.model, follower),
+        settings.serving,
+        follower.refresh,
+        lambda: follower.ready and follower.global_model.current is not None,
+        follower.close,
+    )
+    web.run_app(
+        build_app(service),
+        host=settings.serving.host,
+        port=settings.serving.port,
+        shutdown_timeout=10,
+        print=lambda message: print(message, flush=True),
+    )
     return 0
 
 
@@ -169,7 +212,9 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("kafka.bootstrap_servers", "glmix score reads the models from Kafka: --bootstrap-servers")
     if not args.input.is_file():
         raise ConfigError("--input", f"no such file: {args.input}")
-    follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("offline-scorer"))
+    follower = ModelFollower(
+        settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("offline-scorer")
+    )
     try:
         follower.catch_up(timeout_s=args.timeout)
         scorer = Scorer.following(settings.model, follower)
@@ -201,7 +246,9 @@ def _segment_field(field: str | None) -> str | None:
     from stream.config.settings import SEGMENT_FIELDS, is_segment_field
 
     if field is not None and not is_segment_field(field):
-        raise ConfigError("--by", f"cannot group examples by {field!r}: use {', '.join(SEGMENT_FIELDS)} or context:<key>")
+        raise ConfigError(
+            "--by", f"cannot group examples by {field!r}: use {', '.join(SEGMENT_FIELDS)} or context:<key>"
+        )
     return field
 
 
@@ -231,10 +278,12 @@ def _time_ms(text: str) -> int:
 
 def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
     """Refit the global model on archived examples; publish it if the gate passes. Once, or ``--every``."""
-    from stream.refit.job import GlobalRefit
+    from stream.refit.job import GlobalRefit, RefitError
 
     if not settings.kafka.bootstrap_servers:
-        raise ConfigError("kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers")
+        raise ConfigError(
+            "kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers"
+        )
     refit = GlobalRefit(settings, settings.kafka.bootstrap_servers, show_progress=sys.stderr.isatty())
     stop = _stop_event()
     metrics = None
@@ -245,8 +294,14 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
         metrics = MetricsServer(PipelineCollector({}, refit=refit.stats), settings.metrics)
     try:
         while True:
-            result = refit.run_once(args.from_ms, args.to_ms)
-            print(json.dumps(result.to_json()), flush=True)
+            try:
+                result = refit.run_once(args.from_ms, args.to_ms)
+                print(json.dumps(result.to_json()), flush=True)
+            except RefitError as exc:
+                if args.every is None:
+                    raise
+                refit.stats.skipped += 1  # a service started before the archive has data waits for it
+                log.warning("refit skipped: %s; next try in %.0f s", exc, args.every)
             if args.every is None or stop.wait(args.every):
                 return 0
     finally:
@@ -263,8 +318,12 @@ def cmd_evaluate_progressive(args: argparse.Namespace, settings: Settings) -> in
     by = _segment_field(args.by)
     files = ArchiveFiles(args.archive or settings.archive_path)
     examples = files.examples_between(args.from_ms or 0, args.to_ms or 2**62)
-    report = progressive_report(collect(examples, list(settings.model.coordinates), by), get_loss(settings.model.loss),
-                                windows=args.windows, top=args.top)
+    report = progressive_report(
+        collect(examples, list(settings.model.coordinates), by),
+        get_loss(settings.model.loss),
+        windows=args.windows,
+        top=args.top,
+    )
     if args.plots:
         from stream.evaluation.plots import write_plots
 
@@ -283,7 +342,9 @@ def cmd_evaluate_replay(args: argparse.Namespace, settings: Settings) -> int:
     from stream.scoring.scorer import Scorer
 
     if not settings.kafka.bootstrap_servers:
-        raise ConfigError("kafka.bootstrap_servers", "glmix evaluate replay reads the models from Kafka: --bootstrap-servers")
+        raise ConfigError(
+            "kafka.bootstrap_servers", "glmix evaluate replay reads the models from Kafka: --bootstrap-servers"
+        )
     labels = settings.joiner.labels
     outcome: dict[str, float] = {}
     for interaction in read_container(args.interactions, "Interaction"):
@@ -303,8 +364,15 @@ def cmd_evaluate_replay(args: argparse.Namespace, settings: Settings) -> int:
     positions = np.array([i["position"] for i in served])
     y = np.array([outcome.get(i["impression_id"], 0.0) for i in served])
     random_scores = np.random.default_rng(args.seed).random(len(served))
-    print(json.dumps({"model": replay(requests, positions, y, sum(margins.values())).to_json(),
-                      "random": replay(requests, positions, y, random_scores).to_json()}, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": replay(requests, positions, y, sum(margins.values())).to_json(),
+                "random": replay(requests, positions, y, random_scores).to_json(),
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
@@ -329,11 +397,20 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         write_container(args.output, "GlobalModel", [record])
     if not args.no_publish:
         publish_first_model(settings, record)
-    print(json.dumps({"events": len(log), "invalid_events": log.invalid, "version": record["version"],
-                      "index_version": record["index_version"], "global_features": len(record["features"]),
-                      "coordinate_features": {k: len(v) for k, v in record["coordinate_indices"].items()},
-                      "published_to": None if args.no_publish else settings.topics.model_global,
-                      "output": str(args.output) if args.output else None}))
+    print(
+        json.dumps(
+            {
+                "events": len(log),
+                "invalid_events": log.invalid,
+                "version": record["version"],
+                "index_version": record["index_version"],
+                "global_features": len(record["features"]),
+                "coordinate_features": {k: len(v) for k, v in record["coordinate_indices"].items()},
+                "published_to": None if args.no_publish else settings.topics.model_global,
+                "output": str(args.output) if args.output else None,
+            }
+        )
+    )
     return 0
 
 
@@ -349,8 +426,9 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         if not args.model.is_file():
             raise ConfigError("--model", f"no such file: {args.model}")
         model = next(iter(read_container(args.model, "GlobalModel")), None)
-    options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000),
-                              windows=args.windows)
+    options = BacktestOptions(
+        latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000), windows=args.windows
+    )
     result = Backtest(settings, options, model).run(log.events)
     report = {"invalid_events": log.invalid, **result.report}
     text = json.dumps(report, indent=1)
@@ -371,9 +449,18 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     log = EventLog.from_paths(args.from_files)
     options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000))
     result = tune(settings, log.events, options, args.split)
-    print(json.dumps({"split_event_time_ms": result.split_ms, "chosen": result.chosen,
-                      "validation_auc": result.validation_auc, "evaluation_auc": result.evaluation_auc,
-                      "trials": len(result.trials)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "split_event_time_ms": result.split_ms,
+                "chosen": result.chosen,
+                "validation_auc": result.validation_auc,
+                "evaluation_auc": result.evaluation_auc,
+                "trials": len(result.trials),
+            },
+            indent=1,
+        )
+    )
     print(result.toml(), end="")
     return 0
 
@@ -400,8 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``glmix`` and all its subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set topics.partitions=8 (repeatable)")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set topics.partitions=8 (repeatable)",
+    )
     common.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (overrides kafka.bootstrap_servers)")
 
     parser = argparse.ArgumentParser(prog="glmix", description="Streaming GLMix models on Kafka.")
@@ -413,40 +505,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     produce = sub.add_parser("produce", help="produce data into Kafka or files")
     produce_sub = produce.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    synthetic = produce_sub.add_parser("synthetic", parents=[common], help="a synthetic world with known true coefficients")
+    synthetic = produce_sub.add_parser(
+        "synthetic", parents=[common], help="a synthetic world with known true coefficients"
+    )
     synthetic.add_argument("--seed", type=int, default=7, help="seed of the world and its events (default 7)")
     synthetic.add_argument("--members", type=int, help="members in the world (default 200)")
     synthetic.add_argument("--jobs", type=int, help="jobs in the world (default 100)")
     synthetic.add_argument("--requests", type=int, help="requests served, each showing several jobs (default 2000)")
     synthetic.add_argument("--items-per-request", type=int, help="jobs shown per request (default 5)")
-    synthetic.add_argument("--alice-annie-pairs", type=int,
-                           help="pairs of members with the same features and opposite tastes (default 2)")
-    for rate, what in (("duplicate", "events sent twice"), ("out-of-order", "events that arrive up to a minute late"),
-                       ("late", "clicks after the attribution window"), ("orphan", "interactions with no impression"),
-                       ("malformed", "records a correct pipeline must dead-letter"),
-                       ("random-bucket", "requests ranked at random")):
+    synthetic.add_argument(
+        "--alice-annie-pairs", type=int, help="pairs of members with the same features and opposite tastes (default 2)"
+    )
+    for rate, what in (
+        ("duplicate", "events sent twice"),
+        ("out-of-order", "events that arrive up to a minute late"),
+        ("late", "clicks after the attribution window"),
+        ("orphan", "interactions with no impression"),
+        ("malformed", "records a correct pipeline must dead-letter"),
+        ("random-bucket", "requests ranked at random"),
+    ):
         synthetic.add_argument(f"--{rate}-rate", type=float, help=f"share of {what}")
-    synthetic.add_argument("--to", choices=("kafka", "files"), default="kafka",
-                           help="write to Kafka (--bootstrap-servers) or to Avro container files (--output)")
+    synthetic.add_argument(
+        "--to",
+        choices=("kafka", "files"),
+        default="kafka",
+        help="write to Kafka (--bootstrap-servers) or to Avro container files (--output)",
+    )
     synthetic.add_argument("--output", type=Path, default=Path("out/synthetic"), help="directory for --to files")
     synthetic.add_argument("--truth", type=Path, help="write the true coefficients to this JSON file")
     synthetic.set_defaults(handler=cmd_produce_synthetic)
 
-    compile_parser = sub.add_parser("compile", parents=[common],
-                                    help="compile the Newton solver into numba's cache (else the first stage start does, ~15 s)")
+    compile_parser = sub.add_parser(
+        "compile",
+        parents=[common],
+        help="compile the Newton solver into numba's cache (else the first stage start does, ~15 s)",
+    )
     compile_parser.set_defaults(handler=cmd_compile)
 
-    demo = sub.add_parser("demo", parents=[common], help="the whole pipeline live on the embedded broker, with a report")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="the whole pipeline live on the embedded broker, with a report"
+    )
     demo.add_argument("--events", type=int, default=30_000, help="impressions to stream (default 30000)")
-    demo.add_argument("--duration", type=_duration_s, default=60.0, help="how long the live traffic lasts (default 60s)")
+    demo.add_argument(
+        "--duration", type=_duration_s, default=60.0, help="how long the live traffic lasts (default 60s)"
+    )
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic world (default 7)")
     demo.add_argument("--refit-every", type=_duration_s, default=20.0, help="global refit interval (default 20s)")
     demo.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="where report.json and plots go")
     demo.set_defaults(handler=cmd_demo, setting_defaults=_demo_setting_defaults())
 
     run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
-    run.add_argument("stage", choices=("joiner", "updater", "archive", "stream-scorer", "all"),
-                     help="all = the joiner and every coordinate's updater")
+    run.add_argument(
+        "stage",
+        choices=("joiner", "updater", "archive", "stream-scorer", "all"),
+        help="all = the joiner and every coordinate's updater",
+    )
     run.add_argument("--coordinate", action="append", help="with 'updater': the coordinate to update (repeatable)")
     run.set_defaults(handler=cmd_run)
 
@@ -456,68 +569,115 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", parents=[common], help="score a file of candidates offline")
     score.add_argument("--input", type=Path, required=True, help="Avro container file of Impression records")
     score.add_argument("--output", type=Path, required=True, help="Avro container file to write")
-    score.add_argument("--format", choices=("glmix", "photon"), default="glmix",
-                       help="ScoredCandidate records, or Photon-ML ScoringResultAvro")
+    score.add_argument(
+        "--format",
+        choices=("glmix", "photon"),
+        default="glmix",
+        help="ScoredCandidate records, or Photon-ML ScoringResultAvro",
+    )
     score.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     score.set_defaults(handler=cmd_score)
 
     refit = sub.add_parser("refit", parents=[common], help="refit the global model on archived examples (gated)")
-    refit.add_argument("--from", dest="from_ms", type=_time_ms, help="window start (ISO-8601 or epoch ms); "
-                       "default: refit.window_hours before --to")
-    refit.add_argument("--to", dest="to_ms", type=_time_ms, help="window end; default: just after the newest archived example")
+    refit.add_argument(
+        "--from",
+        dest="from_ms",
+        type=_time_ms,
+        help="window start (ISO-8601 or epoch ms); default: refit.window_hours before --to",
+    )
+    refit.add_argument(
+        "--to", dest="to_ms", type=_time_ms, help="window end; default: just after the newest archived example"
+    )
     refit.add_argument("--every", type=_duration_s, help="keep running, one refit per interval (e.g. 1h)")
     refit.set_defaults(handler=cmd_refit)
 
     event_log = argparse.ArgumentParser(add_help=False)
-    event_log.add_argument("--from", dest="from_files", nargs="+", type=Path, required=True, metavar="FILE",
-                           help="Impression and Interaction Avro container files (told apart by their schema)")
+    event_log.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="Impression and Interaction Avro container files (told apart by their schema)",
+    )
     replay_options = argparse.ArgumentParser(add_help=False)
-    replay_options.add_argument("--latency", type=_latency_s, default=1.0,
-                                help="update latency: micro-batches of this much event time (e.g. 200ms, 1s; 0 = every "
-                                     "event)")
-    replay_options.add_argument("--refit-every", type=_duration_s,
-                                help="event time between global refits with vocabulary growth (default: none)")
+    replay_options.add_argument(
+        "--latency",
+        type=_latency_s,
+        default=1.0,
+        help="update latency: micro-batches of this much event time (e.g. 200ms, 1s; 0 = every event)",
+    )
+    replay_options.add_argument(
+        "--refit-every",
+        type=_duration_s,
+        help="event time between global refits with vocabulary growth (default: none)",
+    )
 
-    bootstrap = sub.add_parser("bootstrap", parents=[common, event_log],
-                               help="first feature indexes and a fitted global model from history, published as version 1")
+    bootstrap = sub.add_parser(
+        "bootstrap",
+        parents=[common, event_log],
+        help="first feature indexes and a fitted global model from history, published as version 1",
+    )
     bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
     bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
-    backtest = sub.add_parser("backtest", parents=[common, event_log, replay_options],
-                              help="replay an event log through the live join and update code (progressive report)")
-    backtest.add_argument("--model", type=Path,
-                          help="GlobalModel container file to start from (glmix bootstrap --output); default: the "
-                               "joiner's warm-up")
+    backtest = sub.add_parser(
+        "backtest",
+        parents=[common, event_log, replay_options],
+        help="replay an event log through the live join and update code (progressive report)",
+    )
+    backtest.add_argument(
+        "--model",
+        type=Path,
+        help="GlobalModel container file to start from (glmix bootstrap --output); default: the joiner's warm-up",
+    )
     backtest.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
     backtest.add_argument("--report", type=Path, help="also write the JSON report to this file")
     backtest.set_defaults(handler=cmd_backtest)
 
-    tune_parser = sub.add_parser("tune", parents=[common, event_log, replay_options],
-                                 help="choose each coordinate's prior and the global L2 by backtest (prints TOML)")
-    tune_parser.add_argument("--split", type=float, default=0.7,
-                             help="share of the log's impressions, in time order, used to choose (the rest judges "
-                                  "the choice; default 0.7)")
+    tune_parser = sub.add_parser(
+        "tune",
+        parents=[common, event_log, replay_options],
+        help="choose each coordinate's prior and the global L2 by backtest (prints TOML)",
+    )
+    tune_parser.add_argument(
+        "--split",
+        type=float,
+        default=0.7,
+        help="share of the log's impressions, in time order, used to choose (the rest judges the choice; default 0.7)",
+    )
     tune_parser.set_defaults(handler=cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    progressive = evaluate_sub.add_parser("progressive", parents=[common],
-                                          help="progressive validation of archived examples (predict, then update)")
+    progressive = evaluate_sub.add_parser(
+        "progressive", parents=[common], help="progressive validation of archived examples (predict, then update)"
+    )
     progressive.add_argument("--archive", help="archive path (default: the archive.path setting)")
     progressive.add_argument("--from", dest="from_ms", type=_time_ms, help="first event time (ISO-8601 or epoch ms)")
     progressive.add_argument("--to", dest="to_ms", type=_time_ms, help="end event time (exclusive)")
     progressive.add_argument("--windows", type=int, default=10, help="time windows for the over-time metrics")
     progressive.add_argument("--plots", type=Path, help="directory for the PNG plots")
-    progressive.add_argument("--by", help="also report per value of this field: member_id, item_id, random_bucket, "
-                                          "position or context:<key> (e.g. context:activity_type)")
-    progressive.add_argument("--top", type=int, default=10, help="with --by: values reported one by one, the rest as "
-                                                                   "(other) (default 10)")
+    progressive.add_argument(
+        "--by",
+        help="also report per value of this field: member_id, item_id, random_bucket, "
+        "position or context:<key> (e.g. context:activity_type)",
+    )
+    progressive.add_argument(
+        "--top", type=int, default=10, help="with --by: values reported one by one, the rest as (other) (default 10)"
+    )
     progressive.set_defaults(handler=cmd_evaluate_progressive)
-    replay_parser = evaluate_sub.add_parser("replay", parents=[common],
-                                            help="replay the current models on random-bucket impressions")
-    replay_parser.add_argument("--impressions", type=Path, required=True, help="Avro container file of Impression records")
-    replay_parser.add_argument("--interactions", type=Path, required=True, help="Avro container file of Interaction records")
+    replay_parser = evaluate_sub.add_parser(
+        "replay", parents=[common], help="replay the current models on random-bucket impressions"
+    )
+    replay_parser.add_argument(
+        "--impressions", type=Path, required=True, help="Avro container file of Impression records"
+    )
+    replay_parser.add_argument(
+        "--interactions", type=Path, required=True, help="Avro container file of Interaction records"
+    )
     replay_parser.add_argument("--seed", type=int, default=0, help="seed of the random policy it is compared with")
     replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     replay_parser.set_defaults(handler=cmd_evaluate_replay)
@@ -526,8 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     movielens.add_argument("--seed", type=int, default=0, help="seed of the random 80/20 split (default 0)")
     movielens.add_argument("--l2", type=float, default=1.0, help="every coordinate's L2 unless --tune (default 1)")
     movielens.add_argument("--passes", type=int, default=2, help="coordinate-descent passes")
-    movielens.add_argument("--tune", action="store_true",
-                           help="choose each coordinate's L2 on a validation split of the training data")
+    movielens.add_argument(
+        "--tune", action="store_true", help="choose each coordinate's L2 on a validation split of the training data"
+    )
     movielens.set_defaults(handler=cmd_evaluate_movielens)
     return parser
 

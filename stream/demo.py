@@ -105,12 +105,20 @@ def demo_settings(settings: Settings, report_dir: Path, run_id: str) -> Settings
         settings,
         state_dir=str(report_dir / "state"),
         kafka=replace(settings.kafka, group_prefix=f"glmix-demo-{run_id}"),
-        topics=replace(topics, impressions=prefix + "impressions", interactions=prefix + "interactions",
-                       examples_by_member=prefix + "examples.by-member", examples_by_job=prefix + "examples.by-job",
-                       examples_prefix=prefix + "examples.by-", coefficients_prefix=prefix + "coefficients.",
-                       model_global=prefix + "model.global", dead_letter=prefix + "dead-letter",
-                       score_requests=prefix + "score-requests", score_results=prefix + "score-results",
-                       items=prefix + "items"),
+        topics=replace(
+            topics,
+            impressions=prefix + "impressions",
+            interactions=prefix + "interactions",
+            examples_by_member=prefix + "examples.by-member",
+            examples_by_job=prefix + "examples.by-job",
+            examples_prefix=prefix + "examples.by-",
+            coefficients_prefix=prefix + "coefficients.",
+            model_global=prefix + "model.global",
+            dead_letter=prefix + "dead-letter",
+            score_requests=prefix + "score-requests",
+            score_results=prefix + "score-results",
+            items=prefix + "items",
+        ),
     )
 
 
@@ -118,11 +126,26 @@ def _world(options: DemoOptions, now_ms: int) -> World:
     requests = max(50, int(options.events / ITEMS_PER_REQUEST / (1 - HISTORY_SHARE)))
     gap_ms = max(1, int(options.duration_s * 1000 / (requests * (1 - HISTORY_SHARE))))
     start = now_ms - int(requests * HISTORY_SHARE * gap_ms)  # the history ends now; the stream is the next duration_s
-    return World(WorldSpec(seed=options.seed, members=100, jobs=60, alice_annie_pairs=4, requests=requests,
-                           items_per_request=ITEMS_PER_REQUEST,
-                           attribution_window_ms=ATTRIBUTION_WINDOW_MS, mean_click_delay_ms=2_000, start_time_ms=start,
-                           mean_request_gap_ms=gap_ms, malformed_rate=0.01, duplicate_rate=0.02, out_of_order_rate=0.0,
-                           late_rate=0.01, orphan_rate=0.01, emerging_terms=10))
+    return World(
+        WorldSpec(
+            seed=options.seed,
+            members=100,
+            jobs=60,
+            alice_annie_pairs=4,
+            requests=requests,
+            items_per_request=ITEMS_PER_REQUEST,
+            attribution_window_ms=ATTRIBUTION_WINDOW_MS,
+            mean_click_delay_ms=2_000,
+            start_time_ms=start,
+            mean_request_gap_ms=gap_ms,
+            malformed_rate=0.01,
+            duplicate_rate=0.02,
+            out_of_order_rate=0.0,
+            late_rate=0.01,
+            orphan_rate=0.01,
+            emerging_terms=10,
+        )
+    )
 
 
 def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics: KafkaStatistics) -> dict:
@@ -151,11 +174,13 @@ def _show(line: dict, out: TextIO) -> None:
     def fmt(value, pattern: str) -> str:
         return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else pattern.format(value)
 
-    out.write(f"[{line['t_s']:6.1f}s] events {line['events_produced']:>7} ({line['events_per_s']:>5}/s)  "
-              f"examples {line['examples']:>7}  lag {line['lag_messages']:>5}  "
-              f"freshness p50 {fmt(line['freshness_p50_s'], '{:.2f}s'):>6}  "
-              f"AUC global {fmt(line['auc_global'], '{:.3f}')} vs GLMix {fmt(line['auc_glmix'], '{:.3f}')}  "
-              f"dead letters {line['dead_letters']}  refits {line['refits']}\n")
+    out.write(
+        f"[{line['t_s']:6.1f}s] events {line['events_produced']:>7} ({line['events_per_s']:>5}/s)  "
+        f"examples {line['examples']:>7}  lag {line['lag_messages']:>5}  "
+        f"freshness p50 {fmt(line['freshness_p50_s'], '{:.2f}s'):>6}  "
+        f"AUC global {fmt(line['auc_global'], '{:.3f}')} vs GLMix {fmt(line['auc_glmix'], '{:.3f}')}  "
+        f"dead letters {line['dead_letters']}  refits {line['refits']}\n"
+    )
     out.flush()
 
 
@@ -180,7 +205,9 @@ class _PeriodicRefit:
         self._thread.join(120)
 
 
-def _alice_and_annie(world: World, settings: Settings, follower: ModelFollower, live: list[LabeledImpression]) -> list[dict]:
+def _alice_and_annie(
+    world: World, settings: Settings, follower: ModelFollower, live: list[LabeledImpression]
+) -> list[dict]:
     """What the scorer serves the Alice/Annie pair seen most in the stream: the same candidates, ranked for each twin."""
     if not world.truth.alice_annie:
         return []
@@ -198,13 +225,29 @@ def _alice_and_annie(world: World, settings: Settings, follower: ModelFollower, 
 
     out = []
     for who in (alice, annie):
-        ranked = scorer.score(who, bags(members[who]), [{"item_id": j.entity_id, "features": bags(j)} for j in candidates],
-                              top_k=len(candidates))
+        ranked = scorer.score(
+            who,
+            bags(members[who]),
+            [{"item_id": j.entity_id, "features": bags(j)} for j in candidates],
+            top_k=len(candidates),
+        )
         titles = {j.entity_id: j.bags["job_title"][0][1] for j in candidates}
-        out.append({"member_id": who, "loves": liked if who == alice else f"anything but {liked}", "ranking": [
-            {"item_id": s.item_id, "title": titles[s.item_id], "probability": round(s.probability, 3),
-             "breakdown": {k: round(v, 3) for k, v in s.breakdown.items()}, "versions": s.versions}
-            for s in ranked]})
+        out.append(
+            {
+                "member_id": who,
+                "loves": liked if who == alice else f"anything but {liked}",
+                "ranking": [
+                    {
+                        "item_id": s.item_id,
+                        "title": titles[s.item_id],
+                        "probability": round(s.probability, 3),
+                        "breakdown": {k: round(v, 3) for k, v in s.breakdown.items()},
+                        "versions": s.versions,
+                    }
+                    for s in ranked
+                ],
+            }
+        )
     return out
 
 
@@ -221,8 +264,9 @@ def _wait_until_settled(pipeline: Pipeline, archive_stats, timeout_s: float = 90
         time.sleep(0.5)
 
 
-def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None,
-             on_running: Callable[[str], None] | None = None) -> dict:
+def run_demo(
+    settings: Settings, options: DemoOptions, out: TextIO | None = None, on_running: Callable[[str], None] | None = None
+) -> dict:
     """Run the demo and return its report (also written to ``report_dir/report.json``).
 
     Progress goes to ``out`` (standard error by default). ``on_running`` is called with the
@@ -240,31 +284,39 @@ def run_demo(settings: Settings, options: DemoOptions, out: TextIO | None = None
         bootstrap = broker.bootstrap_servers
         out.write(f"embedded Kafka (librdkafka mock cluster) at {bootstrap}\n")
     try:
-        settings = demo_settings(replace(settings, kafka=replace(settings.kafka, bootstrap_servers=bootstrap)),
-                                 report_dir, run_id)
+        settings = demo_settings(
+            replace(settings, kafka=replace(settings.kafka, bootstrap_servers=bootstrap)), report_dir, run_id
+        )
         return _run(settings, options, report_dir, out, on_running)
     finally:
         if broker is not None:
             broker.close()
 
 
-def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO,
-         on_running: Callable[[str], None] | None) -> dict:
+def _run(
+    settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO, on_running: Callable[[str], None] | None
+) -> dict:
     started_ms = int(time.time() * 1000)
     world = _world(options, started_ms)
     labeled = labeled_impressions(world)
     cut = int(len(labeled) * HISTORY_SHARE) // ITEMS_PER_REQUEST * ITEMS_PER_REQUEST
     history, live = labeled[:cut], labeled[cut:]
     producer = Producer(producer_config(settings.kafka))
-    record = fitted_global_model_record([li.impression for li in history], [float(li.clicked) for li in history],
-                                        settings.model)  # version 1: yesterday's batch model
-    producer.produce(settings.topics.model_global, key=b"glmix",
-                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    record = fitted_global_model_record(
+        [li.impression for li in history], [float(li.clicked) for li in history], settings.model
+    )  # version 1: yesterday's batch model
+    producer.produce(
+        settings.topics.model_global,
+        key=b"glmix",
+        value=make_codec("GlobalModel", settings.topics.model_global).encode(record),
+    )
     producer.flush()
     events = list(event_stream(world, live))
-    out.write(f"synthetic world: {len(world.members)} members, {len(world.jobs)} jobs; global model v1 fitted on "
-              f"{len(history)} historical impressions; streaming {len(live)} impressions "
-              f"({len(events)} events) over ~{options.duration_s:.0f} s\n")
+    out.write(
+        f"synthetic world: {len(world.members)} members, {len(world.jobs)} jobs; global model v1 fitted on "
+        f"{len(history)} historical impressions; streaming {len(live)} impressions "
+        f"({len(events)} events) over ~{options.duration_s:.0f} s\n"
+    )
 
     statistics = KafkaStatistics(settings.metrics.kafka_statistics_interval_ms)
     with ExitStack() as cleanup:
@@ -272,11 +324,16 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
         metrics = MetricsServer(pipeline.metrics_collector(statistics), settings.metrics)
         cleanup.callback(metrics.close)
         produce_items(world, producer, settings)  # the job catalog: HTTP requests may name candidates by id alone
-        follower = ModelFollower(settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"),
-                                 follow_items=True)
+        follower = ModelFollower(
+            settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("scorer"), follow_items=True
+        )
         cleanup.callback(follower.close)
-        service = ScoringService(Scorer.following(settings.model, follower), settings.serving, follower.refresh,
-                                 lambda: follower.ready and follower.global_model.current is not None)
+        service = ScoringService(
+            Scorer.following(settings.model, follower),
+            settings.serving,
+            follower.refresh,
+            lambda: follower.ready and follower.global_model.current is not None,
+        )
         http = BackgroundServer(build_app(service))
         cleanup.callback(http.close)
         refit = GlobalRefit(settings, settings.kafka.bootstrap_servers)
@@ -288,7 +345,9 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
         pipeline.start()
         refits = _PeriodicRefit(refit, options.refit_every_s, run.refits)
         try:
-            _stream_live(events, producer, settings, run, pipeline, statistics, out, started_ms + int(options.duration_s * 1000))
+            _stream_live(
+                events, producer, settings, run, pipeline, statistics, out, started_ms + int(options.duration_s * 1000)
+            )
             _wait_until_settled(pipeline, pipeline.stages["archive"].stats)
             refits.stop()
             try:  # one last refit over everything archived, so every demo shows the gate at work
@@ -311,8 +370,16 @@ def _run(settings: Settings, options: DemoOptions, report_dir: Path, out: TextIO
     return _report(settings, world, run, pipeline, twins, http_ok, report_dir, out, seconds)
 
 
-def _stream_live(events: list, producer: Producer, settings: Settings, run: DemoRun, pipeline: Pipeline,
-                 statistics: KafkaStatistics, out: TextIO, stream_end_ms: int) -> None:
+def _stream_live(
+    events: list,
+    producer: Producer,
+    settings: Settings,
+    run: DemoRun,
+    pipeline: Pipeline,
+    statistics: KafkaStatistics,
+    out: TextIO,
+    stream_end_ms: int,
+) -> None:
     """Produce each event when its arrival time comes (the tail at once after ``stream_end_ms``); a progress line a second."""
     topics, codecs = event_topics_and_codecs(settings)
     clock = next_line = time.monotonic()
@@ -342,19 +409,30 @@ def _ask_http(url: str, world: World, scorer: Scorer) -> bool:
     """
     member = world.members[0]
     member_bags = {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in member.bags.items()}
-    body = {"member_id": member.entity_id, "member_features": member_bags,
-            "candidates": [{"item_id": j.entity_id} for j in world.jobs[:10]], "top_k": 3}
-    request = urllib.request.Request(f"{url}/v1/score", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    body = {
+        "member_id": member.entity_id,
+        "member_features": member_bags,
+        "candidates": [{"item_id": j.entity_id} for j in world.jobs[:10]],
+        "top_k": 3,
+    }
+    request = urllib.request.Request(
+        f"{url}/v1/score", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 200:
             return False
         answered = json.loads(response.read())["candidates"]
-    listed = [{"item_id": j.entity_id, "features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f]
-                                                    for b, f in j.bags.items()}} for j in world.jobs[:10]]
+    listed = [
+        {
+            "item_id": j.entity_id,
+            "features": {b: [{"name": n, "term": t, "value": v} for n, t, v in f] for b, f in j.bags.items()},
+        }
+        for j in world.jobs[:10]
+    ]
     expected = scorer.score(member.entity_id, member_bags, listed, top_k=3)
     return [a["item_id"] for a in answered] == [e.item_id for e in expected] and all(
-        abs(a["margin"] - e.margin) < 1e-9 for a, e in zip(answered, expected))
+        abs(a["margin"] - e.margin) < 1e-9 for a, e in zip(answered, expected)
+    )
 
 
 def _vocabulary_over_time(progress: list[dict]) -> list[dict]:
@@ -362,12 +440,23 @@ def _vocabulary_over_time(progress: list[dict]) -> list[dict]:
     changes: list[dict] = []
     for line in progress:
         if line.get("index_columns") and (not changes or changes[-1]["index_version"] != line["index_version"]):
-            changes.append({"t_s": line["t_s"], "index_version": line["index_version"], "columns": line["index_columns"]})
+            changes.append(
+                {"t_s": line["t_s"], "index_version": line["index_version"], "columns": line["index_columns"]}
+            )
     return changes
 
 
-def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, twins: list, http_ok: bool,
-            report_dir: Path, out: TextIO, seconds: float) -> dict:
+def _report(
+    settings: Settings,
+    world: World,
+    run: DemoRun,
+    pipeline: Pipeline,
+    twins: list,
+    http_ok: bool,
+    report_dir: Path,
+    out: TextIO,
+    seconds: float,
+) -> dict:
     archived = list(ArchiveFiles(settings.archive_path).examples_between(0, 2**62))
     evaluation = progressive_report(collect(archived, list(settings.model.coordinates)), get_loss(settings.model.loss))
     plots = write_plots(evaluation, report_dir / "plots")
@@ -382,8 +471,10 @@ def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, 
         "positives": joiner.positives,
         "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters.values()),
         "entity_updates": {n: s.entity_updates for n, s in updaters.items()},
-        "freshness_s": {n: {"p50": s.freshness_seconds.quantile(0.5), "p99": s.freshness_seconds.quantile(0.99)}
-                        for n, s in updaters.items()},
+        "freshness_s": {
+            n: {"p50": s.freshness_seconds.quantile(0.5), "p99": s.freshness_seconds.quantile(0.99)}
+            for n, s in updaters.items()
+        },
         "progressive_auc": {name: variants[name]["auc"] for name in names},
         "progressive_log_loss": {name: variants[name]["log_loss"] for name in names},
         "observed_expected": {name: variants[name]["observed_expected"] for name in names},
@@ -398,14 +489,20 @@ def _report(settings: Settings, world: World, run: DemoRun, pipeline: Pipeline, 
     }
     (report_dir / "report.json").write_text(json.dumps(report, indent=1))
     auc = report["progressive_auc"]
-    out.write("\nprogressive AUC (each example scored before anyone learned from it): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None) + "\n")
+    out.write(
+        "\nprogressive AUC (each example scored before anyone learned from it): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in auc.items() if v is not None)
+        + "\n"
+    )
     published = sum(1 for r in run.refits if r["status"] in ("published", "grown"))
     out.write(f"global refits: {len(run.refits)} run, {published} published\n")
     if report["vocabulary"]:
         first, last = report["vocabulary"][0], report["vocabulary"][-1]
-        out.write(f"vocabulary: index version {first['index_version']} -> {last['index_version']}; columns "
-                  + ", ".join(f"{k} {first['columns'].get(k)} -> {v}" for k, v in last["columns"].items()) + "\n")
+        out.write(
+            f"vocabulary: index version {first['index_version']} -> {last['index_version']}; columns "
+            + ", ".join(f"{k} {first['columns'].get(k)} -> {v}" for k, v in last["columns"].items())
+            + "\n"
+        )
     for twin in twins:
         out.write(f"\n{twin['member_id']} ({twin['loves']}):\n")
         for s in twin["ranking"]:

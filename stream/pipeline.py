@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from stream.archive.archiver import Archiver
 from stream.config import ConfigError, Settings
 from stream.consumers.joiner import Joiner
+from stream.errors import GlmixError
 from stream.metrics.collector import PipelineCollector
 from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.runtime.runner import StageRunner
@@ -59,24 +60,35 @@ def build_stage(settings: Settings, name: str) -> Stage:
 class Pipeline:
     """Some or all stages, each in its own thread, sharing one stop event."""
 
-    def __init__(self, settings: Settings, stages: Sequence[str] | None = None, bootstrap_servers: str = "",
-                 stop_event: threading.Event | None = None, statistics: KafkaStatistics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stages: Sequence[str] | None = None,
+        bootstrap_servers: str = "",
+        stop_event: threading.Event | None = None,
+        statistics: KafkaStatistics | None = None,
+    ) -> None:
         names = list(stages or stage_names(settings))
         unknown = [n for n in names if n not in NAMED_STAGES and n not in settings.model.coordinates]
         if unknown:
-            raise ConfigError("stage", f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}")
+            raise ConfigError(
+                "stage", f"unknown stages {unknown}; known: {', '.join(stage_names(settings) + [STREAM_SCORER])}"
+            )
         self.settings = settings
         self.stop_event = stop_event or threading.Event()
-        self.stages = {name: StageRunner(build_stage(settings, name), settings, bootstrap_servers, statistics)
-                       for name in names}
+        self.stages = {
+            name: StageRunner(build_stage(settings, name), settings, bootstrap_servers, statistics) for name in names
+        }
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
 
     def metrics_collector(self, statistics: KafkaStatistics | None = None) -> PipelineCollector:
         """A Prometheus collector of every stage's counters and state size (and the Kafka statistics)."""
-        return PipelineCollector({runner.stage.name: runner.stage.stats for runner in self.stages.values()},
-                                 {runner.stage.name: runner for runner in self.stages.values() if runner.stage.state_owner()},
-                                 statistics)
+        return PipelineCollector(
+            {runner.stage.name: runner.stage.stats for runner in self.stages.values()},
+            {runner.stage.name: runner for runner in self.stages.values() if runner.stage.state_owner()},
+            statistics,
+        )
 
     def start(self) -> None:
         """Start every stage's loop."""
@@ -88,7 +100,11 @@ class Pipeline:
     def _run(self, name: str, stage: StageRunner) -> None:
         try:
             run_stage(stage, self.stop_event)
-        except BaseException as exc:  # a failed stage stops the whole pipeline, loudly
+        except GlmixError as exc:  # said in one line: what went wrong, where
+            log.error("stage %s failed: %s", name, exc)
+            self.errors[name] = exc
+            self.stop_event.set()
+        except BaseException as exc:  # a bug: the traceback is for us
             log.exception("stage %s failed", name)
             self.errors[name] = exc
             self.stop_event.set()

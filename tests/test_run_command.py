@@ -30,8 +30,9 @@ def test_run_all_stops_cleanly_on_sigterm(kafka_bootstrap, tmp_path, unique_name
     with log.open("w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: log.read_text().count("assigned partitions") >= 2, timeout_s=60,
-                     what="both updaters to be assigned their partitions")
+            state = tmp_path / "state"
+            wait_for(lambda: (state / "updater-member").is_dir() and (state / "joiner").is_dir(), timeout_s=60,
+                     what="the stages to open their partition stores")
             time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0

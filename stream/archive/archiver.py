@@ -75,8 +75,9 @@ class Archiver(Stage):
         self.group_id = settings.kafka.group_id(STAGE)
         self.files = ArchiveFiles(settings.archive_path)
         self.stats = ArchiveStats()
-        self._codec = make_codec("LabeledExample", self.topic, settings.kafka.schema_registry_url,
-                                 settings.kafka.schema_registry)
+        self._codec = make_codec(
+            "LabeledExample", self.topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry
+        )
         self._clients: StageClients | None = None
         self._buffers: dict[tuple[int, int], _Buffer] = {}
         self._archived_through: dict[tuple[int, int], int] = {}
@@ -121,7 +122,8 @@ class Archiver(Stage):
                 self._add(record, message.partition(), message.offset())
             self._consumed.extend(messages)
         due = self._buffered >= self.settings.roll_records or (
-            self._consumed and time.monotonic() - self._oldest_buffered >= self.settings.roll_interval_ms / 1000)
+            self._consumed and time.monotonic() - self._oldest_buffered >= self.settings.roll_interval_ms / 1000
+        )
         if due:
             self._roll(checkpoint)
 

@@ -69,8 +69,9 @@ class ArchiveFiles:
     def _dir(self, hour_ms: int) -> str:
         return f"{self.root}/{hour_dir(hour_ms)}"
 
-    def write(self, hour_ms: int, partition: int, first_offset: int, last_offset: int,
-              records: Iterable[Mapping[str, Any]]) -> ArchiveFile:
+    def write(
+        self, hour_ms: int, partition: int, first_offset: int, last_offset: int, records: Iterable[Mapping[str, Any]]
+    ) -> ArchiveFile:
         """Write one file atomically (dot-name, then rename) and return it."""
         directory = self._dir(hour_ms)
         self.fs.makedirs(directory, exist_ok=True)

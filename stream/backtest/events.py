@@ -36,8 +36,10 @@ class EventLog:
         """Read every file (Impression, then Interaction container files) and order the events by event time."""
         events: list[JoinInput] = []
         invalid = 0
-        for kind, schema, problem, paths in ((IMPRESSION, "Impression", impression_problem, impressions),
-                                              (INTERACTION, "Interaction", interaction_problem, interactions)):
+        for kind, schema, problem, paths in (
+            (IMPRESSION, "Impression", impression_problem, impressions),
+            (INTERACTION, "Interaction", interaction_problem, interactions),
+        ):
             for path in paths:
                 for record in _records(path, schema):
                     if problem(record) is not None:

@@ -20,6 +20,7 @@ partition: the watermark is the whole log's, not one Kafka partition's.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import tempfile
 import time
@@ -97,8 +98,10 @@ class _CoordinateReplay:
         changed = np.flatnonzero(outcome.changed)
         new = outcome.states[changed]
         self.store.commit(zip([keys[i] for i in changed], layout.encode(new)), offsets={"input": int(offsets[-1])})
-        self.table.apply({"entity_id": e, "version": v, "means": m}
-                         for e, v, m in zip(batch.entity_ids[changed], new["version"], new["mean"]))
+        self.table.apply(
+            {"entity_id": e, "version": v, "means": m}
+            for e, v, m in zip(batch.entity_ids[changed], new["version"], new["mean"])
+        )
         self.entity_updates += len(changed)
         self.widened_entities += outcome.widened_entities
         self.reset_entities += outcome.reset_entities
@@ -110,7 +113,9 @@ class _CoordinateReplay:
 class Backtest:
     """One replay of an event log under ``settings`` (the settings a live deployment would run with)."""
 
-    def __init__(self, settings: Settings, options: BacktestOptions, model_record: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, options: BacktestOptions, model_record: dict[str, Any] | None = None
+    ) -> None:
         self.settings = settings
         self.options = options
         self._model_record = model_record
@@ -120,33 +125,51 @@ class Backtest:
         """Replay ``events`` (in event-time order) and report what a live deployment would have scored."""
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
-            run = _Run(dataclasses.replace(self.settings, state_dir=workdir), self.options, self._join,
-                       Path(workdir), self._model_record)
+            run = _Run(
+                dataclasses.replace(self.settings, state_dir=workdir),
+                self.options,
+                self._join,
+                Path(workdir),
+                self._model_record,
+            )
             try:
                 run.replay(events)
             finally:
                 run.close()
         seconds = time.monotonic() - started
         coordinates = list(self.settings.model.coordinates)
-        report = progressive_report(collect(run.examples, coordinates), get_loss(self.settings.model.loss),
-                                    self.options.windows)
-        report.update({
-            "events": len(events), "seconds": round(seconds, 3),
-            "events_per_s": round(len(events) / seconds) if seconds > 0 else None,
-            "latency_ms": self.options.latency_ms, "micro_batches": run.micro_batches,
-            "join": dataclasses.asdict(run.join_counts), "refits": run.refits, "vocabulary": run.vocabulary,
-            "entity_updates": {c.name: c.entity_updates for c in run.coordinates},
-            "widened_entities": {c.name: c.widened_entities for c in run.coordinates},
-            "reset_entities": {c.name: c.reset_entities for c in run.coordinates},
-        })
+        report = progressive_report(
+            collect(run.examples, coordinates), get_loss(self.settings.model.loss), self.options.windows
+        )
+        report.update(
+            {
+                "events": len(events),
+                "seconds": round(seconds, 3),
+                "events_per_s": round(len(events) / seconds) if seconds > 0 else None,
+                "latency_ms": self.options.latency_ms,
+                "micro_batches": run.micro_batches,
+                "join": dataclasses.asdict(run.join_counts),
+                "refits": run.refits,
+                "vocabulary": run.vocabulary,
+                "entity_updates": {c.name: c.entity_updates for c in run.coordinates},
+                "widened_entities": {c.name: c.widened_entities for c in run.coordinates},
+                "reset_entities": {c.name: c.reset_entities for c in run.coordinates},
+            }
+        )
         return BacktestResult(report, run.examples)
 
 
 class _Run:
     """The state of one replay (everything under one temporary directory)."""
 
-    def __init__(self, settings: Settings, options: BacktestOptions, join: ExampleJoin, workdir: Path,
-                 model_record: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: BacktestOptions,
+        join: ExampleJoin,
+        workdir: Path,
+        model_record: dict[str, Any] | None,
+    ) -> None:
         self.settings, self.options, self.join = settings, options, join
         self.store: PartitionStore = open_or_wipe(workdir / "join")[0]
         self.coordinates = [_CoordinateReplay(settings, name, workdir) for name in settings.model.coordinates]
@@ -171,7 +194,7 @@ class _Run:
         times = np.fromiter((e.record["event_time"] for e in events), dtype=np.int64, count=len(events))
         bounds = _micro_batches(times, self.options.latency_ms)
         next_refit = int(times[0]) + self.options.refit_every_ms if len(times) and self.options.refit_every_ms else None
-        for start, end in zip(bounds[:-1], bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             self._micro_batch(events[start:end], frozenset())
             if next_refit is not None and times[end - 1] >= next_refit:
                 self._refit_now(int(times[end - 1]))
@@ -209,13 +232,20 @@ class _Run:
         model = self.model.current
         if model is not None and (not self.vocabulary or self.vocabulary[-1]["index_version"] != model.index_version):
             last = self.examples[-1]["event_time"] if self.examples else None
-            self.vocabulary.append({"index_version": model.index_version, "from_event_time": last,
-                                    "columns": {GLOBAL: model.global_index.dim,
-                                                **{n: i.dim for n, i in model.coordinate_indices.items()}}})
+            self.vocabulary.append(
+                {
+                    "index_version": model.index_version,
+                    "from_event_time": last,
+                    "columns": {
+                        GLOBAL: model.global_index.dim,
+                        **{n: i.dim for n, i in model.coordinate_indices.items()},
+                    },
+                }
+            )
 
     def _refit_now(self, now_ms: int) -> None:
         """Archive the examples emitted since the last refit, then refit the current model on the archive."""
-        fresh = self.examples[self._unarchived:]
+        fresh = self.examples[self._unarchived :]
         by_hour: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         for offset, example in enumerate(fresh, start=self._unarchived):
             by_hour[hour_of(example["event_time"])].append((offset, example))
@@ -229,11 +259,19 @@ class _Run:
         except RefitError as exc:
             log.info("backtest: refit at %d skipped: %s", now_ms, exc)
             return
-        self.refits.append({"at_event_time": now_ms, "status": result.status, "version": result.version,
-                            "index_version": result.index_version, "admitted_features": result.admitted_features,
-                            "train_examples": result.train_examples, "holdout_examples": result.holdout_examples,
-                            "current_metrics": result.to_json()["current_metrics"],
-                            "candidate_metrics": result.to_json()["candidate_metrics"]})
+        self.refits.append(
+            {
+                "at_event_time": now_ms,
+                "status": result.status,
+                "version": result.version,
+                "index_version": result.index_version,
+                "admitted_features": result.admitted_features,
+                "train_examples": result.train_examples,
+                "holdout_examples": result.holdout_examples,
+                "current_metrics": result.to_json()["current_metrics"],
+                "candidate_metrics": result.to_json()["candidate_metrics"],
+            }
+        )
         self._note_vocabulary()
 
     def close(self) -> None:

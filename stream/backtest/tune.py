@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 class TuneError(GlmixError):
     """The log cannot be split into a validation and an evaluation period."""
 
+
 GLOBAL_L2 = "model.global_l2"
 COORDINATE_GRID: Mapping[str, Sequence[Any]] = {
     "l2": (1.0, 3.0, 10.0, 30.0),
@@ -78,14 +79,20 @@ def with_setting(settings: Settings, key: str, value: Any) -> Settings:
 def _auc(settings: Settings, options: BacktestOptions, events: Sequence[JoinInput], from_ms: int) -> float:
     """Full-model progressive AUC of the examples at or after ``from_ms`` in a backtest of ``events``."""
     examples = [e for e in Backtest(settings, options).run(events).examples if e["event_time"] >= from_ms]
-    report = progressive_report(collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss),
-                                windows=1)
+    report = progressive_report(
+        collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss), windows=1
+    )
     full = list(report["variants"])[-1]
     return float(report["variants"][full]["auc"] or 0.0)
 
 
-def tune(settings: Settings, events: Sequence[JoinInput], options: BacktestOptions, split: float = 0.7,
-         min_gain: float = 0.002) -> TuneResult:
+def tune(
+    settings: Settings,
+    events: Sequence[JoinInput],
+    options: BacktestOptions,
+    split: float = 0.7,
+    min_gain: float = 0.002,
+) -> TuneResult:
     """Choose settings on the log before ``split`` (a share of its impressions, in time order); judge them after it."""
     impression_times = [e.record["event_time"] for e in events if e.kind == IMPRESSION]
     if len(impression_times) < 2:
@@ -106,7 +113,8 @@ def tune(settings: Settings, events: Sequence[JoinInput], options: BacktestOptio
     chosen: dict[str, Any] = {}
     axes: list[tuple[str, Sequence[Any]]] = [
         (f"model.coordinates.{name}.{setting}", values)
-        for name in settings.model.coordinates for setting, values in COORDINATE_GRID.items()
+        for name in settings.model.coordinates
+        for setting, values in COORDINATE_GRID.items()
     ] + [(GLOBAL_L2, GLOBAL_GRID)]
     for key, values in axes:
         current = _current(best, key)

@@ -34,11 +34,11 @@ _REGISTRY_HEADER = 5
 class KafkaMessage(Protocol):
     """The part of ``confluent_kafka.Message`` the codecs use (stand-ins work in unit tests)."""
 
-    def value(self) -> bytes | None: ...  # noqa: D102
-    def error(self) -> Any: ...  # noqa: D102
-    def topic(self) -> str | None: ...  # noqa: D102
-    def partition(self) -> int | None: ...  # noqa: D102
-    def offset(self) -> int | None: ...  # noqa: D102
+    def value(self) -> bytes | None: ...
+    def error(self) -> Any: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
 
 
 class RecordCodec(Protocol):
@@ -46,9 +46,9 @@ class RecordCodec(Protocol):
 
     schema: AvroSchema
 
-    def encode(self, record: Mapping[str, Any]) -> bytes: ...  # noqa: D102
-    def decode(self, payload: bytes) -> dict[str, Any]: ...  # noqa: D102
-    def header(self) -> bytes: ...  # noqa: D102
+    def encode(self, record: Mapping[str, Any]) -> bytes: ...
+    def decode(self, payload: bytes) -> dict[str, Any]: ...
+    def header(self) -> bytes: ...
 
 
 def _write_body(schema: AvroSchema, record: Mapping[str, Any], out: io.BytesIO) -> None:
@@ -180,7 +180,11 @@ def make_codec(
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     conf = {**(registry_settings or {}), "url": registry_url}
-    client = SchemaRegistryClient.new_client(conf) if hasattr(SchemaRegistryClient, "new_client") else SchemaRegistryClient(conf)
+    client = (
+        SchemaRegistryClient.new_client(conf)
+        if hasattr(SchemaRegistryClient, "new_client")
+        else SchemaRegistryClient(conf)
+    )
     return RegistryCodec(schema, client, subject=f"{topic}-value")
 
 

@@ -17,8 +17,9 @@ from stream.codec.exceptions import DecodeError, EncodeError
 from stream.codec.schemas import load_schema
 
 
-def write_container_file(out: IO[bytes], schema_name: str, records: Iterable[Mapping[str, Any]],
-                         codec: str = "deflate") -> int:
+def write_container_file(
+    out: IO[bytes], schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate"
+) -> int:
     """Write ``records`` as an Avro container with schema ``schema_name`` to ``out``; returns the count."""
     schema = load_schema(schema_name)
     count = 0
@@ -36,7 +37,9 @@ def write_container_file(out: IO[bytes], schema_name: str, records: Iterable[Map
     return count
 
 
-def write_container(path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate") -> int:
+def write_container(
+    path: str | Path, schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate"
+) -> int:
     """Write ``records`` to a local Avro container file with schema ``schema_name``; returns the count."""
     with open(path, "wb") as out:
         return write_container_file(out, schema_name, records, codec)
@@ -47,8 +50,11 @@ _MILLISECOND = timedelta(milliseconds=1)
 
 
 def _timestamp_fields(schema: Mapping[str, Any]) -> list[str]:
-    return [f["name"] for f in schema["fields"]
-            if isinstance(f["type"], Mapping) and f["type"].get("logicalType", "").startswith("timestamp")]
+    return [
+        f["name"]
+        for f in schema["fields"]
+        if isinstance(f["type"], Mapping) and f["type"].get("logicalType", "").startswith("timestamp")
+    ]
 
 
 def read_container_file(fh: IO[bytes], schema_name: str, name: str = "<stream>") -> Iterator[dict[str, Any]]:

@@ -21,9 +21,18 @@ from stream.codec.schemas import AvroSchema
 
 # (name, Avro type) of EntityModel's fields, in the order the writer emits them.
 ENTITY_MODEL_FIELDS = (
-    ("coordinate", "string"), ("entity_id", "string"), ("version", "long"), ("means", "array<double>"),
-    ("precision_kind", "enum"), ("precision", "bytes"), ("index_version", "long"), ("source_partition", "int"),
-    ("source_offset", "long"), ("event_count", "long"), ("last_event_time", "long"), ("published_time", "long"),
+    ("coordinate", "string"),
+    ("entity_id", "string"),
+    ("version", "long"),
+    ("means", "array<double>"),
+    ("precision_kind", "enum"),
+    ("precision", "bytes"),
+    ("index_version", "long"),
+    ("source_partition", "int"),
+    ("source_offset", "long"),
+    ("event_count", "long"),
+    ("last_event_time", "long"),
+    ("published_time", "long"),
 )
 PRECISION_KINDS = ("DIAGONAL", "PACKED_UPPER")
 _MAX_VARINT = 10
@@ -47,10 +56,22 @@ def check_entity_model_schema(schema: AvroSchema) -> None:
         raise EncodeError(f"the batch EntityModel writer does not know schema {schema.name} with fields {found}")
 
 
-def encode_entity_models(header: bytes, coordinate: str, entity_ids: list[str], versions: np.ndarray, rows: np.ndarray,
-                         means_at: tuple[int, int], precision_kind: str, precision_at: tuple[int, int],
-                         index_versions: np.ndarray, partition: int, source_offsets: np.ndarray, event_counts: np.ndarray,
-                         last_event_times: np.ndarray, published_ms: int) -> list[bytes]:
+def encode_entity_models(
+    header: bytes,
+    coordinate: str,
+    entity_ids: list[str],
+    versions: np.ndarray,
+    rows: np.ndarray,
+    means_at: tuple[int, int],
+    precision_kind: str,
+    precision_at: tuple[int, int],
+    index_versions: np.ndarray,
+    partition: int,
+    source_offsets: np.ndarray,
+    event_counts: np.ndarray,
+    last_event_times: np.ndarray,
+    published_ms: int,
+) -> list[bytes]:
     """One framed ``EntityModel`` value per entity: ``header`` (the codec's framing) + the Avro body.
 
     The means and the precision are float64 values read where they lie: ``rows`` is a
@@ -68,15 +89,28 @@ def encode_entity_models(header: bytes, coordinate: str, entity_ids: list[str], 
     id_offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum([len(i) for i in ids], out=id_offsets[1:])
     buffer, offsets, finite = _write(
-        np.frombuffer(header, dtype=np.uint8), np.frombuffer(coordinate.encode(), dtype=np.uint8),
-        np.frombuffer(b"".join(ids), dtype=np.uint8), id_offsets, _int64(versions),
-        np.ascontiguousarray(rows, dtype=np.uint8), means_at[0], means_at[1], PRECISION_KINDS.index(precision_kind),
-        precision_at[0], precision_at[1], _int64(index_versions), partition, _int64(source_offsets),
-        _int64(event_counts), _int64(last_event_times), published_ms)
+        np.frombuffer(header, dtype=np.uint8),
+        np.frombuffer(coordinate.encode(), dtype=np.uint8),
+        np.frombuffer(b"".join(ids), dtype=np.uint8),
+        id_offsets,
+        _int64(versions),
+        np.ascontiguousarray(rows, dtype=np.uint8),
+        means_at[0],
+        means_at[1],
+        PRECISION_KINDS.index(precision_kind),
+        precision_at[0],
+        precision_at[1],
+        _int64(index_versions),
+        partition,
+        _int64(source_offsets),
+        _int64(event_counts),
+        _int64(last_event_times),
+        published_ms,
+    )
     if not finite:
         raise NonFiniteCoefficientsError("refusing to publish non-finite coefficients")
     data = buffer.tobytes()
-    return [data[offsets[i]:offsets[i + 1]] for i in range(count)]
+    return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
 
 
 class NonFiniteCoefficientsError(EncodeError):
@@ -109,8 +143,25 @@ def _write_bytes(buffer, pos, data, start, stop):
 
 
 @njit(nogil=True, cache=True)
-def _write(header, coordinate, ids, id_offsets, versions, rows, means_offset, dim, kind, precision_offset,
-           precision_size, index_versions, partition, source_offsets, event_counts, last_event_times, published_ms):
+def _write(
+    header,
+    coordinate,
+    ids,
+    id_offsets,
+    versions,
+    rows,
+    means_offset,
+    dim,
+    kind,
+    precision_offset,
+    precision_size,
+    index_versions,
+    partition,
+    source_offsets,
+    event_counts,
+    last_event_times,
+    published_ms,
+):
     count = versions.shape[0]
     fixed = header.shape[0] + coordinate.shape[0] + 8 * (dim + precision_size) + 12 * _MAX_VARINT
     finite = True
@@ -152,7 +203,7 @@ def _write_doubles(buffer, pos, row, start, count):
     aligned: a double is NaN or infinite exactly when its 11 exponent bits are all ones.
     """
     stop = start + 8 * count
-    buffer[pos:pos + 8 * count] = row[start:stop]
+    buffer[pos : pos + 8 * count] = row[start:stop]
     finite = True
     for i in range(start, stop, 8):
         if (row[i + 7] & 0x7F) == 0x7F and (row[i + 6] & 0xF0) == 0xF0:

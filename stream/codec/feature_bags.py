@@ -23,7 +23,9 @@ BagItems = Mapping[str, Sequence[Mapping[str, Any]]]
 
 @cache
 def _bags_schema() -> Any:
-    ntv = next(f for f in load_schema("Impression").plain["fields"] if f["name"] == "features")["type"]["values"]["items"]
+    ntv = next(f for f in load_schema("Impression").plain["fields"] if f["name"] == "features")["type"]["values"][
+        "items"
+    ]
     return parse_schema({"type": "map", "values": {"type": "array", "items": ntv}}, named_schemas={})
 
 

@@ -17,8 +17,17 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from stream.codec.exceptions import SchemaNotFoundError
 
-EVENT_SCHEMAS = ("Impression", "Interaction", "LabeledExample", "EntityModel", "GlobalModel", "ScoredCandidate",
-                 "ScoreRequest", "ScoreResponse", "ItemFeatures")
+EVENT_SCHEMAS = (
+    "Impression",
+    "Interaction",
+    "LabeledExample",
+    "EntityModel",
+    "GlobalModel",
+    "ScoredCandidate",
+    "ScoreRequest",
+    "ScoreResponse",
+    "ItemFeatures",
+)
 PHOTON_SCHEMAS = ("TrainingExampleAvro", "BayesianLinearModelAvro", "ScoringResultAvro")
 
 # Files that only define named types used by the others; parsed first.
@@ -95,8 +104,10 @@ def _inline_named(node: Any, blocks: dict[str, Any], defined: set[str]) -> Any:
         if node.get("type") in ("record", "enum", "fixed") and "name" in node:
             namespace = node.get("namespace", "")
             defined.add(f"{namespace}.{node['name']}" if namespace else node["name"])
-        return {k: (v if k in ("name", "namespace", "doc", "default") else _inline_named(v, blocks, defined))
-                for k, v in node.items()}
+        return {
+            k: (v if k in ("name", "namespace", "doc", "default") else _inline_named(v, blocks, defined))
+            for k, v in node.items()
+        }
     return node
 
 
@@ -107,7 +118,9 @@ def _load_family(folder: str, blocks: tuple[str, ...], names: tuple[str, ...]) -
         block_json = json.loads(root.joinpath(f"{block}.avsc").read_text())
         definitions[f"{block_json['namespace']}.{block_json['name']}"] = block_json
     return {
-        name: AvroSchema.from_json(_inline_named(json.loads(root.joinpath(f"{name}.avsc").read_text()), definitions, set()))
+        name: AvroSchema.from_json(
+            _inline_named(json.loads(root.joinpath(f"{name}.avsc").read_text()), definitions, set())
+        )
         for name in names
     }
 
@@ -125,4 +138,6 @@ def load_schema(name: str) -> AvroSchema:
     try:
         return _catalog()[name]
     except KeyError:
-        raise SchemaNotFoundError(f"no packaged schema named {name!r}; known: {', '.join(sorted(_catalog()))}") from None
+        raise SchemaNotFoundError(
+            f"no packaged schema named {name!r}; known: {', '.join(sorted(_catalog()))}"
+        ) from None

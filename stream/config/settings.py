@@ -182,7 +182,11 @@ class CoordinateSettings:
         _check(self.newton_steps >= 1, "newton_steps", f"must be >= 1, got {self.newton_steps}")
         _check_positive(self.gradient_tolerance, "gradient_tolerance")
         _check(self.window_events >= 1, "window_events", f"must be >= 1, got {self.window_events}")
-        _check(self.window_max_age_ms >= 0, "window_max_age_ms", f"must be >= 0 (0: no age limit), got {self.window_max_age_ms}")
+        _check(
+            self.window_max_age_ms >= 0,
+            "window_max_age_ms",
+            f"must be >= 0 (0: no age limit), got {self.window_max_age_ms}",
+        )
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
 
@@ -224,8 +228,11 @@ class TransformSettings:
         increasing = all(a < b for a, b in zip(self.boundaries, self.boundaries[1:]))
         if self.kind in ("bucketize", "spline"):
             least = 1 if self.kind == "bucketize" else 2
-            _check(len(self.boundaries) >= least and increasing, "boundaries",
-                   f"{self.kind} needs >= {least} strictly increasing boundaries, got {list(self.boundaries)}")
+            _check(
+                len(self.boundaries) >= least and increasing,
+                "boundaries",
+                f"{self.kind} needs >= {least} strictly increasing boundaries, got {list(self.boundaries)}",
+            )
         else:
             _check(not self.boundaries, "boundaries", f"{self.kind} takes no boundaries")
         if self.kind == "product":
@@ -298,7 +305,9 @@ class JoinerSettings:
     bootstrap_wait_ms: int = 60_000
 
     def __post_init__(self) -> None:
-        _check(self.attribution_window_ms >= 1, "attribution_window_ms", f"must be >= 1, got {self.attribution_window_ms}")
+        _check(
+            self.attribution_window_ms >= 1, "attribution_window_ms", f"must be >= 1, got {self.attribution_window_ms}"
+        )
         _check(self.allowed_lateness_ms >= 0, "allowed_lateness_ms", f"must be >= 0, got {self.allowed_lateness_ms}")
         _check(len(self.labels) > 0, "labels", "must name at least one interaction type")
         for kind, label in self.labels.items():
@@ -306,10 +315,15 @@ class JoinerSettings:
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
         _check(self.idle_input_ms >= 0, "idle_input_ms", f"must be >= 0, got {self.idle_input_ms}")
-        _check(self.bootstrap_impressions >= 1, "bootstrap_impressions", f"must be >= 1, got {self.bootstrap_impressions}")
+        _check(
+            self.bootstrap_impressions >= 1, "bootstrap_impressions", f"must be >= 1, got {self.bootstrap_impressions}"
+        )
         _check(self.bootstrap_wait_ms >= 0, "bootstrap_wait_ms", f"must be >= 0, got {self.bootstrap_wait_ms}")
-        _check(self.emitted_retention_ms >= self.attribution_window_ms, "emitted_retention_ms",
-               f"must be >= attribution_window_ms ({self.attribution_window_ms}), got {self.emitted_retention_ms}")
+        _check(
+            self.emitted_retention_ms >= self.attribution_window_ms,
+            "emitted_retention_ms",
+            f"must be >= attribution_window_ms ({self.attribution_window_ms}), got {self.emitted_retention_ms}",
+        )
 
 
 @dataclass(frozen=True)
@@ -361,7 +375,11 @@ class ArchiveSettings:
     def __post_init__(self) -> None:
         for name in ("roll_records", "roll_interval_ms", "batch_size", "batch_time_ms"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _check(self.retention_hours >= 0, "retention_hours", f"must be >= 0 (0 keeps everything), got {self.retention_hours}")
+        _check(
+            self.retention_hours >= 0,
+            "retention_hours",
+            f"must be >= 0 (0 keeps everything), got {self.retention_hours}",
+        )
 
 
 GateMetric = Literal["auc", "log_loss"]
@@ -446,12 +464,18 @@ class MetricsSettings:
     segment_values: int = 20
 
     def __post_init__(self) -> None:
-        _check(not self.segment_by or is_segment_field(self.segment_by), "segment_by",
-               f"must be one of {', '.join(SEGMENT_FIELDS)} or context:<key>, got {self.segment_by!r}")
+        _check(
+            not self.segment_by or is_segment_field(self.segment_by),
+            "segment_by",
+            f"must be one of {', '.join(SEGMENT_FIELDS)} or context:<key>, got {self.segment_by!r}",
+        )
         _check(self.segment_values >= 1, "segment_values", f"must be >= 1, got {self.segment_values}")
         _check(0 <= self.port <= 65535, "port", f"must be a TCP port (0: any free port), got {self.port}")
-        _check(self.kafka_statistics_interval_ms >= 100, "kafka_statistics_interval_ms",
-               f"must be >= 100, got {self.kafka_statistics_interval_ms}")
+        _check(
+            self.kafka_statistics_interval_ms >= 100,
+            "kafka_statistics_interval_ms",
+            f"must be >= 100, got {self.kafka_statistics_interval_ms}",
+        )
 
 
 @dataclass(frozen=True)
@@ -471,8 +495,11 @@ class Settings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __post_init__(self) -> None:
-        _check(self.restore_max_records_per_s >= 0, "restore_max_records_per_s",
-               f"must be >= 0 (0: unlimited), got {self.restore_max_records_per_s}")
+        _check(
+            self.restore_max_records_per_s >= 0,
+            "restore_max_records_per_s",
+            f"must be >= 0 (0: unlimited), got {self.restore_max_records_per_s}",
+        )
 
     @property
     def archive_path(self) -> str:
@@ -533,7 +560,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        parts = name[len(ENV_PREFIX):].lower().split("__")
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) == 3 and parts[0] == "kafka" and parts[1] in _CLIENT_MAPS:
             parts[2] = parts[2].replace("_", ".")
         _merge(nested, _dotted_to_nested(".".join(parts), value, origin=name))

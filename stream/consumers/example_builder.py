@@ -9,6 +9,7 @@ the index version. Features an index cannot place travel packed in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -22,9 +23,13 @@ from stream.scoring.indexing import FeatureResolver, MissedFeatures
 from stream.scoring.tables import CoefficientTable, GlobalModel
 
 
-def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalModel, resolver: FeatureResolver,
-                       settings: ModelSettings, unindexed_counts: MutableMapping[str, int] | None = None
-                       ) -> list[dict[str, Any]]:
+def unlabeled_examples(
+    impressions: Sequence[Mapping[str, Any]],
+    model: GlobalModel,
+    resolver: FeatureResolver,
+    settings: ModelSettings,
+    unindexed_counts: MutableMapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
     """The ``LabeledExample`` of each impression with label 0, indexed by ``model``'s indexes in one pass.
 
     ``resolver`` must belong to ``model`` (same version). Repeated features add up.
@@ -37,8 +42,9 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
         for name, count in zip([GLOBAL, *resolver.coordinates], indexed.missed.per_slot.tolist()):
             unindexed_counts[name] = unindexed_counts.get(name, 0) + count
     intercepts = resolver.intercepts()
-    global_rows = _global_rows(indexed.rows[0], indexed.columns[0], indexed.values[0], n, model.global_index.dim,
-                               intercepts[0])
+    global_rows = _global_rows(
+        indexed.rows[0], indexed.columns[0], indexed.values[0], n, model.global_index.dim, intercepts[0]
+    )
     dense = {}
     for slot, name in enumerate(resolver.coordinates, start=1):
         matrix = np.zeros((n, model.coordinate_indices[name].width), dtype="<f4")
@@ -61,8 +67,10 @@ def unlabeled_examples(impressions: Sequence[Mapping[str, Any]], model: GlobalMo
             "scores": {},
             "model_versions": {},
             "global_features": global_rows[i],
-            "coordinates": {name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
-                            for name, c in settings.coordinates.items()},
+            "coordinates": {
+                name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
+                for name, c in settings.coordinates.items()
+            },
             "index_version": model.index_version,
             "random_bucket": bool(imp.get("random_bucket", False)),
             "position": int(imp.get("position", -1)),
@@ -86,8 +94,9 @@ def _packed_misses(missed: MissedFeatures | None, n: int) -> list[bytes | None]:
     return packed
 
 
-def _global_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, dim: int,
-                 intercept: bool) -> list[dict[str, bytes]]:
+def _global_rows(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, dim: int, intercept: bool
+) -> list[dict[str, bytes]]:
     """Per row, its global (indices, values) as packed bytes, repeated columns summed, intercept first."""
     if intercept:
         rows = np.concatenate([np.arange(n), rows])
@@ -98,8 +107,10 @@ def _global_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int,
     key_rows, key_cols = keys // (dim + 1), keys % (dim + 1)
     bounds = np.searchsorted(key_rows, np.arange(n + 1))
     packed_cols, packed_values = key_cols.astype("<i4"), summed.astype("<f4")
-    return [{"indices": packed_cols[a:b].tobytes(), "values": packed_values[a:b].tobytes()}
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    return [
+        {"indices": packed_cols[a:b].tobytes(), "values": packed_values[a:b].tobytes()}
+        for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, CoefficientTable]) -> None:
@@ -127,7 +138,9 @@ def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: M
         present = np.array([p is not None for p in parts])
         dense = np.zeros((n, table.dim))
         if present.any():
-            dense[present] = np.frombuffer(b"".join(p["dense"] for p in parts if p is not None), dtype="<f4").reshape(-1, table.dim)
+            dense[present] = np.frombuffer(b"".join(p["dense"] for p in parts if p is not None), dtype="<f4").reshape(
+                -1, table.dim
+            )
         means, entity_versions = table.lookup([p["entity_id"] if p is not None else "" for p in parts])
         breakdown[name] = np.einsum("nd,nd->n", dense, means) * present
         versions[name] = entity_versions

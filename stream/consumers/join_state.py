@@ -57,7 +57,7 @@ class Pending:
     @classmethod
     def decode(cls, raw: bytes) -> Pending:
         event_time, deadline, label, types = _PENDING_HEADER.unpack_from(raw)
-        return cls(event_time, deadline, label, types, bytes(raw[_PENDING_HEADER.size:]))
+        return cls(event_time, deadline, label, types, bytes(raw[_PENDING_HEADER.size :]))
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,14 @@ class InteractionEvent:
 class JoinRules:
     """The window, lateness and labels of the join (from :class:`~stream.config.JoinerSettings`)."""
 
-    def __init__(self, window_ms: int, lateness_ms: int, labels_by_code: Mapping[int, float],
-                 retention_ms: int | None = None, early_positives: bool = False) -> None:
+    def __init__(
+        self,
+        window_ms: int,
+        lateness_ms: int,
+        labels_by_code: Mapping[int, float],
+        retention_ms: int | None = None,
+        early_positives: bool = False,
+    ) -> None:
         self.early_positives = early_positives
         self.window_ms = window_ms
         self.lateness_ms = lateness_ms
@@ -184,7 +190,7 @@ class JoinBatch:
         """
         if len(self._scan_from) <= len(_DEADLINE):
             return _NEVER
-        return _DEADLINE_TIME.unpack(self._scan_from[len(_DEADLINE):])[0] - _TIME_BIAS
+        return _DEADLINE_TIME.unpack(self._scan_from[len(_DEADLINE) :])[0] - _TIME_BIAS
 
     def _get(self, key: bytes) -> bytes | None:
         if key not in self._overlay:
@@ -342,11 +348,11 @@ def _decode_held(raw: bytes) -> list[HeldInteraction]:
     while pos < len(raw):
         event_time, offset, type_code, size = _HELD_ITEM.unpack_from(raw, pos)
         pos += _HELD_ITEM.size
-        body = bytes(raw[pos:pos + size])
+        body = bytes(raw[pos : pos + size])
         pos += size
         (key_size,) = struct.unpack_from("<I", raw, pos)
         pos += 4
-        key = bytes(raw[pos:pos + key_size])
+        key = bytes(raw[pos : pos + key_size])
         pos += key_size
         items.append(HeldInteraction(event_time, type_code, body, key, offset))
     return items
@@ -355,4 +361,3 @@ def _decode_held(raw: bytes) -> list[HeldInteraction]:
 def label_types(types: int, symbols: list[str]) -> list[str]:
     """The interaction type names in a bit set of type codes."""
     return [s for code, s in enumerate(symbols) if types >> code & 1]
-

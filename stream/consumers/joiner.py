@@ -129,18 +129,26 @@ class Joiner(Stage):
         self.settings = settings
         self.group_id = settings.kafka.group_id(self.name)
         self.changelog_topic = settings.kafka.changelog_topic(self.name)
-        self.stats = JoinerStats(progressive=ProgressiveWindow(
-            list(settings.model.coordinates), get_loss(settings.model.loss), list(settings.joiner.labels),
-            segment_by=settings.metrics.segment_by, segment_values=settings.metrics.segment_values))
+        self.stats = JoinerStats(
+            progressive=ProgressiveWindow(
+                list(settings.model.coordinates),
+                get_loss(settings.model.loss),
+                list(settings.joiner.labels),
+                segment_by=settings.metrics.segment_by,
+                segment_values=settings.metrics.segment_values,
+            )
+        )
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
         self._outputs = {
-            name: (topics.examples(name, c.entity_field), c.entity_field) for name, c in settings.model.coordinates.items()
+            name: (topics.examples(name, c.entity_field), c.entity_field)
+            for name, c in settings.model.coordinates.items()
         }
         self._output_codecs = {
-            topic: make_codec("LabeledExample", topic, registry, registry_settings) for topic, _ in self._outputs.values()
+            topic: make_codec("LabeledExample", topic, registry, registry_settings)
+            for topic, _ in self._outputs.values()
         }
         self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
         self._join = ExampleJoin(settings, interaction_types(self._interaction_codec.schema.plain))
@@ -181,18 +189,31 @@ class Joiner(Stage):
         """Replay what the changelog holds beyond ``store`` (all of it on a machine that never had it)."""
         assert self._clients is not None
         result = ChangelogReplay()
-        yield from replay(store, self.settings.kafka, self.changelog_topic, partition,
-                          self._clients.bootstrap_servers, f"{self.group_id}-restore", result,
-                          self.settings.restore_max_records_per_s)
+        yield from replay(
+            store,
+            self.settings.kafka,
+            self.changelog_topic,
+            partition,
+            self._clients.bootstrap_servers,
+            f"{self.group_id}-restore",
+            result,
+            self.settings.restore_max_records_per_s,
+        )
         if result.trailing_keys:  # a writer died mid-batch: overwrite what it left with the committed values
             self._compensate[partition] = result.trailing_keys
         if result.records_read:
             self.stats.restored_records += result.records_read
             self.stats.restore_seconds += result.seconds
             self.stats.changelog_batches_restored += result.batches_applied
-            log.info("joiner: partition %d: %d changelog records read, %d batches applied, %d trailing records of an "
-                     "unfinished batch ignored (%.0f records/s)", partition, result.records_read, result.batches_applied,
-                     len(result.trailing_keys), result.records_per_s)
+            log.info(
+                "joiner: partition %d: %d changelog records read, %d batches applied, %d trailing records of an "
+                "unfinished batch ignored (%.0f records/s)",
+                partition,
+                result.records_read,
+                result.batches_applied,
+                len(result.trailing_keys),
+                result.records_per_s,
+            )
 
     def restored(self, partition: int) -> None:
         """Produce what the outbox of a restored batch did not deliver (local writes never hold an outbox).
@@ -238,8 +259,15 @@ class Joiner(Stage):
                 self._checkpoint_partition(checkpoint, store, partition, batch, offsets, written_ms)
         checkpoint.consumed(messages)
 
-    def _checkpoint_partition(self, checkpoint: Checkpoint, store: PartitionStore, partition: int, batch: JoinBatch,
-                              offsets: dict[str, int], written_ms: int) -> None:
+    def _checkpoint_partition(
+        self,
+        checkpoint: Checkpoint,
+        store: PartitionStore,
+        partition: int,
+        batch: JoinBatch,
+        offsets: dict[str, int],
+        written_ms: int,
+    ) -> None:
         """Log the partition's changes with its outbox, produce its examples, write its store (in the checkpoint's order)."""
         records = self._outgoing(batch.result.emissions)
         puts, deletes = batch.changes()
@@ -248,10 +276,11 @@ class Joiner(Stage):
         changed = {key for key, _ in puts} | set(deletes)
         compensation = [key for key in self._compensate.pop(partition, []) if key not in changed]
         values = store.get_many(compensation)
-        log_puts = puts + outbox_entries(records, written_ms) + [(k, v) for k, v in zip(compensation, values) if v is not None]
+        log_puts = (
+            puts + outbox_entries(records, written_ms) + [(k, v) for k, v in zip(compensation, values) if v is not None]
+        )
         log_deletes = deletes + [k for k, v in zip(compensation, values) if v is None]
-        logged = checkpoint.log(self.changelog_topic, partition,
-                                batch_records(log_puts, log_deletes, offsets))
+        logged = checkpoint.log(self.changelog_topic, partition, batch_records(log_puts, log_deletes, offsets))
         for record in records:
             checkpoint.produce(record.topic, record.key, record.value)
         checkpoint.write(store, puts, deletes, offsets, logged=logged)
@@ -275,7 +304,9 @@ class Joiner(Stage):
                 if reason is not None:
                     self._clients.dead_letters.send(message, reason)
                 else:
-                    decoded[id(message)] = JoinInput(kind, record, message.offset(), message.value(), message.key() or b"")
+                    decoded[id(message)] = JoinInput(
+                        kind, record, message.offset(), message.value(), message.key() or b""
+                    )
         events: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
@@ -297,8 +328,12 @@ class Joiner(Stage):
         self._warm_up_held.extend(messages)
         if not j.bootstrap_model:
             if messages:
-                log.warning("no global model on %s yet and joiner.bootstrap_model is off: holding %d events until one "
-                            "is published", self.settings.topics.model_global, len(self._warm_up_held))
+                log.warning(
+                    "no global model on %s yet and joiner.bootstrap_model is off: holding %d events until one "
+                    "is published",
+                    self.settings.topics.model_global,
+                    len(self._warm_up_held),
+                )
             return []
         impressions = sum(1 for m in self._warm_up_held if m.topic() == self.settings.topics.impressions)
         waited_ms = 0.0 if self._warm_up_since is None else 1000 * (time.monotonic() - self._warm_up_since)
@@ -329,31 +364,48 @@ class Joiner(Stage):
         record = initial_global_model_record(impressions, self.settings.model)
         assert self._clients is not None and self.models is not None
         producer = self._clients.producer
-        producer.produce(self.settings.topics.model_global, key=record["model_name"].encode(),
-                         value=self._global_model_codec.encode(record))
+        producer.produce(
+            self.settings.topics.model_global,
+            key=record["model_name"].encode(),
+            value=self._global_model_codec.encode(record),
+        )
         producer.flush()
         deadline = time.monotonic() + 30
         while self.models.global_model.current is None:
             if time.monotonic() > deadline:
-                raise JoinerError(f"published a first global model to {self.settings.topics.model_global} but could not "
-                                  "read it back within 30 s")
+                raise JoinerError(
+                    f"published a first global model to {self.settings.topics.model_global} but could not "
+                    "read it back within 30 s"
+                )
             self.models.refresh(timeout_s=0.2)
-        log.warning("no global model was published: bootstrapped one from %d warm-up impressions (zero coefficients); "
-                    "using version %d with %d global features", len(impressions), self.models.global_model.current.version,
-                    self.models.global_model.current.global_index.dim)
+        log.warning(
+            "no global model was published: bootstrapped one from %d warm-up impressions (zero coefficients); "
+            "using version %d with %d global features",
+            len(impressions),
+            self.models.global_model.current.version,
+            self.models.global_model.current.global_index.dim,
+        )
 
     def _join_partition(self, store: PartitionStore, partition: int, items: list[JoinInput]) -> JoinBatch:
         assert self._clients is not None and self.models is not None
         topics = self.settings.topics
-        done = {IMPRESSION: store.processed_offset(topics.impressions),
-                INTERACTION: store.processed_offset(topics.interactions)}
+        done = {
+            IMPRESSION: store.processed_offset(topics.impressions),
+            INTERACTION: store.processed_offset(topics.interactions),
+        }
         fresh = [e for e in items if e.offset > done[e.kind]]
         self.stats.replayed_events += len(items) - len(fresh)
         batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(store, partition))
         for orphan in batch.result.orphans:
-            self._clients.dead_letters.send_raw(orphan.key, orphan.raw, topics.interactions, partition, orphan.offset,
-                                        "orphan interaction: no impression known for it (none arrived within "
-                                        "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)")
+            self._clients.dead_letters.send_raw(
+                orphan.key,
+                orphan.raw,
+                topics.interactions,
+                partition,
+                orphan.offset,
+                "orphan interaction: no impression known for it (none arrived within "
+                "joiner.allowed_lateness_ms, or it is older than joiner.emitted_retention_ms)",
+            )
         self.stats.orphans += len(batch.result.orphans)
         self.stats.join.add(batch.result.counts)
         return batch
@@ -376,7 +428,9 @@ class Joiner(Stage):
         assert self._clients is not None
         consumer = self._clients.consumer
         for tp in consumer.position([TopicPartition(t, partition) for t in quiet]):
-            _, high = consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses (see stream.kafka.messages)
+            _, high = consumer.get_watermark_offsets(
+                tp, cached=True
+            )  # from fetch responses (see stream.kafka.messages)
             if high >= 0 and max(tp.offset, store.processed_offset(tp.topic) + 1) >= high:
                 idle.add(names[tp.topic])
         return frozenset(idle)
@@ -390,8 +444,10 @@ class Joiner(Stage):
         records = []
         for name, (topic, _) in self._outputs.items():
             encoded = encode_batch(self._output_codecs[topic], examples)
-            records.extend(OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value,
-                                          example["example_id"]) for example, value in zip(examples, encoded))
+            records.extend(
+                OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value, example["example_id"])
+                for example, value in zip(examples, encoded)
+            )
         positives = sum(1 for e in emissions if e.label > 0)
         self.stats.positives += positives
         self.stats.negatives += len(emissions) - positives
@@ -407,16 +463,27 @@ class Joiner(Stage):
         keys, records, written_ms = pending(store)
         if not records:
             return
-        found = already_produced(self.settings, self._clients.bootstrap_servers, self._output_codecs, records, written_ms,
-                                 client_id=f"{self.group_id}-outbox")
+        found = already_produced(
+            self.settings,
+            self._clients.bootstrap_servers,
+            self._output_codecs,
+            records,
+            written_ms,
+            client_id=f"{self.group_id}-outbox",
+        )
         missing = [r for r in records if (r.topic, r.example_id) not in found]
         for record in missing:
             self._clients.producer.produce(record.topic, key=record.key, value=record.value)
         self._clients.producer.flush()
         store.commit([], keys)  # delivered: the next logged batch deletes them from the changelog too
         self.stats.outbox_recovered += len(missing)
-        log.warning("joiner: partition %d: the last logged batch had %d outgoing records; %d had not reached their topic "
-                    "and were produced now", partition, len(records), len(missing))
+        log.warning(
+            "joiner: partition %d: the last logged batch had %d outgoing records; %d had not reached their topic "
+            "and were produced now",
+            partition,
+            len(records),
+            len(missing),
+        )
 
     def close(self) -> None:
         """Stop following the models."""

@@ -53,8 +53,10 @@ class ExampleIndexer:
         if self._resolver is None or self._resolver.version != model.version:
             self._resolver = FeatureResolver(model, self._settings)
             self.index_version = model.index_version
-            self.index_columns = {GLOBAL: model.global_index.dim,
-                                  **{name: index.dim for name, index in model.coordinate_indices.items()}}
+            self.index_columns = {
+                GLOBAL: model.global_index.dim,
+                **{name: index.dim for name, index in model.coordinate_indices.items()},
+            }
         return unlabeled_examples(impressions, model, self._resolver, self._settings, self.unindexed_features)
 
 
@@ -65,16 +67,27 @@ class ExampleJoin:
         j = settings.joiner
         unknown = sorted(set(j.labels) - set(type_symbols))
         if unknown:
-            raise ConfigError("joiner.labels", f"unknown interaction types {unknown} (known: {', '.join(type_symbols)})")
+            raise ConfigError(
+                "joiner.labels", f"unknown interaction types {unknown} (known: {', '.join(type_symbols)})"
+            )
         self.type_symbols = list(type_symbols)
-        self.rules = JoinRules(j.attribution_window_ms, j.allowed_lateness_ms,
-                               {self.type_symbols.index(k): v for k, v in j.labels.items()}, j.emitted_retention_ms,
-                               j.early_positives)
+        self.rules = JoinRules(
+            j.attribution_window_ms,
+            j.allowed_lateness_ms,
+            {self.type_symbols.index(k): v for k, v in j.labels.items()},
+            j.emitted_retention_ms,
+            j.early_positives,
+        )
         self._stored = SingleObjectCodec(load_schema("LabeledExample"))
         self.indexer = ExampleIndexer(settings.model)
 
-    def join(self, store: PartitionStore, events: Sequence[JoinInput], model: GlobalModel | None,
-             idle: frozenset[str] = frozenset()) -> JoinBatch:
+    def join(
+        self,
+        store: PartitionStore,
+        events: Sequence[JoinInput],
+        model: GlobalModel | None,
+        idle: frozenset[str] = frozenset(),
+    ) -> JoinBatch:
         """Join ``events`` (impressions indexed with ``model``) into ``store``'s state and close due windows.
 
         The batch is not written: the caller writes it with its offsets once the
@@ -86,17 +99,26 @@ class ExampleJoin:
         for event in events:
             record = event.record
             if event.kind == IMPRESSION:
-                batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"],
-                                                     self._stored.encode(next(examples))))
+                batch.add_impression(
+                    ImpressionEvent(record["impression_id"], record["event_time"], self._stored.encode(next(examples)))
+                )
             else:
-                batch.add_interaction(InteractionEvent(record["impression_id"], record["event_time"],
-                                                       self.type_symbols.index(record["type"]), event.raw, event.key,
-                                                       event.offset))
+                batch.add_interaction(
+                    InteractionEvent(
+                        record["impression_id"],
+                        record["event_time"],
+                        self.type_symbols.index(record["type"]),
+                        event.raw,
+                        event.key,
+                        event.offset,
+                    )
+                )
         batch.close_windows(idle)
         return batch
 
-    def labeled(self, emissions: Iterable[Emission], model: GlobalModel | None,
-                tables: Mapping[str, CoefficientTable]) -> list[dict[str, Any]]:
+    def labeled(
+        self, emissions: Iterable[Emission], model: GlobalModel | None, tables: Mapping[str, CoefficientTable]
+    ) -> list[dict[str, Any]]:
         """The emitted examples with their labels, and every coordinate's margin under the current models."""
         emissions = list(emissions)
         examples = [self._stored.decode(e.example) for e in emissions]
@@ -121,4 +143,3 @@ def interaction_types(interaction_schema: Mapping[str, Any]) -> list[str]:
     """The symbols of the Interaction ``type`` enum; a symbol's position is its type code."""
     field_type = next(f["type"] for f in interaction_schema["fields"] if f["name"] == "type")
     return list(field_type["symbols"])
-

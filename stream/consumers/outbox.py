@@ -75,28 +75,40 @@ def pending(store: PartitionStore) -> tuple[list[bytes], list[OutgoingRecord], i
     for key, raw in store.scan(_PREFIX, _END):
         written_ms, topic_size, key_size, value_size = _HEADER.unpack_from(raw)
         pos = _HEADER.size
-        topic = bytes(raw[pos:pos + topic_size]).decode()
+        topic = bytes(raw[pos : pos + topic_size]).decode()
         pos += topic_size
-        record_key = bytes(raw[pos:pos + key_size])
+        record_key = bytes(raw[pos : pos + key_size])
         pos += key_size
-        value = bytes(raw[pos:pos + value_size])
-        example_id = bytes(raw[pos + value_size:]).decode()
+        value = bytes(raw[pos : pos + value_size])
+        example_id = bytes(raw[pos + value_size :]).decode()
         keys.append(bytes(key))
         records.append(OutgoingRecord(topic, record_key, value, example_id))
         written = max(written, written_ms)
     return keys, records, written
 
 
-def already_produced(settings: Settings, bootstrap_servers: str, codecs: dict[str, RecordCodec],
-                     records: Iterable[OutgoingRecord], since_ms: int, client_id: str) -> set[tuple[str, str]]:
+def already_produced(
+    settings: Settings,
+    bootstrap_servers: str,
+    codecs: dict[str, RecordCodec],
+    records: Iterable[OutgoingRecord],
+    since_ms: int,
+    client_id: str,
+) -> set[tuple[str, str]]:
     """(topic, example id) of the ``records`` their topics received since ``since_ms``."""
     wanted: dict[str, set[str]] = {}
     for r in records:
         wanted.setdefault(r.topic, set()).add(r.example_id)
     found: set[tuple[str, str]] = set()
     for topic, ids in wanted.items():
-        reader = TopicReader(settings.kafka, topic, codecs[topic], bootstrap_servers=bootstrap_servers,
-                             client_id=client_id, since_ms=since_ms - _SLACK_MS)
+        reader = TopicReader(
+            settings.kafka,
+            topic,
+            codecs[topic],
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            since_ms=since_ms - _SLACK_MS,
+        )
         try:
             for batch in reader.read_to_end(timeout_s=120):
                 found.update((topic, r["example_id"]) for r in batch.records if r["example_id"] in ids)

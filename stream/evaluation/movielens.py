@@ -86,8 +86,11 @@ def load_movielens(directory: Path) -> MovieLensData:
     except (IndexError, ValueError) as exc:
         raise MovieLensFormatError(f"u.data: {exc}") from None
     return MovieLensData(
-        users=table[:, 0].astype(int), movies=table[:, 1].astype(int), labels=(table[:, 2] > 3).astype(float),
-        user_features=user_features, movie_features=movie_features,
+        users=table[:, 0].astype(int),
+        movies=table[:, 1].astype(int),
+        labels=(table[:, 2] > 3).astype(float),
+        user_features=user_features,
+        movie_features=movie_features,
     )
 
 
@@ -114,8 +117,12 @@ def _tune(data: MovieLensData, train_rows: np.ndarray, rng: np.random.Generator,
     """Per-coordinate L2 chosen on a validation split of the training rows (never the test rows)."""
     shuffled = rng.permutation(train_rows)
     cut = int(0.875 * shuffled.size)
-    specs = select_l2(_dataset(data, shuffled[:cut]), _dataset(data, shuffled[cut:]),
-                      _specs({GLOBAL: default_l2, USER: default_l2, MOVIE: default_l2}), grid=L2_GRID)
+    specs = select_l2(
+        _dataset(data, shuffled[:cut]),
+        _dataset(data, shuffled[cut:]),
+        _specs({GLOBAL: default_l2, USER: default_l2, MOVIE: default_l2}),
+        grid=L2_GRID,
+    )
     return {name: spec.l2 for name, spec in specs.items()}
 
 

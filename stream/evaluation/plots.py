@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 
 def _times(report: dict) -> list[datetime]:
@@ -54,7 +54,12 @@ def write_plots(report: dict, directory: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     return [
         _over_time(report, "auc", "progressive AUC by time window", out / "auc_over_time.png"),
-        _over_time(report, "observed_expected", "observed / expected by time window", out / "observed_expected_over_time.png",
-                   reference=1.0),
+        _over_time(
+            report,
+            "observed_expected",
+            "observed / expected by time window",
+            out / "observed_expected_over_time.png",
+            reference=1.0,
+        ),
         _reliability(report, out / "reliability.png"),
     ]

@@ -35,7 +35,7 @@ OTHER = "(other)"
 def segment_value(example: Mapping[str, Any], field: str) -> str:
     """The value of ``field`` (see :func:`stream.config.settings.is_segment_field`) in one labeled example, as a string."""
     if field.startswith("context:"):
-        return (example.get("context") or {}).get(field[len("context:"):], "")
+        return (example.get("context") or {}).get(field[len("context:") :], "")
     value = example.get(field)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -101,8 +101,9 @@ def _quality(trace: ProgressiveTrace, rows: np.ndarray, loss: Loss) -> dict[str,
             "log_loss": _safe(log_loss(y, p, w)) if len(y) else None,
             "per_member_auc": _safe(grouped_auc(y > 0, m, trace.member_ids[rows])) if both_classes else None,
             "observed_expected": _safe(observed_expected(y, p, w)) if len(y) else None,
-            "observed_expected_by_type": {t: _safe(np.sum(w * mask[rows]) / np.sum(w * p)) if len(y) else None
-                                          for t, mask in trace.types.items()},
+            "observed_expected_by_type": {
+                t: _safe(np.sum(w * mask[rows]) / np.sum(w * p)) if len(y) else None for t, mask in trace.types.items()
+            },
         }
     return out
 
@@ -114,8 +115,15 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
     for b in range(bins):
         inside = which == b
         if inside.any():
-            table.append({"bin_low": b / bins, "bin_high": (b + 1) / bins, "predicted": float(probabilities[inside].mean()),
-                          "observed": float(labels[inside].mean()), "examples": int(inside.sum())})
+            table.append(
+                {
+                    "bin_low": b / bins,
+                    "bin_high": (b + 1) / bins,
+                    "predicted": float(probabilities[inside].mean()),
+                    "observed": float(labels[inside].mean()),
+                    "examples": int(inside.sum()),
+                }
+            )
     return table
 
 
@@ -130,8 +138,14 @@ def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10, t
         bounds = np.searchsorted(trace.event_times, edges)
         for lo, hi, a, b in zip(edges[:-1], edges[1:], bounds[:-1], bounds[1:]):
             if b > a:
-                report["windows"].append({"start_ms": int(lo), "end_ms": int(hi), "examples": int(b - a),
-                                          "variants": _quality(trace, np.arange(a, b), loss)})
+                report["windows"].append(
+                    {
+                        "start_ms": int(lo),
+                        "end_ms": int(hi),
+                        "examples": int(b - a),
+                        "variants": _quality(trace, np.arange(a, b), loss),
+                    }
+                )
     report["calibration"] = {name: reliability(trace.labels > 0, loss.mean(m)) for name, m in trace.margins.items()}
     if trace.segments is not None:
         report["segments"] = segment_quality(trace, loss, top)

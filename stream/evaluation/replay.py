@@ -48,8 +48,12 @@ class ReplayResult:
 
     def to_json(self) -> dict:
         """The counts and the three rates."""
-        return {**asdict(self), "matched_rate": self.matched_rate, "position1_rate": self.position1_rate,
-                "discounted_rate": self.discounted_rate}
+        return {
+            **asdict(self),
+            "matched_rate": self.matched_rate,
+            "position1_rate": self.position1_rate,
+            "discounted_rate": self.discounted_rate,
+        }
 
 
 def model_ranks(request_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -73,7 +77,7 @@ def replay(request_ids: np.ndarray, positions: np.ndarray, labels: np.ndarray, s
     first = matched & (positions == 0)
     discount = np.where(matched, 1.0 / np.log2(positions + 2.0), 0.0)
     return ReplayResult(
-        requests=int(len(np.unique(request_ids))),
+        requests=len(np.unique(request_ids)),
         matched_impressions=int(matched.sum()),
         matched_interactions=float(labels[matched].sum()),
         position1_matches=int(first.sum()),

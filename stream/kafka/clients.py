@@ -63,7 +63,9 @@ def producer_config(kafka: KafkaSettings, bootstrap_servers: str = "", **enforce
     return _merge(_PRODUCER_DEFAULTS, _base(kafka, bootstrap_servers), kafka.client, kafka.producer, enforced)
 
 
-def consumer_config(kafka: KafkaSettings, group_id: str, bootstrap_servers: str = "", **enforced: Any) -> dict[str, Any]:
+def consumer_config(
+    kafka: KafkaSettings, group_id: str, bootstrap_servers: str = "", **enforced: Any
+) -> dict[str, Any]:
     """librdkafka consumer settings with manual offset commits enforced."""
     return _merge(
         _CONSUMER_DEFAULTS,
@@ -97,7 +99,9 @@ def all_topics(topics: TopicSettings, coordinates: Mapping[str, CoordinateSettin
     return names
 
 
-def ensure_topics(admin: AdminClient, topics: TopicSettings, compacted: Mapping[str, bool], timeout_s: float = 10.0) -> list[str]:
+def ensure_topics(
+    admin: AdminClient, topics: TopicSettings, compacted: Mapping[str, bool], timeout_s: float = 10.0
+) -> list[str]:
     """Try to create ``compacted``'s topics; return those that now exist or were created.
 
     Never fails the caller: the librdkafka mock cluster has no CreateTopics (its topics
@@ -129,7 +133,7 @@ def ensure_topics(admin: AdminClient, topics: TopicSettings, compacted: Mapping[
                 ready.append(name)
             else:
                 log.warning("could not create topic %s (%s); relying on auto-creation", name, error)
-        except Exception as exc:  # timeouts and brokers without the API
+        except Exception as exc:  # noqa: BLE001 - timeouts and brokers without the API: never fail the caller
             log.warning("could not create topic %s (%r); relying on auto-creation", name, exc)
     return ready
 
@@ -147,8 +151,10 @@ def prepare_topics(settings: Settings, bootstrap_servers: str = "", timeout_s: f
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else exc
-        raise BrokerUnavailableError(f"no Kafka broker answered at {config['bootstrap.servers']} within "
-                                     f"{timeout_s:.0f} s ({getattr(error, 'str', lambda: error)()})") from exc
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {config['bootstrap.servers']} within "
+            f"{timeout_s:.0f} s ({getattr(error, 'str', lambda: error)()})"
+        ) from exc
     missing = {name: compacted for name, compacted in wanted.items() if name not in metadata.topics}
     if not missing:
         return

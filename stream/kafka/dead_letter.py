@@ -25,10 +25,19 @@ class DeadLetters:
 
     def send(self, message, reason: str) -> None:
         """Dead-letter a consumed Kafka ``message`` for ``reason``."""
-        self.send_raw(message.key(), message.value(), message.topic() or "", message.partition(), message.offset(), reason)
+        self.send_raw(
+            message.key(), message.value(), message.topic() or "", message.partition(), message.offset(), reason
+        )
 
-    def send_raw(self, key: bytes | None, value: bytes | None, source_topic: str, source_partition: int,
-                 source_offset: int, reason: str) -> None:
+    def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+        reason: str,
+    ) -> None:
         """Dead-letter bytes that were consumed earlier (e.g. an interaction held for its impression)."""
         headers = [
             ("source.topic", source_topic.encode()),

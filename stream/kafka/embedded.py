@@ -12,6 +12,7 @@ import logging
 import threading
 
 from confluent_kafka import Producer
+from typing_extensions import Self
 
 from stream.kafka.exceptions import BrokerUnavailableError
 
@@ -43,7 +44,7 @@ class EmbeddedBroker:
             self._owner.flush(1.0)
             self._owner = None
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -52,8 +52,14 @@ def commit_positions(last: dict[tuple[str, int], int]) -> list[TopicPartition]:
 
 
 # The group moved on while the batch was processed: the partitions may belong to someone else now.
-_REBALANCE_CODES = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
-                              KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET})
+_REBALANCE_CODES = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError._NO_OFFSET,
+    }
+)
 
 
 def commit_processed(consumer: Consumer, last: dict[tuple[str, int], int], who: str) -> bool:
@@ -72,7 +78,11 @@ def commit_processed(consumer: Consumer, last: dict[tuple[str, int], int], who: 
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         if isinstance(error, KafkaError) and error.code() in _REBALANCE_CODES:
-            log.warning("%s: commit of %s refused by a rebalance (%s); the next owner replays from the last commit",
-                        who, sorted(f"{t}[{p}]@{o + 1}" for (t, p), o in last.items()), error.name())
+            log.warning(
+                "%s: commit of %s refused by a rebalance (%s); the next owner replays from the last commit",
+                who,
+                sorted(f"{t}[{p}]@{o + 1}" for (t, p), o in last.items()),
+                error.name(),
+            )
             return False
         raise KafkaClientError(f"{who}: committing offsets failed: {error}") from exc

@@ -25,8 +25,16 @@ log = logging.getLogger(__name__)
 class TopicReader:
     """Decoded records of ``topic`` from the beginning, partition by partition as they come."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, codec: RecordCodec, partitions: Sequence[int] | None = None,
-                 bootstrap_servers: str = "", client_id: str = "glmix-topic-reader", since_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        codec: RecordCodec,
+        partitions: Sequence[int] | None = None,
+        bootstrap_servers: str = "",
+        client_id: str = "glmix-topic-reader",
+        since_ms: int | None = None,
+    ) -> None:
         """``since_ms``: start at the first record produced at or after this time instead of the beginning."""
         self.topic = topic
         self._since_ms = since_ms
@@ -55,11 +63,14 @@ class TopicReader:
         if self._since_ms is None:
             starts = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned]
         else:
-            found = self._consumer.offsets_for_times([TopicPartition(self.topic, p, self._since_ms)
-                                                      for p in self._assigned], timeout=timeout_s)
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(self.topic, p, self._since_ms) for p in self._assigned], timeout=timeout_s
+            )
             # -1 means "no record since then" on Kafka, but the mock cluster answers -1 to every such lookup:
             # read those partitions from their start, which is right on both (only slower where nothing is new).
-            starts = [tp if tp.offset >= 0 else TopicPartition(self.topic, tp.partition, OFFSET_BEGINNING) for tp in found]
+            starts = [
+                tp if tp.offset >= 0 else TopicPartition(self.topic, tp.partition, OFFSET_BEGINNING) for tp in found
+            ]
         self._consumer.assign(starts)
         return True
 
@@ -76,16 +87,22 @@ class TopicReader:
         """The end of every assigned partition now (see :func:`stream.kafka.messages.fetched_end`)."""
         if not self._ensure_assigned(timeout_s):
             return {}
-        listed = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
-                  for p in self._assigned}
+        listed = {
+            p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)[1]
+            for p in self._assigned
+        }
         deadline = time.monotonic() + timeout_s
         while True:
             ends = {p: fetched_end(self._consumer, TopicPartition(self.topic, p), high) for p, high in listed.items()}
             if all(end is not None for end in ends.values()):
                 return {p: end for p, end in ends.items() if end is not None}
             if time.monotonic() > deadline:
-                log.warning("%s: no fetch response for partitions %s within %.0f s; using the broker's listed ends",
-                            self.topic, sorted(p for p, e in ends.items() if e is None), timeout_s)
+                log.warning(
+                    "%s: no fetch response for partitions %s within %.0f s; using the broker's listed ends",
+                    self.topic,
+                    sorted(p for p, e in ends.items() if e is None),
+                    timeout_s,
+                )
                 return {p: listed[p] if end is None else end for p, end in ends.items()}
             self._early.extend(m for m in self._consumer.consume(10_000, timeout=0.1) if m.error() is None)
 

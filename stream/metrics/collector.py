@@ -33,8 +33,13 @@ class StateSize(Protocol):
 class PipelineCollector(Collector):
     """Metric families of the given stages' stats (by stage name), Kafka statistics and refit stats."""
 
-    def __init__(self, stats: Mapping[str, SampleSource], state_sizes: Mapping[str, StateSize] | None = None,
-                 statistics: KafkaStatistics | None = None, refit: SampleSource | None = None) -> None:
+    def __init__(
+        self,
+        stats: Mapping[str, SampleSource],
+        state_sizes: Mapping[str, StateSize] | None = None,
+        statistics: KafkaStatistics | None = None,
+        refit: SampleSource | None = None,
+    ) -> None:
         self._stats = stats
         self._state_sizes = state_sizes or {}
         self._statistics = statistics
@@ -48,7 +53,7 @@ class PipelineCollector(Collector):
         for stage, source in self._state_sizes.items():
             try:
                 families.gauge("glmix_state_size_bytes", [stage], float(source.state_size_bytes()))
-            except Exception as exc:  # a store closing during a rebalance must not break the scrape
+            except Exception as exc:  # noqa: BLE001 - a store closing during a rebalance must not break the scrape
                 log.debug("state size of %s unavailable: %s", stage, exc)
         if self._statistics is not None:
             for client in self._statistics.latest():

@@ -22,8 +22,15 @@ from stream.model.metrics import auc, log_loss, observed_expected
 class ProgressiveWindow:
     """Labels, interaction types and cumulative margins of the most recent examples."""
 
-    def __init__(self, coordinates: Sequence[str], loss: Loss, interaction_types: Sequence[str], capacity: int = 20_000,
-                 segment_by: str = "", segment_values: int = 20) -> None:
+    def __init__(
+        self,
+        coordinates: Sequence[str],
+        loss: Loss,
+        interaction_types: Sequence[str],
+        capacity: int = 20_000,
+        segment_by: str = "",
+        segment_values: int = 20,
+    ) -> None:
         self.coordinates = list(coordinates)
         self.variants = variant_names(self.coordinates)
         self.loss = loss
@@ -43,7 +50,7 @@ class ProgressiveWindow:
         """Append emitted examples (their ``label``, ``scores``, ``offset`` and ``interaction_types``)."""
         if not examples:
             return
-        examples = examples[-self.capacity:]
+        examples = examples[-self.capacity :]
         n = len(examples)
         margins = variant_margins(examples, self.coordinates)
         labels = [e["label"] for e in examples]
@@ -103,6 +110,8 @@ class ProgressiveWindow:
                 elif key == "log_loss":
                     families.gauge("glmix_progressive_log_loss", [variant], value)
                 else:
-                    families.gauge("glmix_progressive_observed_expected", [variant, key.partition(":")[2] or "all"], value)
+                    families.gauge(
+                        "glmix_progressive_observed_expected", [variant, key.partition(":")[2] or "all"], value
+                    )
         for segment, value in self.observed_expected_by_segment().items():
             families.gauge("glmix_progressive_observed_expected_by_segment", [self.segment_by, segment], value)

@@ -20,7 +20,7 @@ from stream.model.transforms import FeatureTransforms
 def entity_of(record: Mapping[str, Any], entity_field: str) -> str:
     """The entity id a coordinate keys on: a record field, or ``context:<key>``."""
     if entity_field.startswith("context:"):
-        return str(record.get("context", {}).get(entity_field[len("context:"):], ""))
+        return str(record.get("context", {}).get(entity_field[len("context:") :], ""))
     return str(record[entity_field])
 
 

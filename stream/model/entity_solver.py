@@ -75,7 +75,9 @@ def loss_code(loss: Loss) -> int:
     try:
         return LOSS_CODES[loss.name]
     except KeyError:
-        raise InvalidValueError(f"the compiled Newton solver has no loss {loss.name!r}; choose one of {', '.join(LOSS_CODES)}") from None
+        raise InvalidValueError(
+            f"the compiled Newton solver has no loss {loss.name!r}; choose one of {', '.join(LOSS_CODES)}"
+        ) from None
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
@@ -195,7 +197,7 @@ def _newton_direction(h, grad, low, direction, scratch, d):
                 finite = finite and np.isfinite(direction[i])
             if finite and (descent > 0.0 or not nonzero):
                 return loading
-        loading = _RELATIVE_LOADING * scale * 10.0 ** attempt
+        loading = _RELATIVE_LOADING * scale * 10.0**attempt
     return np.nan
 
 
@@ -276,8 +278,26 @@ def _solve_full(code, z, y, o, w, n, d, p, mu0, theta, max_steps, tol, max_backt
             for i in range(d):
                 s += z[k, i] * direction[i]
             zdir[k] = s
-        t, trial_data = _armijo_step(code, y, w, margins, zdir, n, p, diff, direction, d, fval, slope, max_backtracks,
-                                     armijo, work.trial, trial_margins, trial_first, trial_second)
+        t, trial_data = _armijo_step(
+            code,
+            y,
+            w,
+            margins,
+            zdir,
+            n,
+            p,
+            diff,
+            direction,
+            d,
+            fval,
+            slope,
+            max_backtracks,
+            armijo,
+            work.trial,
+            trial_margins,
+            trial_first,
+            trial_second,
+        )
         if t == 0.0:
             break  # no decrease along the Newton direction: another step would repeat this one
         for i in range(d):
@@ -290,8 +310,26 @@ def _solve_full(code, z, y, o, w, n, d, p, mu0, theta, max_steps, tol, max_backt
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def _armijo_step(code, y, w, margins, zdir, n, quad, base, direction, m, fval, slope, max_backtracks, armijo, trial,
-                 trial_margins, trial_first, trial_second):
+def _armijo_step(
+    code,
+    y,
+    w,
+    margins,
+    zdir,
+    n,
+    quad,
+    base,
+    direction,
+    m,
+    fval,
+    slope,
+    max_backtracks,
+    armijo,
+    trial,
+    trial_margins,
+    trial_first,
+    trial_second,
+):
     """The largest t in 1, 1/2, ... with F(x - t direction) <= F(x) - armijo t slope; 0 if none.
 
     F's data term is read at ``margins - t zdir``; its quadratic is ``1/2 v' quad v`` at
@@ -417,8 +455,26 @@ def _solve_low_rank(code, z, y, o, w, n, d, p, diagonal, mu0, theta, max_steps, 
                 krow += kmat[i, j] * r[j]
             kdelta[i] = kd
             slope += krow * delta[i]  # grad f(u) = K r
-        t, trial_data = _armijo_step(code, y, w, margins, kdelta, n, kmat, u, delta, n, fval, slope, max_backtracks,
-                                     armijo, work.trial, trial_margins, trial_first, trial_second)
+        t, trial_data = _armijo_step(
+            code,
+            y,
+            w,
+            margins,
+            kdelta,
+            n,
+            kmat,
+            u,
+            delta,
+            n,
+            fval,
+            slope,
+            max_backtracks,
+            armijo,
+            work.trial,
+            trial_margins,
+            trial_first,
+            trial_second,
+        )
         if t == 0.0:
             break
         for i in range(n):
@@ -449,24 +505,75 @@ def _solve_low_rank(code, z, y, o, w, n, d, p, diagonal, mu0, theta, max_steps, 
     return True, status, iterations, gnorm, fval
 
 
-_VECTORS_N = ("y", "o", "w", "margins", "first", "second", "zdir", "trial_margins", "trial_first", "trial_second",
-              "base", "u", "r", "delta", "kdelta")
-_Work = namedtuple("_Work", _VECTORS_N + ("z", "grad", "diff", "direction", "trial", "p", "h", "low", "vt", "kmat", "system"))
+_VECTORS_N = (
+    "y",
+    "o",
+    "w",
+    "margins",
+    "first",
+    "second",
+    "zdir",
+    "trial_margins",
+    "trial_first",
+    "trial_second",
+    "base",
+    "u",
+    "r",
+    "delta",
+    "kdelta",
+)
+_Work = namedtuple(
+    "_Work", _VECTORS_N + ("z", "grad", "diff", "direction", "trial", "p", "h", "low", "vt", "kmat", "system")
+)
 
 
 def solver_workspace(n: int, d: int) -> _Work:
     """Scratch arrays for entities of up to n events over d coefficients, reused from one entity to the next."""
     vectors_n = {name: np.empty(n) for name in _VECTORS_N}
-    return _Work(z=np.empty((n, d)), grad=np.empty(d), diff=np.empty(d), direction=np.empty(d), trial=np.empty(max(n, d)),
-                 p=np.empty((d, d)), h=np.empty((d, d)), low=np.empty((d, d)), vt=np.empty((n, d)), kmat=np.empty((n, n)),
-                 system=np.empty((n, n)), **vectors_n)
+    return _Work(
+        z=np.empty((n, d)),
+        grad=np.empty(d),
+        diff=np.empty(d),
+        direction=np.empty(d),
+        trial=np.empty(max(n, d)),
+        p=np.empty((d, d)),
+        h=np.empty((d, d)),
+        low=np.empty((d, d)),
+        vt=np.empty((n, d)),
+        kmat=np.empty((n, n)),
+        system=np.empty((n, n)),
+        **vectors_n,
+    )
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST_MATH)
-def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_rows, lam_full, layout, start,
-               max_steps, tol, max_backtracks, armijo, work,
-               out_mean, out_precision_rows, out_precision_full, out_iterations, out_gnorm, out_objective, out_status,
-               out_loading):
+def solve_rows(
+    rows,
+    code,
+    features,
+    labels,
+    offsets,
+    weights,
+    mask,
+    mu0,
+    lam_rows,
+    lam_full,
+    layout,
+    start,
+    max_steps,
+    tol,
+    max_backtracks,
+    armijo,
+    work,
+    out_mean,
+    out_precision_rows,
+    out_precision_full,
+    out_iterations,
+    out_gnorm,
+    out_objective,
+    out_status,
+    out_loading,
+):
     """Validate and solve the entities ``rows``, writing every output of each (see ``newton_update``).
 
     Precisions are ``lam_rows`` / ``out_precision_rows`` (B, k) for the DIAGONAL and PACKED
@@ -499,12 +606,14 @@ def solve_rows(rows, code, features, labels, offsets, weights, mask, mu0, lam_ro
                 at_prior_mean = at_prior_mean and start[b, i] == mu0[b, i]
             if at_prior_mean:
                 solved, status, iterations, gnorm, fval = _solve_low_rank(
-                    code, z, y, o, w, n, d, p, diagonal, mu0[b], theta, max_steps, tol, max_backtracks, armijo, work)
+                    code, z, y, o, w, n, d, p, diagonal, mu0[b], theta, max_steps, tol, max_backtracks, armijo, work
+                )
                 loading = 0.0
         if not solved:
             theta[:] = start[b]
             status, iterations, gnorm, fval, loading = _solve_full(
-                code, z, y, o, w, n, d, p, mu0[b], theta, max_steps, tol, max_backtracks, armijo, work)
+                code, z, y, o, w, n, d, p, mu0[b], theta, max_steps, tol, max_backtracks, armijo, work
+            )
         out_iterations[b] = iterations
         out_status[b] = status
         out_loading[b] = loading
@@ -562,8 +671,12 @@ def _compact_events(code, features, labels, offsets, weights, mask, b, z, y, o, 
     for k in range(features.shape[1]):
         if not mask[b, k]:
             continue
-        if not (label_is_valid(code, labels[b, k]) and np.isfinite(offsets[b, k]) and np.isfinite(weights[b, k])
-                and weights[b, k] >= 0.0):
+        if not (
+            label_is_valid(code, labels[b, k])
+            and np.isfinite(offsets[b, k])
+            and np.isfinite(weights[b, k])
+            and weights[b, k] >= 0.0
+        ):
             return -1
         for i in range(d):
             value = features[b, k, i]

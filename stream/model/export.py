@@ -39,7 +39,9 @@ def global_model_record(
 ) -> dict[str, Any]:
     """The ``GlobalModel`` record of ``model``'s global coordinate, with every coordinate's index."""
     if len(model.global_coefficients) != global_index.dim:
-        raise InvalidValueError(f"{len(model.global_coefficients)} global coefficients but the index has {global_index.dim} columns")
+        raise InvalidValueError(
+            f"{len(model.global_coefficients)} global coefficients but the index has {global_index.dim} columns"
+        )
     if not np.isfinite(model.global_coefficients).all():
         raise InvalidValueError("refusing to export non-finite global coefficients")
     return {
@@ -74,8 +76,9 @@ def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, lo
         yield PhotonModel(f"{name}:{entity}", keys, means.tolist(), var.tolist(), loss)
 
 
-def initial_global_model_record(impressions: list[Mapping[str, Any]], model: ModelSettings, version: int = 1,
-                                model_name: str = "glmix") -> dict[str, Any]:
+def initial_global_model_record(
+    impressions: list[Mapping[str, Any]], model: ModelSettings, version: int = 1, model_name: str = "glmix"
+) -> dict[str, Any]:
     """A first ``GlobalModel``: zero coefficients over indexes of the most frequent (transformed) features in ``impressions``.
 
     This lets a fresh deployment start streaming before any refit: random effects learn
@@ -84,16 +87,23 @@ def initial_global_model_record(impressions: list[Mapping[str, Any]], model: Mod
     bags = FeatureTransforms.from_settings(model).apply_rows([imp["features"] for imp in impressions])
     global_index = FeatureIndex.from_data(bags, model.global_feature_bags, version=version)
     indices = {
-        name: FeatureIndex.from_data(bags, c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version)
+        name: FeatureIndex.from_data(
+            bags, c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version
+        )
         for name, c in model.coordinates.items()
     }
     empty = GameModel(model.loss, np.zeros(global_index.dim))
     return global_model_record(empty, global_index, indices, version, model_name)
 
 
-def fitted_global_model_record(impressions: list[Mapping[str, Any]], labels: np.ndarray, model: ModelSettings,
-                               version: int = 1, model_name: str = "glmix",
-                               index_from: list[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def fitted_global_model_record(
+    impressions: list[Mapping[str, Any]],
+    labels: np.ndarray,
+    model: ModelSettings,
+    version: int = 1,
+    model_name: str = "glmix",
+    index_from: list[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A first ``GlobalModel`` fitted on labeled history: indexes from ``impressions``, then L-BFGS on their labels.
 
     The batch model a team starts streaming from when it has history (``model.global_l2``
@@ -105,6 +115,12 @@ def fitted_global_model_record(impressions: list[Mapping[str, Any]], labels: np.
     index = FeatureIndex.from_record(record["features"], model.global_feature_bags, version=version)
     labels = np.asarray(labels, dtype=np.float64)
     data = build_dataset(impressions, labels, index, {}, transforms=FeatureTransforms.from_settings(model))
-    record["coefficients"] = fit_global(data.global_features, labels, np.ones(len(labels)), np.zeros(len(labels)),
-                                        CoordinateSpec(l2=model.global_l2, intercept_l2=0.0), get_loss(model.loss)).tolist()
+    record["coefficients"] = fit_global(
+        data.global_features,
+        labels,
+        np.ones(len(labels)),
+        np.zeros(len(labels)),
+        CoordinateSpec(l2=model.global_l2, intercept_l2=0.0),
+        get_loss(model.loss),
+    ).tolist()
     return record

@@ -67,9 +67,8 @@ class FeatureIndex:
         if intercept:
             self._add(INTERCEPT_KEY)
         for key in keys:
-            if key not in self._columns:
-                if not self._add(tuple(key)):  # type: ignore[arg-type]
-                    raise InvalidValueError(f"{len(self._keys) + 1} keys exceed the capacity of {capacity}")
+            if key not in self._columns and not self._add(tuple(key)):  # type: ignore[arg-type]
+                raise InvalidValueError(f"{len(self._keys) + 1} keys exceed the capacity of {capacity}")
 
     @classmethod
     def from_data(
@@ -86,7 +85,9 @@ class FeatureIndex:
         counts: Counter = Counter()
         for bags in rows:
             counts.update((n, t) for n, t, _ in _triples(bags, bag_names))
-        ranked = sorted((k for k, c in counts.items() if c >= min_count and k != INTERCEPT_KEY), key=lambda k: (-counts[k], k))
+        ranked = sorted(
+            (k for k, c in counts.items() if c >= min_count and k != INTERCEPT_KEY), key=lambda k: (-counts[k], k)
+        )
         room = None if capacity is None else capacity - int(intercept)
         return cls(bag_names, ranked[:room], intercept=intercept, capacity=capacity, unseen=unseen, version=version)
 
@@ -164,8 +165,14 @@ class FeatureIndex:
         Returns the new index and the keys that did not fit (DESIGN §1: append-only, a
         column never changes meaning). Keys the index already has are ignored.
         """
-        grown = FeatureIndex(self.bag_names, self._keys[1:] if self.intercept else self._keys, intercept=self.intercept,
-                             capacity=self.capacity, unseen=self.unseen, version=version)
+        grown = FeatureIndex(
+            self.bag_names,
+            self._keys[1:] if self.intercept else self._keys,
+            intercept=self.intercept,
+            capacity=self.capacity,
+            unseen=self.unseen,
+            version=version,
+        )
         dropped = [key for key in dict.fromkeys(keys) if key not in grown._columns and not grown._add(key)]
         return grown, dropped
 
@@ -175,11 +182,21 @@ class FeatureIndex:
 
     @classmethod
     def from_record(
-        cls, records: Sequence[Mapping[str, str]], bag_names: Sequence[str], capacity: int | None = None,
-        unseen: str = "drop", version: int = 0,
+        cls,
+        records: Sequence[Mapping[str, str]],
+        bag_names: Sequence[str],
+        capacity: int | None = None,
+        unseen: str = "drop",
+        version: int = 0,
     ) -> FeatureIndex:
         """Rebuild an index saved by :meth:`to_record`."""
         keys = [(r["name"], r.get("term", "")) for r in records]
         intercept = bool(keys) and keys[0] == INTERCEPT_KEY
-        return cls(bag_names, keys[1:] if intercept else keys, intercept=intercept, capacity=capacity,
-                   unseen=unseen, version=version)
+        return cls(
+            bag_names,
+            keys[1:] if intercept else keys,
+            intercept=intercept,
+            capacity=capacity,
+            unseen=unseen,
+            version=version,
+        )

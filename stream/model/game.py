@@ -177,7 +177,10 @@ def fit_global_blocks(
         return value, gradient
 
     result = minimize(
-        value_and_gradient, np.zeros(dim) if start is None else start, jac=True, method="L-BFGS-B",
+        value_and_gradient,
+        np.zeros(dim) if start is None else start,
+        jac=True,
+        method="L-BFGS-B",
         options={"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance},
     )
     if not result.success:
@@ -210,7 +213,7 @@ def _buckets(counts: np.ndarray, max_cells: int) -> list[np.ndarray]:
         members = order[level == lv]
         n_max = int(counts[members].max())
         per_chunk = max(1, max_cells // max(n_max, 1))
-        groups += [members[i:i + per_chunk] for i in range(0, members.size, per_chunk)]
+        groups += [members[i : i + per_chunk] for i in range(0, members.size, per_chunk)]
     return groups
 
 
@@ -243,8 +246,11 @@ def fit_random_effect(
         valid = slot[None, :] < counts[entities, None]
         rows = order[np.minimum(first_row[entities, None] + slot[None, :], len(order) - 1)]
         events = EntityEvents(
-            features=data.features[rows], labels=labels[rows], offsets=offsets[rows],
-            weights=np.where(valid, weights[rows], 0.0), mask=valid,
+            features=data.features[rows],
+            labels=labels[rows],
+            offsets=offsets[rows],
+            weights=np.where(valid, weights[rows], 0.0),
+            mask=valid,
         )
         prior = l2_prior(entities.size, d, spec.l2, spec.intercept_l2, spec.intercept_column)
         update = newton_update(events, prior, loss, start=warm[entities], max_steps=max_steps)
@@ -289,13 +295,16 @@ def train_game(
         for coordinate in order:
             others = base + sum(v for k, v in parts.items() if k != coordinate)
             if coordinate == GLOBAL:
-                beta = fit_global(train.global_features, y, w, others, coordinates[GLOBAL], loss_fn, model.global_coefficients)
+                beta = fit_global(
+                    train.global_features, y, w, others, coordinates[GLOBAL], loss_fn, model.global_coefficients
+                )
                 model = replace(model, global_coefficients=beta)
                 parts[GLOBAL] = train.global_features @ beta
             else:
                 data = train.random_effects[coordinate]
-                fitted = fit_random_effect(data, y, w, others, coordinates[coordinate], loss_fn,
-                                           start=model.random_effects.get(coordinate))
+                fitted = fit_random_effect(
+                    data, y, w, others, coordinates[coordinate], loss_fn, start=model.random_effects.get(coordinate)
+                )
                 model = replace(model, random_effects={**model.random_effects, coordinate: fitted})
                 parts[coordinate] = fitted.score(data)
             if validation is not None:

@@ -56,17 +56,17 @@ class LogisticLoss(Loss):
 
     name: ClassVar[str] = "logistic"
 
-    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
         return np.logaddexp(0.0, m) - y * m
 
-    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = expit(m)
         return p - y, p * (1.0 - p)
 
-    def mean(self, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def mean(self, m: np.ndarray) -> np.ndarray:
         return expit(m)
 
-    def valid_labels(self, y: np.ndarray) -> np.ndarray:  # noqa: D102
+    def valid_labels(self, y: np.ndarray) -> np.ndarray:
         return np.isfinite(y) & (y >= 0.0) & (y <= 1.0)
 
 
@@ -76,13 +76,13 @@ class LinearLoss(Loss):
 
     name: ClassVar[str] = "linear"
 
-    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
         return 0.5 * (m - y) ** 2
 
-    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return m - y, np.ones_like(m)
 
-    def mean(self, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def mean(self, m: np.ndarray) -> np.ndarray:
         return np.asarray(m, dtype=float)
 
 
@@ -100,17 +100,17 @@ class PoissonLoss(Loss):
         excess = m - capped
         return base * (1.0 + excess + 0.5 * excess**2), base * (1.0 + excess), base
 
-    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def value(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
         return self._exp(m)[0] - y * m
 
-    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
+    def derivatives(self, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, first, second = self._exp(m)
         return first - y, second
 
-    def mean(self, m: np.ndarray) -> np.ndarray:  # noqa: D102
+    def mean(self, m: np.ndarray) -> np.ndarray:
         return self._exp(m)[0]
 
-    def valid_labels(self, y: np.ndarray) -> np.ndarray:  # noqa: D102
+    def valid_labels(self, y: np.ndarray) -> np.ndarray:
         return np.isfinite(y) & (y >= 0.0)
 
 

@@ -64,7 +64,9 @@ def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     return float(np.mean(above[both] / (p[both] * n[both]))) if both.any() else float("nan")
 
 
-def log_loss(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None, eps: float = 1e-15) -> float:
+def log_loss(
+    labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None, eps: float = 1e-15
+) -> float:
     """Weighted mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
     y, p = _as_arrays(labels, probabilities)
     w = np.ones_like(y) if weights is None else _as_arrays(weights)[0]

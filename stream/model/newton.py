@@ -65,7 +65,9 @@ class EntityEvents:
         labels = np.asarray(labels, dtype=np.float64)
         shape = labels.shape
         if features.ndim != 3 or features.shape[:2] != shape:
-            raise InvalidValueError(f"features must be (B, n, d) matching labels (B, n); got {features.shape} and {shape}")
+            raise InvalidValueError(
+                f"features must be (B, n, d) matching labels (B, n); got {features.shape} and {shape}"
+            )
         return cls(
             features=features,
             labels=labels,
@@ -207,15 +209,31 @@ def newton_update(
         return result
     matrices = layout == FULL
     arrays = (
-        code, _contiguous(events.features), _contiguous(events.labels), _contiguous(events.offsets),
-        _contiguous(events.weights), _contiguous(events.mask, np.bool_), _contiguous(prior.mean),
+        code,
+        _contiguous(events.features),
+        _contiguous(events.labels),
+        _contiguous(events.offsets),
+        _contiguous(events.weights),
+        _contiguous(events.mask, np.bool_),
+        _contiguous(prior.mean),
         np.empty((0, 0)) if matrices else _contiguous(prior.precision),
         _contiguous(prior.precision) if matrices else np.empty((0, 0, 0)),
-        layout, _contiguous(prior.mean if start is None else start), max_steps, gradient_tolerance, max_backtracks, armijo,
+        layout,
+        _contiguous(prior.mean if start is None else start),
+        max_steps,
+        gradient_tolerance,
+        max_backtracks,
+        armijo,
     )
     outputs = (
-        result.mean, np.empty((0, 0)) if matrices else result.precision, result.precision if matrices else np.empty((0, 0, 0)),
-        result.iterations, result.gradient_norm, result.objective, result.status, result.loading,
+        result.mean,
+        np.empty((0, 0)) if matrices else result.precision,
+        result.precision if matrices else np.empty((0, 0, 0)),
+        result.iterations,
+        result.gradient_norm,
+        result.objective,
+        result.status,
+        result.loading,
     )
     rows = np.arange(b)
 

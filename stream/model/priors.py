@@ -20,7 +20,9 @@ from stream.model.newton import GaussianPrior
 from stream.model.packed import diagonal_positions
 
 
-def l2_precision_diagonal(dim: int, l2: float, intercept_l2: float | None = None, intercept_column: int | None = 0) -> np.ndarray:
+def l2_precision_diagonal(
+    dim: int, l2: float, intercept_l2: float | None = None, intercept_column: int | None = 0
+) -> np.ndarray:
     """The (d,) diagonal ``[l2, ..., l2]`` with ``intercept_l2`` at ``intercept_column``."""
     diagonal = np.full(dim, float(l2))
     if intercept_column is not None and intercept_l2 is not None:

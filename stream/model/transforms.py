@@ -18,6 +18,7 @@ joiner already indexed, so every path sees the same numbers (DESIGN §8).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ def _format_bound(value: float) -> str:
 
 def _bucket_labels(boundaries: Sequence[float]) -> list[str]:
     edges = ["-inf", *map(_format_bound, boundaries), "inf"]
-    return [f"[{lo},{hi})" for lo, hi in zip(edges, edges[1:])]
+    return [f"[{lo},{hi})" for lo, hi in itertools.pairwise(edges)]
 
 
 def _joined_term(head: str, tail: str) -> str:
@@ -57,8 +58,9 @@ class FeatureTransforms:
         self._products = [(name, t) for name, t in transforms.items() if t.kind == "product"]
         self._labels = {name: _bucket_labels(t.boundaries) for name, t in self._unary.items() if t.kind == "bucketize"}
         self._knots = {name: np.asarray(t.boundaries) for name, t in self._unary.items() if t.kind == "spline"}
-        self._knot_terms = {name: [_format_bound(k) for k in t.boundaries]
-                            for name, t in self._unary.items() if t.kind == "spline"}
+        self._knot_terms = {
+            name: [_format_bound(k) for k in t.boundaries] for name, t in self._unary.items() if t.kind == "spline"
+        }
 
     @classmethod
     def from_settings(cls, model: ModelSettings) -> FeatureTransforms:
@@ -88,8 +90,9 @@ class FeatureTransforms:
                 if transform is None:
                     rewritten.append(item)
                 else:
-                    rewritten.extend(self._unary_features(name, item.get("term", ""), float(item.get("value", 1.0)),
-                                                          transform))
+                    rewritten.extend(
+                        self._unary_features(name, item.get("term", ""), float(item.get("value", 1.0)), transform)
+                    )
             out[bag] = rewritten
         for name, product in self._products:
             features = self._product_features(name, bags, product.inputs)
@@ -134,5 +137,7 @@ class FeatureTransforms:
             for b in rights:
                 ta, tb = a.get("term", ""), b.get("term", "")
                 term = f"{ta}*{tb}" if ta and tb else ta or tb
-                out.append({"name": name, "term": term, "value": float(a.get("value", 1.0)) * float(b.get("value", 1.0))})
+                out.append(
+                    {"name": name, "term": term, "value": float(a.get("value", 1.0)) * float(b.get("value", 1.0))}
+                )
         return out

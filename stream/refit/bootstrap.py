@@ -45,15 +45,16 @@ def labels_of_history(settings: Settings, events: Sequence[JoinInput]) -> dict[s
         store, _ = open_or_wipe(Path(workdir) / "join")
         try:
             for start in range(0, len(events), _CHUNK):
-                _label(join, store, events[start:start + _CHUNK], table, labels, frozenset())
+                _label(join, store, events[start : start + _CHUNK], table, labels, frozenset())
             _label(join, store, [], table, labels, frozenset({IMPRESSIONS, INTERACTIONS}))
         finally:
             store.close()
     return labels
 
 
-def _label(join: ExampleJoin, store, events, table: GlobalModelTable, labels: dict[str, float],
-           idle: frozenset[str]) -> None:
+def _label(
+    join: ExampleJoin, store, events, table: GlobalModelTable, labels: dict[str, float], idle: frozenset[str]
+) -> None:
     batch = join.join(store, events, table.current, idle)
     for example in join.labeled(batch.result.emissions, None, {}):
         labels[example["example_id"]] = example["label"]
@@ -69,8 +70,9 @@ def bootstrap_record(settings: Settings, events: Sequence[JoinInput]) -> dict[st
     labeled = [imp for imp in impressions if imp["impression_id"] in labels]
     if not labeled:
         return initial_global_model_record(impressions, settings.model)
-    return fitted_global_model_record(labeled, np.array([labels[i["impression_id"]] for i in labeled]), settings.model,
-                                      index_from=impressions)
+    return fitted_global_model_record(
+        labeled, np.array([labels[i["impression_id"]] for i in labeled]), settings.model, index_from=impressions
+    )
 
 
 def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:
@@ -82,21 +84,30 @@ def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:
     from stream.kafka.topic_reader import TopicReader
 
     if not settings.kafka.bootstrap_servers:
-        raise BootstrapError("glmix bootstrap publishes to Kafka: give --bootstrap-servers (or --output FILE --no-publish)")
+        raise BootstrapError(
+            "glmix bootstrap publishes to Kafka: give --bootstrap-servers (or --output FILE --no-publish)"
+        )
     topic = settings.topics.model_global
     codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
     prepare_topics(settings, settings.kafka.bootstrap_servers)
     existing = GlobalModelTable(settings.model)
-    reader = TopicReader(settings.kafka, topic, codec, bootstrap_servers=settings.kafka.bootstrap_servers,
-                         client_id=settings.kafka.group_id("bootstrap"))
+    reader = TopicReader(
+        settings.kafka,
+        topic,
+        codec,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=settings.kafka.group_id("bootstrap"),
+    )
     try:
         for batch in reader.read_to_end(timeout_s=60):
             existing.apply(batch.records)
     finally:
         reader.close()
     if existing.current is not None:
-        raise BootstrapError(f"{topic} already holds global model version {existing.current.version}: its feature "
-                             "indexes are what every state and coefficient refers to, so a bootstrap never replaces it")
+        raise BootstrapError(
+            f"{topic} already holds global model version {existing.current.version}: its feature "
+            "indexes are what every state and coefficient refers to, so a bootstrap never replaces it"
+        )
     producer = Producer(producer_config(settings.kafka, settings.kafka.bootstrap_servers))
     producer.produce(topic, key=record["model_name"].encode(), value=codec.encode(record))
     if producer.flush(30):

@@ -41,8 +41,10 @@ class GateDecision:
     def reason(self) -> str:
         """One line for the log."""
         verdict = "passes" if self.passed else "is refused"
-        return (f"candidate {verdict}: holdout {self.metric} {self.candidate:.5f} vs current {self.current:.5f} "
-                f"(tolerance {self.tolerance})")
+        return (
+            f"candidate {verdict}: holdout {self.metric} {self.candidate:.5f} vs current {self.current:.5f} "
+            f"(tolerance {self.tolerance})"
+        )
 
 
 def gate(current: dict[str, float], candidate: dict[str, float], settings: RefitSettings) -> GateDecision:

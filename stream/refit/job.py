@@ -59,16 +59,20 @@ def _random_effect_offsets(records: list[dict]) -> np.ndarray:
     return np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in records])
 
 
-def _with_rows(first: tuple[np.ndarray, np.ndarray, np.ndarray],
-               second: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _with_rows(
+    first: tuple[np.ndarray, np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two sets of per-row (lengths, columns, values) of the same rows as one, each row's entries together."""
     (len_a, col_a, val_a), (len_b, col_b, val_b) = first, second
     if not len(col_b):
         return first
     rows = np.concatenate([np.repeat(np.arange(len(len_a)), len_a), np.repeat(np.arange(len(len_b)), len_b)])
     order = np.argsort(rows, kind="stable")
-    return (len_a + len_b, np.concatenate([col_a, col_b])[order],
-            np.concatenate([val_a.astype(np.float32), val_b.astype(np.float32)])[order])
+    return (
+        len_a + len_b,
+        np.concatenate([col_a, col_b])[order],
+        np.concatenate([val_a.astype(np.float32), val_b.astype(np.float32)])[order],
+    )
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
@@ -94,8 +98,12 @@ class RefitStats:
 
     def add_samples(self, stage: str, families: MetricFamilies) -> None:
         """Runs by outcome, the last duration, and the vocabulary admitted and dropped."""
-        for status, count in (("published", self.published), ("refused", self.refused), ("unchanged", self.unchanged),
-                              ("skipped", self.skipped)):
+        for status, count in (
+            ("published", self.published),
+            ("refused", self.refused),
+            ("unchanged", self.unchanged),
+            ("skipped", self.skipped),
+        ):
             families.counter("glmix_refit_runs", [status], count)
         families.gauge("glmix_refit_last_duration_seconds", [], self.last_seconds)
         for coordinate, count in self.admitted_features.items():
@@ -154,17 +162,28 @@ class RefitInputs:
 
     def result(self) -> RefitResult:
         """A result that says nothing was published yet."""
-        return RefitResult("skipped", self.model.version, window_ms=(self.window.start_ms, self.window.end_ms),
-                           holdout_from_ms=self.window.holdout_ms, train_examples=self.train.rows,
-                           holdout_examples=self.holdout.rows, dropped_examples=self.dropped,
-                           admitted_features=dict(self.growth.admitted))
+        return RefitResult(
+            "skipped",
+            self.model.version,
+            window_ms=(self.window.start_ms, self.window.end_ms),
+            holdout_from_ms=self.window.holdout_ms,
+            train_examples=self.train.rows,
+            holdout_examples=self.holdout.rows,
+            dropped_examples=self.dropped,
+            admitted_features=dict(self.growth.admitted),
+        )
 
 
 class GlobalRefit:
     """Refits and gates the global coordinate; :meth:`run_once` is one cron run."""
 
-    def __init__(self, settings: Settings, bootstrap_servers: str = "", show_progress: bool = False,
-                 publish: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap_servers: str = "",
+        show_progress: bool = False,
+        publish: Callable[[dict], None] | None = None,
+    ) -> None:
         """``publish`` takes each new ``GlobalModel`` record: by default to ``model.global``; a backtest keeps it."""
         self.settings = settings
         self._publish = publish or self._publish_to_kafka
@@ -175,7 +194,9 @@ class GlobalRefit:
         self.archive = ArchiveFiles(settings.archive_path)
         self._bootstrap = bootstrap_servers
         topic = settings.topics.model_global
-        self._codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
+        self._codec = make_codec(
+            "GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry
+        )
 
     # ------------------------------------------------------------------ data
 
@@ -214,10 +235,16 @@ class GlobalRefit:
             progress.advance(len(batch))
             progress.finish()
 
-    def _spill(self, batches: Iterable[list[dict]], model: GlobalModel,
-               tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
-               window: RefitWindow, train: SpilledExamples, holdout: SpilledExamples,
-               vocabulary: VocabularyCounter) -> int:
+    def _spill(
+        self,
+        batches: Iterable[list[dict]],
+        model: GlobalModel,
+        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
+        window: RefitWindow,
+        train: SpilledExamples,
+        holdout: SpilledExamples,
+        vocabulary: VocabularyCounter,
+    ) -> int:
         """Write usable examples to the splits with their offsets and count unindexed features; returns the dropped.
 
         Indexes only append columns, so examples of every index version up to ``model``'s
@@ -251,8 +278,15 @@ class GlobalRefit:
                 trainable &= np.array([bool(r.get("random_bucket")) for r in usable])
             for split, rows_in in ((train, trainable), (holdout, ok & (times >= window.holdout_ms))):
                 keep = np.repeat(rows_in, lengths)
-                split.add(labels[rows_in], weights[rows_in], offsets[rows_in], times[rows_in], lengths[rows_in],
-                          indices[keep], values[keep])
+                split.add(
+                    labels[rows_in],
+                    weights[rows_in],
+                    offsets[rows_in],
+                    times[rows_in],
+                    lengths[rows_in],
+                    indices[keep],
+                    values[keep],
+                )
         train.flush()
         holdout.flush()
         return dropped
@@ -262,16 +296,23 @@ class GlobalRefit:
     def _current_global_model(self) -> GlobalModel:
         """The newest usable global model on ``model.global``."""
         table = GlobalModelTable(self.settings.model)
-        reader = TopicReader(self.settings.kafka, self.settings.topics.model_global, self._codec,
-                             bootstrap_servers=self._bootstrap, client_id=self.settings.kafka.group_id("refit-global"))
+        reader = TopicReader(
+            self.settings.kafka,
+            self.settings.topics.model_global,
+            self._codec,
+            bootstrap_servers=self._bootstrap,
+            client_id=self.settings.kafka.group_id("refit-global"),
+        )
         try:
             for batch in reader.read_to_end(timeout_s=120):
                 table.apply(batch.records)
         finally:
             reader.close()
         if table.current is None:
-            raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
-                             "(the joiner bootstraps one) before refitting")
+            raise RefitError(
+                f"no global model on {self.settings.topics.model_global}: start the pipeline "
+                "(the joiner bootstraps one) before refitting"
+            )
         return table.current
 
     def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
@@ -286,14 +327,21 @@ class GlobalRefit:
         try:
             follower.catch_up(timeout_s=120)
             if follower.global_model.current is None:
-                raise RefitError(f"no global model on {self.settings.topics.model_global}: start the pipeline "
-                                 "(the joiner bootstraps one) before refitting")
+                raise RefitError(
+                    f"no global model on {self.settings.topics.model_global}: start the pipeline "
+                    "(the joiner bootstraps one) before refitting"
+                )
             return self.spill_window(spill, window, follower.global_model.current, follower.tables)
         finally:
             follower.close()
 
-    def spill_window(self, spill: SpillDirectory, window: RefitWindow, model: GlobalModel,
-                     tables: Mapping[str, CoefficientTable | StoredCoefficientTable]) -> RefitInputs:
+    def spill_window(
+        self,
+        spill: SpillDirectory,
+        window: RefitWindow,
+        model: GlobalModel,
+        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
+    ) -> RefitInputs:
         """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time).
 
         The vocabulary grows in the same read (:mod:`stream.refit.vocabulary`): the splits
@@ -309,8 +357,14 @@ class GlobalRefit:
         growth = vocabulary.grow(self.refit.vocabulary_min_count)
         for split in (train, holdout):
             split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
-        log.info("refit: %d training and %d holdout examples in [%d, %d) (%d dropped)", train.rows, holdout.rows,
-                 window.start_ms, window.end_ms, dropped)
+        log.info(
+            "refit: %d training and %d holdout examples in [%d, %d) (%d dropped)",
+            train.rows,
+            holdout.rows,
+            window.start_ms,
+            window.end_ms,
+            dropped,
+        )
         return RefitInputs(growth.model, window, train, holdout, dropped, growth)
 
     def run_once(self, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
@@ -328,8 +382,12 @@ class GlobalRefit:
             inputs = prepare(spill)
             result = inputs.result()
             if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
-                log.warning("refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",
-                            inputs.train.rows, inputs.holdout.rows, self.refit.min_examples)
+                log.warning(
+                    "refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",
+                    inputs.train.rows,
+                    inputs.holdout.rows,
+                    self.refit.min_examples,
+                )
                 self.stats.skipped += 1
             else:
                 coefficients = self.fit(inputs.train, inputs.model.coefficients, inputs.model.global_index.intercept)
@@ -343,15 +401,31 @@ class GlobalRefit:
 
     def spec(self, intercept: bool) -> CoordinateSpec:
         """The global coordinate's penalty: ``model.global_l2`` on every feature, none on the intercept."""
-        return CoordinateSpec(l2=self.settings.model.global_l2, intercept_l2=0.0, intercept_column=0 if intercept else None)
+        return CoordinateSpec(
+            l2=self.settings.model.global_l2, intercept_l2=0.0, intercept_column=0 if intercept else None
+        )
 
     def fit(self, train: SpilledExamples, start: np.ndarray, intercept: bool = True) -> np.ndarray:
         """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``."""
-        return fit_global_blocks(train.blocks, train.dim, self.spec(intercept), self.loss, start=start.copy(),
-                                 max_iterations=self.refit.max_iterations, tolerance=1e-9)
+        return fit_global_blocks(
+            train.blocks,
+            train.dim,
+            self.spec(intercept),
+            self.loss,
+            start=start.copy(),
+            max_iterations=self.refit.max_iterations,
+            tolerance=1e-9,
+        )
 
-    def decide(self, result: RefitResult, model: GlobalModel, coefficients: np.ndarray, train: SpilledExamples,
-               holdout: SpilledExamples, grew: bool = False) -> GateDecision:
+    def decide(
+        self,
+        result: RefitResult,
+        model: GlobalModel,
+        coefficients: np.ndarray,
+        train: SpilledExamples,
+        holdout: SpilledExamples,
+        grew: bool = False,
+    ) -> GateDecision:
         """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass.
 
         With ``grew`` (``model`` carries a grown vocabulary), a version is published even
@@ -382,13 +456,24 @@ class GlobalRefit:
             result.gate += "; the grown feature index is published with the current coefficients"
         result.version, result.index_version = model.version + 1, model.index_version
         metrics = {f"holdout_{k}": v for k, v in result.candidate_metrics.items() if math.isfinite(v)}
-        record = global_model_record(GameModel(self.settings.model.loss, coefficients), model.global_index,
-                                     model.coordinate_indices, result.version, self.refit.model_name, metrics)
+        record = global_model_record(
+            GameModel(self.settings.model.loss, coefficients),
+            model.global_index,
+            model.coordinate_indices,
+            result.version,
+            self.refit.model_name,
+            metrics,
+        )
         spec = self.spec(model.global_index.intercept)
         penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
         variances = 1.0 / np.maximum(train.hessian_diagonal(coefficients, self.loss.derivatives) + penalty, 1e-12)
-        photon = PhotonModel(GLOBAL, [photon_key(k) for k in model.global_index.keys], coefficients.tolist(),
-                             variances.tolist(), self.settings.model.loss)
+        photon = PhotonModel(
+            GLOBAL,
+            [photon_key(k) for k in model.global_index.keys],
+            coefficients.tolist(),
+            variances.tolist(),
+            self.settings.model.loss,
+        )
         result.files = self._write_files(record, photon)
         self._publish(record)
         self.stats.published += 1
@@ -399,8 +484,10 @@ class GlobalRefit:
         directory = Path(self.settings.models_dir)
         directory.mkdir(parents=True, exist_ok=True)
         stem = f"{self.refit.model_name}-global-v{record['version']:06d}"
-        targets = [(directory / f"{stem}.avro", lambda p: write_container(p, "GlobalModel", [record])),
-                   (directory / f"{stem}.photon.avro", lambda p: write_models(p, [photon]))]
+        targets = [
+            (directory / f"{stem}.avro", lambda p: write_container(p, "GlobalModel", [record])),
+            (directory / f"{stem}.photon.avro", lambda p: write_models(p, [photon])),
+        ]
         for path, write in targets:
             temporary = path.with_name(f".{path.name}.tmp")
             write(temporary)
@@ -410,8 +497,9 @@ class GlobalRefit:
     def _publish_to_kafka(self, record: dict) -> None:
         prepare_topics(self.settings, self._bootstrap)
         producer = Producer(producer_config(self.settings.kafka, self._bootstrap))
-        producer.produce(self.settings.topics.model_global, key=self.refit.model_name.encode(),
-                         value=self._codec.encode(record))
+        producer.produce(
+            self.settings.topics.model_global, key=self.refit.model_name.encode(), value=self._codec.encode(record)
+        )
         if producer.flush(30):
             raise RefitError(f"could not publish global model version {record['version']} within 30 s")
         log.info("refit: published global model version %d to %s", record["version"], self.settings.topics.model_global)

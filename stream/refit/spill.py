@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from typing_extensions import Self
 
 from stream.model.game import GlobalBlock
 
@@ -37,13 +38,30 @@ class SpilledExamples:
     _moved: np.ndarray | None = field(default=None, init=False)
     _moved_from: int = field(default=0, init=False)
 
-    def add(self, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray, event_times: np.ndarray,
-            lengths: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+    def add(
+        self,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        offsets: np.ndarray,
+        event_times: np.ndarray,
+        lengths: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
         """Append rows (``lengths[i]`` features each, in ``indices``/``values`` order); spills full chunks."""
         if not len(labels):
             return
-        self._pending.append({"labels": labels, "weights": weights, "offsets": offsets, "event_times": event_times,
-                              "lengths": lengths, "indices": indices, "values": values})
+        self._pending.append(
+            {
+                "labels": labels,
+                "weights": weights,
+                "offsets": offsets,
+                "event_times": event_times,
+                "lengths": lengths,
+                "indices": indices,
+                "values": values,
+            }
+        )
         self._pending_rows += len(labels)
         self.rows += len(labels)
         if self._pending_rows >= self.chunk_rows:
@@ -97,12 +115,15 @@ class SpilledExamples:
 
     def margins(self, coefficients: np.ndarray) -> np.ndarray:
         """Every row's total margin ``offset + x . beta``: (N,) for one (dim,) vector, (N, K) for (dim, K) columns."""
-        parts = [(b.offsets if coefficients.ndim == 1 else b.offsets[:, None]) + b.features @ coefficients
-                 for b in self.blocks()]
+        parts = [
+            (b.offsets if coefficients.ndim == 1 else b.offsets[:, None]) + b.features @ coefficients
+            for b in self.blocks()
+        ]
         return np.concatenate(parts) if parts else np.zeros((0,) + coefficients.shape[1:])
 
-    def hessian_diagonal(self, coefficients: np.ndarray,
-                         derivatives: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def hessian_diagonal(
+        self, coefficients: np.ndarray, derivatives: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
         """``diag(X' W H X)`` at ``coefficients`` (``derivatives`` is a loss's): the data part of the precision's diagonal."""
         total = np.zeros(self.dim)
         for b in self.blocks():
@@ -121,7 +142,7 @@ class SpillDirectory:
         """A new, empty split under this directory."""
         return SpilledExamples(self.path / name, dim, chunk_rows)
 
-    def __enter__(self) -> SpillDirectory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,5 +154,4 @@ def packed_global_features(records: Sequence[dict]) -> tuple[np.ndarray, np.ndar
     indices = [r["global_features"]["indices"] for r in records]
     values = [r["global_features"]["values"] for r in records]
     lengths = np.fromiter((len(b) // 4 for b in indices), dtype=np.int64, count=len(records))
-    return (lengths, np.frombuffer(b"".join(indices), dtype="<i4"),
-            np.frombuffer(b"".join(values), dtype="<f4"))
+    return (lengths, np.frombuffer(b"".join(indices), dtype="<i4"), np.frombuffer(b"".join(values), dtype="<f4"))

@@ -75,15 +75,22 @@ class VocabularyCounter:
             column = -1
             if bag in self.model.global_index.bag_names:
                 found = self.model.global_index.column(name, term, admit=False)
-                column = found if found is not None else self.model.global_index.dim + self._provisional.setdefault(
-                    feature, len(self._provisional))
-            lacking = tuple(c for c in self._growable if bag in self._indexes[c].bag_names
-                            and self._indexes[c].column(name, term, admit=False) is None)
+                column = (
+                    found
+                    if found is not None
+                    else self.model.global_index.dim + self._provisional.setdefault(feature, len(self._provisional))
+                )
+            lacking = tuple(
+                c
+                for c in self._growable
+                if bag in self._indexes[c].bag_names and self._indexes[c].column(name, term, admit=False) is None
+            )
             hit = self._resolved[key] = (column, lacking)
         return hit
 
-    def global_columns(self, records: Sequence[Mapping[str, Any]], count: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                                                np.ndarray]:
+    def global_columns(
+        self, records: Sequence[Mapping[str, Any]], count: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per record, its unindexed global features as (lengths, columns, values); rows where ``count`` is set are counted.
 
         Columns at or past the global index's ``dim`` are provisional until :meth:`grow`.
@@ -113,14 +120,22 @@ class VocabularyCounter:
         admitted, dropped = {}, {}
         version = self.model.index_version + 1
         for name in self._growable:
-            ranked = sorted((k for k, c in self.counts[name].items() if c >= min_count),
-                            key=lambda k, c=self.counts[name]: (-c[k], k))
+            ranked = sorted(
+                (k for k, c in self.counts[name].items() if c >= min_count),
+                key=lambda k, c=self.counts[name]: (-c[k], k),
+            )
             indexes[name], left_out = self._indexes[name].extended(ranked, version)
             admitted[name], dropped[name] = len(ranked) - len(left_out), len(left_out)
             if left_out:
-                log.warning("vocabulary: coordinate %s is at its capacity of %s columns: %d features seen >= %d times "
-                            "were not admitted (most frequent: %s)", name, indexes[name].capacity, len(left_out),
-                            min_count, ", ".join(f"{n}={t}" if t else n for n, t in left_out[:5]))
+                log.warning(
+                    "vocabulary: coordinate %s is at its capacity of %s columns: %d features seen >= %d times "
+                    "were not admitted (most frequent: %s)",
+                    name,
+                    indexes[name].capacity,
+                    len(left_out),
+                    min_count,
+                    ", ".join(f"{n}={t}" if t else n for n, t in left_out[:5]),
+                )
         global_index = indexes.pop(GLOBAL)
         provisional = np.full(len(self._provisional), -1, dtype=np.int64)
         for feature, slot in self._provisional.items():
@@ -130,10 +145,16 @@ class VocabularyCounter:
             return Growth(self.model, admitted, dropped, provisional)
         coefficients = np.zeros(global_index.dim)
         coefficients[: len(self.model.coefficients)] = self.model.coefficients
-        grown = replace(self.model, index_version=version, global_index=global_index, coefficients=coefficients,
-                        coordinate_indices={name: indexes[name] for name in self.model.coordinate_indices})
-        log.info("vocabulary: index version %d admits %s", version,
-                 ", ".join(f"{n} +{a}" for n, a in admitted.items() if a))
+        grown = replace(
+            self.model,
+            index_version=version,
+            global_index=global_index,
+            coefficients=coefficients,
+            coordinate_indices={name: indexes[name] for name in self.model.coordinate_indices},
+        )
+        log.info(
+            "vocabulary: index version %d admits %s", version, ", ".join(f"{n} +{a}" for n, a in admitted.items() if a)
+        )
         return Growth(grown, admitted, dropped, provisional)
 
 

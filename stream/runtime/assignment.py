@@ -62,8 +62,11 @@ class Assignment:
             by_number.setdefault(tp.partition, []).append(TopicPartition(tp.topic, tp.partition))
         for number, tps in by_number.items():
             self.restoring[number] = _Restoring(tps)
-        log.info("%s: assigned partitions %s (paused until restored)", self.stage.group_id,
-                 [(tp.topic, tp.partition) for tp in partitions])
+        log.info(
+            "%s: assigned partitions %s (paused until restored)",
+            self.stage.group_id,
+            [(tp.topic, tp.partition) for tp in partitions],
+        )
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Forget the partitions taken away (or lost); their stores close in the loop."""
@@ -110,7 +113,8 @@ class Assignment:
             committed = consumer.committed(restoring.topic_partitions, timeout=30)
             restoring.progress = self.stage.restore(number, restoring.store, {tp.topic: tp.offset for tp in committed})
         assert restoring.progress is not None
-        for restoring.records in restoring.progress:
+        for records in restoring.progress:
+            restoring.records = records
             if time.monotonic() >= deadline:
                 return False
         return True
@@ -126,8 +130,14 @@ class Assignment:
         self.ready.add(number)
         if restoring.records:
             seconds = time.monotonic() - restoring.started
-            log.info("%s: partition %d restored: %d changelog records in %.2f s (%.0f records/s)", self.stage.group_id,
-                     number, restoring.records, seconds, restoring.records / max(seconds, 1e-9))
+            log.info(
+                "%s: partition %d restored: %d changelog records in %.2f s (%.0f records/s)",
+                self.stage.group_id,
+                number,
+                restoring.records,
+                seconds,
+                restoring.records / max(seconds, 1e-9),
+            )
 
     def ready_messages(self, messages: list[Message]) -> list[Message]:
         """The messages of ready partitions; a record of a paused one is fetched again after its resume."""
@@ -154,8 +164,11 @@ class Assignment:
 
     def close(self) -> None:
         """Close every store."""
-        for store in [*self.stores.values(), *self._to_close,
-                      *(r.store for r in self.restoring.values() if r.store is not None)]:
+        for store in [
+            *self.stores.values(),
+            *self._to_close,
+            *(r.store for r in self.restoring.values() if r.store is not None),
+        ]:
             store.close()
         self.stores.clear()
         self.restoring.clear()

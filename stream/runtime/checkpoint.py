@@ -93,8 +93,14 @@ class Checkpoint:
         """An output record, produced after the changelog is safe and before the input offsets are committed."""
         self._outputs.append(_Output(topic, key, value, partition))
 
-    def write(self, store: PartitionStore, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes] = (),
-              offsets: Mapping[str, int] | None = None, logged: LoggedBatch | None = None) -> None:
+    def write(
+        self,
+        store: PartitionStore,
+        puts: Sequence[tuple[bytes, bytes]],
+        deletes: Sequence[bytes] = (),
+        offsets: Mapping[str, int] | None = None,
+        logged: LoggedBatch | None = None,
+    ) -> None:
         """A local state write (one WriteBatch), made last; ``logged`` records the changelog position it matches."""
         self._writes.append(_StoreWrite(store, puts, deletes, dict(offsets or {}), logged))
 
@@ -110,14 +116,17 @@ class Checkpoint:
             *changes, (marker_key, marker_value) = batch.records
             for key, value in changes:
                 self.producer.produce(batch.topic, key=key, value=value, partition=batch.partition)
-            self.producer.produce(batch.topic, key=marker_key, value=marker_value, partition=batch.partition,
-                                  on_delivery=batch.delivered)
+            self.producer.produce(
+                batch.topic, key=marker_key, value=marker_value, partition=batch.partition, on_delivery=batch.delivered
+            )
         if self._logged:
             self._flush("changelog")
             missing = [b for b in self._logged if b.marker_offset < 0]
             if missing:
-                raise CheckpointError(f"{self.who}: changelog commit marker of {missing[0].topic}[{missing[0].partition}] "
-                                      "was not delivered")
+                raise CheckpointError(
+                    f"{self.who}: changelog commit marker of {missing[0].topic}[{missing[0].partition}] "
+                    "was not delivered"
+                )
         for output in self._outputs:
             if output.partition is None:
                 self.producer.produce(output.topic, key=output.key, value=output.value)
@@ -138,11 +147,15 @@ class Checkpoint:
         self.producer.flush()
         if self.delivery_errors:
             errors, self.delivery_errors[:] = list(self.delivery_errors), []
-            raise CheckpointError(f"{self.who}: {len(errors)} {what} record(s) were not delivered, first: {errors[0]}; "
-                                  "nothing of this batch was committed")
+            raise CheckpointError(
+                f"{self.who}: {len(errors)} {what} record(s) were not delivered, first: {errors[0]}; "
+                "nothing of this batch was committed"
+            )
 
     def _check_forward(self) -> None:
         backwards = {key: offset for key, offset in self._consumed.items() if offset < self.committed.get(key, -1)}
         if backwards:
-            raise CheckpointError(f"{self.who}: offsets would go backwards: "
-                                  + ", ".join(f"{t}[{p}] {o} < {self.committed[(t, p)]}" for (t, p), o in backwards.items()))
+            raise CheckpointError(
+                f"{self.who}: offsets would go backwards: "
+                + ", ".join(f"{t}[{p}] {o} < {self.committed[(t, p)]}" for (t, p), o in backwards.items())
+            )

@@ -38,16 +38,18 @@ def restore_slice_seconds(settings: Settings) -> float:
     and for a stalled disk; capped at 1 s so ready partitions keep their latency while
     others restore.
     """
-    configured = {**settings.kafka.client, **settings.kafka.consumer}.get("max.poll.interval.ms",
-                                                                          _MAX_POLL_INTERVAL_MS_DEFAULT)
+    configured = {**settings.kafka.client, **settings.kafka.consumer}.get(
+        "max.poll.interval.ms", _MAX_POLL_INTERVAL_MS_DEFAULT
+    )
     return min(int(configured) / 1000 / 10, _RESTORE_SLICE_MAX_S)
 
 
 class StageRunner:
     """Runs one stage: its clients, assignment, loop and checkpoints."""
 
-    def __init__(self, stage: Stage, settings: Settings, bootstrap_servers: str = "",
-                 statistics: KafkaStatistics | None = None) -> None:
+    def __init__(
+        self, stage: Stage, settings: Settings, bootstrap_servers: str = "", statistics: KafkaStatistics | None = None
+    ) -> None:
         self.stage = stage
         self.settings = settings
         self.assignment = Assignment(stage, Path(settings.state_dir), restore_slice_seconds(settings))
@@ -68,14 +70,26 @@ class StageRunner:
         stage, settings = self.stage, self.settings
         prepare_topics(settings, self._bootstrap)  # a consumer may not see a topic created after it subscribed
         producer = Producer(producer_config(settings.kafka, self._bootstrap, on_delivery=self._delivery_report))
-        consumer = Consumer(consumer_config(settings.kafka, stage.group_id, self._bootstrap,
-                                            **statistics_settings(self._statistics, stage.name),
-                                            **stage.consumer_settings()))
-        clients = StageClients(producer, consumer, DeadLetters(producer, settings.topics.dead_letter, stage.name),
-                               self._bootstrap, self.assignment.stores)
+        consumer = Consumer(
+            consumer_config(
+                settings.kafka,
+                stage.group_id,
+                self._bootstrap,
+                **statistics_settings(self._statistics, stage.name),
+                **stage.consumer_settings(),
+            )
+        )
+        clients = StageClients(
+            producer,
+            consumer,
+            DeadLetters(producer, settings.topics.dead_letter, stage.name),
+            self._bootstrap,
+            self.assignment.stores,
+        )
         stage.open(clients)
-        consumer.subscribe(stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
+        consumer.subscribe(
+            stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         return clients
 
     def _on_assign(self, consumer: Consumer, partitions: list) -> None:
@@ -130,8 +144,9 @@ class StageRunner:
         """Checkpoint what the stage still holds, leave the group (revoking every partition), close stores and stage."""
         try:
             if self._clients is not None:
-                checkpoint = Checkpoint(self._clients.producer, self.stage.group_id, self._committed,
-                                        self._delivery_errors)
+                checkpoint = Checkpoint(
+                    self._clients.producer, self.stage.group_id, self._committed, self._delivery_errors
+                )
                 self.stage.finish(checkpoint)
                 if not checkpoint.empty:
                     checkpoint.commit(self._clients.consumer)

@@ -33,27 +33,48 @@ class ModelFollower:
     Each is kept current from its topic.
     """
 
-    def __init__(self, settings: Settings, bootstrap_servers: str, client_id: str, keep_posteriors: bool = False,
-                 follow_items: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap_servers: str,
+        client_id: str,
+        keep_posteriors: bool = False,
+        follow_items: bool = False,
+    ) -> None:
         registry, registry_settings = settings.kafka.schema_registry_url, settings.kafka.schema_registry
         topics = settings.topics
         self.global_model = GlobalModelTable(settings.model)
         self.tables = {name: _table(settings, name, client_id, keep_posteriors) for name in settings.model.coordinates}
         self._global_reader = TopicReader(
-            settings.kafka, topics.model_global,
+            settings.kafka,
+            topics.model_global,
             make_codec("GlobalModel", topics.model_global, registry, registry_settings),
-            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-global-model")
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"{client_id}-global-model",
+        )
         self._readers = {
-            name: TopicReader(settings.kafka, topics.coefficients(name),
-                              make_codec("EntityModel", topics.coefficients(name), registry, registry_settings),
-                              bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-{name}-coefficients")
+            name: TopicReader(
+                settings.kafka,
+                topics.coefficients(name),
+                make_codec("EntityModel", topics.coefficients(name), registry, registry_settings),
+                bootstrap_servers=bootstrap_servers,
+                client_id=f"{client_id}-{name}-coefficients",
+            )
             for name in self.tables
         }
         self.items: dict[str, tuple[int, Bags]] = {}
         self._item_listeners: list[Callable[[dict[str, Bags]], None]] = []
-        self._items_reader = TopicReader(
-            settings.kafka, topics.items, make_codec("ItemFeatures", topics.items, registry, registry_settings),
-            bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-items") if follow_items else None
+        self._items_reader = (
+            TopicReader(
+                settings.kafka,
+                topics.items,
+                make_codec("ItemFeatures", topics.items, registry, registry_settings),
+                bootstrap_servers=bootstrap_servers,
+                client_id=f"{client_id}-items",
+            )
+            if follow_items
+            else None
+        )
         self._targets = {reader: reader.end_offsets() for reader in self._all_readers()}
         self._ready = False
 
@@ -86,8 +107,11 @@ class ModelFollower:
     def refresh(self, timeout_s: float = 0.0) -> None:
         """Take whatever was published since the last call (waiting at most ``timeout_s`` per topic)."""
         if self.global_model.apply(self._global_reader.poll(timeout_s=timeout_s).records):
-            log.info("using global model version %d (index version %d)", self.global_model.current.version,
-                     self.global_model.current.index_version)
+            log.info(
+                "using global model version %d (index version %d)",
+                self.global_model.current.version,
+                self.global_model.current.index_version,
+            )
         for name, reader in self._readers.items():
             self.tables[name].apply(reader.poll(timeout_s=timeout_s).records)
         if self._items_reader is not None:
@@ -113,8 +137,9 @@ class ModelFollower:
             table.close()
 
 
-def _table(settings: Settings, coordinate: str, client_id: str,
-           keep_posteriors: bool) -> CoefficientTable | StoredCoefficientTable:
+def _table(
+    settings: Settings, coordinate: str, client_id: str, keep_posteriors: bool
+) -> CoefficientTable | StoredCoefficientTable:
     """The coefficient table ``serving.table`` asks for."""
     dim = settings.model.coordinates[coordinate].max_features
     if settings.serving.table == "memory":

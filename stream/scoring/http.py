@@ -55,9 +55,12 @@ class ScoringService:
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("glmix_scoring_requests", "Score requests by outcome.", ["status"], registry=registry)
-        self.latency = Histogram("glmix_scoring_latency_seconds", "Time to score one request (in the service).",
-                                 registry=registry,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        self.latency = Histogram(
+            "glmix_scoring_latency_seconds",
+            "Time to score one request (in the service).",
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+        )
         self.candidates = Counter("glmix_scoring_candidates", "Candidates scored.", registry=registry)
 
 
@@ -95,16 +98,33 @@ def build_app(service: ScoringService) -> web.Application:
             except InvalidRequest as exc:
                 return _error(exc.status, exc.problem, exc.field)
             try:
-                scored = service.scorer.score(checked.member_id, checked.member_features, checked.candidates,
-                                              checked.context, checked.top_k, checked.exploration)
+                scored = service.scorer.score(
+                    checked.member_id,
+                    checked.member_features,
+                    checked.candidates,
+                    checked.context,
+                    checked.top_k,
+                    checked.exploration,
+                )
             except ModelNotReadyError as exc:
                 return _error(503, str(exc))
         if not all(math.isfinite(s.margin) for s in scored):
             return _error(422, "these features give a non-finite score")
         metrics.candidates.inc(len(checked.candidates))
-        return web.json_response({"candidates": [
-            {"item_id": s.item_id, "margin": s.margin, "probability": s.probability,
-             "breakdown": dict(s.breakdown), "versions": dict(s.versions)} for s in scored]})
+        return web.json_response(
+            {
+                "candidates": [
+                    {
+                        "item_id": s.item_id,
+                        "margin": s.margin,
+                        "probability": s.probability,
+                        "breakdown": dict(s.breakdown),
+                        "versions": dict(s.versions),
+                    }
+                    for s in scored
+                ]
+            }
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -148,8 +168,10 @@ def build_app(service: ScoringService) -> web.Application:
 
 def _strict_loads(text: str) -> Any:
     """JSON without NaN or Infinity literals (they are not JSON)."""
+
     def refuse(constant: str) -> Any:
         raise InvalidValueError(f"{constant} is not valid JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 

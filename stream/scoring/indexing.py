@@ -69,11 +69,15 @@ class FeatureResolver:
     def __init__(self, model: GlobalModel, settings: ModelSettings) -> None:
         self.version = model.version
         self.coordinates = list(settings.coordinates)
-        self._indexes: list[FeatureIndex] = [model.global_index] + [model.coordinate_indices[c] for c in self.coordinates]
+        self._indexes: list[FeatureIndex] = [model.global_index] + [
+            model.coordinate_indices[c] for c in self.coordinates
+        ]
         self._bags = [set(index.bag_names) for index in self._indexes]
         self._ids: dict[tuple[str, str, str], int] = {}
         self._item_rows: dict[str, int] = {}
-        self._item_csr = [(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in self._indexes]
+        self._item_csr = [
+            (np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in self._indexes
+        ]
         self._columns = np.full((len(self._indexes), 1024), -1, dtype=np.int64)
         self._missing = np.zeros((len(self._indexes), 1024), dtype=bool)  # slot uses the key's bag but lacks it
         self._transforms = FeatureTransforms.from_settings(settings)
@@ -104,9 +108,17 @@ class FeatureResolver:
         records them for the vocabulary writer; scoring does not need them).
         """
         bag_rows = self._transforms.apply_rows(bag_rows)
-        keys = [(bag, item["name"], item.get("term", "")) for bags in bag_rows for bag, items in bags.items() for item in items]
-        values = np.fromiter((item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items),
-                             dtype=np.float64, count=len(keys))
+        keys = [
+            (bag, item["name"], item.get("term", ""))
+            for bags in bag_rows
+            for bag, items in bags.items()
+            for item in items
+        ]
+        values = np.fromiter(
+            (item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items),
+            dtype=np.float64,
+            count=len(keys),
+        )
         lengths = np.fromiter((sum(map(len, bags.values())) for bags in bag_rows), dtype=np.int64, count=len(bag_rows))
         get = self._ids.get
         ids = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
@@ -154,9 +166,11 @@ class FeatureResolver:
         for slot, (indptr, columns, values) in enumerate(self._item_csr):
             counts = np.bincount(indexed.rows[slot], minlength=len(item_ids))
             order = np.argsort(indexed.rows[slot], kind="stable")
-            self._item_csr[slot] = (np.concatenate([indptr, indptr[-1] + np.cumsum(counts)]),
-                                    np.concatenate([columns, indexed.columns[slot][order]]),
-                                    np.concatenate([values, indexed.values[slot][order]]))
+            self._item_csr[slot] = (
+                np.concatenate([indptr, indptr[-1] + np.cumsum(counts)]),
+                np.concatenate([columns, indexed.columns[slot][order]]),
+                np.concatenate([values, indexed.values[slot][order]]),
+            )
         for offset, item_id in enumerate(item_ids):
             self._item_rows[item_id] = first + offset
 

@@ -28,8 +28,14 @@ def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict
         yield batch
 
 
-def scored_records(scorer: Scorer, impressions: Iterable[Mapping[str, Any]], fmt: str = "glmix", batch_size: int = 4096,
-                   progress: Progress | None = None, model_id: str = "glmix") -> Iterator[dict[str, Any]]:
+def scored_records(
+    scorer: Scorer,
+    impressions: Iterable[Mapping[str, Any]],
+    fmt: str = "glmix",
+    batch_size: int = 4096,
+    progress: Progress | None = None,
+    model_id: str = "glmix",
+) -> Iterator[dict[str, Any]]:
     """Score ``impressions`` batch by batch; yields output records in input order."""
     if fmt not in FORMATS:
         raise InvalidValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -39,24 +45,41 @@ def scored_records(scorer: Scorer, impressions: Iterable[Mapping[str, Any]], fmt
         probability = scorer.mean(total)
         for i, record in enumerate(batch):
             if fmt == "photon":
-                yield {"uid": record["impression_id"], "label": None, "modelId": model_id,
-                       "predictionScore": float(total[i]), "weight": None,
-                       "metadataMap": {"member_id": record["member_id"], "item_id": record["item_id"]}}
+                yield {
+                    "uid": record["impression_id"],
+                    "label": None,
+                    "modelId": model_id,
+                    "predictionScore": float(total[i]),
+                    "weight": None,
+                    "metadataMap": {"member_id": record["member_id"], "item_id": record["item_id"]},
+                }
             else:
-                yield {"request_id": record["impression_id"], "member_id": record["member_id"],
-                       "item_id": record["item_id"], "margin": float(total[i]), "probability": float(probability[i]),
-                       "breakdown": {k: float(v[i]) for k, v in margins.items()},
-                       "versions": {k: int(v[i]) for k, v in versions.items()}}
+                yield {
+                    "request_id": record["impression_id"],
+                    "member_id": record["member_id"],
+                    "item_id": record["item_id"],
+                    "margin": float(total[i]),
+                    "probability": float(probability[i]),
+                    "breakdown": {k: float(v[i]) for k, v in margins.items()},
+                    "versions": {k: int(v[i]) for k, v in versions.items()},
+                }
         if progress is not None:
             progress.advance(len(batch))
 
 
-def score_file(scorer: Scorer, input_path: str | Path, output_path: str | Path, fmt: str = "glmix",
-               batch_size: int = 4096, progress: Progress | None = None) -> int:
+def score_file(
+    scorer: Scorer,
+    input_path: str | Path,
+    output_path: str | Path,
+    fmt: str = "glmix",
+    batch_size: int = 4096,
+    progress: Progress | None = None,
+) -> int:
     """Score every Impression of ``input_path`` into ``output_path``; returns the count."""
     schema = "ScoringResultAvro" if fmt == "photon" else "ScoredCandidate"
-    count = write_container(output_path, schema, scored_records(scorer, read_container(input_path, "Impression"), fmt,
-                                                                batch_size, progress))
+    count = write_container(
+        output_path, schema, scored_records(scorer, read_container(input_path, "Impression"), fmt, batch_size, progress)
+    )
     if progress is not None:
         progress.finish()
     return count

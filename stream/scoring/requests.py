@@ -59,13 +59,20 @@ def _bags(value: Any, field: str, limits: ServingSettings) -> dict[str, list[dic
         if not isinstance(items, list):
             raise InvalidRequest(where, "must be an array of {name, term, value}")
         if len(items) > limits.max_features_per_bag:
-            raise InvalidRequest(where, f"has {len(items)} features, more than the limit of {limits.max_features_per_bag}",
-                                 status=413)
+            raise InvalidRequest(
+                where, f"has {len(items)} features, more than the limit of {limits.max_features_per_bag}", status=413
+            )
         for i, item in enumerate(items):  # the fast check, inline: plain types, sizes, a finite value (NaN fails)
             if type(item) is dict:
                 name, term, number = item.get("name"), item.get("term", ""), item.get("value", 1.0)
-                if (type(name) is str and 0 < len(name) <= MAX_ID_CHARS and type(term) is str
-                        and len(term) <= MAX_ID_CHARS and type(number) in (int, float) and -MAX_VALUE <= number <= MAX_VALUE):
+                if (
+                    type(name) is str
+                    and 0 < len(name) <= MAX_ID_CHARS
+                    and type(term) is str
+                    and len(term) <= MAX_ID_CHARS
+                    and type(number) in (int, float)
+                    and -MAX_VALUE <= number <= MAX_VALUE
+                ):
                     continue
             _raise_item_problem(item, f"{where}[{i}]")
         bags[str(bag)] = items
@@ -98,23 +105,36 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
     if not isinstance(candidates, list) or not candidates:
         raise InvalidRequest("$.candidates", "must be a non-empty array")
     if len(candidates) > limits.max_candidates:
-        raise InvalidRequest("$.candidates", f"{len(candidates)} candidates, more than the limit of {limits.max_candidates}",
-                             status=413)
+        raise InvalidRequest(
+            "$.candidates", f"{len(candidates)} candidates, more than the limit of {limits.max_candidates}", status=413
+        )
     checked = []
     for i, candidate in enumerate(candidates):
         if not isinstance(candidate, Mapping):
             raise InvalidRequest(f"$.candidates[{i}]", "must be an object {item_id, features}")
         features = candidate.get("features")  # absent: the item's features from the items topic
-        checked.append({"item_id": _string(candidate.get("item_id"), f"$.candidates[{i}].item_id"),
-                        "features": None if features is None else _bags(features, f"$.candidates[{i}].features", limits)})
+        checked.append(
+            {
+                "item_id": _string(candidate.get("item_id"), f"$.candidates[{i}].item_id"),
+                "features": None if features is None else _bags(features, f"$.candidates[{i}].features", limits),
+            }
+        )
     context = body.get("context") or {}
-    if not isinstance(context, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+    if not isinstance(context, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in context.items()
+    ):
         raise InvalidRequest("$.context", "must be an object of strings")
     top_k = body.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InvalidRequest("$.top_k", "must be an integer >= 1")
-    return ScoreRequest(member_id, _bags(body.get("member_features"), "$.member_features", limits), checked,
-                        dict(context), top_k, _exploration(body.get("exploration"), limits))
+    return ScoreRequest(
+        member_id,
+        _bags(body.get("member_features"), "$.member_features", limits),
+        checked,
+        dict(context),
+        top_k,
+        _exploration(body.get("exploration"), limits),
+    )
 
 
 def _exploration(value: Any, limits: ServingSettings) -> Exploration | None:

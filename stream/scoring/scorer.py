@@ -75,8 +75,9 @@ class Scorer:
     refreshing them (``Scorer.following(follower)``) makes new versions count at once.
     """
 
-    def __init__(self, model: ModelSettings, global_models: GlobalModelTable,
-                 tables: Mapping[str, CoefficientTable]) -> None:
+    def __init__(
+        self, model: ModelSettings, global_models: GlobalModelTable, tables: Mapping[str, CoefficientTable]
+    ) -> None:
         self._settings = model
         self._loss = get_loss(model.loss)
         self.global_models = global_models
@@ -102,12 +103,15 @@ class Scorer:
         if self._features is not None:
             self._features.forget_items(items)
 
-    def _own_features(self, resolver: FeatureResolver, rows: Sequence[Mapping[str, Any]],
-                      shared_features: Bags | None) -> tuple[IndexedRows, Bags | None]:
+    def _own_features(
+        self, resolver: FeatureResolver, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None
+    ) -> tuple[IndexedRows, Bags | None]:
         """Each row's own indexed features (its ``features``, else its item's catalog entry) and the shared bags left."""
         from_catalog = [r.get("features") is None and r["item_id"] in self._catalog for r in rows]
-        row_bags = [self._catalog[r["item_id"]] if cataloged else (r.get("features") or {})
-                    for r, cataloged in zip(rows, from_catalog)]
+        row_bags = [
+            self._catalog[r["item_id"]] if cataloged else (r.get("features") or {})
+            for r, cataloged in zip(rows, from_catalog)
+        ]
         if shared_features and resolver.combines_features:  # a product may pair a shared feature with a row's own
             return resolver.index([_merged_bags(shared_features, bags) for bags in row_bags]), None
         if not any(from_catalog):
@@ -124,8 +128,12 @@ class Scorer:
             self._features = FeatureResolver(model, self._settings)
         return self._features
 
-    def rows_breakdown(self, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None = None,
-                       exploration: Exploration | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def rows_breakdown(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        shared_features: Bags | None = None,
+        exploration: Exploration | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Margins and versions of rows that each name their entities (``member_id``, ``item_id``, ``context``)
         and carry their ``features``; ``shared_features`` count for every row."""
         model = self.global_models.current
@@ -136,8 +144,11 @@ class Scorer:
         own, shared_features = self._own_features(resolver, rows, shared_features)
         shared = resolver.index([shared_features or {}])
         intercepts = resolver.intercepts()
-        margins = {GLOBAL: _margins(np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0,
-                                    intercepts[0], n)}
+        margins = {
+            GLOBAL: _margins(
+                np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0, intercepts[0], n
+            )
+        }
         versions = {GLOBAL: np.full(n, model.version, dtype=np.int64)}
         rng = np.random.default_rng(exploration.seed) if exploration is not None else None
         variance = np.zeros(n)
@@ -168,9 +179,15 @@ class Scorer:
         """The model's mean for each margin (probabilities for the logistic loss)."""
         return self._loss.mean(margins)
 
-    def score(self, member_id: str, member_features: Bags, candidates: Sequence[Mapping[str, Any]],
-              context: Mapping[str, str] | None = None, top_k: int | None = None,
-              exploration: Exploration | None = None) -> list[CandidateScore]:
+    def score(
+        self,
+        member_id: str,
+        member_features: Bags,
+        candidates: Sequence[Mapping[str, Any]],
+        context: Mapping[str, str] | None = None,
+        top_k: int | None = None,
+        exploration: Exploration | None = None,
+    ) -> list[CandidateScore]:
         """Every candidate (``{"item_id": ..., "features": bags}``) scored; best first and cut to ``top_k`` if given.
 
         A candidate without ``features`` uses its item's :meth:`register_items` features (none if unregistered).
@@ -178,8 +195,15 @@ class Scorer:
         if not candidates:
             return []
         with cyclic_gc_paused():
-            rows = [{"member_id": member_id, "item_id": c["item_id"], "context": dict(context or {}),
-                     "features": c.get("features")} for c in candidates]
+            rows = [
+                {
+                    "member_id": member_id,
+                    "item_id": c["item_id"],
+                    "context": dict(context or {}),
+                    "features": c.get("features"),
+                }
+                for c in candidates
+            ]
             margins, versions = self.rows_breakdown(rows, member_features, exploration)
         total = sum(margins.values())
         probability = self._loss.mean(total)
@@ -205,8 +229,9 @@ def _merged_bags(shared: Bags, own: Bags) -> dict[str, list[Any]]:
     return merged
 
 
-def _margins(coefficients: np.ndarray, shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool,
-             n: int) -> np.ndarray:
+def _margins(
+    coefficients: np.ndarray, shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool, n: int
+) -> np.ndarray:
     """(N,) margins of one coordinate: ``coefficients`` is (N, d) per candidate, or (1, d) for all of them."""
     per_row = coefficients.shape[0] > 1
     total = coefficients[:, shared.columns[slot]] @ shared.values[slot]

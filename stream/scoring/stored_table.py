@@ -33,8 +33,9 @@ _KINDS = ("DIAGONAL", "PACKED_UPPER")
 class StoredCoefficientTable:
     """One coordinate's latest means per entity on disk, with an LRU cache of ``cache_entities`` in memory."""
 
-    def __init__(self, coordinate: str, dim: int, directory: str | Path, cache_entities: int,
-                 keep_posteriors: bool = False) -> None:
+    def __init__(
+        self, coordinate: str, dim: int, directory: str | Path, cache_entities: int, keep_posteriors: bool = False
+    ) -> None:
         self.coordinate = coordinate
         self.dim = dim
         self.keep_posteriors = keep_posteriors
@@ -134,7 +135,7 @@ class StoredCoefficientTable:
             if value is None:
                 continue
             _, kind = _HEADER.unpack_from(value)
-            matrix = precision_matrix(_KINDS[kind], value[_HEADER.size + self._means_bytes:], self.dim)
+            matrix = precision_matrix(_KINDS[kind], value[_HEADER.size + self._means_bytes :], self.dim)
             if matrix is not None:
                 means[i], precisions[i], known[i] = self._decode(value)[1], matrix, True
         return means, precisions, known

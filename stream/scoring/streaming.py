@@ -91,18 +91,39 @@ class StreamingScorer(Stage):
         now = int(time.time() * 1000)
         for record, message in zip(decoded.records, decoded.messages):
             try:
-                request = parse_score_request({k: v for k, v in record.items() if k != "request_id"},
-                                              self.settings.serving)
-                scored = self.scorer.score(request.member_id, request.member_features, request.candidates,
-                                           request.context, request.top_k or len(request.candidates))
+                request = parse_score_request(
+                    {k: v for k, v in record.items() if k != "request_id"}, self.settings.serving
+                )
+                scored = self.scorer.score(
+                    request.member_id,
+                    request.member_features,
+                    request.candidates,
+                    request.context,
+                    request.top_k or len(request.candidates),
+                )
             except (InvalidRequest, ModelNotReadyError) as exc:
                 dead_letters.send(message, str(exc))
                 continue
-            responses.append({"request_id": record["request_id"], "member_id": request.member_id, "scored_time": now,
-                              "results": [{"request_id": record["request_id"], "member_id": request.member_id,
-                                           "item_id": s.item_id, "rank": rank, "margin": s.margin,
-                                           "probability": s.probability, "breakdown": dict(s.breakdown),
-                                           "versions": dict(s.versions)} for rank, s in enumerate(scored)]})
+            responses.append(
+                {
+                    "request_id": record["request_id"],
+                    "member_id": request.member_id,
+                    "scored_time": now,
+                    "results": [
+                        {
+                            "request_id": record["request_id"],
+                            "member_id": request.member_id,
+                            "item_id": s.item_id,
+                            "rank": rank,
+                            "margin": s.margin,
+                            "probability": s.probability,
+                            "breakdown": dict(s.breakdown),
+                            "versions": dict(s.versions),
+                        }
+                        for rank, s in enumerate(scored)
+                    ],
+                }
+            )
             keys.append(record["request_id"].encode())
         topic = self.settings.topics.score_results
         for key, value in zip(keys, encode_batch(self._responses_codec, responses)):

@@ -74,13 +74,16 @@ class CoefficientTable:
                 new_rows.append(means)
                 new_versions.append(version)
             if self.keep_posteriors:
-                self._posteriors[entity] = (record.get("precision_kind", "DIAGONAL"), bytes(record.get("precision", b"")))
+                self._posteriors[entity] = (
+                    record.get("precision_kind", "DIAGONAL"),
+                    bytes(record.get("precision", b"")),
+                )
             taken += 1
         if new_rows:
             first = len(self._rows)
             self._reserve(first + len(new_rows))
-            self._means[first:first + len(new_rows)] = new_rows
-            self._versions[first:first + len(new_rows)] = new_versions
+            self._means[first : first + len(new_rows)] = new_rows
+            self._versions[first : first + len(new_rows)] = new_versions
             for entity, pending in new_ids.items():
                 self._rows[entity] = first + pending
         return taken
@@ -156,24 +159,36 @@ class GlobalModel:
         """Indexes take their bags and capacities from ``model``; a configured coordinate missing from the record is an error."""
         missing = [name for name in model.coordinates if name not in record["coordinate_indices"]]
         if missing:
-            raise InvalidValueError(f"global model version {record['version']} has no feature index for coordinates {missing}")
+            raise InvalidValueError(
+                f"global model version {record['version']} has no feature index for coordinates {missing}"
+            )
         indices = {
-            name: FeatureIndex.from_record(record["coordinate_indices"][name], c.feature_bags, capacity=c.max_features,
-                                           unseen="drop", version=record["index_version"])
+            name: FeatureIndex.from_record(
+                record["coordinate_indices"][name],
+                c.feature_bags,
+                capacity=c.max_features,
+                unseen="drop",
+                version=record["index_version"],
+            )
             for name, c in model.coordinates.items()
         }
-        global_index = FeatureIndex.from_record(record["features"], model.global_feature_bags, unseen="drop",
-                                                version=record["index_version"])
+        global_index = FeatureIndex.from_record(
+            record["features"], model.global_feature_bags, unseen="drop", version=record["index_version"]
+        )
         coefficients = np.asarray(record["coefficients"], dtype=np.float64)
         if coefficients.shape != (global_index.dim,) or not np.isfinite(coefficients).all():
-            raise InvalidValueError(f"global model version {record['version']}: coefficients do not match its index or are not finite")
+            raise InvalidValueError(
+                f"global model version {record['version']}: coefficients do not match its index or are not finite"
+            )
         return cls(int(record["version"]), int(record["index_version"]), global_index, coefficients, indices, record)
-
 
     def extends(self, other: GlobalModel) -> bool:
         """Whether every index of this model keeps ``other``'s columns in place (DESIGN §1: indexes only append)."""
-        return (self.index_version >= other.index_version and self.global_index.extends(other.global_index)
-                and all(self.coordinate_indices[name].extends(index) for name, index in other.coordinate_indices.items()))
+        return (
+            self.index_version >= other.index_version
+            and self.global_index.extends(other.global_index)
+            and all(self.coordinate_indices[name].extends(index) for name, index in other.coordinate_indices.items())
+        )
 
 
 class GlobalModelTable:
@@ -200,8 +215,11 @@ class GlobalModelTable:
                 self._reject(record, str(exc))
                 continue
             if self.current is not None and not candidate.extends(self.current):
-                self._reject(record, f"its feature indexes do not extend those of version {self.current.version} "
-                                     "(an index may only append columns)")
+                self._reject(
+                    record,
+                    f"its feature indexes do not extend those of version {self.current.version} "
+                    "(an index may only append columns)",
+                )
                 continue
             self.current = candidate
             changed = True

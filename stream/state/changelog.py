@@ -22,8 +22,15 @@ from stream.errors import InvalidValueError
 from stream.state.entity_state import StateLayout
 
 
-def entity_model_values(codec: RecordCodec, coordinate: str, entity_ids: Sequence[str], states: np.ndarray,
-                        layout: StateLayout, partition: int, now_ms: int | None = None) -> list[bytes]:
+def entity_model_values(
+    codec: RecordCodec,
+    coordinate: str,
+    entity_ids: Sequence[str],
+    states: np.ndarray,
+    layout: StateLayout,
+    partition: int,
+    now_ms: int | None = None,
+) -> list[bytes]:
     """One encoded ``EntityModel`` value per state; a non-finite mean or precision raises ``NonFiniteCoefficientsError``."""
     check_entity_model_schema(codec.schema)
     if len(states) == 0:
@@ -31,10 +38,20 @@ def entity_model_values(codec: RecordCodec, coordinate: str, entity_ids: Sequenc
     states = np.ascontiguousarray(states)
     fields = states.dtype.fields
     return encode_entity_models(
-        codec.header(), coordinate, list(entity_ids), states["version"], states.view(np.uint8).reshape(len(states), -1),
-        (fields["mean"][1], layout.dim), "DIAGONAL" if layout.diagonal else "PACKED_UPPER",
-        (fields["precision"][1], layout.precision_size), states["index_version"], partition, states["last_offset"],
-        states["event_count"], states["last_event_time"], int(time.time() * 1000) if now_ms is None else now_ms,
+        codec.header(),
+        coordinate,
+        list(entity_ids),
+        states["version"],
+        states.view(np.uint8).reshape(len(states), -1),
+        (fields["mean"][1], layout.dim),
+        "DIAGONAL" if layout.diagonal else "PACKED_UPPER",
+        (fields["precision"][1], layout.precision_size),
+        states["index_version"],
+        partition,
+        states["last_offset"],
+        states["event_count"],
+        states["last_event_time"],
+        int(time.time() * 1000) if now_ms is None else now_ms,
     )
 
 
@@ -43,7 +60,11 @@ def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, n
     states = layout.new_states(len(records), new_precision)
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"
     for i, r in enumerate(records):
-        if r["precision_kind"] != kind or len(r["means"]) != layout.dim or len(r["precision"]) != 8 * layout.precision_size:
+        if (
+            r["precision_kind"] != kind
+            or len(r["means"]) != layout.dim
+            or len(r["precision"]) != 8 * layout.precision_size
+        ):
             raise InvalidValueError(f"record of entity {r['entity_id']!r} does not fit the state layout {layout}")
         states[i]["mean"] = r["means"]
         states[i]["precision"] = np.frombuffer(r["precision"], dtype="<f8")
@@ -53,4 +74,3 @@ def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, n
     states["last_event_time"] = [r["last_event_time"] for r in records]
     states["index_version"] = [r["index_version"] for r in records]
     return states
-

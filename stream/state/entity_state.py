@@ -45,22 +45,24 @@ class StateLayout:
     def dtype(self) -> np.dtype:
         """The numpy record type of one state."""
         d, w = self.dim, self.window
-        return np.dtype([
-            ("tag", "<u4"),
-            ("window_size", "<i4"),
-            ("version", "<i8"),
-            ("last_offset", "<i8"),
-            ("event_count", "<i8"),
-            ("last_event_time", "<i8"),
-            ("index_version", "<i8"),
-            ("mean", "<f8", (d,)),
-            ("precision", "<f8", (self.precision_size,)),
-            ("window_features", "<f4", (w, d)),
-            ("window_labels", "<f4", (w,)),
-            ("window_offsets", "<f4", (w,)),
-            ("window_weights", "<f4", (w,)),
-            ("window_times", "<i8", (w,)),
-        ])
+        return np.dtype(
+            [
+                ("tag", "<u4"),
+                ("window_size", "<i4"),
+                ("version", "<i8"),
+                ("last_offset", "<i8"),
+                ("event_count", "<i8"),
+                ("last_event_time", "<i8"),
+                ("index_version", "<i8"),
+                ("mean", "<f8", (d,)),
+                ("precision", "<f8", (self.precision_size,)),
+                ("window_features", "<f4", (w, d)),
+                ("window_labels", "<f4", (w,)),
+                ("window_offsets", "<f4", (w,)),
+                ("window_weights", "<f4", (w,)),
+                ("window_times", "<i8", (w,)),
+            ]
+        )
 
     @property
     def state_bytes(self) -> int:
@@ -84,7 +86,9 @@ class StateLayout:
             present = [v for v in values if v is not None]
             size = self.state_bytes
             if any(len(v) != size for v in present):
-                raise StateLayoutError(f"a stored state is not {size} bytes: the store was written with another layout or is corrupt")
+                raise StateLayoutError(
+                    f"a stored state is not {size} bytes: the store was written with another layout or is corrupt"
+                )
             stored = np.frombuffer(b"".join(present), dtype=self.dtype)
             if np.any(stored["tag"] != self.tag):
                 raise StateLayoutError(
@@ -119,4 +123,4 @@ def row_bytes(rows: np.ndarray) -> list[bytes]:
     """Each row (first axis) of ``rows`` as its own bytes value, from one contiguous copy."""
     buffer = np.ascontiguousarray(rows).tobytes()
     size = len(buffer) // len(rows) if len(rows) else 0
-    return [buffer[i:i + size] for i in range(0, len(buffer), size)] if size else [b""] * len(rows)
+    return [buffer[i : i + size] for i in range(0, len(buffer), size)] if size else [b""] * len(rows)

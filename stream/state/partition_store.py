@@ -79,8 +79,12 @@ class PartitionStore:
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
             raise StateError(f"reading {len(keys)} keys from {self.path} failed: {exc}") from exc
 
-    def commit(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (),
-               offsets: Mapping[str, int] | None = None) -> None:
+    def commit(
+        self,
+        puts: Iterable[tuple[bytes, bytes]],
+        deletes: Iterable[bytes] = (),
+        offsets: Mapping[str, int] | None = None,
+    ) -> None:
         """Write ``puts``, ``deletes`` and the processed ``offsets`` (by input) atomically: one WriteBatch."""
         batch = WriteBatch(raw_mode=True)
         for key in deletes:

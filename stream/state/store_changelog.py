@@ -40,8 +40,9 @@ _APPLY_EVERY = 20_000  # changes per WriteBatch while restoring
 _STALL_S = 60.0
 
 
-def batch_records(puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes],
-                  offsets: Mapping[str, int]) -> list[tuple[bytes, bytes | None]]:
+def batch_records(
+    puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes], offsets: Mapping[str, int]
+) -> list[tuple[bytes, bytes | None]]:
     """The changelog records of one committed batch, in the order a store applies them, commit marker last."""
     return [*((key, None) for key in deletes), *puts, *offset_items(offsets), (COMMIT_MARKER, b"")]
 
@@ -61,8 +62,16 @@ class ChangelogReplay:
         return self.records_read / self.seconds if self.seconds > 0 else 0.0
 
 
-def replay(store: PartitionStore, kafka: KafkaSettings, topic: str, partition: int, bootstrap_servers: str,
-           client_id: str, result: ChangelogReplay, max_records_per_s: int = 0) -> Iterator[int]:
+def replay(
+    store: PartitionStore,
+    kafka: KafkaSettings,
+    topic: str,
+    partition: int,
+    bootstrap_servers: str,
+    client_id: str,
+    result: ChangelogReplay,
+    max_records_per_s: int = 0,
+) -> Iterator[int]:
     """Bring ``store`` up to the last commit marker of changelog partition ``partition``; yields records read so far.
 
     A generator, so the stage runtime can restore in slices between polls of its group
@@ -93,8 +102,10 @@ def replay(store: PartitionStore, kafka: KafkaSettings, topic: str, partition: i
             if messages:
                 progressed = time.monotonic()
             elif time.monotonic() - progressed > _STALL_S:
-                raise KafkaClientError(f"changelog {topic}[{partition}] stopped at offset {position} of {end} "
-                                       f"for {_STALL_S:.0f} s while restoring")
+                raise KafkaClientError(
+                    f"changelog {topic}[{partition}] stopped at offset {position} of {end} "
+                    f"for {_STALL_S:.0f} s while restoring"
+                )
             for message in messages:
                 if message.error() is not None:
                     continue

@@ -109,8 +109,10 @@ def labeled_impressions(world: World) -> list[LabeledImpression]:
                 "event_time": now,
                 "random_bucket": random_bucket,
                 "features": {**member_bags[mi], **job_bags[int(candidates[k])]},
-                "context": {"surface": "jobs-you-may-be-interested-in",
-                            **({"activity_type": world.activity_type[job.entity_id]} if world.activity_type else {})},
+                "context": {
+                    "surface": "jobs-you-may-be-interested-in",
+                    **({"activity_type": world.activity_type[job.entity_id]} if world.activity_type else {}),
+                },
             }
             out.append(LabeledImpression(impression, clicked, applied, float(margins[k])))
     return out
@@ -147,29 +149,55 @@ def event_stream(world: World, labeled: list[LabeledImpression] | None = None) -
         events.append(SyntheticEvent(IMPRESSION, imp["member_id"], t0 + jitter(), record=imp))
         if li.clicked:
             late = rng.random() < spec.late_rate
-            delay = spec.attribution_window_ms + int(rng.integers(1, 60_000)) if late else int(rng.exponential(spec.mean_click_delay_ms)) + 1
-            events.append(SyntheticEvent(INTERACTION, imp["member_id"], t0 + delay + jitter(),
-                                         record=_interaction(imp, n, "CLICK", t0 + delay)))
+            delay = (
+                spec.attribution_window_ms + int(rng.integers(1, 60_000))
+                if late
+                else int(rng.exponential(spec.mean_click_delay_ms)) + 1
+            )
+            events.append(
+                SyntheticEvent(
+                    INTERACTION,
+                    imp["member_id"],
+                    t0 + delay + jitter(),
+                    record=_interaction(imp, n, "CLICK", t0 + delay),
+                )
+            )
             n += 1
             if li.applied and not late:
                 apply_delay = min(delay + int(rng.exponential(120_000)) + 1, spec.attribution_window_ms - 1)
-                events.append(SyntheticEvent(INTERACTION, imp["member_id"], t0 + apply_delay + jitter(),
-                                             record=_interaction(imp, n, "APPLY", t0 + apply_delay)))
+                events.append(
+                    SyntheticEvent(
+                        INTERACTION,
+                        imp["member_id"],
+                        t0 + apply_delay + jitter(),
+                        record=_interaction(imp, n, "APPLY", t0 + apply_delay),
+                    )
+                )
                 n += 1
         elif rng.random() < 0.05:
-            events.append(SyntheticEvent(INTERACTION, imp["member_id"], t0 + 2_000 + jitter(),
-                                         record=_interaction(imp, n, "DISMISS", t0 + 2_000)))
+            events.append(
+                SyntheticEvent(
+                    INTERACTION,
+                    imp["member_id"],
+                    t0 + 2_000 + jitter(),
+                    record=_interaction(imp, n, "DISMISS", t0 + 2_000),
+                )
+            )
             n += 1
 
     clean = len(events)
     for i in rng.choice(clean, size=int(spec.duplicate_rate * clean), replace=False) if clean else []:
         original = events[int(i)]
-        events.append(SyntheticEvent(original.kind, original.key, original.arrival_ms + int(rng.integers(1, 5_000)),
-                                     record=original.record))
+        events.append(
+            SyntheticEvent(
+                original.kind, original.key, original.arrival_ms + int(rng.integers(1, 5_000)), record=original.record
+            )
+        )
     for i in rng.choice(clean, size=int(spec.out_of_order_rate * clean), replace=False) if clean else []:
         original = events[int(i)]  # arrives up to a minute after its neighbours
-        events[int(i)] = SyntheticEvent(original.kind, original.key, original.arrival_ms + int(rng.integers(1_000, 60_000)),
-                                        record=original.record)
+        events[int(i)] = SyntheticEvent(
+            original.kind, original.key, original.arrival_ms + int(rng.integers(1_000, 60_000)), record=original.record
+        )
     for _ in range(int(spec.orphan_rate * clean)):
         member = world.members[int(rng.integers(len(world.members)))]
         t = spec.start_time_ms + int(rng.integers(0, max(1, spec.requests * spec.mean_request_gap_ms)))
@@ -192,7 +220,10 @@ def _malformed(rng: np.random.Generator, imp: dict[str, Any], j: int) -> Synthet
         return SyntheticEvent(IMPRESSION, imp["member_id"], arrival, record=imp, truncated=True)
     bad = dict(imp, impression_id=f"{imp['impression_id']}-bad{j}")
     if kind == "nan_feature":
-        bad["features"] = {**imp["features"], "member_seniority": [{"name": "member_seniority", "term": "", "value": float("nan")}]}
+        bad["features"] = {
+            **imp["features"],
+            "member_seniority": [{"name": "member_seniority", "term": "", "value": float("nan")}],
+        }
     else:
         bad["member_id"] = ""
     return SyntheticEvent(IMPRESSION, imp["member_id"], arrival, record=bad)

@@ -17,8 +17,12 @@ from stream.scoring.tables import CoefficientTable, GlobalModel
 from stream.synthetic.events import LabeledImpression
 
 
-def joined_examples(labeled: Sequence[LabeledImpression], model: GlobalModel, settings: ModelSettings,
-                    tables: Mapping[str, CoefficientTable] | None = None) -> list[dict[str, Any]]:
+def joined_examples(
+    labeled: Sequence[LabeledImpression],
+    model: GlobalModel,
+    settings: ModelSettings,
+    tables: Mapping[str, CoefficientTable] | None = None,
+) -> list[dict[str, Any]]:
     """One ``LabeledExample`` per impression: label 1 when clicked, interaction types, scores from ``tables``."""
     examples = unlabeled_examples([li.impression for li in labeled], model, FeatureResolver(model, settings), settings)
     for example, li in zip(examples, labeled):

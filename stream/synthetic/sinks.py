@@ -43,9 +43,16 @@ def encode_event(event: SyntheticEvent, codecs: dict[str, RecordCodec]) -> bytes
 
 def item_feature_records(world: World, version: int = 1) -> list[dict]:
     """Every job of ``world`` as an ``ItemFeatures`` record (what an item catalog service would publish)."""
-    return [{"item_id": job.entity_id, "version": version,
-             "features": {bag: [{"name": n, "term": t, "value": v} for n, t, v in items] for bag, items in job.bags.items()}}
-            for job in world.jobs]
+    return [
+        {
+            "item_id": job.entity_id,
+            "version": version,
+            "features": {
+                bag: [{"name": n, "term": t, "value": v} for n, t, v in items] for bag, items in job.bags.items()
+            },
+        }
+        for job in world.jobs
+    ]
 
 
 def produce_items(world: World, producer: Producer, settings: Settings) -> int:
@@ -71,7 +78,7 @@ def produce_to_kafka(
     counts: Counter = Counter()
     errors: list[str] = []
 
-    def on_delivery(err, msg) -> None:  # noqa: ANN001 - librdkafka callback signature
+    def on_delivery(err, msg) -> None:
         if err is not None:
             errors.append(str(err))
 
@@ -79,8 +86,13 @@ def produce_to_kafka(
         value = encode_event(event, codecs)
         while True:
             try:
-                producer.produce(topics[event.kind], key=event.key.encode(), value=value,
-                                 timestamp=event.arrival_ms, on_delivery=on_delivery)
+                producer.produce(
+                    topics[event.kind],
+                    key=event.key.encode(),
+                    value=value,
+                    timestamp=event.arrival_ms,
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.1)

@@ -36,14 +36,34 @@ from stream.config.exceptions import ConfigError
 
 TITLES = ("engineer", "data-scientist", "designer", "product-manager", "sales", "recruiter", "analyst", "nurse")
 SKILLS = (
-    "python", "java", "sql", "ml", "statistics", "design", "figma", "negotiation",
-    "crm", "sourcing", "excel", "care", "kubernetes", "spark", "writing", "leadership",
+    "python",
+    "java",
+    "sql",
+    "ml",
+    "statistics",
+    "design",
+    "figma",
+    "negotiation",
+    "crm",
+    "sourcing",
+    "excel",
+    "care",
+    "kubernetes",
+    "spark",
+    "writing",
+    "leadership",
 )
 LOCATIONS = ("sf", "nyc", "london", "berlin", "bangalore", "remote")
 COMPANIES = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
 SENIORITY_LEVELS = 5
-ACTIVITY_TYPES = ("job-posted", "company-hiring", "similar-members-applied", "skill-match", "recruiter-pick",
-                  "trending")
+ACTIVITY_TYPES = (
+    "job-posted",
+    "company-hiring",
+    "similar-members-applied",
+    "skill-match",
+    "recruiter-pick",
+    "trending",
+)
 
 Feature = tuple[str, str, float]
 
@@ -88,8 +108,16 @@ class WorldSpec:
             raise ConfigError("emerging_terms", f"must be >= 0, got {self.emerging_terms}")
         if len(self.activity_effects) > len(ACTIVITY_TYPES):
             raise ConfigError("activity_effects", f"at most {len(ACTIVITY_TYPES)} activity types")
-        for name in ("random_bucket_rate", "apply_given_click", "duplicate_rate", "out_of_order_rate",
-                     "late_rate", "orphan_rate", "malformed_rate", "late_entity_share"):
+        for name in (
+            "random_bucket_rate",
+            "apply_given_click",
+            "duplicate_rate",
+            "out_of_order_rate",
+            "late_rate",
+            "orphan_rate",
+            "malformed_rate",
+            "late_entity_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(name, f"must be a share in [0, 1], got {value}")
@@ -154,16 +182,20 @@ def _job_bags(title: str, skills: list[str], company: str, seniority: int) -> di
 def job_feature_keys() -> list[tuple[str, str]]:
     """Every (name, term) a job can carry: the member coordinate's feature space."""
     return (
-        [("job_title", t) for t in TITLES] + [("job_skill", s) for s in SKILLS]
-        + [("job_company", c) for c in COMPANIES] + [("job_seniority", "")]
+        [("job_title", t) for t in TITLES]
+        + [("job_skill", s) for s in SKILLS]
+        + [("job_company", c) for c in COMPANIES]
+        + [("job_seniority", "")]
     )
 
 
 def member_feature_keys() -> list[tuple[str, str]]:
     """Every (name, term) a member can carry: the job coordinate's feature space."""
     return (
-        [("member_title", t) for t in TITLES] + [("member_skill", s) for s in SKILLS]
-        + [("member_location", c) for c in LOCATIONS] + [("member_seniority", "")]
+        [("member_title", t) for t in TITLES]
+        + [("member_skill", s) for s in SKILLS]
+        + [("member_location", c) for c in LOCATIONS]
+        + [("member_seniority", "")]
     )
 
 
@@ -182,13 +214,17 @@ class World:
             self._make_late_arrivals()
         self.truth = self._draw_truth()
         types = np.random.default_rng([spec.seed, 4]).integers(len(spec.activity_effects) or 1, size=len(self.jobs))
-        self.activity_type = {job.entity_id: ACTIVITY_TYPES[int(t)] for job, t in zip(self.jobs, types)
-                              if spec.activity_effects}
+        self.activity_type = {
+            job.entity_id: ACTIVITY_TYPES[int(t)] for job, t in zip(self.jobs, types) if spec.activity_effects
+        }
 
     def job_keys(self) -> list[tuple[str, str]]:
         """Every (name, term) a job of this world can carry (the member coordinate's feature space)."""
-        return (job_feature_keys() + [("job_skill", s) for s in self.emerging_skills]
-                + [("job_company", c) for c in self.emerging_companies])
+        return (
+            job_feature_keys()
+            + [("job_skill", s) for s in self.emerging_skills]
+            + [("job_company", c) for c in self.emerging_companies]
+        )
 
     def member_keys(self) -> list[tuple[str, str]]:
         """Every (name, term) a member of this world can carry (the job coordinate's feature space)."""
@@ -242,8 +278,12 @@ class World:
         members = []
         for i in range(self.spec.members):
             t = int(self.rng.integers(len(TITLES)))
-            bags = _member_bags(TITLES[t], self._draw_skills(t), int(self.rng.integers(SENIORITY_LEVELS)),
-                                str(self.rng.choice(LOCATIONS)))
+            bags = _member_bags(
+                TITLES[t],
+                self._draw_skills(t),
+                int(self.rng.integers(SENIORITY_LEVELS)),
+                str(self.rng.choice(LOCATIONS)),
+            )
             members.append(Entity(f"m{i:06d}", bags))
         for p in range(self.spec.alice_annie_pairs):  # Annie is Alice's feature-for-feature twin
             alice = members[2 * p]
@@ -255,8 +295,12 @@ class World:
         jobs = []
         for j in range(self.spec.jobs):
             t = int(self.rng.integers(len(TITLES)))
-            bags = _job_bags(TITLES[t], self._draw_skills(t), str(self.rng.choice(COMPANIES)),
-                             int(self.rng.integers(SENIORITY_LEVELS)))
+            bags = _job_bags(
+                TITLES[t],
+                self._draw_skills(t),
+                str(self.rng.choice(COMPANIES)),
+                int(self.rng.integers(SENIORITY_LEVELS)),
+            )
             jobs.append(Entity(f"j{j:06d}", bags))
         return jobs
 

@@ -62,14 +62,17 @@ def invalid_values(examples: CoordinateExamples) -> np.ndarray:
     return ~ok
 
 
-def coordinate_examples(records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str,
-                        dim: int) -> CoordinateExamples:
+def coordinate_examples(
+    records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str, dim: int
+) -> CoordinateExamples:
     """Arrays of ``records`` (shapes checked by :func:`example_problem`; values by :func:`invalid_values`)."""
     parts = [r["coordinates"][coordinate] for r in records]
     n = len(records)
     features = np.frombuffer(b"".join(p["dense"] for p in parts), dtype="<f4").reshape(n, dim).astype(np.float64)
     others = np.fromiter(
-        (r["offset"] + sum(v for k, v in r["scores"].items() if k != coordinate) for r in records), dtype=np.float64, count=n
+        (r["offset"] + sum(v for k, v in r["scores"].items() if k != coordinate) for r in records),
+        dtype=np.float64,
+        count=n,
     )
     return CoordinateExamples(
         entity_ids=np.array([p["entity_id"] for p in parts], dtype=object),
@@ -82,7 +85,6 @@ def coordinate_examples(records: Sequence[Mapping[str, Any]], input_offsets: Seq
         input_offsets=np.asarray(input_offsets, dtype=np.int64),
         index_versions=np.fromiter((r["index_version"] for r in records), dtype=np.int64, count=n),
     )
-
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ def group_by_entity(examples: CoordinateExamples) -> EntityBatch:
     )
 
 
-def valid_entity_batch(records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str,
-                       dim: int) -> tuple[EntityBatch, np.ndarray]:
+def valid_entity_batch(
+    records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str, dim: int
+) -> tuple[EntityBatch, np.ndarray]:
     """The records' examples of ``coordinate`` grouped by entity, and the rows left out for invalid values.
 
     The one way from decoded records to an update's input: the live updater (which

@@ -57,11 +57,19 @@ class CoordinateMath:
         calls this at start-up rather than adding it to its first micro-batch's freshness.
         """
         d = self.layout.dim
-        single = {name: np.zeros((1, 1), dtype=np.int64) for name in ("event_times", "label_times", "input_offsets",
-                                                                       "index_versions")}
-        batch = EntityBatch(entity_ids=np.array(["warm-up"], dtype=object), features=np.zeros((1, 1, d)),
-                            labels=np.zeros((1, 1)), offsets=np.zeros((1, 1)), weights=np.ones((1, 1)),
-                            mask=np.ones((1, 1), dtype=bool), **single)
+        single = {
+            name: np.zeros((1, 1), dtype=np.int64)
+            for name in ("event_times", "label_times", "input_offsets", "index_versions")
+        }
+        batch = EntityBatch(
+            entity_ids=np.array(["warm-up"], dtype=object),
+            features=np.zeros((1, 1, d)),
+            labels=np.zeros((1, 1)),
+            offsets=np.zeros((1, 1)),
+            weights=np.ones((1, 1)),
+            mask=np.ones((1, 1), dtype=bool),
+            **single,
+        )
         apply_batch(self, self.layout.new_states(1, self.new_entity_precision), batch)
 
     @property
@@ -118,7 +126,9 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     live_rows = live[target]
     new["last_offset"] = np.where(live_rows, batch.input_offsets[target], -1).max(axis=1)
     new["event_count"] += live_rows.sum(axis=1)
-    new["last_event_time"] = np.maximum(new["last_event_time"], np.where(live_rows, batch.event_times[target], 0).max(axis=1))
+    new["last_event_time"] = np.maximum(
+        new["last_event_time"], np.where(live_rows, batch.event_times[target], 0).max(axis=1)
+    )
     new["index_version"] = np.maximum(new["index_version"], newest_index[target])
     if window is not None:
         _store_window(new, window, usable)
@@ -129,15 +139,24 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     return BatchOutcome(states, changed, solved, update, int(live.sum()), replayed, widened, reset)
 
 
-def _bayes_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,
-                  rows: np.ndarray) -> EntityUpdate:
+def _bayes_update(
+    math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray, rows: np.ndarray
+) -> EntityUpdate:
     s = math.settings
     # A full precision stays in the states' packed layout: the solver reads and returns it as is.
     posterior = GaussianPrior(states["mean"].copy(), states["precision"].copy(), packed=not math.layout.diagonal)
     prior = forgetting_prior(posterior, s.forgetting, math.new_entity_precision)
-    events = EntityEvents(batch.features[rows], batch.labels[rows], batch.offsets[rows], batch.weights[rows], live[rows])
-    return newton_update(events, prior, math.loss, start=posterior.mean, max_steps=s.newton_steps,
-                         gradient_tolerance=s.gradient_tolerance)
+    events = EntityEvents(
+        batch.features[rows], batch.labels[rows], batch.offsets[rows], batch.weights[rows], live[rows]
+    )
+    return newton_update(
+        events,
+        prior,
+        math.loss,
+        start=posterior.mean,
+        max_steps=s.newton_steps,
+        gradient_tolerance=s.gradient_tolerance,
+    )
 
 
 def _stored_layout(diagonal_prior: GaussianPrior, layout: StateLayout) -> GaussianPrior:
@@ -157,19 +176,27 @@ class _Window:
     mask: np.ndarray
 
 
-def _l2_update(math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray,
-               rows: np.ndarray) -> tuple[EntityUpdate, _Window]:
+def _l2_update(
+    math: CoordinateMath, states: np.ndarray, batch: EntityBatch, live: np.ndarray, rows: np.ndarray
+) -> tuple[EntityUpdate, _Window]:
     s, layout = math.settings, math.layout
     window = _merged_window(states, batch, live, rows, s.window_events, s.window_max_age_ms)
     prior = _stored_layout(l2_prior(len(rows), layout.dim, s.l2, s.intercept_l2, 0 if s.intercept else None), layout)
     events = EntityEvents(window.features, window.labels, window.offsets, window.weights, window.mask)
-    update = newton_update(events, prior, math.loss, start=states["mean"].copy(), max_steps=s.newton_steps,
-                           gradient_tolerance=s.gradient_tolerance)
+    update = newton_update(
+        events,
+        prior,
+        math.loss,
+        start=states["mean"].copy(),
+        max_steps=s.newton_steps,
+        gradient_tolerance=s.gradient_tolerance,
+    )
     return update, window
 
 
-def _merged_window(states: np.ndarray, batch: EntityBatch, live: np.ndarray, rows: np.ndarray, size: int,
-                   max_age_ms: int) -> _Window:
+def _merged_window(
+    states: np.ndarray, batch: EntityBatch, live: np.ndarray, rows: np.ndarray, size: int, max_age_ms: int
+) -> _Window:
     """The stored window followed by the new events, keeping the newest ``size`` (and young enough)."""
     old_mask = np.arange(size)[None, :] < states["window_size"][:, None]
     mask = np.concatenate([old_mask, live[rows]], axis=1)

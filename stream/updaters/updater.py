@@ -63,8 +63,12 @@ class UpdaterStats(StageStats):
     reset_entities: int = 0
     restored_entities: int = 0
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=_FRESHNESS_SAMPLES))
-    freshness_seconds: CumulativeHistogram = field(default_factory=lambda: CumulativeHistogram(FRESHNESS_SECONDS_BUCKETS))
-    newton_iterations: CumulativeHistogram = field(default_factory=lambda: CumulativeHistogram(NEWTON_ITERATIONS_BUCKETS))
+    freshness_seconds: CumulativeHistogram = field(
+        default_factory=lambda: CumulativeHistogram(FRESHNESS_SECONDS_BUCKETS)
+    )
+    newton_iterations: CumulativeHistogram = field(
+        default_factory=lambda: CumulativeHistogram(NEWTON_ITERATIONS_BUCKETS)
+    )
     unconverged_updates: int = 0
     coordinate: str = ""
 
@@ -99,8 +103,10 @@ class CoordinateUpdater(Stage):
 
     def __init__(self, settings: Settings, coordinate: str) -> None:
         if coordinate not in settings.model.coordinates:
-            raise ConfigError("model.coordinates", f"no coordinate {coordinate!r} (configured: "
-                                                   f"{', '.join(settings.model.coordinates)})")
+            raise ConfigError(
+                "model.coordinates",
+                f"no coordinate {coordinate!r} (configured: {', '.join(settings.model.coordinates)})",
+            )
         self.settings = settings
         self.coordinate = coordinate
         self.coordinate_settings = settings.model.coordinates[coordinate]
@@ -155,8 +161,14 @@ class CoordinateUpdater(Stage):
         """Bring ``store`` up to date from changelog partition ``partition``; newer local states win."""
         started = time.monotonic()
         assert self._clients is not None
-        reader = TopicReader(self.settings.kafka, self.coefficients_topic, self._model_codec, [partition],
-                             self._clients.bootstrap_servers, client_id=f"{self.group_id}-restore")
+        reader = TopicReader(
+            self.settings.kafka,
+            self.coefficients_topic,
+            self._model_codec,
+            [partition],
+            self._clients.bootstrap_servers,
+            client_id=f"{self.group_id}-restore",
+        )
         latest: dict[str, dict[str, Any]] = {}
         read = 0
         try:
@@ -179,14 +191,24 @@ class CoordinateUpdater(Stage):
         restored = states_from_records(records, self.math.layout, self.math.new_entity_precision)
         newer = ~found | (restored["version"] > local["version"])
         values = self.math.layout.encode(restored[newer])
-        store.commit(zip([k for k, n in zip(keys, newer) if n], values), offsets={"input": max(done_offset, store.processed_offset())})
+        store.commit(
+            zip([k for k, n in zip(keys, newer) if n], values),
+            offsets={"input": max(done_offset, store.processed_offset())},
+        )
         elapsed = time.monotonic() - started
         self.stats.restored_entities += int(newer.sum())
         self.stats.restored_records += read
         self.stats.restore_seconds += elapsed
-        log.info("%s: restored %d entities of partition %d from %s (%d records read, %.0f records/s) in %.2f s",
-                 self.group_id, int(newer.sum()), partition, self.coefficients_topic, read, read / max(elapsed, 1e-9),
-                 elapsed)
+        log.info(
+            "%s: restored %d entities of partition %d from %s (%d records read, %.0f records/s) in %.2f s",
+            self.group_id,
+            int(newer.sum()),
+            partition,
+            self.coefficients_topic,
+            read,
+            read / max(elapsed, 1e-9),
+            elapsed,
+        )
 
     # ------------------------------------------------------------------ the batch function
 
@@ -211,28 +233,35 @@ class CoordinateUpdater(Stage):
                 records, kept = by_partition.setdefault(message.partition(), ([], []))
                 records.append(record)
                 kept.append(message)
-            writes = {p: self._update_partition(stores[p], p, records, kept, checkpoint)
-                      for p, (records, kept) in by_partition.items()}
+            writes = {
+                p: self._update_partition(stores[p], p, records, kept, checkpoint)
+                for p, (records, kept) in by_partition.items()
+            }
             del decoded, by_partition
         checkpoint.consumed(messages)
         for (_, partition), offset in last_offsets(messages).items():
             checkpoint.write(stores[partition], writes.get(partition, ()), offsets={"input": offset})
 
-    def _update_partition(self, store: PartitionStore, partition: int, records: list, messages: list,
-                          checkpoint: Checkpoint) -> list[tuple[bytes, bytes]]:
+    def _update_partition(
+        self, store: PartitionStore, partition: int, records: list, messages: list, checkpoint: Checkpoint
+    ) -> list[tuple[bytes, bytes]]:
         """Update one partition's entities and publish them; returns the store writes (key, state)."""
         layout = self.math.layout
         assert self._clients is not None
         batch, invalid_rows = valid_entity_batch(records, [m.offset() for m in messages], self.coordinate, layout.dim)
         for row in invalid_rows:
-            self._clients.dead_letters.send(messages[row], "non-finite feature, label, weight, offset or score, or a negative weight")
+            self._clients.dead_letters.send(
+                messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
+            )
         self.stats.examples += int(batch.mask.sum())
         keys = [_entity_key(e) for e in batch.entity_ids]
         states, _ = layout.decode(store.get_many(keys), self.math.new_entity_precision)
         outcome = apply_batch(self.math, states, batch)
         changed = np.flatnonzero(outcome.changed)
         entity_ids = batch.entity_ids[changed].tolist()
-        values = entity_model_values(self._model_codec, self.coordinate, entity_ids, outcome.states[changed], layout, partition)
+        values = entity_model_values(
+            self._model_codec, self.coordinate, entity_ids, outcome.states[changed], layout, partition
+        )
         for entity_id, value in zip(entity_ids, values):
             checkpoint.produce(self.coefficients_topic, entity_id.encode(), value, partition)
         now_ms = int(time.time() * 1000)

@@ -4,7 +4,8 @@ configuration; every PromQL expression of the Grafana dashboard and of the alert
 
 Docker images cannot be built here, so a service's container becomes a process: its named volume becomes
 a directory (the Dockerfile's ``/var/lib/glmix`` paths), its hostname in prometheus.yml becomes
-127.0.0.1 and its port a free one. The synthetic feeder runs with fewer requests than in compose.
+127.0.0.1 and its port a free one. The synthetic feeder runs with fewer requests than in compose,
+and the attribution window is a minute instead of 15, so examples close within the test.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def _services(compose: dict, root: Path, bootstrap: str, unique: str) -> list[_S
         env.update(topics)
         env.update({"GLMIX_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "GLMIX_KAFKA__GROUP_PREFIX": unique,
                     "GLMIX_STATE_DIR": str(home / "state"), "GLMIX_ARCHIVE__PATH": str(home / "archive"),
-                    "GLMIX_REFIT__OUTPUT_DIR": str(home / "models"), "GLMIX_METRICS__KAFKA_STATISTICS_INTERVAL_MS": "1000"})
+                    "GLMIX_REFIT__OUTPUT_DIR": str(home / "models"), "GLMIX_METRICS__KAFKA_STATISTICS_INTERVAL_MS": "1000",
+                    "GLMIX_JOINER__ATTRIBUTION_WINDOW_MS": "60000", "GLMIX_JOINER__ALLOWED_LATENESS_MS": "5000"})
         command = [str(home / "truth.json") if arg == "/var/lib/glmix/truth.json" else arg for arg in service["command"]]
         if command[:2] == ["produce", "synthetic"]:
             command[command.index("--requests") + 1] = _FEEDER_REQUESTS
@@ -165,8 +167,8 @@ def test_the_compose_services_come_up_and_prometheus_answers_every_dashboard_and
         subprocess.run([sys.executable, "-m", "stream", *feeder.command, "--seed", "8"], env={**os.environ, **feeder.env},
                        check=True, stdout=log.open("a"), stderr=subprocess.STDOUT, timeout=120)  # counters move
         _wait(lambda: len(_query(url, "count_over_time(up[5m]) >= 2")) == len(servers)
-              and len(_query(url, "up == 1")) == len(servers), 120, "two scrapes of every service",
-              tmp_path / "prometheus.log")
+              and len(_query(url, "up == 1")) == len(servers) and _query(url, "glmix_progressive_examples > 0"), 120,
+              "two scrapes of every service, and joined examples", tmp_path / "prometheus.log")
         empty = {name: expr for name, expr in _expressions().items() if not _query(url, expr)}
         assert all(p.poll() is None for p in processes), log.read_text()[-3000:]
     finally:

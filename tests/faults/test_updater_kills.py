@@ -108,6 +108,7 @@ def test_updaters_killed_at_random_end_with_the_uninterrupted_coefficients(kafka
                                                                    examples_topic), log)
         time.sleep(rng.uniform(2.0, 5.0))
         victim = rng.randrange(processes)
+        assert running[victim].poll() is None, f"updater {victim} ended on its own:\n{log.read_text()[-3000:]}"
         running[victim].send_signal(signal.SIGKILL)
         running[victim].wait(10)
         if rng.random() < 0.3:  # restarted as if on a new machine
