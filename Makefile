@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/glmix demo
 
-# The whole suite on a Kafka broker process (Tansu), then the Kafka tests again on librdkafka's mock cluster.
+# Lint and format of the package, the whole suite on a Kafka broker process (Tansu), then the Kafka tests
+# again on librdkafka's mock cluster.
 test: $(STAMP)
+	$(BIN)/ruff check stream
+	$(BIN)/ruff format --check stream
 	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
 

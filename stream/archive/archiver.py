@@ -23,6 +23,7 @@ from stream.archive.files import ArchiveFiles, hour_of
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import Settings
+from stream.kafka.messages import source_of
 from stream.metrics.families import MetricFamilies
 from stream.runtime.checkpoint import Checkpoint
 from stream.runtime.stage import Stage, StageClients
@@ -74,7 +75,7 @@ class Archiver(Stage):
         self.topic = settings.topics.examples_by_member
         self.group_id = settings.kafka.group_id(STAGE)
         self.files = ArchiveFiles(settings.archive_path)
-        self.stats = ArchiveStats()
+        self.stats: ArchiveStats = ArchiveStats()
         self._codec = make_codec(
             "LabeledExample", self.topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry
         )
@@ -119,7 +120,8 @@ class Archiver(Stage):
             for message, error in decoded.failures:
                 self._clients.dead_letters.send(message, error.reason)
             for record, message in zip(decoded.records, decoded.messages):
-                self._add(record, message.partition(), message.offset())
+                _, partition, offset = source_of(message)
+                self._add(record, partition, offset)
             self._consumed.extend(messages)
         due = self._buffered >= self.settings.roll_records or (
             self._consumed and time.monotonic() - self._oldest_buffered >= self.settings.roll_interval_ms / 1000

@@ -129,7 +129,7 @@ class Joiner(Stage):
         self.settings = settings
         self.group_id = settings.kafka.group_id(self.name)
         self.changelog_topic = settings.kafka.changelog_topic(self.name)
-        self.stats = JoinerStats(
+        self.stats: JoinerStats = JoinerStats(
             progressive=ProgressiveWindow(
                 list(settings.model.coordinates),
                 get_loss(settings.model.loss),

@@ -24,12 +24,18 @@ def without_errors(messages: Sequence[Message], who: str) -> list[Message]:
     return good
 
 
+def source_of(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record; the client types them optional, a consumed record has all three."""
+    return message.topic() or "", message.partition() or 0, message.offset() or 0
+
+
 def last_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
     """The highest offset seen per (topic, partition)."""
     last: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        last[key] = max(last.get(key, -1), m.offset())
+        topic, partition, offset = source_of(m)
+        key = (topic, partition)
+        last[key] = max(last.get(key, -1), offset)
     return last
 
 

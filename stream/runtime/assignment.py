@@ -19,6 +19,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from stream.kafka.messages import source_of
 from stream.runtime.stage import Stage
 from stream.state.exceptions import StoreOwnedError
 from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
@@ -143,14 +144,13 @@ class Assignment:
         """The messages of ready partitions; a record of a paused one is fetched again after its resume."""
         kept = []
         for m in messages:
-            number = m.partition()
+            topic, number, offset = source_of(m)
             if number in self.ready:
                 kept.append(m)
                 continue
             restoring = self.restoring.get(number)
             if restoring is not None:
-                topic = m.topic()
-                restoring.resume_at[topic] = min(restoring.resume_at.get(topic, m.offset()), m.offset())
+                restoring.resume_at[topic] = min(restoring.resume_at.get(topic, offset), offset)
         return kept
 
     @property

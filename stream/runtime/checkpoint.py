@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream.errors import GlmixError
-from stream.kafka.messages import commit_processed, last_offsets
+from stream.kafka.messages import commit_processed, last_offsets, source_of
 from stream.state.partition_store import PartitionStore
 from stream.state.store_changelog import CHANGELOG
 
@@ -45,7 +45,7 @@ class LoggedBatch:
     def delivered(self, error: KafkaError | None, message: Message) -> None:
         """Delivery report of the commit marker (the batch's last record)."""
         if error is None:
-            self.marker_offset = message.offset()
+            self.marker_offset = source_of(message)[2]
 
 
 @dataclass

@@ -54,7 +54,7 @@ class StreamingScorer(Stage):
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self.settings = settings
         self.group_id = kafka.group_id(self.name)
-        self.stats = StreamingScorerStats()
+        self.stats: StreamingScorerStats = StreamingScorerStats()
         self._batch_size, self._batch_time_s = batch_size, batch_time_ms / 1000
         self._requests_codec = make_codec("ScoreRequest", topics.score_requests, registry, registry_settings)
         self._responses_codec = make_codec("ScoreResponse", topics.score_results, registry, registry_settings)

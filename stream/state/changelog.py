@@ -55,7 +55,9 @@ def entity_model_values(
     )
 
 
-def states_from_records(records: list[Mapping[str, Any]], layout: StateLayout, new_precision: np.ndarray) -> np.ndarray:
+def states_from_records(
+    records: Sequence[Mapping[str, Any]], layout: StateLayout, new_precision: np.ndarray
+) -> np.ndarray:
     """States rebuilt from ``EntityModel`` records of this layout (empty event windows)."""
     states = layout.new_states(len(records), new_precision)
     kind = "DIAGONAL" if layout.diagonal else "PACKED_UPPER"

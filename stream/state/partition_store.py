@@ -55,7 +55,13 @@ class PartitionStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
+        self._db: Rdict | None = self._open()
+
+    @property
+    def _open_db(self) -> Rdict:
+        if self._db is None:
+            raise StateError(f"the state store {self.path} is closed")
+        return self._db
 
     def _open(self) -> Rdict:
         try:
@@ -67,7 +73,7 @@ class PartitionStore:
 
     def processed_offset(self, source: str = "input") -> int:
         """The last offset of input ``source`` whose effects are in the store (-1: none)."""
-        raw = self._db.get(_META_OFFSET + source.encode())
+        raw = self._open_db.get(_META_OFFSET + source.encode())
         return NO_OFFSET if raw is None else _OFFSET.unpack(raw)[0]
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -75,7 +81,8 @@ class PartitionStore:
         if not keys:
             return []
         try:
-            return self._db.get(list(keys))
+            values: list[bytes | None] = self._open_db.get(list(keys))
+            return values
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
             raise StateError(f"reading {len(keys)} keys from {self.path} failed: {exc}") from exc
 
@@ -109,13 +116,13 @@ class PartitionStore:
 
     def _write(self, batch: WriteBatch) -> None:
         try:
-            self._db.write(batch)
+            self._open_db.write(batch)
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status (disk full, I/O error)
             raise StateError(f"writing to the state store {self.path} failed: {exc}") from exc
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Items with ``start <= key < stop``, in key order."""
-        it = self._db.iter()
+        it = self._open_db.iter()
         it.seek(start)
         while it.valid():
             key = it.key()
@@ -130,13 +137,13 @@ class PartitionStore:
 
     def size_bytes(self) -> int:
         """RocksDB's estimate of the live data size, memtables included."""
-        live = self._db.property_int_value("rocksdb.estimate-live-data-size") or 0
-        memtables = self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        live = self._open_db.property_int_value("rocksdb.estimate-live-data-size") or 0
+        memtables = self._open_db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
         return int(live) + int(memtables)
 
     def flush(self) -> None:
         """Write memtables to disk files (for size measurements and clean shutdown)."""
-        self._db.flush()
+        self._open_db.flush()
 
     def close(self) -> None:
         """Release the store (and its lock); safe to call twice."""

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from stream.config import KafkaSettings
 from stream.kafka.clients import consumer_config
 from stream.kafka.exceptions import KafkaClientError
-from stream.kafka.messages import fetched_end
+from stream.kafka.messages import fetched_end, source_of
 from stream.state.partition_store import NO_OFFSET, PartitionStore, offset_items
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def replay(
         uncommitted: list[tuple[bytes, bytes | None]] = []
         last_marker = NO_OFFSET
         progressed = time.monotonic()
-        end = None
+        end: int | None = None
         while end is None or position < end:
             messages = consumer.consume(10_000, timeout=0.2)
             if end is None:  # the end is trusted only with a fetch response (see stream.kafka.messages)
@@ -109,18 +109,20 @@ def replay(
             for message in messages:
                 if message.error() is not None:
                     continue
-                position = message.offset() + 1
+                _, _, offset = source_of(message)
+                key = message.key() or b""
+                position = offset + 1
                 result.records_read += 1
-                if message.key() == COMMIT_MARKER:
+                if key == COMMIT_MARKER:
                     committed.extend(uncommitted)
                     uncommitted = []
                     result.batches_applied += 1
                     if len(committed) >= _APPLY_EVERY:
-                        store.apply(committed, {CHANGELOG: message.offset()})
+                        store.apply(committed, {CHANGELOG: offset})
                         committed = []
-                    last_marker = message.offset()
+                    last_marker = offset
                 else:
-                    uncommitted.append((message.key(), message.value()))
+                    uncommitted.append((key, message.value()))
             if committed and result.batches_applied:
                 store.apply(committed, {CHANGELOG: last_marker})
                 committed = []

@@ -30,7 +30,7 @@ from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
 from stream.gc_pause import cyclic_gc_paused
-from stream.kafka.messages import last_offsets
+from stream.kafka.messages import last_offsets, source_of
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
 from stream.metrics.histogram import FRESHNESS_SECONDS_BUCKETS, NEWTON_ITERATIONS_BUCKETS, CumulativeHistogram
@@ -116,7 +116,7 @@ class CoordinateUpdater(Stage):
         self.coefficients_topic = settings.topics.coefficients(coordinate)
         self.name = f"updater-{coordinate}"
         self.group_id = settings.kafka.group_id(self.name)
-        self.stats = UpdaterStats(coordinate=coordinate)
+        self.stats: UpdaterStats = UpdaterStats(coordinate=coordinate)
         registry = settings.kafka.schema_registry_url
         self._examples_codec = make_codec("LabeledExample", self.topic, registry, settings.kafka.schema_registry)
         self._model_codec = make_codec("EntityModel", self.coefficients_topic, registry, settings.kafka.schema_registry)
@@ -230,7 +230,7 @@ class CoordinateUpdater(Stage):
                 if problem is not None:
                     dead_letters.send(message, problem)
                     continue
-                records, kept = by_partition.setdefault(message.partition(), ([], []))
+                records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
                 records.append(record)
                 kept.append(message)
             writes = {
