@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/glmix demo
 
-# Lint and format of the package, the whole suite on a Kafka broker process (Tansu), then the Kafka tests
+# Lint, format and types of the package, the whole suite on a Kafka broker process (Tansu), then the Kafka tests
 # again on librdkafka's mock cluster.
 test: $(STAMP)
 	$(BIN)/ruff check stream
 	$(BIN)/ruff format --check stream
+	$(BIN)/mypy
 	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
 

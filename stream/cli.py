@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(
                 "--coordinate", f"unknown coordinates {unknown}; configured: {', '.join(settings.model.coordinates)}"
             )
-        stages = list(args.coordinate)
+        stages: list[str] | None = list(args.coordinate)
     else:
         stages = [args.stage] if args.stage in NAMED_STAGES else None
     if not settings.kafka.bootstrap_servers:
@@ -367,7 +367,7 @@ def cmd_evaluate_replay(args: argparse.Namespace, settings: Settings) -> int:
     print(
         json.dumps(
             {
-                "model": replay(requests, positions, y, sum(margins.values())).to_json(),
+                "model": replay(requests, positions, y, sum(margins.values(), np.zeros(len(served)))).to_json(),
                 "random": replay(requests, positions, y, random_scores).to_json(),
             },
             indent=1,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from confluent_kafka import Producer
@@ -37,6 +37,7 @@ from confluent_kafka import Producer
 from stream.archive.files import ArchiveFiles
 from stream.codec import make_codec
 from stream.config import Settings
+from stream.consumers.joiner import JoinerStats
 from stream.errors import GlmixError
 from stream.evaluation.plots import write_plots
 from stream.evaluation.progressive import collect, progressive_report
@@ -54,6 +55,7 @@ from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.events import LabeledImpression
 from stream.synthetic.sinks import event_topics_and_codecs, produce_items, produce_to_kafka
+from stream.updaters.updater import UpdaterStats
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +151,10 @@ def _world(options: DemoOptions, now_ms: int) -> World:
 
 
 def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics: KafkaStatistics) -> dict:
-    joiner = pipeline.stages["joiner"].stats
-    updaters = [s.stats for n, s in pipeline.stages.items() if n in pipeline.settings.model.coordinates]
-    quality = joiner.progressive.quality() if joiner.progressive.size else {}
+    joiner = pipeline.stats_of("joiner", JoinerStats)
+    updaters = [pipeline.stats_of(n, UpdaterStats) for n in pipeline.stages if n in pipeline.settings.model.coordinates]
+    window = joiner.progressive
+    quality = window.quality() if window is not None and window.size else {}
     variants = list(quality)
     freshness = [float(np.median(s.freshness_ms)) / 1000 for s in updaters if s.freshness_ms]
     return {
@@ -253,8 +256,8 @@ def _alice_and_annie(
 
 def _wait_until_settled(pipeline: Pipeline, archive_stats, timeout_s: float = 90.0) -> None:
     """Until the last windows have closed and every example is absorbed and archived."""
-    joiner = pipeline.stages["joiner"].stats
-    updaters = [s.stats for n, s in pipeline.stages.items() if n in pipeline.settings.model.coordinates]
+    joiner = pipeline.stats_of("joiner", JoinerStats)
+    updaters = [pipeline.stats_of(n, UpdaterStats) for n in pipeline.stages if n in pipeline.settings.model.coordinates]
     deadline, history = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline and not pipeline.errors:
         history.append(joiner.examples)
@@ -303,7 +306,7 @@ def _run(
     history, live = labeled[:cut], labeled[cut:]
     producer = Producer(producer_config(settings.kafka))
     record = fitted_global_model_record(
-        [li.impression for li in history], [float(li.clicked) for li in history], settings.model
+        [li.impression for li in history], np.array([float(li.clicked) for li in history]), settings.model
     )  # version 1: yesterday's batch model
     producer.produce(
         settings.topics.model_global,
@@ -462,9 +465,9 @@ def _report(
     plots = write_plots(evaluation, report_dir / "plots")
     variants = evaluation["variants"]
     names = list(variants)
-    joiner = pipeline.stages["joiner"].stats
-    updaters = {n: s.stats for n, s in pipeline.stages.items() if n in settings.model.coordinates}
-    report = {
+    joiner = pipeline.stats_of("joiner", JoinerStats)
+    updaters = {n: pipeline.stats_of(n, UpdaterStats) for n in pipeline.stages if n in settings.model.coordinates}
+    report: dict[str, Any] = {
         "seconds": round(seconds, 1),
         "events_produced": run.produced,
         "examples": joiner.examples,

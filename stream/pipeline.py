@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import TypeVar
 
 from stream.archive.archiver import Archiver
 from stream.config import ConfigError, Settings
@@ -21,10 +22,12 @@ from stream.metrics.collector import PipelineCollector
 from stream.metrics.kafka_statistics import KafkaStatistics
 from stream.runtime.runner import StageRunner
 from stream.runtime.stage import Stage
+from stream.runtime.stats import StageStats
 from stream.scoring.streaming import StreamingScorer
 from stream.updaters.updater import CoordinateUpdater
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=StageStats)
 
 JOINER = "joiner"
 ARCHIVE = "archive"
@@ -81,6 +84,13 @@ class Pipeline:
         }
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}
+
+    def stats_of(self, name: str, kind: type[S]) -> S:
+        """The statistics of stage ``name`` as the class they are (``JoinerStats``, ``UpdaterStats``, ...)."""
+        stats = self.stages[name].stats
+        if not isinstance(stats, kind):
+            raise ConfigError("stage", f"{name} keeps {type(stats).__name__}, not {kind.__name__}")
+        return stats
 
     def metrics_collector(self, statistics: KafkaStatistics | None = None) -> PipelineCollector:
         """A Prometheus collector of every stage's counters and state size (and the Kafka statistics)."""

@@ -79,7 +79,6 @@ class Archiver(Stage):
         self._codec = make_codec(
             "LabeledExample", self.topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry
         )
-        self._clients: StageClients | None = None
         self._buffers: dict[tuple[int, int], _Buffer] = {}
         self._archived_through: dict[tuple[int, int], int] = {}
         self._consumed: list[Message] = []
@@ -96,7 +95,7 @@ class Archiver(Stage):
 
     def open(self, clients: StageClients) -> None:
         """Keep the clients (the dead-letter sink)."""
-        self._clients = clients
+        super().open(clients)
 
     def revoked(self, partitions: list[int]) -> None:
         """Drop what was not archived of ``partitions``: their next owner reads it again from the last commit."""
@@ -114,11 +113,10 @@ class Archiver(Stage):
 
     def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         """Buffer one batch; when a roll is due, write the files and hand the consumed offsets to the checkpoint."""
-        assert self._clients is not None
         if messages:
             decoded = decode_batch(self._codec, messages)
             for message, error in decoded.failures:
-                self._clients.dead_letters.send(message, error.reason)
+                self.clients.dead_letters.send(message, error.reason)
             for record, message in zip(decoded.records, decoded.messages):
                 _, partition, offset = source_of(message)
                 self._add(record, partition, offset)

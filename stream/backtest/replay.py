@@ -91,7 +91,7 @@ class _CoordinateReplay:
             return
         offsets = np.arange(self._next_offset, self._next_offset + len(records))
         self._next_offset += len(records)
-        batch, _ = valid_entity_batch(records, offsets, self.name, layout.dim)
+        batch, _ = valid_entity_batch(records, offsets.tolist(), self.name, layout.dim)
         keys = [entity.encode() for entity in batch.entity_ids]
         states, _ = layout.decode(self.store.get_many(keys), self.math.new_entity_precision)
         outcome = apply_batch(self.math, states, batch)

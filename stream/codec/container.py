@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fastavro
 
@@ -66,12 +66,13 @@ def read_container_file(fh: IO[bytes], schema_name: str, name: str = "<stream>")
     schema = load_schema(schema_name)
     timestamps = _timestamp_fields(schema.parsed)
     try:
-        for record in fastavro.reader(fh, reader_schema=schema.plain):
+        for read in fastavro.reader(fh, reader_schema=schema.plain):
+            record = cast(dict[str, Any], read)  # a record schema reads as dicts
             for key in timestamps:
-                value = record[key]  # type: ignore[index]
+                value = record[key]
                 if isinstance(value, datetime):
-                    record[key] = (value - _EPOCH) // _MILLISECOND  # type: ignore[index]
-            yield record  # type: ignore[misc]
+                    record[key] = (value - _EPOCH) // _MILLISECOND
+            yield record
     except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
         raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
@@ -43,6 +43,6 @@ def decode_bags(packed: bytes | None) -> dict[str, list[dict[str, Any]]]:
     if not packed:
         return {}
     try:
-        return schemaless_reader(io.BytesIO(packed), _bags_schema(), None)
+        return cast(dict[str, list[dict[str, Any]]], schemaless_reader(io.BytesIO(packed), _bags_schema(), None))
     except Exception as exc:  # fastavro raises several kinds for truncated or foreign bytes
         raise DecodeError(f"unindexed_features is not a packed bag map: {exc}") from exc

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
@@ -56,8 +56,8 @@ class AvroSchema:
         """Parse a self-contained schema (a dict or JSON text)."""
         if isinstance(schema, str):
             schema = json.loads(schema)
-        parsed = parse_schema(schema, named_schemas={})
-        plain = parse_schema(_without_logical_types(schema), named_schemas={})
+        parsed = cast(dict[str, Any], parse_schema(schema, named_schemas={}))
+        plain = cast(dict[str, Any], parse_schema(_without_logical_types(schema), named_schemas={}))
         canonical = to_parsing_canonical_form(parsed)
         # fastavro prints the CRC-64-AVRO fingerprint as the little-endian byte sequence that
         # Avro single-object encoding puts on the wire.

@@ -633,7 +633,7 @@ def _with_named_coordinate_defaults(path: str, kwargs: dict[str, Any]) -> dict[s
 def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _build(hint, value, key)
     if origin is Literal:
         if value not in args:
@@ -648,7 +648,7 @@ def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a table, got {value!r}")
         value_hint = args[1]
-        if dataclasses.is_dataclass(value_hint):
+        if dataclasses.is_dataclass(value_hint) and isinstance(value_hint, type):
             return {k: _build(value_hint, v, _join(key, k)) for k, v in value.items()}
         if value_hint in (float, int, str, bool):
             return {str(k): _coerce_scalar(value_hint, v, _join(key, str(k))) for k, v in value.items()}

@@ -20,7 +20,7 @@ from stream.config import ModelSettings
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.scoring.indexing import FeatureResolver, MissedFeatures
-from stream.scoring.tables import CoefficientTable, GlobalModel
+from stream.scoring.tables import EntityTable, GlobalModel
 
 
 def unlabeled_examples(
@@ -113,7 +113,7 @@ def _global_rows(
     ]
 
 
-def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, CoefficientTable]) -> None:
+def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, EntityTable]) -> None:
     """Fill each example's per-coordinate margins and model versions from the current models (vectorized).
 
     Indexes only append columns (DESIGN §1), so a column means the same in every index

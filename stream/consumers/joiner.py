@@ -52,7 +52,7 @@ from stream.consumers.outbox import (
     wall_ms,
 )
 from stream.errors import GlmixError
-from stream.kafka.messages import last_offsets
+from stream.kafka.messages import last_offsets, source_of
 from stream.metrics.families import MetricFamilies
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
@@ -153,7 +153,6 @@ class Joiner(Stage):
         self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
         self._join = ExampleJoin(settings, interaction_types(self._interaction_codec.schema.plain))
         self.stats.indexing = self._join.indexer
-        self._clients: StageClients | None = None
         self.models: ModelFollower | None = None
         self._last_delivery: dict[tuple[str, int], float] = {}
         self._idle_s = settings.joiner.idle_input_ms / 1000
@@ -179,7 +178,7 @@ class Joiner(Stage):
 
     def open(self, clients: StageClients) -> None:
         """Follow the models (global model and indexes, coefficients) from their topics."""
-        self._clients = clients
+        super().open(clients)
         self.models = ModelFollower(self.settings, clients.bootstrap_servers, self.group_id)
         self.models.catch_up()
 
@@ -187,14 +186,13 @@ class Joiner(Stage):
 
     def restore(self, partition: int, store: PartitionStore, committed: Mapping[str, int]) -> Iterator[int]:
         """Replay what the changelog holds beyond ``store`` (all of it on a machine that never had it)."""
-        assert self._clients is not None
         result = ChangelogReplay()
         yield from replay(
             store,
             self.settings.kafka,
             self.changelog_topic,
             partition,
-            self._clients.bootstrap_servers,
+            self.clients.bootstrap_servers,
             f"{self.group_id}-restore",
             result,
             self.settings.restore_max_records_per_s,
@@ -236,7 +234,7 @@ class Joiner(Stage):
 
     def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         """Join one micro-batch (and close the windows of quiet partitions) into the checkpoint."""
-        assert self.models is not None and self._clients is not None
+        assert self.models is not None
         self.models.refresh()
         if self.models.global_model.current is None:
             messages = self._warm_up(messages)
@@ -244,12 +242,13 @@ class Joiner(Stage):
                 return
         started = time.monotonic()
         for m in messages:
-            self._last_delivery[(m.topic(), m.partition())] = started
+            topic, partition, _ = source_of(m)
+            self._last_delivery[(topic, partition)] = started
         events = self._decode(messages)
         last = last_offsets(messages)
         self._bootstrap_model_if_needed(events)
         written_ms = wall_ms()
-        stores = self._clients.stores
+        stores = self.clients.stores
         for partition in sorted(stores):  # quiet partitions too: their windows close once an input is idle
             items = events.get(partition, [])
             store = stores[partition]
@@ -298,14 +297,14 @@ class Joiner(Stage):
             problem = impression_problem if kind == IMPRESSION else interaction_problem
             result = decode_batch(codec, batch)
             for message, error in result.failures:
-                self._clients.dead_letters.send(message, str(error))
+                self.clients.dead_letters.send(message, str(error))
             for record, message in zip(result.records, result.messages):
                 reason = problem(record)
                 if reason is not None:
-                    self._clients.dead_letters.send(message, reason)
+                    self.clients.dead_letters.send(message, reason)
                 else:
                     decoded[id(message)] = JoinInput(
-                        kind, record, message.offset(), message.value(), message.key() or b""
+                        kind, record, source_of(message)[2], message.value() or b"", message.key() or b""
                     )
         events: dict[int, list[JoinInput]] = {}
         for m in good:
@@ -342,10 +341,9 @@ class Joiner(Stage):
         held, self._warm_up_held, self._warm_up_since = self._warm_up_held, [], None
         seen: set[tuple[str, int, int]] = set()
         kept = []
-        assert self._clients is not None
         for m in held:
             key = (m.topic(), m.partition(), m.offset())
-            if key not in seen and m.partition() in self._clients.stores:
+            if key not in seen and m.partition() in self.clients.stores:
                 seen.add(key)
                 kept.append(m)
         return kept
@@ -356,14 +354,15 @@ class Joiner(Stage):
         Two joiners warming up together may both publish; every reader takes the first
         version 1 on the topic, this joiner included.
         """
+        assert self.models is not None
         if self.models.global_model.current is not None:
             return
         impressions = [e.record for items in events.values() for e in items if e.kind == IMPRESSION]
         if not impressions:
             return
         record = initial_global_model_record(impressions, self.settings.model)
-        assert self._clients is not None and self.models is not None
-        producer = self._clients.producer
+        assert self.models is not None
+        producer = self.clients.producer
         producer.produce(
             self.settings.topics.model_global,
             key=record["model_name"].encode(),
@@ -387,7 +386,7 @@ class Joiner(Stage):
         )
 
     def _join_partition(self, store: PartitionStore, partition: int, items: list[JoinInput]) -> JoinBatch:
-        assert self._clients is not None and self.models is not None
+        assert self.models is not None
         topics = self.settings.topics
         done = {
             IMPRESSION: store.processed_offset(topics.impressions),
@@ -397,7 +396,7 @@ class Joiner(Stage):
         self.stats.replayed_events += len(items) - len(fresh)
         batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(store, partition))
         for orphan in batch.result.orphans:
-            self._clients.dead_letters.send_raw(
+            self.clients.dead_letters.send_raw(
                 orphan.key,
                 orphan.raw,
                 topics.interactions,
@@ -425,8 +424,7 @@ class Joiner(Stage):
         if not quiet:
             return frozenset()
         idle = set()
-        assert self._clients is not None
-        consumer = self._clients.consumer
+        consumer = self.clients.consumer
         for tp in consumer.position([TopicPartition(t, partition) for t in quiet]):
             _, high = consumer.get_watermark_offsets(
                 tp, cached=True
@@ -439,9 +437,11 @@ class Joiner(Stage):
         """The records that carry ``emissions`` to every examples topic (labeled and scored with the current models)."""
         if not emissions:
             return []
+        assert self.models is not None
         examples = self._join.labeled(emissions, self.models.global_model.current, self.models.tables)
-        self.stats.progressive.add(examples)
-        records = []
+        if self.stats.progressive is not None:
+            self.stats.progressive.add(examples)
+        records: list[OutgoingRecord] = []
         for name, (topic, _) in self._outputs.items():
             encoded = encode_batch(self._output_codecs[topic], examples)
             records.extend(
@@ -456,8 +456,7 @@ class Joiner(Stage):
 
     def _recover_outbox(self, partition: int) -> None:
         """Produce what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""
-        assert self._clients is not None
-        store = self._clients.stores.get(partition)
+        store = self.clients.stores.get(partition)
         if store is None:
             return
         keys, records, written_ms = pending(store)
@@ -465,7 +464,7 @@ class Joiner(Stage):
             return
         found = already_produced(
             self.settings,
-            self._clients.bootstrap_servers,
+            self.clients.bootstrap_servers,
             self._output_codecs,
             records,
             written_ms,
@@ -473,8 +472,8 @@ class Joiner(Stage):
         )
         missing = [r for r in records if (r.topic, r.example_id) not in found]
         for record in missing:
-            self._clients.producer.produce(record.topic, key=record.key, value=record.value)
-        self._clients.producer.flush()
+            self.clients.producer.produce(record.topic, key=record.key, value=record.value)
+        self.clients.producer.flush()
         store.commit([], keys)  # delivered: the next logged batch deletes them from the changelog too
         self.stats.outbox_recovered += len(missing)
         log.warning(

@@ -21,7 +21,7 @@ from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.model.game import GLOBAL
 from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import CoefficientTable, GlobalModel
+from stream.scoring.tables import EntityTable, GlobalModel
 from stream.state.partition_store import PartitionStore
 
 IMPRESSION, INTERACTION = "impression", "interaction"
@@ -117,7 +117,7 @@ class ExampleJoin:
         return batch
 
     def labeled(
-        self, emissions: Iterable[Emission], model: GlobalModel | None, tables: Mapping[str, CoefficientTable]
+        self, emissions: Iterable[Emission], model: GlobalModel | None, tables: Mapping[str, EntityTable]
     ) -> list[dict[str, Any]]:
         """The emitted examples with their labels, and every coordinate's margin under the current models."""
         emissions = list(emissions)

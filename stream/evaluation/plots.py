@@ -20,7 +20,7 @@ def _over_time(report: dict, metric: str, title: str, path: Path, reference: flo
     times = _times(report)
     for name in report["variants"]:
         values = [w["variants"][name][metric] for w in report["windows"]]
-        ax.plot(times, [float("nan") if v is None else v for v in values], marker="o", label=name)
+        ax.plot(times, [float("nan") if v is None else v for v in values], marker="o", label=name)  # type: ignore[arg-type]
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     ax.set_title(title)

@@ -61,7 +61,7 @@ def variant_names(coordinates: Sequence[str]) -> list[str]:
     return ["+".join([GLOBAL, *coordinates[:i]]) for i in range(len(coordinates) + 1)]
 
 
-def variant_margins(examples: Sequence[dict], coordinates: Sequence[str]) -> np.ndarray:
+def variant_margins(examples: Sequence[Mapping[str, Any]], coordinates: Sequence[str]) -> np.ndarray:
     """(N, variants) margins: the offset plus global, then plus each coordinate's join-time score in turn."""
     scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in examples])
     scores = scores.reshape(len(examples), len(coordinates) + 1)

@@ -39,7 +39,7 @@ class DeadLetters:
         reason: str,
     ) -> None:
         """Dead-letter bytes that were consumed earlier (e.g. an interaction held for its impression)."""
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("source.topic", source_topic.encode()),
             ("source.partition", str(source_partition).encode()),
             ("source.offset", str(source_offset).encode()),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from stream.codec.avro import KafkaMessage
 from stream.kafka.exceptions import KafkaClientError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def without_errors(messages: Sequence[Message], who: str) -> list[Message]:
     return good
 
 
-def source_of(message: Message) -> tuple[str, int, int]:
+def source_of(message: KafkaMessage) -> tuple[str, int, int]:
     """(topic, partition, offset) of a consumed record; the client types them optional, a consumed record has all three."""
     return message.topic() or "", message.partition() or 0, message.offset() or 0
 

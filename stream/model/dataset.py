@@ -33,7 +33,7 @@ def build_dataset(
     transforms: FeatureTransforms | None = None,
 ) -> GameDataset:
     """Index ``records``' feature bags (after ``transforms``) for the global coordinate and each ``(entity_field, index)``."""
-    bags = [r["features"] for r in records]
+    bags: Sequence[Mapping[str, Sequence[Any]]] = [r["features"] for r in records]
     if transforms is not None:
         bags = transforms.apply_rows(bags)
     effects = {

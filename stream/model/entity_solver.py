@@ -522,7 +522,7 @@ _VECTORS_N = (
     "delta",
     "kdelta",
 )
-_Work = namedtuple(
+_Work = namedtuple(  # type: ignore[misc]  # built from _VECTORS_N; numba compiles namedtuples, not dataclasses
     "_Work", _VECTORS_N + ("z", "grad", "diff", "direction", "trial", "p", "h", "low", "vt", "kmat", "system")
 )
 
@@ -530,7 +530,7 @@ _Work = namedtuple(
 def solver_workspace(n: int, d: int) -> _Work:
     """Scratch arrays for entities of up to n events over d coefficients, reused from one entity to the next."""
     vectors_n = {name: np.empty(n) for name in _VECTORS_N}
-    return _Work(
+    return _Work(  # type: ignore[call-arg]
         z=np.empty((n, d)),
         grad=np.empty(d),
         diff=np.empty(d),

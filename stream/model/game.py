@@ -344,7 +344,7 @@ def select_l2(
             model = train_game(train, None, trial, loss=loss, passes=passes).model
             _, metric, higher_better = _validation_metric(loss_fn, validation.labels, model.margins(validation))
             scores[value] = metric if higher_better else -metric
-        best = max(scores, key=scores.get)
+        best = max(scores, key=lambda value: scores[value])
         chosen[name] = replace(chosen[name], l2=float(best))
         log.info("selected %s l2=%s on validation (%s)", name, best, scores)
     return chosen

@@ -76,7 +76,7 @@ def _with_rows(
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
-    return float(np.linalg.norm(new - old) / max(np.linalg.norm(new), 1e-12))
+    return float(np.linalg.norm(new - old) / max(float(np.linalg.norm(new)), 1e-12))
 
 
 class RefitError(GlmixError):

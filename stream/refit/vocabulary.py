@@ -122,7 +122,7 @@ class VocabularyCounter:
         for name in self._growable:
             ranked = sorted(
                 (k for k, c in self.counts[name].items() if c >= min_count),
-                key=lambda k, c=self.counts[name]: (-c[k], k),
+                key=lambda k: (-self.counts[name][k], k),
             )
             indexes[name], left_out = self._indexes[name].extended(ranked, version)
             admitted[name], dropped[name] = len(ranked) - len(left_out), len(left_out)

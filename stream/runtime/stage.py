@@ -15,10 +15,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, Producer
 
+from stream.errors import GlmixError
 from stream.kafka.dead_letter import DeadLetters
 from stream.runtime.checkpoint import Checkpoint
 from stream.runtime.stats import StageStats
 from stream.state.partition_store import PartitionStore
+
+
+class StageNotStartedError(GlmixError):
+    """A stage was used before the runtime started it."""
 
 
 @dataclass
@@ -38,6 +43,14 @@ class Stage:
     name: str
     group_id: str
     stats: StageStats
+    _clients: StageClients | None = None
+
+    @property
+    def clients(self) -> StageClients:
+        """The clients :meth:`open` was given."""
+        if self._clients is None:
+            raise StageNotStartedError(f"{self.name}: not started yet (the runtime opens a stage on its first step)")
+        return self._clients
 
     def subscription(self) -> list[str]:
         """The input topics."""
@@ -53,6 +66,7 @@ class Stage:
 
     def open(self, clients: StageClients) -> None:
         """Called once, when the runtime has created the clients (lazily, on the first step)."""
+        self._clients = clients
 
     def state_owner(self) -> str | None:
         """The state-dir folder of this stage's partition stores, or None for a stateless stage."""

@@ -106,12 +106,11 @@ class ModelFollower:
 
     def refresh(self, timeout_s: float = 0.0) -> None:
         """Take whatever was published since the last call (waiting at most ``timeout_s`` per topic)."""
+        current = self.global_model.current
         if self.global_model.apply(self._global_reader.poll(timeout_s=timeout_s).records):
-            log.info(
-                "using global model version %d (index version %d)",
-                self.global_model.current.version,
-                self.global_model.current.index_version,
-            )
+            current = self.global_model.current
+            assert current is not None  # apply() returned True: a model was taken
+            log.info("using global model version %d (index version %d)", current.version, current.index_version)
         for name, reader in self._readers.items():
             self.tables[name].apply(reader.poll(timeout_s=timeout_s).records)
         if self._items_reader is not None:

@@ -14,6 +14,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stream.codec.container import read_container, write_container
 from stream.errors import InvalidValueError
 from stream.progress import Progress
@@ -22,7 +24,7 @@ from stream.scoring.scorer import Scorer
 FORMATS = ("glmix", "photon")
 
 
-def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def _batches(records: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
     it = iter(records)
     while batch := list(islice(it, size)):
         yield batch
@@ -41,7 +43,7 @@ def scored_records(
         raise InvalidValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     for batch in _batches(impressions, batch_size):
         margins, versions = scorer.rows_breakdown(batch)
-        total = sum(margins.values())
+        total: np.ndarray = sum(margins.values(), np.zeros(len(batch)))
         probability = scorer.mean(total)
         for i, record in enumerate(batch):
             if fmt == "photon":

@@ -150,6 +150,6 @@ def _exploration(value: Any, limits: ServingSettings) -> Exploration | None:
     if isinstance(width, bool) or not isinstance(width, (int, float)):
         raise InvalidRequest("$.exploration.width", "must be a number")
     try:
-        return Exploration(value.get("policy"), seed, float(width))
+        return Exploration(value.get("policy"), seed, float(width))  # type: ignore[arg-type]  # checked by Exploration
     except ValueError as exc:
         raise InvalidRequest("$.exploration", str(exc)) from None

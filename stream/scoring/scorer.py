@@ -27,7 +27,7 @@ from stream.model.losses import get_loss
 from stream.model.uncertainty import covariance, thompson_samples
 from stream.scoring.follower import ModelFollower
 from stream.scoring.indexing import FeatureResolver, IndexedRows
-from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
+from stream.scoring.tables import EntityTable, GlobalModel, GlobalModelTable
 
 Bags = Mapping[str, Sequence[Any]]
 
@@ -76,7 +76,7 @@ class Scorer:
     """
 
     def __init__(
-        self, model: ModelSettings, global_models: GlobalModelTable, tables: Mapping[str, CoefficientTable]
+        self, model: ModelSettings, global_models: GlobalModelTable, tables: Mapping[str, EntityTable]
     ) -> None:
         self._settings = model
         self._loss = get_loss(model.loss)
@@ -118,7 +118,7 @@ class Scorer:
             return resolver.index(row_bags), shared_features
         listed = np.flatnonzero(~np.array(from_catalog))
         cataloged = np.flatnonzero(from_catalog)
-        parts = [(cataloged, resolver.index_items([rows[i]["item_id"] for i in cataloged], self._catalog))]
+        parts = [(cataloged, resolver.index_items([rows[int(i)]["item_id"] for i in cataloged], self._catalog))]
         if len(listed):
             parts.append((listed, resolver.index([row_bags[i] for i in listed])))
         return IndexedRows.merged(parts), shared_features
@@ -162,6 +162,7 @@ class Scorer:
                 if exploration.policy == "thompson":
                     drawn = entity_means.copy()
                     if known.any():
+                        assert rng is not None
                         drawn[known] = thompson_samples(entity_means[known], precisions[known], rng)
                     means = drawn[inverse]
                 else:
@@ -205,7 +206,7 @@ class Scorer:
                 for c in candidates
             ]
             margins, versions = self.rows_breakdown(rows, member_features, exploration)
-        total = sum(margins.values())
+        total: np.ndarray = sum(margins.values(), np.zeros(len(candidates)))
         probability = self._loss.mean(total)
         order = np.argsort(-total, kind="stable") if top_k is not None else np.arange(len(candidates))
         if top_k is not None:
@@ -246,7 +247,7 @@ def _margins(
 def _dense(shared: IndexedRows, own: IndexedRows, slot: int, intercept: bool, n: int, dim: int) -> np.ndarray:
     """(N, dim) features of one coordinate: the shared bags in every row plus each row's own."""
     features = np.zeros((n, dim))
-    np.add.at(features, (slice(None), shared.columns[slot]), shared.values[slot])
+    np.add.at(features, (slice(None), shared.columns[slot]), shared.values[slot])  # type: ignore[arg-type]
     np.add.at(features, (own.rows[slot], own.columns[slot]), own.values[slot])
     if intercept:
         features[:, 0] += 1.0

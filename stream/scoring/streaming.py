@@ -58,7 +58,6 @@ class StreamingScorer(Stage):
         self._batch_size, self._batch_time_s = batch_size, batch_time_ms / 1000
         self._requests_codec = make_codec("ScoreRequest", topics.score_requests, registry, registry_settings)
         self._responses_codec = make_codec("ScoreResponse", topics.score_results, registry, registry_settings)
-        self._clients: StageClients | None = None
         self.models: ModelFollower | None = None
         self.scorer: Scorer | None = None
 
@@ -72,18 +71,18 @@ class StreamingScorer(Stage):
 
     def open(self, clients: StageClients) -> None:
         """Follow the models from their topics."""
-        self._clients = clients
+        super().open(clients)
         self.models = ModelFollower(self.settings, clients.bootstrap_servers, self.group_id)
         self.models.catch_up()
         self.scorer = Scorer.following(self.settings.model, self.models)
 
     def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         """Answer one micro-batch of requests into the checkpoint."""
-        assert self.models is not None and self.scorer is not None and self._clients is not None
+        assert self.models is not None and self.scorer is not None
         self.models.refresh()
         if not messages:
             return
-        dead_letters = self._clients.dead_letters
+        dead_letters = self.clients.dead_letters
         decoded = decode_batch(self._requests_codec, messages)
         for message, error in decoded.failures:
             dead_letters.send(message, error.reason)

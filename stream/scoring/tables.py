@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,20 @@ from stream.model.features import FeatureIndex
 from stream.state.entity_state import StateLayout
 
 log = logging.getLogger(__name__)
+
+
+class EntityTable(Protocol):
+    """What scorers and the joiner read of a coordinate's table: in memory (:class:`CoefficientTable`) or on disk."""
+
+    coordinate: str
+    dim: int
+
+    def __len__(self) -> int: ...
+    def apply(self, records: Iterable[Mapping[str, Any]]) -> int: ...
+    def version(self, entity_id: str) -> int: ...
+    def lookup(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+    def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def close(self) -> None: ...
 
 
 class CoefficientTable:

@@ -37,6 +37,7 @@ def entity_model_values(
         return []
     states = np.ascontiguousarray(states)
     fields = states.dtype.fields
+    assert fields is not None  # a structured state array
     return encode_entity_models(
         codec.header(),
         coordinate,

@@ -15,6 +15,7 @@ import shutil
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
@@ -81,8 +82,7 @@ class PartitionStore:
         if not keys:
             return []
         try:
-            values: list[bytes | None] = self._open_db.get(list(keys))
-            return values
+            return cast(list[bytes | None], self._open_db.get(list(keys)))
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
             raise StateError(f"reading {len(keys)} keys from {self.path} failed: {exc}") from exc
 

@@ -13,7 +13,7 @@ from typing import Any
 from stream.config import ModelSettings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import CoefficientTable, GlobalModel
+from stream.scoring.tables import EntityTable, GlobalModel
 from stream.synthetic.events import LabeledImpression
 
 
@@ -21,7 +21,7 @@ def joined_examples(
     labeled: Sequence[LabeledImpression],
     model: GlobalModel,
     settings: ModelSettings,
-    tables: Mapping[str, CoefficientTable] | None = None,
+    tables: Mapping[str, EntityTable] | None = None,
 ) -> list[dict[str, Any]]:
     """One ``LabeledExample`` per impression: label 1 when clicked, interaction types, scores from ``tables``."""
     examples = unlabeled_examples([li.impression for li in labeled], model, FeatureResolver(model, settings), settings)

@@ -108,7 +108,7 @@ def apply_batch(math: CoordinateMath, states: np.ndarray, batch: EntityBatch) ->
     newest_index = np.where(live, batch.index_versions, -1).max(axis=1, initial=-1)
     widened = int(((states["version"] > 0) & (states["index_version"] < newest_index)).sum())
     replayed = int((batch.mask & ~live).sum())
-    solved = live.any(axis=1)
+    solved = np.asarray(live.any(axis=1))
     outcome = BatchOutcome(states, np.zeros(len(states), dtype=bool), solved, None, int(live.sum()), replayed, widened)
     if not solved.any():
         return outcome

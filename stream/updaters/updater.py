@@ -120,7 +120,6 @@ class CoordinateUpdater(Stage):
         registry = settings.kafka.schema_registry_url
         self._examples_codec = make_codec("LabeledExample", self.topic, registry, settings.kafka.schema_registry)
         self._model_codec = make_codec("EntityModel", self.coefficients_topic, registry, settings.kafka.schema_registry)
-        self._clients: StageClients | None = None
 
     def subscription(self) -> list[str]:
         """The coordinate's examples topic."""
@@ -132,7 +131,7 @@ class CoordinateUpdater(Stage):
 
     def open(self, clients: StageClients) -> None:
         """Keep the clients (the dead-letter sink, the bootstrap address for restores)."""
-        self._clients = clients
+        super().open(clients)
 
     def state_owner(self) -> str:
         """Partition stores live under ``<state_dir>/updater-<coordinate>``."""
@@ -160,13 +159,12 @@ class CoordinateUpdater(Stage):
     def _restore(self, partition: int, store: PartitionStore, done_offset: int) -> Iterator[int]:
         """Bring ``store`` up to date from changelog partition ``partition``; newer local states win."""
         started = time.monotonic()
-        assert self._clients is not None
         reader = TopicReader(
             self.settings.kafka,
             self.coefficients_topic,
             self._model_codec,
             [partition],
-            self._clients.bootstrap_servers,
+            self.clients.bootstrap_servers,
             client_id=f"{self.group_id}-restore",
         )
         latest: dict[str, dict[str, Any]] = {}
@@ -216,8 +214,7 @@ class CoordinateUpdater(Stage):
         """Decode, update and publish one micro-batch; the checkpoint commits it and writes the states."""
         if not messages:
             return
-        assert self._clients is not None
-        stores, dead_letters = self._clients.stores, self._clients.dead_letters
+        stores, dead_letters = self.clients.stores, self.clients.dead_letters
         # The decoded records are acyclic and alive until the batch is done: a collection
         # in between would only rescan them (see stream.gc_pause).
         with cyclic_gc_paused():
@@ -247,10 +244,9 @@ class CoordinateUpdater(Stage):
     ) -> list[tuple[bytes, bytes]]:
         """Update one partition's entities and publish them; returns the store writes (key, state)."""
         layout = self.math.layout
-        assert self._clients is not None
         batch, invalid_rows = valid_entity_batch(records, [m.offset() for m in messages], self.coordinate, layout.dim)
         for row in invalid_rows:
-            self._clients.dead_letters.send(
+            self.clients.dead_letters.send(
                 messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
             )
         self.stats.examples += int(batch.mask.sum())
