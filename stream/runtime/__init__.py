@@ -1,1 +1,1 @@
-"""What every stage shares around its batch function: statistics now; the run loop and checkpoint as they move here."""
+"""The stage runtime: the one consume loop, assignment with restores outside the callbacks, and the Checkpoint."""
