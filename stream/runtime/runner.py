@@ -14,7 +14,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from stream.config import Settings
+from stream.config import ConfigError, Settings
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import without_errors
@@ -68,17 +68,21 @@ class StageRunner:
 
     def _connect(self) -> StageClients:
         stage, settings = self.stage, self.settings
+        config = consumer_config(
+            settings.kafka,
+            stage.group_id,
+            self._bootstrap,
+            **statistics_settings(self._statistics, stage.name),
+            **stage.consumer_settings(),
+        )
+        if "cooperative" in str(config.get("partition.assignment.strategy", "")):
+            # Assignment assigns and revokes whole assignments (the eager protocol) in its callbacks.
+            raise ConfigError(
+                "kafka.consumer.partition.assignment.strategy", "cooperative rebalancing is not supported"
+            )
         prepare_topics(settings, self._bootstrap)  # a consumer may not see a topic created after it subscribed
         producer = Producer(producer_config(settings.kafka, self._bootstrap, on_delivery=self._delivery_report))
-        consumer = Consumer(
-            consumer_config(
-                settings.kafka,
-                stage.group_id,
-                self._bootstrap,
-                **statistics_settings(self._statistics, stage.name),
-                **stage.consumer_settings(),
-            )
-        )
+        consumer = Consumer(config)
         clients = StageClients(
             producer,
             consumer,

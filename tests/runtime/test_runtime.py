@@ -84,3 +84,14 @@ def test_a_checkpoint_refuses_offsets_that_go_backwards():
     checkpoint.consumed([Message(4)])
     with pytest.raises(CheckpointError, match=r"t\[0\] 4 < 10"):
         checkpoint.commit(consumer=None)
+
+
+def test_cooperative_rebalancing_is_refused_before_anything_connects(tmp_path):
+    """The runtime's callbacks take and give whole assignments (the eager protocol): say so instead of misbehaving."""
+    from stream.archive.archiver import Archiver
+    from stream.config import ConfigError
+
+    settings = load_settings(overrides={"kafka.bootstrap_servers": "127.0.0.1:1", "state_dir": str(tmp_path),
+                                        "kafka.consumer.partition.assignment.strategy": "cooperative-sticky"})
+    with pytest.raises(ConfigError, match="partition.assignment.strategy"):
+        StageRunner(Archiver(settings), settings).step()
