@@ -9,6 +9,7 @@ when asked, and turns a batch of messages into checkpoint entries.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ class StageClients:
     stores: Mapping[int, PartitionStore]
 
 
-class Stage:
+class Stage(ABC):
     """A pipeline stage as the runtime runs it. Stateless stages keep the defaults of the state hooks."""
 
     name: str
@@ -52,17 +53,17 @@ class Stage:
             raise StageNotStartedError(f"{self.name}: not started yet (the runtime opens a stage on its first step)")
         return self._clients
 
+    @abstractmethod
     def subscription(self) -> list[str]:
         """The input topics."""
-        raise NotImplementedError
 
     def consumer_settings(self) -> dict[str, Any]:
         """librdkafka settings this stage needs beyond the user's (e.g. the joiner's range assignment)."""
         return {}
 
+    @abstractmethod
     def batch_limits(self) -> tuple[int, float]:
         """The most messages one batch takes, and the seconds to wait for them."""
-        raise NotImplementedError
 
     def open(self, clients: StageClients) -> None:
         """Called once, when the runtime has created the clients (lazily, on the first step)."""
@@ -86,9 +87,9 @@ class Stage:
     def revoked(self, partitions: list[int]) -> None:
         """``partitions`` were taken away (or lost): drop what is held for them. Runs inside the callback: no I/O."""
 
+    @abstractmethod
     def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         """Turn one batch (of ready partitions only) into checkpoint entries; the runtime commits them."""
-        raise NotImplementedError
 
     def finish(self, checkpoint: Checkpoint) -> None:
         """On a clean stop, before the group is left: put what is still held into a last checkpoint (the archive)."""
