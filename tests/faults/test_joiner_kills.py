@@ -30,7 +30,7 @@ from tests.helpers import wait_for
 
 pytestmark = pytest.mark.kafka
 
-KILLS = [pytest.param(4, 2_000, id="4-kills"), pytest.param(20, 8_000, id="20-kills", marks=pytest.mark.slow)]
+KILLS = [pytest.param(3, 1_500, id="3-kills"), pytest.param(20, 8_000, id="20-kills", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize(("kills", "requests"), KILLS)

@@ -82,7 +82,7 @@ def _archived(path: Path) -> Counter:
     return Counter(e["example_id"] for h in files.hours() for f in files.files(h) for e in files.read(f))
 
 
-@pytest.mark.parametrize(("kills", "requests"), [pytest.param(3, 1_500, id="3-kills"),
+@pytest.mark.parametrize(("kills", "requests"), [pytest.param(3, 1_000, id="3-kills"),
                                                  pytest.param(20, 6_000, id="20-kills", marks=pytest.mark.slow)])
 def test_run_all_killed_at_random_ends_as_one_uninterrupted_run(kafka_broker, kafka_bootstrap, tmp_path, unique_name,
                                                                 kills, requests):

@@ -70,7 +70,7 @@ def _start(bootstrap: str, overrides: dict[str, str], log: Path) -> subprocess.P
 
 
 @pytest.mark.parametrize(("processes", "kills"), [
-    pytest.param(1, 4, id="1-process-4-kills"), pytest.param(3, 4, id="3-processes-4-kills"),
+    pytest.param(1, 3, id="1-process-3-kills"), pytest.param(3, 3, id="3-processes-3-kills"),
     pytest.param(1, 20, id="1-process-20-kills", marks=pytest.mark.slow),
     pytest.param(3, 20, id="3-processes-20-kills", marks=pytest.mark.slow),
 ])
