@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff check stream
 	$(BIN)/ruff format --check stream
 	$(BIN)/mypy
-	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q
+	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q --durations=15
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
 
 test-mock: $(STAMP)
