@@ -124,11 +124,13 @@ def _query(prometheus: str, expr: str) -> list:
 def _expressions() -> dict[str, str]:
     """Every dashboard query, and each side of every alert rule's comparisons (a healthy run fires none)."""
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "glmix.json").read_text())
-    exprs = {f"dashboard: {p['title']}": t["expr"] for p in dashboard["panels"] for t in p["targets"]}
+    exprs = {f"dashboard: {p['title']} [{t['refId']}]": t["expr"] for p in dashboard["panels"] for t in p["targets"]}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
     for rule in rules:
         for n, part in enumerate(rule["expr"].split(" and ")):
             exprs[f"alert {rule['alert']} [{n}]"] = _COMPARISON.sub("", part)
+    wanted = sum(len(p["targets"]) for p in dashboard["panels"]) + sum(len(r["expr"].split(" and ")) for r in rules)
+    assert len(exprs) == wanted  # no name shadowed another
     return exprs
 
 
