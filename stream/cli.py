@@ -17,11 +17,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
+
+if TYPE_CHECKING:
+    from stream.backtest.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -387,12 +391,23 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     """Build the first feature indexes and a fitted global model from history; publish them (or write them to a file)."""
-    from stream.backtest.events import EventLog
+    from stream.backtest.events import writer_schema_name
     from stream.codec.container import write_container
-    from stream.refit.bootstrap import bootstrap_record, publish_first_model
+    from stream.refit.bootstrap import PhotonBagRules, PhotonHistory, bootstrap_record, publish_first_model
 
-    log = EventLog.from_paths(args.from_files)
-    record = bootstrap_record(settings, log.events)
+    photon = [p for p in args.from_files or [] if writer_schema_name(p) == "TrainingExampleAvro"]
+    if photon:
+        if len(photon) != len(args.from_files):
+            raise ConfigError("--from", "give either Photon-ML TrainingExampleAvro files or event files, not both")
+        history = PhotonHistory.read(photon, PhotonBagRules.parse(args.photon_bag or []), settings.model)
+        record = history.model_record(settings.model)
+        read = {"photon_records": len(history.impressions), "unmapped_features": dict(history.unmapped.most_common(10))}
+    else:
+        if args.photon_bag:
+            raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
+        log = _event_log(args, settings)
+        record = bootstrap_record(settings, log.events)
+        read = {"events": len(log), "invalid_events": log.invalid}
     if args.output:
         write_container(args.output, "GlobalModel", [record])
     if not args.no_publish:
@@ -400,8 +415,7 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     print(
         json.dumps(
             {
-                "events": len(log),
-                "invalid_events": log.invalid,
+                **read,
                 "version": record["version"],
                 "index_version": record["index_version"],
                 "global_features": len(record["features"]),
@@ -414,13 +428,28 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
+    """The event log the command names: container files, or a time range of the input topics."""
+    from stream.backtest.events import EventLog
+
+    if not args.from_topics:
+        if args.since is not None or args.until is not None:
+            raise ConfigError("--since", "--since and --until select events of --from-topics, not of files")
+        return EventLog.from_paths(args.from_files)
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("kafka.bootstrap_servers", "--from-topics reads the input topics: --bootstrap-servers")
+    if args.since is None:
+        raise ConfigError("--since", "--from-topics needs the first event time of the range")
+    until = args.until if args.until is not None else int(time.time() * 1000)
+    return EventLog.from_topics(settings, args.since, until)
+
+
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     """Replay an event log through the live join and update code; print the progressive report as JSON."""
-    from stream.backtest.events import EventLog
     from stream.backtest.replay import Backtest, BacktestOptions
     from stream.codec.container import read_container
 
-    log = EventLog.from_paths(args.from_files)
+    log = _event_log(args, settings)
     model = None
     if args.model:
         if not args.model.is_file():
@@ -440,13 +469,12 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     """Choose every coordinate's prior and the global L2 by backtest on the log before the split; judge them after it."""
-    from stream.backtest.events import EventLog
     from stream.backtest.replay import BacktestOptions
     from stream.backtest.tune import tune
 
     if not 0 < args.split < 1:
         raise ConfigError("--split", f"must be a share of the log's impressions in (0, 1), got {args.split}")
-    log = EventLog.from_paths(args.from_files)
+    log = _event_log(args, settings)
     options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000))
     result = tune(settings, log.events, options, args.split)
     print(
@@ -592,15 +620,22 @@ def build_parser() -> argparse.ArgumentParser:
     refit.set_defaults(handler=cmd_refit)
 
     event_log = argparse.ArgumentParser(add_help=False)
-    event_log.add_argument(
+    source = event_log.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--from",
         dest="from_files",
         nargs="+",
         type=Path,
-        required=True,
         metavar="FILE",
         help="Impression and Interaction Avro container files (told apart by their schema)",
     )
+    source.add_argument(
+        "--from-topics",
+        action="store_true",
+        help="the impressions and interactions topics (--bootstrap-servers), events between --since and --until",
+    )
+    event_log.add_argument("--since", type=_time_ms, help="with --from-topics: first event time (ISO-8601 or epoch ms)")
+    event_log.add_argument("--until", type=_time_ms, help="with --from-topics: end event time (exclusive; default now)")
     replay_options = argparse.ArgumentParser(add_help=False)
     replay_options.add_argument(
         "--latency",
@@ -617,10 +652,18 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap = sub.add_parser(
         "bootstrap",
         parents=[common, event_log],
-        help="first feature indexes and a fitted global model from history, published as version 1",
+        help="first feature indexes and a fitted global model from history (event files, a topic range, or Photon-ML"
+        " TrainingExampleAvro files), published as version 1",
     )
     bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
     bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")
+    bootstrap.add_argument(
+        "--photon-bag",
+        action="append",
+        metavar="PATTERN=BAG",
+        help="Photon-ML files: the feature bag of features named PATTERN (shell-style; repeatable; first match wins;"
+        " default: the bag of the feature's own name)",
+    )
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
     backtest = sub.add_parser(

@@ -75,7 +75,7 @@ def test_a_missing_input_file_is_one_line_and_exit_code_2(tmp_path, capfd):
     missing = tmp_path / "candidates.avro"
     assert main(["score", "--input", str(missing), "--output", str(tmp_path / "out.avro"),
                  "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    assert capfd.readouterr().err.strip() == f"glmix: error: config key '--input': no such file: {missing}"
+    assert capfd.readouterr().err.strip() == f"glmix: error: option --input: no such file: {missing}"
 
 
 def test_an_unwritable_output_is_one_line_and_exit_code_2(tmp_path, capfd):

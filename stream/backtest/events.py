@@ -1,22 +1,30 @@
-"""A time-ordered event log for a backtest: Impression and Interaction records from Avro container files.
+"""A time-ordered event log for a backtest: Impression and Interaction records from Avro container files or topics.
 
 Events are replayed in event-time order (impressions before interactions at the same
-millisecond, file order otherwise), which is what a live deployment sees when its inputs
-keep up. Records the live joiner would dead-letter are counted and left out here.
+millisecond, file or topic order otherwise), which is what a live deployment sees when
+its inputs keep up. Records the live joiner would dead-letter are counted and left out here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fastavro
 
+from stream.codec import make_codec
 from stream.codec.container import read_container
 from stream.codec.validation import impression_problem, interaction_problem
+from stream.config import Settings
 from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
 from stream.errors import GlmixError
+from stream.kafka.topic_reader import TopicReader
+
+_PROBLEMS: dict[str, Callable[[Mapping], str | None]] = {
+    IMPRESSION: impression_problem,
+    INTERACTION: interaction_problem,
+}
 
 
 class EventLogError(GlmixError):
@@ -34,19 +42,56 @@ class EventLog:
     @classmethod
     def from_files(cls, impressions: Sequence[str | Path], interactions: Sequence[str | Path]) -> EventLog:
         """Read every file (Impression, then Interaction container files) and order the events by event time."""
-        events: list[JoinInput] = []
-        invalid = 0
-        for kind, schema, problem, paths in (
-            (IMPRESSION, "Impression", impression_problem, impressions),
-            (INTERACTION, "Interaction", interaction_problem, interactions),
+        log = cls([], 0, [str(p) for p in [*impressions, *interactions]])
+        for kind, schema, paths in (
+            (IMPRESSION, "Impression", impressions),
+            (INTERACTION, "Interaction", interactions),
         ):
             for path in paths:
-                for record in _records(path, schema):
-                    if problem(record) is not None:
-                        invalid += 1
-                        continue
-                    events.append(JoinInput(kind, record))
-        return cls(replay_order(events), invalid, [str(p) for p in [*impressions, *interactions]])
+                log._add(kind, _records(path, schema))
+        log.events = replay_order(log.events)
+        return log
+
+    @classmethod
+    def from_topics(cls, settings: Settings, since_ms: int, until_ms: int, timeout_s: float = 300.0) -> EventLog:
+        """The events of the impressions and interactions topics with ``since_ms <= event_time < until_ms``.
+
+        Reading starts at the first record produced at ``since_ms`` (an event is produced
+        after it happens) and ends at each partition's end when the read began.
+        """
+        if until_ms <= since_ms:
+            raise EventLogError(f"an empty time range: --until ({until_ms}) must be after --since ({since_ms})")
+        topics, kafka = settings.topics, settings.kafka
+        log = cls([], 0, [f"kafka:{topics.impressions}", f"kafka:{topics.interactions}"])
+        for kind, schema, topic in (
+            (IMPRESSION, "Impression", topics.impressions),
+            (INTERACTION, "Interaction", topics.interactions),
+        ):
+            codec = make_codec(schema, topic, kafka.schema_registry_url, kafka.schema_registry)
+            reader = TopicReader(
+                kafka,
+                topic,
+                codec,
+                bootstrap_servers=kafka.bootstrap_servers,
+                client_id=kafka.group_id("backtest-reader"),
+                since_ms=since_ms,
+            )
+            try:
+                for batch in reader.read_to_end(timeout_s=timeout_s):
+                    log.invalid += len(batch.failures)
+                    log._add(kind, (r for r in batch.records if since_ms <= r["event_time"] < until_ms))
+            finally:
+                reader.close()
+        log.events = replay_order(log.events)
+        return log
+
+    def _add(self, kind: str, records: Iterable[Mapping]) -> None:
+        problem = _PROBLEMS[kind]
+        for record in records:
+            if problem(record) is None:
+                self.events.append(JoinInput(kind, record))
+            else:
+                self.invalid += 1
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path]) -> EventLog:

@@ -103,13 +103,16 @@ def fitted_global_model_record(
     version: int = 1,
     model_name: str = "glmix",
     index_from: list[Mapping[str, Any]] | None = None,
+    weights: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """A first ``GlobalModel`` fitted on labeled history: indexes from ``impressions``, then L-BFGS on their labels.
 
     The batch model a team starts streaming from when it has history (``model.global_l2``
     on every feature, the intercept unpenalized, as the refit does). ``index_from``
     (default: ``impressions``) are the impressions the indexes are built from, when
-    more impressions than the labeled ones are known.
+    more impressions than the labeled ones are known. ``weights`` and ``offsets``
+    (default 1 and 0) are per impression, as Photon-ML training data carries them.
     """
     record = initial_global_model_record(impressions if index_from is None else index_from, model, version, model_name)
     index = FeatureIndex.from_record(record["features"], model.global_feature_bags, version=version)
@@ -118,8 +121,8 @@ def fitted_global_model_record(
     record["coefficients"] = fit_global(
         data.global_features,
         labels,
-        np.ones(len(labels)),
-        np.zeros(len(labels)),
+        np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64),
+        np.zeros(len(labels)) if offsets is None else np.asarray(offsets, dtype=np.float64),
         CoordinateSpec(l2=model.global_l2, intercept_l2=0.0),
         get_loss(model.loss),
     ).tolist()

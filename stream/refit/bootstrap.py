@@ -7,19 +7,29 @@ partition, in event-time order, every window closed at the end), and the global
 coordinate is fitted on the labels as the refit fits it. The record is version 1 of
 ``model.global``; an existing model is never replaced, since every state and coefficient
 already published is tied to its columns.
+
+History may also be Photon-ML ``TrainingExampleAvro`` files, which are labeled already
+but carry one flat list of name–term–value features: :class:`PhotonBagRules` says which
+feature bag each feature name belongs to (``--photon-bag PATTERN=BAG``), and a feature
+whose name matches no rule goes to the bag of its own name, if the model has one.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stream.codec.container import read_container
+from stream.codec.photon import INTERCEPT_NAME
 from stream.codec.schemas import load_schema
-from stream.config import Settings
+from stream.config import ConfigError, ModelSettings, Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
 from stream.errors import GlmixError
@@ -73,6 +83,97 @@ def bootstrap_record(settings: Settings, events: Sequence[JoinInput]) -> dict[st
     return fitted_global_model_record(
         labeled, np.array([labels[i["impression_id"]] for i in labeled]), settings.model, index_from=impressions
     )
+
+
+@dataclass(frozen=True)
+class PhotonBagRules:
+    """Which feature bag a Photon-ML feature belongs to, by its name: the first matching ``(pattern, bag)`` rule.
+
+    Patterns are shell-style (``member_*``); a name no rule matches goes to the bag of
+    the same name. Photon-ML's ``(INTERCEPT)`` is never a feature here: every
+    coordinate has its own intercept.
+    """
+
+    rules: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, texts: Iterable[str]) -> PhotonBagRules:
+        """Rules from ``PATTERN=BAG`` texts (the ``--photon-bag`` option), in order."""
+        rules = []
+        for text in texts:
+            pattern, sep, bag = text.partition("=")
+            if not sep or not pattern or not bag:
+                raise ConfigError(
+                    "--photon-bag", f"expected PATTERN=BAG (e.g. 'member_skill=member_skills'), got {text!r}"
+                )
+            rules.append((pattern, bag))
+        return cls(tuple(rules))
+
+    def bag_of(self, name: str, bags: frozenset[str]) -> str | None:
+        """The bag of feature ``name`` among the model's ``bags``; None when it has none."""
+        for pattern, bag in self.rules:
+            if fnmatch.fnmatchcase(name, pattern):
+                return bag if bag in bags else None
+        return name if name in bags else None
+
+
+@dataclass
+class PhotonHistory:
+    """Photon-ML training records as impressions with their labels, weights and offsets."""
+
+    impressions: list[Mapping[str, Any]] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    offsets: list[float] = field(default_factory=list)
+    unmapped: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def read(cls, paths: Sequence[str | Path], rules: PhotonBagRules, model: ModelSettings) -> PhotonHistory:
+        """Every ``TrainingExampleAvro`` record of ``paths``; features of no model bag are counted in ``unmapped``."""
+        bags = frozenset(model.global_feature_bags).union(*(c.feature_bags for c in model.coordinates.values()))
+        history = cls()
+        for path in paths:
+            for record in read_container(path, "TrainingExampleAvro"):
+                history._add(record, rules, bags, model.loss)
+        if not history.impressions:
+            raise BootstrapError("the Photon-ML files hold no training records")
+        if not any(imp["features"] for imp in history.impressions):
+            top = ", ".join(name for name, _ in history.unmapped.most_common(5))
+            raise BootstrapError(
+                f"no Photon-ML feature maps to a feature bag of the model (most frequent names: {top}): "
+                "say where they go with --photon-bag PATTERN=BAG"
+            )
+        return history
+
+    def _add(self, record: Mapping[str, Any], rules: PhotonBagRules, bags: frozenset[str], loss: str) -> None:
+        label = float(record["label"])
+        if loss == "logistic" and label not in (0.0, 1.0):
+            raise BootstrapError(f"Photon-ML record {record.get('uid')!r}: label {label} (logistic models need 0 or 1)")
+        features: dict[str, list[dict[str, Any]]] = {}
+        for feature in record["features"]:
+            name = feature["name"]
+            if name == INTERCEPT_NAME:
+                continue
+            bag = rules.bag_of(name, bags)
+            if bag is None:
+                self.unmapped[name] += 1
+                continue
+            features.setdefault(bag, []).append({"name": name, "term": feature["term"], "value": feature["value"]})
+        uid = record.get("uid") or f"photon-{len(self.impressions)}"
+        self.impressions.append({"impression_id": uid, "member_id": "", "item_id": "", "features": features})
+        self.labels.append(label)
+        self.weights.append(1.0 if record.get("weight") is None else float(record["weight"]))
+        self.offsets.append(0.0 if record.get("offset") is None else float(record["offset"]))
+
+    def model_record(self, model: ModelSettings) -> dict[str, Any]:
+        """Version 1 of the global model: indexes from every record, coefficients fitted on the records' labels."""
+        return fitted_global_model_record(
+            self.impressions,
+            np.array(self.labels),
+            model,
+            weights=np.array(self.weights),
+            offsets=np.array(self.offsets),
+        )
 
 
 def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:

@@ -114,3 +114,95 @@ def test_tune_chooses_on_the_validation_period_and_beats_the_defaults_after_it(t
     split = summary["split_event_time_ms"]
     impressions = sorted(r["event_time"] for r in read_container(tmp_path / "impressions.avro", "Impression"))
     assert impressions[int(0.7 * (len(impressions) - 1))] == split
+
+
+@pytest.mark.kafka
+def test_a_backtest_of_a_topic_range_equals_the_backtest_of_the_same_events_from_files(
+        kafka_bootstrap, tmp_path, unique_name, capsys):
+    from confluent_kafka import Producer
+
+    from stream.kafka.clients import producer_config
+    from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+
+    world = World(WorldSpec(seed=9, members=60, jobs=80, requests=500, mean_request_gap_ms=200,
+                            attribution_window_ms=60_000, malformed_rate=0.0))
+    events = list(event_stream(world))
+    times = sorted(e.record["event_time"] for e in events)
+    since, until = times[len(times) // 5], times[4 * len(times) // 5]  # a range inside the log, both ends cut
+    settings_args = ["--set", "joiner.bootstrap_impressions=300", "--set", "joiner.attribution_window_ms=60000",
+                     "--set", "joiner.allowed_lateness_ms=60000"]
+    topic_args = ["--bootstrap-servers", kafka_bootstrap, "--set", f"topics.impressions=imp-{unique_name}",
+                  "--set", f"topics.interactions=int-{unique_name}", "--set", f"kafka.group_prefix={unique_name}"]
+    settings = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap,
+                                        "topics.impressions": f"imp-{unique_name}",
+                                        "topics.interactions": f"int-{unique_name}"})
+    producer = Producer(producer_config(settings.kafka))
+    produce_to_kafka(events, producer, *event_topics_and_codecs(settings))
+    write_avro_files([e for e in events if since <= e.record["event_time"] < until], tmp_path)
+
+    assert main(["backtest", "--from-topics", "--since", str(since), "--until", str(until), "--latency", "1s",
+                 *settings_args, *topic_args]) == 0
+    from_topics = json.loads(capsys.readouterr().out)
+    assert main(["backtest", "--from", str(tmp_path / "impressions.avro"), str(tmp_path / "interactions.avro"),
+                 "--latency", "1s", *settings_args]) == 0
+    from_files = json.loads(capsys.readouterr().out)
+    in_range = sum(since <= t < until for t in times)
+    assert from_topics["events"] == from_files["events"] == in_range
+    for key in ("examples", "variants", "join", "micro_batches"):
+        assert from_topics[key] == from_files[key], key
+
+    assert main(["backtest", "--from-topics", "--latency", "1s", *topic_args]) == 2
+    assert capsys.readouterr().err.strip() == "glmix: error: option --since: --from-topics needs the first event time of the range"
+
+
+def _photon_records(events, labels: dict[str, float]) -> list[dict]:
+    """Each labeled impression as Photon-ML writes training data: one flat feature list, ids in metadataMap."""
+    records, seen = [], set()
+    for event in events:
+        imp = event.record
+        if event.kind != "impression" or imp["impression_id"] not in labels or imp["impression_id"] in seen:
+            continue  # duplicates (the world re-sends some impressions) are one example, as the join makes them
+        seen.add(imp["impression_id"])
+        features = [{"name": "(INTERCEPT)", "term": "", "value": 1.0}, {"name": "browser", "term": "x", "value": 1.0}]
+        features += [dict(f) for bag in imp["features"].values() for f in bag]
+        records.append({"uid": imp["impression_id"], "label": labels[imp["impression_id"]], "features": features,
+                        "metadataMap": {"memberId": imp["member_id"], "jobId": imp["item_id"]},
+                        "weight": None, "offset": None})
+    return records
+
+
+def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impressions_give(
+        emerging_log, tmp_path, capsys):
+    from stream.codec.photon import write_training_examples
+    from stream.model.export import fitted_global_model_record
+    from stream.refit.bootstrap import labels_of_history
+
+    settings = _settings()
+    events = emerging_log.events[: len(emerging_log) // 3]
+    labels = labels_of_history(settings, events)
+    photon = tmp_path / "train.avro"
+    write_training_examples(photon, _photon_records(events, labels))
+    rules = ["--photon-bag", "member_skill=member_skills", "--photon-bag", "job_s*=job_skills"]
+    overrides = ["--set", "model.coordinates.member.max_features=64", "--set", "model.coordinates.job.max_features=64"]
+    assert main(["bootstrap", "--from", str(photon), *rules, *overrides, "--output", str(tmp_path / "m.avro"),
+                 "--no-publish"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["photon_records"] == len(labels) and summary["unmapped_features"] == {"browser": len(labels)}
+    [record] = list(read_container(tmp_path / "m.avro", "GlobalModel"))
+
+    labeled: dict[str, dict] = {}
+    for e in events:
+        if e.kind == "impression" and e.record["impression_id"] in labels:
+            labeled.setdefault(e.record["impression_id"], e.record)
+    labeled = list(labeled.values())
+    expected = fitted_global_model_record(labeled, [labels[i["impression_id"]] for i in labeled], settings.model)
+    assert record["features"] == expected["features"]
+    assert record["coordinate_indices"] == expected["coordinate_indices"]
+    assert record["coefficients"] == pytest.approx(expected["coefficients"], abs=1e-6)
+
+    assert main(["bootstrap", "--from", str(photon), "--no-publish"]) == 0  # no rules: the skills are left out
+    assert set(json.loads(capsys.readouterr().out)["unmapped_features"]) == {"browser", "member_skill", "job_skill"}
+    assert main(["bootstrap", "--from", str(photon), "--photon-bag", "*=nowhere", "--no-publish"]) == 2
+    assert "no Photon-ML feature maps to a feature bag of the model" in capsys.readouterr().err
+    assert main(["bootstrap", "--from", str(photon), *emerging_log.sources[:1], "--no-publish"]) == 2
+    assert "not both" in capsys.readouterr().err
