@@ -158,6 +158,7 @@ class JoinBatch:
         ids = sorted({i.encode() for i in impression_ids})
         keys = [kind + i for i in ids for kind in (PENDING, EMITTED, HELD)]
         self._overlay: dict[bytes, bytes | None] = dict(zip(keys, store.get_many(keys)))
+        self._dirty: set[bytes] = set()  # keys of the overlay this batch changed (the rest are cached reads)
         inputs = (IMPRESSIONS, INTERACTIONS)
         *stored, scan_from = store.get_many([_MAX_EVENT_TIME + i.encode() for i in inputs] + [_SCAN_FROM])
         self.max_event_time = {i: _TIME.unpack(raw)[0] if raw is not None else _NEVER for i, raw in zip(inputs, stored)}
@@ -197,6 +198,10 @@ class JoinBatch:
             self._overlay[key] = self._store.get_many([key])[0]
         return self._overlay[key]
 
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        self._overlay[key] = value
+        self._dirty.add(key)
+
     def _put_deadline(self, deadline: int, kind: bytes, iid: bytes) -> None:
         key = _deadline_key(deadline, kind, iid)
         self._new_deadlines.add(key)
@@ -223,7 +228,7 @@ class JoinBatch:
         label_time = event.event_time
         if held is not None:
             items = _decode_held(held)
-            self._overlay[HELD + iid] = _DELETED
+            self._set(HELD + iid, _DELETED)
             self._drop_deadline(min(i.event_time for i in items), HELD, iid)
             for item in sorted(items, key=lambda i: i.event_time):
                 self._apply(pending, item.type_code, item.event_time)
@@ -232,7 +237,7 @@ class JoinBatch:
             counts.late_impressions += 1
             self._emit(iid, pending, label_time=pending.deadline, eager=False)
         elif not self._emit_if_final(iid, pending, label_time=label_time):
-            self._overlay[PENDING + iid] = pending.encode()
+            self._set(PENDING + iid, pending.encode())
             self._put_deadline(pending.deadline, PENDING, iid)
 
     def add_interaction(self, event: InteractionEvent) -> None:
@@ -251,7 +256,7 @@ class JoinBatch:
                 counts.ignored_interactions += 1
             self._apply(pending, event.type_code, event.event_time)
             if not self._emit_if_final(iid, pending, label_time=event.event_time):
-                self._overlay[PENDING + iid] = pending.encode()
+                self._set(PENDING + iid, pending.encode())
             return
         emitted = self._get(EMITTED + iid)
         if emitted is not None:
@@ -267,7 +272,7 @@ class JoinBatch:
         if items:
             self._drop_deadline(min(i.event_time for i in items), HELD, iid)
         items.append(HeldInteraction(event.event_time, event.type_code, event.raw, event.key, event.offset))
-        self._overlay[HELD + iid] = _encode_held(items)
+        self._set(HELD + iid, _encode_held(items))
         self._put_deadline(min(i.event_time for i in items), HELD, iid)
 
     def _apply(self, pending: Pending, type_code: int, event_time: int) -> None:
@@ -289,9 +294,9 @@ class JoinBatch:
     def _emit(self, iid: bytes, pending: Pending, label_time: int, eager: bool) -> None:
         self.result.emissions.append(Emission(pending.example, pending.label, pending.types, label_time, eager))
         if self._get(PENDING + iid) is not None:
-            self._overlay[PENDING + iid] = _DELETED
+            self._set(PENDING + iid, _DELETED)
             self._drop_deadline(pending.deadline, PENDING, iid)
-        self._overlay[EMITTED + iid] = _EMITTED.pack(pending.event_time, int(eager))
+        self._set(EMITTED + iid, _EMITTED.pack(pending.event_time, int(eager)))
         self._put_deadline(pending.event_time + self._rules.retention_ms, EMITTED, iid)
 
     # ------------------------------------------------------------------ closing windows
@@ -312,7 +317,7 @@ class JoinBatch:
             value = self._get(kind + iid)
             if value is None:
                 continue
-            self._overlay[kind + iid] = _DELETED
+            self._set(kind + iid, _DELETED)
             if kind == PENDING:
                 pending = Pending.decode(value)
                 self._emit(iid, pending, label_time=pending.deadline, eager=False)
@@ -321,8 +326,9 @@ class JoinBatch:
 
     def changes(self) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         """Everything this batch changed in the store: (puts, deletes)."""
-        puts = [(k, v) for k, v in self._overlay.items() if v is not None]
-        deletes = [k for k, v in self._overlay.items() if v is None]
+        changed = [(k, self._overlay[k]) for k in self._dirty]
+        puts = [(k, v) for k, v in changed if v is not None]
+        deletes = [k for k, v in changed if v is None]
         puts += [(k, b"") for k in self._new_deadlines]
         deletes += list(self._deleted_deadlines)
         puts += [(_MAX_EVENT_TIME + name.encode(), _TIME.pack(t)) for name, t in self.max_event_time.items()]

@@ -442,8 +442,12 @@ class Joiner(Stage):
         if self.stats.progressive is not None:
             self.stats.progressive.add(examples)
         records: list[OutgoingRecord] = []
+        encoded_by_header: dict[bytes, list[bytes]] = {}  # topics whose codecs frame alike share one encoding
         for name, (topic, _) in self._outputs.items():
-            encoded = encode_batch(self._output_codecs[topic], examples)
+            codec = self._output_codecs[topic]
+            encoded = encoded_by_header.get(codec.header())
+            if encoded is None:
+                encoded = encoded_by_header[codec.header()] = encode_batch(codec, examples)
             records.extend(
                 OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value, example["example_id"])
                 for example, value in zip(examples, encoded)
