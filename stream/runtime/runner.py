@@ -15,6 +15,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from stream.config import ConfigError, Settings
+from stream.gc_pause import cyclic_gc_paused
 from stream.kafka.clients import consumer_config, prepare_topics, producer_config
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import without_errors
@@ -117,11 +118,13 @@ class StageRunner:
         ready = self.assignment.ready_messages(without_errors(messages, self.stage.group_id))
         started = time.monotonic()
         checkpoint = Checkpoint(clients.producer, self.stage.group_id, self._committed, self._delivery_errors)
-        self.stage.process(ready, checkpoint)
-        if not ready and checkpoint.empty:
-            return len(messages)
+        with cyclic_gc_paused():  # a batch builds many short-lived acyclic objects; reference counting frees them
+            self.stage.process(ready, checkpoint)
+            if not ready and checkpoint.empty:
+                return len(messages)
+            accepted = checkpoint.empty or checkpoint.commit(clients.consumer)
         stats = self.stage.stats
-        if not checkpoint.empty and not checkpoint.commit(clients.consumer):
+        if not accepted:
             stats.refused_commits += 1
         elapsed = time.monotonic() - started
         stats.batches += 1
