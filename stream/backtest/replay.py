@@ -20,6 +20,7 @@ partition: the watermark is the whole log's, not one Kafka partition's.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import logging
 import tempfile
@@ -38,6 +39,7 @@ from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinCounts
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types, warm_up_complete
 from stream.evaluation.progressive import collect, progressive_report
+from stream.gc_pause import cyclic_gc_paused
 from stream.model.export import initial_global_model_record
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
@@ -135,6 +137,7 @@ class Backtest:
             try:
                 run.replay(events)
             finally:
+                gc.unfreeze()
                 run.close()
         seconds = time.monotonic() - started
         coordinates = list(self.settings.model.coordinates)
@@ -195,7 +198,9 @@ class _Run:
         bounds = _micro_batches(times, self.options.latency_ms)
         next_refit = int(times[0]) + self.options.refit_every_ms if len(times) and self.options.refit_every_ms else None
         for start, end in itertools.pairwise(bounds):
-            self._micro_batch(events[start:end], frozenset())
+            with cyclic_gc_paused():
+                self._micro_batch(events[start:end], frozenset())
+            gc.freeze()  # what the replay keeps (its examples) leaves the collector's scans; run() unfreezes
             if next_refit is not None and times[end - 1] >= next_refit:
                 self._refit_now(int(times[end - 1]))
                 next_refit = int(times[end - 1]) + self.options.refit_every_ms
