@@ -108,22 +108,29 @@ class FeatureResolver:
         records them for the vocabulary writer; scoring does not need them).
         """
         bag_rows = self._transforms.apply_rows(bag_rows)
-        keys = [
-            (bag, item["name"], item.get("term", ""))
+        get = self._ids.get
+        # One list comprehension per column: the per-feature Python work is what a request pays for.
+        found = [
+            get((bag, item["name"], item.get("term", "")), -1)
             for bags in bag_rows
             for bag, items in bags.items()
             for item in items
         ]
-        values = np.fromiter(
-            (item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items),
-            dtype=np.float64,
-            count=len(keys),
+        values = np.array(
+            [item.get("value", 1.0) for bags in bag_rows for items in bags.values() for item in items], dtype=np.float64
         )
-        lengths = np.fromiter((sum(map(len, bags.values())) for bags in bag_rows), dtype=np.int64, count=len(bag_rows))
-        get = self._ids.get
-        ids = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-        for i in np.flatnonzero(ids < 0):
-            ids[i] = self._ids.get(keys[i], -1) if keys[i] in self._ids else self._learn(keys[i])
+        lengths = np.array([sum(map(len, bags.values())) for bags in bag_rows], dtype=np.int64)
+        ids = np.array(found, dtype=np.int64)
+        keys: list[tuple[str, str, str]] | None = None
+        if with_missed or -1 in found:
+            keys = [
+                (bag, item["name"], item.get("term", ""))
+                for bags in bag_rows
+                for bag, items in bags.items()
+                for item in items
+            ]
+            for i in np.flatnonzero(ids < 0):
+                ids[i] = self._ids.get(keys[i], -1) if keys[i] in self._ids else self._learn(keys[i])
         rows = np.repeat(np.arange(len(bag_rows)), lengths)
         out_rows, out_cols, out_vals = [], [], []
         for slot in range(len(self._indexes)):
@@ -136,6 +143,7 @@ class FeatureResolver:
         if with_missed:
             misses = self._missing[:, ids]
             where = np.flatnonzero(misses.any(axis=0))
+            assert keys is not None
             missed = MissedFeatures(rows[where], [keys[i] for i in where], values[where], misses.sum(axis=1))
         return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals, missed=missed)
 
