@@ -12,14 +12,14 @@ resident memory and 1000-entity lookup latency of each coefficient table (in mem
 RocksDB with a 100k-entity cache), each filled with 1M entities in its own process.
 Long-lived objects are frozen out of the cyclic GC after setup (``gc.freeze``), as
 ``glmix serve`` does once its models are loaded, and again after the requests are built:
-they belong to the load generator, which shares this process with the server. The same requests also go over HTTP to ``glmix serve``'s app on loopback (the client
-runs in the same process, one keep-alive connection, so it shares the GIL).
+they belong to the load generator, which shares this process with the server. The same requests also go over HTTP to ``glmix serve``'s app on loopback, sent by a load
+generator in another process (``bench/http_load.py``, aiohttp) at concurrency 1, 8 and 32
+for 1000 candidates (1 for smaller requests).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import subprocess
 import sys
@@ -51,17 +51,17 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def post_all(connection: http.client.HTTPConnection, bodies: list[str]) -> list[float]:
-    """Seconds each ``POST /v1/score`` took, one after the other on one keep-alive connection."""
-    seconds = []
-    for body in bodies:
-        started = time.perf_counter()
-        connection.request("POST", "/v1/score", body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        seconds.append(time.perf_counter() - started)
-        assert response.status == 200, response.status
-    return seconds
+def load_over_http(url: str, bodies: list[str], concurrency: tuple[int, ...], requests: int) -> list[dict]:
+    """Latency and requests/s of ``bodies`` sent by the load generator process at each ``concurrency``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
+        fh.write("\n".join(bodies))
+    try:
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("http_load.py")), "--url", url, "--bodies",
+                               fh.name, "--requests", str(requests), "--concurrency", *map(str, concurrency)],
+                              check=True, capture_output=True, text=True)
+    finally:
+        Path(fh.name).unlink()
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def main() -> None:
@@ -99,7 +99,6 @@ def main() -> None:
     requests = 50 if args.quick else 300
     limits = ServingSettings(max_candidates=1000, max_body_bytes=32 * 1024 * 1024)
     server = BackgroundServer(build_app(ScoringService(scorer, limits, lambda: None, lambda: True)))
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     scorer.register_items(jobs)  # the item catalog: candidates named by id alone use these features
     for count in (1, 100, 1000):
         ours, peer, by_id = [], [], []
@@ -123,8 +122,9 @@ def main() -> None:
             started = time.perf_counter()
             scorer.score(member.entity_id, member_bags, named, top_k=10)
             by_id.append(time.perf_counter() - started)
-        over_http = post_all(connection, bodies)
-        http_by_id = post_all(connection, id_bodies)
+        levels = (1, 8, 32) if count == 1000 else (1,)
+        over_http = load_over_http(server.url, bodies, levels, requests)
+        http_by_id = load_over_http(server.url, id_bodies, levels, requests)
         for member, member_bags, candidates in batch:
             rows = [{"member_id": member.entity_id, "item_id": c["item_id"], "features": {**member_bags, **c["features"]}}
                     for c in candidates]
@@ -136,9 +136,7 @@ def main() -> None:
             peer.append(time.perf_counter() - started)
         p50, p99 = percentiles(ours)
         peer_p50, peer_p99 = percentiles(peer)
-        http_p50, http_p99 = percentiles(over_http)
         id_p50, id_p99 = percentiles(by_id)
-        http_id_p50, http_id_p99 = percentiles(http_by_id)
         print(json.dumps({"bench": "scoring-in-process", "candidates": count, "dim": D, "requests": requests,
                           "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "requests_per_s": round(requests / sum(ours)),
                           "math_core_batch_p50_ms": round(peer_p50, 3), "math_core_batch_p99_ms": round(peer_p99, 3),
@@ -147,15 +145,11 @@ def main() -> None:
                           "p50_ms": round(id_p50, 3), "p99_ms": round(id_p99, 3),
                           "requests_per_s": round(requests / sum(by_id)), "goal_p99_ms": 2.0 if count == 1000 else None,
                           "reproduce": REPRODUCE}), flush=True)
-        print(json.dumps({"bench": "scoring-http", "candidates": count, "dim": D, "requests": requests,
-                          "p50_ms": round(http_p50, 3), "p99_ms": round(http_p99, 3),
-                          "requests_per_s": round(requests / sum(over_http)), "client": "same process, keep-alive",
-                          "goal_p99_ms": 20.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
-        print(json.dumps({"bench": "scoring-http-item-catalog", "candidates": count, "dim": D, "requests": requests,
-                          "p50_ms": round(http_id_p50, 3), "p99_ms": round(http_id_p99, 3),
-                          "requests_per_s": round(requests / sum(http_by_id)), "client": "same process, keep-alive",
-                          "goal_p99_ms": 20.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
-    connection.close()
+        for bench, results in (("scoring-http", over_http), ("scoring-http-item-catalog", http_by_id)):
+            for result in results:
+                print(json.dumps({"bench": bench, "candidates": count, "dim": D, **result,
+                                  "client": "own process (bench/http_load.py), keep-alive",
+                                  "goal_p99_ms": 20.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
     server.close()
     entities = 100_000 if args.quick else 1_000_000
     for kind in ("memory", "rocksdb"):
