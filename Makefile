@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/refit.py
+	$(BIN)/python bench/run_all.py
 	$(BIN)/python bench/backtest.py
 
 clean:

@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.gap_ms, args.per_event_events = 2_000, 100, 500
+        args.requests, args.gap_ms, args.per_event_events = 2_000, 100, 3_000
     settings = load_settings(overrides={"joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "60000",
                                         "joiner.bootstrap_impressions": "2000"})
     with tempfile.TemporaryDirectory() as directory:
@@ -54,7 +54,7 @@ def main() -> None:
     for latency_ms, events in ((1000, log.events), (200, log.events), (0, log.events[: args.per_event_events])):
         result = Backtest(settings, BacktestOptions(latency_ms=latency_ms)).run(events)
         report = result.report
-        emit({"measure": "backtest", "latency_ms": latency_ms, "events": len(events),
+        emit({"measure": "backtest", "latency": f"{latency_ms} ms" if latency_ms else "per event", "events": len(events),
               "micro_batches": report["micro_batches"], "events_per_s": report["events_per_s"],
               "x_read_log": round(report["events_per_s"] / (len(log) / read_s), 3),
               "auc": report["variants"]["global+member+job"]["auc"]})
