@@ -34,6 +34,10 @@ def test_a_small_demo_serves_metrics_while_running_and_reports(tmp_path):
         other = {s["item_id"]: s["breakdown"] for s in twins[1 - twins.index(twin)]["ranking"]}
         assert all(by_item[i]["global"] == other[i]["global"] and by_item[i]["job"] == other[i]["job"] for i in by_item)
     assert (tmp_path / "report.json").exists() and len(report["plots"]) == 3
+    fresh = report["freshness_s"]["member"]
+    # Without early positives the clock starts at the window's close and the joiner waits allowed_lateness for late clicks
+    assert report["freshness_from"] == "the attribution window's close"
+    assert report["freshness_includes_allowed_lateness_s"] == 2.0 and fresh["p50"] <= fresh["p99"]
 
 
 @pytest.mark.slow
