@@ -131,6 +131,12 @@ class PhotonHistory:
     def read(cls, paths: Sequence[str | Path], rules: PhotonBagRules, model: ModelSettings) -> PhotonHistory:
         """Every ``TrainingExampleAvro`` record of ``paths``; features of no model bag are counted in ``unmapped``."""
         bags = frozenset(model.global_feature_bags).union(*(c.feature_bags for c in model.coordinates.values()))
+        unknown = sorted({bag for _, bag in rules.rules} - bags)
+        if unknown:
+            raise ConfigError(
+                "--photon-bag",
+                f"{unknown[0]!r} is not a feature bag of the model (its bags: {', '.join(sorted(bags))})",
+            )
         history = cls()
         for path in paths:
             for record in read_container(path, "TrainingExampleAvro"):

@@ -203,6 +203,12 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     assert main(["bootstrap", "--from", str(photon), "--no-publish"]) == 0  # no rules: the skills are left out
     assert set(json.loads(capsys.readouterr().out)["unmapped_features"]) == {"browser", "member_skill", "job_skill"}
     assert main(["bootstrap", "--from", str(photon), "--photon-bag", "*=nowhere", "--no-publish"]) == 2
-    assert "no Photon-ML feature maps to a feature bag of the model" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("glmix: error: option --photon-bag: 'nowhere' is not a feature bag")
+    unknown_only = tmp_path / "browser.avro"
+    write_training_examples(unknown_only, [{"uid": "u1", "label": 1.0, "features": [
+        {"name": "browser", "term": "x", "value": 1.0}], "metadataMap": None, "weight": None, "offset": None}])
+    assert main(["bootstrap", "--from", str(unknown_only), "--no-publish"]) == 2
+    assert "no Photon-ML feature maps to a feature bag of the model (most frequent names: browser)" in (
+        capsys.readouterr().err)
     assert main(["bootstrap", "--from", str(photon), *emerging_log.sources[:1], "--no-publish"]) == 2
     assert "not both" in capsys.readouterr().err
