@@ -54,14 +54,19 @@ def test_a_growing_vocabulary_beats_a_frozen_one_and_resets_nobody(emerging_log)
 
 @pytest.mark.kafka
 def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its_file(
-        emerging_log, kafka_bootstrap, tmp_path, unique_name, capsys):
-    paths = [str(p) for p in emerging_log.sources]
+        kafka_bootstrap, tmp_path, unique_name, capsys):
+    world = World(WorldSpec(seed=6, members=150, jobs=600, requests=2000, mean_request_gap_ms=200,
+                            attribution_window_ms=60_000))  # runs on both brokers: a small world keeps it quick
+    write_avro_files(event_stream(world), tmp_path)
+    history = EventLog.from_paths([tmp_path / "impressions.avro", tmp_path / "interactions.avro"])
+    paths = [str(p) for p in history.sources]
     model_file = tmp_path / "model.avro"
+    windows = ["--set", "joiner.attribution_window_ms=60000", "--set", "joiner.allowed_lateness_ms=60000"]
     args = ["--bootstrap-servers", kafka_bootstrap, "--set", f"topics.model_global=global-{unique_name}",
-            "--set", f"kafka.group_prefix={unique_name}"]
+            "--set", f"kafka.group_prefix={unique_name}", *windows]
     assert main(["bootstrap", "--from", *paths, "--output", str(model_file), *args]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["events"] == len(emerging_log) and summary["published_to"] == f"global-{unique_name}"
+    assert summary["events"] == len(history) and summary["published_to"] == f"global-{unique_name}"
     [record] = list(read_container(model_file, "GlobalModel"))
     assert record["version"] == 1 and any(c != 0.0 for c in record["coefficients"][1:])
     settings = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap,
@@ -77,10 +82,10 @@ def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its
 
     report_file = tmp_path / "report.json"
     assert main(["backtest", "--from", *paths, "--model", str(model_file), "--latency", "5s",
-                 "--report", str(report_file)]) == 0
+                 "--report", str(report_file), *windows]) == 0
     report = json.loads(report_file.read_text())
     assert report["vocabulary"][0]["columns"]["global"] == len(record["features"])
-    assert report["examples"] > 0.6 * sum(e.kind == "impression" for e in emerging_log)
+    assert report["examples"] > 0.6 * sum(e.kind == "impression" for e in history)
     assert report["latency_ms"] == 5000 and report["events_per_s"] > 0
 
 
