@@ -29,7 +29,6 @@ from confluent_kafka import Message
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
-from stream.gc_pause import cyclic_gc_paused
 from stream.kafka.messages import last_offsets, source_of
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
@@ -215,26 +214,22 @@ class CoordinateUpdater(Stage):
         if not messages:
             return
         stores, dead_letters = self.clients.stores, self.clients.dead_letters
-        # The decoded records are acyclic and alive until the batch is done: a collection
-        # in between would only rescan them (see stream.gc_pause).
-        with cyclic_gc_paused():
-            decoded = decode_batch(self._examples_codec, messages)
-            for message, error in decoded.failures:
-                dead_letters.send(message, error.reason)
-            by_partition: dict[int, tuple[list, list]] = {}
-            for record, message in zip(decoded.records, decoded.messages):
-                problem = example_problem(record, self.coordinate, self.math.layout.dim)
-                if problem is not None:
-                    dead_letters.send(message, problem)
-                    continue
-                records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
-                records.append(record)
-                kept.append(message)
-            writes = {
-                p: self._update_partition(stores[p], p, records, kept, checkpoint)
-                for p, (records, kept) in by_partition.items()
-            }
-            del decoded, by_partition
+        decoded = decode_batch(self._examples_codec, messages)
+        for message, error in decoded.failures:
+            dead_letters.send(message, error.reason)
+        by_partition: dict[int, tuple[list, list]] = {}
+        for record, message in zip(decoded.records, decoded.messages):
+            problem = example_problem(record, self.coordinate, self.math.layout.dim)
+            if problem is not None:
+                dead_letters.send(message, problem)
+                continue
+            records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
+            records.append(record)
+            kept.append(message)
+        writes = {
+            p: self._update_partition(stores[p], p, records, kept, checkpoint)
+            for p, (records, kept) in by_partition.items()
+        }
         checkpoint.consumed(messages)
         for (_, partition), offset in last_offsets(messages).items():
             checkpoint.write(stores[partition], writes.get(partition, ()), offsets={"input": offset})
