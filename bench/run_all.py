@@ -60,23 +60,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """A group's committed offsets on ``topic`` (missing partitions: 0), read without joining the group."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
+class CommittedOffsets:
+    """Groups' committed offsets, read without joining the groups: one client per group, kept for the whole wait."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._consumers: dict[str, Consumer] = {}
+
+    def of(self, group: str, topic: str, partitions: int) -> dict[int, int]:
+        """``group``'s committed offsets on ``topic`` (missing partitions: 0)."""
+        consumer = self._consumers.get(group)
+        if consumer is None:
+            consumer = self._consumers[group] = Consumer({"bootstrap.servers": self._bootstrap, "group.id": group})
         done = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return {tp.partition: max(tp.offset, 0) for tp in done}
+        return {tp.partition: max(tp.offset, 0) for tp in done}
+
+    def reached(self, group: str, topic: str, ends: dict[int, int]) -> bool:
+        """Whether ``group`` committed at least ``ends`` (partition -> offset) on ``topic``."""
+        done = self.of(group, topic, len(ends))
+        return all(done.get(p, 0) >= end for p, end in ends.items())
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
 
 
 def end_offsets(consumer: Consumer, topic: str, partitions: int) -> dict[int, int]:
     return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
-
-
-def reached(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
-    done = committed(bootstrap, group, topic, len(ends))
-    return all(done.get(p, 0) >= end for p, end in ends.items())
 
 
 def wait_until_settled(logs: list[Path], quiet_s: float = 3.0, timeout_s: float = 120.0) -> None:
@@ -131,18 +141,20 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int) -> dict:
         watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{values['kafka.group_prefix']}-watch"})
         inputs = {t: end_offsets(watcher, t, partitions) for t in (settings.topics.impressions, settings.topics.interactions)}
         joiner_group = settings.kafka.group_id("joiner")
-        while not all(reached(bootstrap, joiner_group, t, ends) for t, ends in inputs.items()):
+        offsets = CommittedOffsets(bootstrap)
+        while not all(offsets.reached(joiner_group, t, ends) for t, ends in inputs.items()):
             time.sleep(0.2)
         examples_topics = {name: settings.topics.examples(name, c.entity_field)
                            for name, c in settings.model.coordinates.items()}
         targets = {name: end_offsets(watcher, topic, partitions) for name, topic in examples_topics.items()}
-        while not all(reached(bootstrap, settings.kafka.group_id(f"updater-{name}"), examples_topics[name], ends)
+        while not all(offsets.reached(settings.kafka.group_id(f"updater-{name}"), examples_topics[name], ends)
                       for name, ends in targets.items()):
             time.sleep(0.2)
         seconds = time.monotonic() - started
         cpu = {stage: sum(cpu_seconds(p.pid) - b for p, b in zip(procs, cpu_before[stage]))
                for stage, procs in stages.items()}
         watcher.close()
+        offsets.close()
     finally:
         for procs in stages.values():
             for p in procs:
