@@ -4,7 +4,7 @@ Reproduce: python bench/pipeline.py   (or: make bench; --quick for a smaller run
 
 Prints one JSON line per measurement:
 
-Stages join their consumer group before the data arrives, so only processing is timed.
+Stages join their consumer group and restore their partitions before the data arrives, so only processing is timed.
 
 * ``updater-hot`` / ``updater-cold`` (DESIGN §8): LabeledExamples for the member
   coordinate (d=32, bayes, full and diagonal precision) consumed by a CoordinateUpdater — hot: ~1k
@@ -109,12 +109,16 @@ def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> floa
     return seen / elapsed
 
 
-def wait_assigned(stage, timeout_s: float = 60.0) -> None:
-    """Step ``stage`` until its consumer group gave it partitions, so joining the group is not timed."""
+def wait_ready(stage, timeout_s: float = 60.0) -> None:
+    """Step ``stage`` until its consumer group gave it partitions and it restored them all.
+
+    Joining the group and restoring (opening the stores, reading the changelog to its end) are not processing, so
+    they are not timed.
+    """
     deadline = time.monotonic() + timeout_s
-    while not stage.assigned_partitions:
+    while not stage.assigned_partitions or stage.ready_partitions != stage.assigned_partitions:
         if time.monotonic() > deadline:
-            raise TimeoutError("the stage got no partitions")
+            raise TimeoutError("the stage got no partitions, or did not restore them")
         stage.step()
 
 
@@ -150,7 +154,7 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
     rng = np.random.default_rng(0)
     producer = Producer(producer_config(settings.kafka))
     updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
-    wait_assigned(updater)
+    wait_ready(updater)
     seconds = ceiling_seconds = 0.0
     total = 0
     for r in range(rounds):
@@ -207,7 +211,7 @@ def bench_joiner(bootstrap: str, requests: int) -> dict:
                      value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
     producer.flush()
     joiner = StageRunner(Joiner(settings), settings)
-    wait_assigned(joiner)
+    wait_ready(joiner)
     topics, codecs = event_topics_and_codecs(settings)
     produce_to_kafka(events, producer, topics, codecs)
 

@@ -143,6 +143,11 @@ class StageRunner:
         """Partitions this stage owns now (ready or restoring)."""
         return self.assignment.partitions
 
+    @property
+    def ready_partitions(self) -> list[int]:
+        """Partitions restored and consumed now (the rest of :attr:`assigned_partitions` are still restoring)."""
+        return sorted(self.assignment.ready)
+
     def state_size_bytes(self) -> int:
         """Size of the local state of every ready partition (RocksDB's estimate)."""
         return self.assignment.size_bytes()
