@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
-from stream.codec.avro import decode_batch, encode_batch
+from stream.codec.avro import decode_batch
 from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
@@ -447,7 +447,7 @@ class Joiner(Stage):
             codec = self._output_codecs[topic]
             encoded = encoded_by_header.get(codec.header())
             if encoded is None:
-                encoded = encoded_by_header[codec.header()] = encode_batch(codec, examples)
+                encoded = encoded_by_header[codec.header()] = self._join.encoded(emissions, examples, codec)
             records.extend(
                 OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value, example["example_id"])
                 for example, value in zip(examples, encoded)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream.codec import load_schema
-from stream.codec.avro import SingleObjectCodec
+from stream.codec.avro import RecordCodec, SingleObjectCodec, encode_batch
+from stream.codec.label_splice import LabelSplicer
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
@@ -79,6 +80,7 @@ class ExampleJoin:
             j.early_positives,
         )
         self._stored = SingleObjectCodec(load_schema("LabeledExample"))
+        self._splicer = LabelSplicer(self._stored.schema)
         self.indexer = ExampleIndexer(settings.model)
 
     def join(
@@ -129,6 +131,22 @@ class ExampleJoin:
         if model is not None:
             add_scores(examples, model, tables)
         return examples
+
+    def encoded(
+        self, emissions: Sequence[Emission], examples: Sequence[dict[str, Any]], codec: RecordCodec
+    ) -> list[bytes]:
+        """``examples`` (:meth:`labeled` of ``emissions``) as ``codec`` values.
+
+        When ``codec`` writes the join state's own schema, each value is the stored bytes
+        with the label spliced in (:mod:`stream.codec.label_splice`), not a second encoding.
+        """
+        if codec.schema.fingerprint != self._splicer.fingerprint:
+            return encode_batch(codec, examples)
+        header, stored_header = codec.header(), len(self._stored.header())
+        return [
+            header + self._splicer.body(emission.example, stored_header, example)
+            for emission, example in zip(emissions, examples)
+        ]
 
 
 def warm_up_complete(impressions: int, waited_ms: float, joiner: JoinerSettings) -> bool:
