@@ -15,10 +15,13 @@ Stages join their consumer group and restore their partitions before the data ar
 * ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
   through the Joiner (decode, index, RocksDB join, produce examples for two coordinates),
   against consume + decode of the same input.
-* ``freshness``: joiner + member updater running live while impressions and clicks are
-  produced (by another process) at 80% of the joiner's rate measured above, event time =
-  wall clock; freshness is click event time -> the clicked member's coefficients
-  published (early positives on).
+* ``freshness``: a ``glmix run joiner`` process and the member updater (in this process)
+  running live while impressions and clicks are produced (by a third process), event time =
+  wall clock; freshness is click event time -> the clicked member's coefficients published
+  (early positives on). Twice: at 80% of the joiner's rate measured above (``max_of``:
+  ``joiner_alone``), and at 80% of the pipeline's end-to-end rate on this machine
+  (``pipeline_end_to_end``: the ``run-all`` line printed before it, as bench/run_all.py
+  measures it, with one joiner), where every stage, the broker and the producer share the cores.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -38,29 +43,36 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream.codec import decode_batch, make_codec
 from stream.config import KafkaSettings, Settings, load_settings
 from stream.kafka import EmbeddedBroker, consumer_config, producer_config
+from stream.kafka.clients import prepare_topics
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
-from stream.pipeline import Pipeline
 from stream.runtime.runner import StageRunner
 from stream.state.partition_store import PartitionStore
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.updaters.state_update import CoordinateMath
 from stream.updaters.updater import CoordinateUpdater
 
+import run_all
+
 REPRODUCE = "python bench/pipeline.py"
 D = 32
 
 
-def settings_for(bootstrap: str, state_dir: str, **extra: str) -> Settings:
+def overrides_for(bootstrap: str, state_dir: str, **extra: str) -> dict[str, str]:
+    """Settings overrides of one measurement: its own topics and groups on the shared broker."""
     suffix = uuid.uuid4().hex[:8]
-    return load_settings(overrides={
+    return {
         "kafka.bootstrap_servers": bootstrap, "kafka.group_prefix": f"bench-{suffix}", "state_dir": state_dir,
         "topics.impressions": f"imp-{suffix}", "topics.interactions": f"int-{suffix}",
         "topics.examples_by_member": f"exm-{suffix}", "topics.examples_by_job": f"exj-{suffix}",
         "topics.coefficients_prefix": f"coef-{suffix}-", "topics.model_global": f"global-{suffix}",
         "topics.dead_letter": f"dlq-{suffix}", "kafka.consumer.session.timeout.ms": "6000",
         "kafka.producer.linger.ms": "2", **extra,
-    })
+    }
+
+
+def settings_for(bootstrap: str, state_dir: str, **extra: str) -> Settings:
+    return load_settings(overrides=overrides_for(bootstrap, state_dir, **extra))
 
 
 def produce_all(producer: Producer, topic: str, items: list[tuple[bytes, bytes]]) -> None:
@@ -133,9 +145,13 @@ def timed_steps(step, done, timeout_s: float = 300.0) -> float:
     return time.perf_counter() - started
 
 
-def store_bytes(updater_dir: str) -> int:
-    from pathlib import Path
+def step_until(stage: StageRunner, stop: threading.Event) -> None:
+    """Run ``stage``'s loop until ``stop`` is set."""
+    while not stop.is_set():
+        stage.step()
 
+
+def store_bytes(updater_dir: str) -> int:
     total = 0
     for path in Path(updater_dir).iterdir():
         store = PartitionStore(path)
@@ -231,31 +247,51 @@ def bench_joiner(bootstrap: str, requests: int) -> dict:
 
 
 def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:
+    """Click -> published coefficients while events arrive live, each stage in its own process as deployed."""
     state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
-    settings = settings_for(bootstrap, state_dir, **{
+    values = overrides_for(bootstrap, state_dir, **{
         "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "5000", "joiner.early_positives": "true",
         "joiner.batch_time_ms": "50", "model.coordinates.member.batch_time_ms": "50",
-        "model.coordinates.job.batch_time_ms": "50"})
+        "model.coordinates.job.batch_time_ms": "50", "metrics.port": "0"})
+    settings = load_settings(overrides=values)
+    prepare_topics(settings, bootstrap)
     _, labeled = world_events(2000)
     producer = Producer(producer_config(settings.kafka))
     producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
         "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
             [li.impression for li in labeled[:2000]], settings.model)))
     producer.flush()
-    pipeline = Pipeline(settings, ["joiner", "member"])
-    pipeline.start()
-    time.sleep(8)  # consumer groups join
-    # The live events come from another process, so producing them does not compete with the pipeline for the GIL.
-    out = subprocess.run([sys.executable, __file__, "--produce-live", bootstrap, settings.topics.impressions,
-                          settings.topics.interactions, str(rate_per_s), str(seconds)],
-                         capture_output=True, text=True, check=True).stdout
-    produced = json.loads(out.strip().splitlines()[-1])
-    time.sleep(2)
-    pipeline.stop()
-    fresh = np.array(pipeline.stages["member"].stats.freshness_ms, dtype=float)
+    # The joiner is a `glmix run joiner` process; the member updater runs here, where its freshness samples are.
+    joiner_log = Path(state_dir) / "joiner.log"
+    sets = [a for k, v in {**values, "state_dir": f"{state_dir}/joiner", "log_level": "INFO"}.items()
+            for a in ("--set", f"{k}={v}")]
+    with joiner_log.open("w") as log:
+        joiner = subprocess.Popen([sys.executable, "-m", "stream", "run", "joiner", *sets],
+                                  stdout=subprocess.DEVNULL, stderr=log)
+    updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
+    try:
+        wait_ready(updater)
+        run_all.wait_until_settled([joiner_log])
+        stop = threading.Event()
+        loop = threading.Thread(target=step_until, args=(updater, stop), daemon=True)
+        loop.start()
+        # The live events come from another process too, so producing them competes with no stage for a GIL.
+        out = subprocess.run([sys.executable, __file__, "--produce-live", bootstrap, settings.topics.impressions,
+                              settings.topics.interactions, str(rate_per_s), str(seconds)],
+                             capture_output=True, text=True, check=True).stdout
+        produced = json.loads(out.strip().splitlines()[-1])
+        time.sleep(2)
+        stop.set()
+        loop.join(30)
+    finally:
+        joiner.terminate()
+        joiner.wait(30)
+    fresh = np.array(updater.stats.freshness_ms, dtype=float)
+    updater.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return {"bench": "freshness", "impressions_per_s": round(produced["impressions"] / seconds),
             "clicks": produced["clicks"], "measured": len(fresh), "producer": "own process",
+            "stages": "joiner process + member updater process",
             "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 1) if len(fresh) else None,
             "freshness_p99_ms": round(float(np.percentile(fresh, 99)), 1) if len(fresh) else None,
             "reproduce": REPRODUCE}
@@ -312,13 +348,18 @@ def main() -> None:
             print(json.dumps(cold), flush=True)
         joiner = bench_joiner(b, requests=300 if args.quick else 6000)
         print(json.dumps(joiner), flush=True)
-        # 80% of the most the joiner sustained in this run: its rate counts impressions and clicks, the producer's
-        # rate is impressions (plus 20% clicks), so 0.8 / 1.2 of it.
-        rate = joiner["joiner_events_per_s"] * 0.8 / 1.2
-        fresh = bench_freshness(b, rate_per_s=rate, seconds=3 if args.quick else 15)
-        fresh["share_of_joiner_max"] = 0.8
-        print(json.dumps(fresh), flush=True)
-
+        # Freshness at 80% of the most the joiner sustained alone, and (full run) at 80% of the most the whole
+        # pipeline sustained end to end on this machine, where the stages, broker and producer share its cores.
+        # The rates count impressions and clicks; the producer's rate is impressions (plus 20% clicks): 0.8 / 1.2.
+        maxima = {"joiner_alone": joiner["joiner_events_per_s"]}
+        if not args.quick:
+            end_to_end = run_all.run(b, joiners=1, requests=12_000, partitions=4)
+            print(json.dumps(end_to_end), flush=True)
+            maxima["pipeline_end_to_end"] = end_to_end["events_per_s"]
+        for name, events_per_s in maxima.items():
+            fresh = bench_freshness(b, rate_per_s=events_per_s * 0.8 / 1.2, seconds=3 if args.quick else 15)
+            fresh.update(share_of_max=0.8, max_of=name)
+            print(json.dumps(fresh), flush=True)
 
 if __name__ == "__main__":
     main()
