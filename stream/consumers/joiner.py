@@ -241,11 +241,10 @@ class Joiner(Stage):
             if not messages:
                 return
         started = time.monotonic()
-        for m in messages:
-            topic, partition, _ = source_of(m)
-            self._last_delivery[(topic, partition)] = started
-        events = self._decode(messages)
         last = last_offsets(messages)
+        for key in last:
+            self._last_delivery[key] = started
+        events = self._decode(messages)
         self._bootstrap_model_if_needed(events)
         written_ms = wall_ms()
         stores = self.clients.stores
@@ -256,7 +255,7 @@ class Joiner(Stage):
             offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
             if items or offsets or batch.result.emissions or batch.result.orphans or partition in self._compensate:
                 self._checkpoint_partition(checkpoint, store, partition, batch, offsets, written_ms)
-        checkpoint.consumed(messages)
+        checkpoint.consumed_through(last)
 
     def _checkpoint_partition(
         self,

@@ -80,7 +80,11 @@ class Checkpoint:
 
     def consumed(self, messages: Sequence[Message]) -> None:
         """Input whose effects this checkpoint holds: its offsets are committed by :meth:`commit`."""
-        for key, offset in last_offsets(messages).items():
+        self.consumed_through(last_offsets(messages))
+
+    def consumed_through(self, last: Mapping[tuple[str, int], int]) -> None:
+        """Like :meth:`consumed`, given the batch's highest offset per (topic, partition)."""
+        for key, offset in last.items():
             self._consumed[key] = max(self._consumed.get(key, -1), offset)
 
     def log(self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> LoggedBatch:

@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
-from stream.kafka.messages import last_offsets, source_of
+from stream.kafka.messages import last_offsets
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
 from stream.metrics.histogram import FRESHNESS_SECONDS_BUCKETS, NEWTON_ITERATIONS_BUCKETS, CumulativeHistogram
@@ -218,20 +218,22 @@ class CoordinateUpdater(Stage):
         for message, error in decoded.failures:
             dead_letters.send(message, error.reason)
         by_partition: dict[int, tuple[list, list]] = {}
+        coordinate, dim = self.coordinate, self.math.layout.dim
         for record, message in zip(decoded.records, decoded.messages):
-            problem = example_problem(record, self.coordinate, self.math.layout.dim)
+            problem = example_problem(record, coordinate, dim)
             if problem is not None:
                 dead_letters.send(message, problem)
                 continue
-            records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
+            records, kept = by_partition.setdefault(message.partition() or 0, ([], []))
             records.append(record)
             kept.append(message)
         writes = {
             p: self._update_partition(stores[p], p, records, kept, checkpoint)
             for p, (records, kept) in by_partition.items()
         }
-        checkpoint.consumed(messages)
-        for (_, partition), offset in last_offsets(messages).items():
+        last = last_offsets(messages)
+        checkpoint.consumed_through(last)
+        for (_, partition), offset in last.items():
             checkpoint.write(stores[partition], writes.get(partition, ()), offsets={"input": offset})
 
     def _update_partition(
