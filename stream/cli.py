@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 
 from stream.config import ConfigError, Settings, load_settings
 from stream.errors import GlmixError
+from stream.scoring.workers import WORKER_FLAG, serve_workers
 
 if TYPE_CHECKING:
     from stream.backtest.events import EventLog
@@ -35,6 +36,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides.update(_parse_set(item) for item in args.set)
     if getattr(args, "bootstrap_servers", None):
         overrides["kafka.bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "workers", None) is not None:
+        overrides["serving.workers"] = str(args.workers)
     return load_settings(args.config, env=os.environ, overrides=overrides)
 
 
@@ -181,6 +184,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
+    if settings.serving.workers > 1 and args.worker_of_port is None:
+        return serve_workers(args.argv, settings.serving)
     follower = ModelFollower(
         settings,
         settings.kafka.bootstrap_servers,
@@ -195,6 +200,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         lambda: follower.ready and follower.global_model.current is not None,
         follower.close,
     )
+    if args.worker_of_port is not None:  # one of serve_workers' processes: share the port it holds
+        web.run_app(
+            build_app(service), host=settings.serving.host, port=args.worker_of_port, reuse_port=True, print=None
+        )
+        return 0
     web.run_app(
         build_app(service),
         host=settings.serving.host,
@@ -592,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     serve = sub.add_parser("serve", parents=[common], help="the scoring HTTP service (POST /v1/score)")
+    serve.add_argument("--workers", type=int, help="scoring processes on the port, one per core (serving.workers)")
+    serve.add_argument(WORKER_FLAG, dest="worker_of_port", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)
 
     score = sub.add_parser("score", parents=[common], help="score a file of candidates offline")
@@ -740,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``glmix`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         settings = _settings(args)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

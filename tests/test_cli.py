@@ -88,3 +88,9 @@ def test_an_unwritable_output_is_one_line_and_exit_code_2(tmp_path, capfd):
                  "--report", str(tmp_path / "report.json")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("glmix: error: ") and "report.json" in err[0]
+
+
+def test_serve_with_no_workers_fails_naming_the_setting(capfd):
+    assert main(["serve", "--workers", "0", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "serving.workers" in err[0] and "must be >= 1, got 0" in err[0], err

@@ -335,6 +335,7 @@ class ServingSettings:
     says where the coefficient tables of the scorer and the joiner live: ``memory`` (every
     entity in RAM), or ``rocksdb`` (every entity on local disk under ``state_dir``, the
     ``cache_entities`` most recently used in RAM) for coordinates larger than memory.
+    ``workers`` scoring processes share the port (:mod:`stream.scoring.workers`): one per core.
     """
 
     host: str = "0.0.0.0"
@@ -346,10 +347,18 @@ class ServingSettings:
     exploration: bool = False
     table: TableKind = "memory"
     cache_entities: int = 100_000
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be a TCP port, got {self.port}")
-        for name in ("max_candidates", "max_features_per_bag", "max_body_bytes", "refresh_ms", "cache_entities"):
+        for name in (
+            "max_candidates",
+            "max_features_per_bag",
+            "max_body_bytes",
+            "refresh_ms",
+            "cache_entities",
+            "workers",
+        ):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,12 +29,14 @@ from importlib import resources
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from stream.config import ServingSettings
 from stream.gc_pause import cyclic_gc_paused, freeze_long_lived
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
+from stream.scoring.workers import METRICS_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +55,28 @@ class ScoringService:
 
 
 class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("glmix_scoring_requests", "Score requests by outcome.", ["status"], registry=registry)
+    """The service's metrics; with several workers (:mod:`stream.scoring.workers`), summed over all of them."""
+
+    def __init__(self) -> None:
+        shared = os.environ.get(METRICS_DIR_ENV)
+        self.registry = CollectorRegistry()
+        if shared:  # each worker's values are in the shared directory; any worker's page reports them all
+            MultiProcessCollector(self.registry, path=shared)
+        own = None if shared else self.registry
+        self.requests = Counter("glmix_scoring_requests", "Score requests by outcome.", ["status"], registry=own)
         self.latency = Histogram(
             "glmix_scoring_latency_seconds",
             "Time to score one request (in the service).",
-            registry=registry,
+            registry=own,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
         )
-        self.candidates = Counter("glmix_scoring_candidates", "Candidates scored.", registry=registry)
+        self.candidates = Counter("glmix_scoring_candidates", "Candidates scored.", registry=own)
+        self.worker_requests = Gauge(
+            "glmix_scoring_worker_requests",
+            "Score requests this worker process answered (by pid with several workers): how evenly they share the load.",
+            registry=own,
+            multiprocess_mode="liveall",
+        )
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -69,14 +85,14 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 
 def build_app(service: ScoringService) -> web.Application:
     """The aiohttp application of ``service`` (used by ``glmix serve`` and the tests)."""
-    registry = CollectorRegistry()
-    metrics = _Metrics(registry)
+    metrics = _Metrics()
     app = web.Application(client_max_size=service.limits.max_body_bytes)
 
     async def score(request: web.Request) -> web.Response:
         started = time.perf_counter()
         response = await _score(request)
         metrics.requests.labels(status=str(response.status)).inc()
+        metrics.worker_requests.inc()
         metrics.latency.observe(time.perf_counter() - started)
         return response
 
@@ -130,7 +146,7 @@ def build_app(service: ScoringService) -> web.Application:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
