@@ -14,23 +14,33 @@ Long-lived objects are frozen out of the cyclic GC after setup (``gc.freeze``), 
 ``glmix serve`` does once its models are loaded, and again after the requests are built:
 they belong to the load generator, which shares this process with the server. The same requests also go over HTTP to ``glmix serve``'s app on loopback, sent by a load
 generator in another process (``bench/http_load.py``, aiohttp) at concurrency 1, 8 and 32
-for 1000 candidates (1 for smaller requests).
+for 1000 candidates (1 for smaller requests). Last, the 1000-candidate requests with features
+go to real ``glmix serve`` processes that load the same models from the embedded broker, with
+``--workers 1`` and ``--workers 2`` (``scoring-http-serve`` lines): what one more core buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
+from confluent_kafka import Producer
 
+from stream.codec import make_codec
 from stream.config import ServingSettings, load_settings
 from stream.gc_pause import freeze_long_lived
+from stream.kafka import EmbeddedBroker, producer_config
+from stream.kafka.clients import prepare_topics
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
@@ -64,6 +74,69 @@ def load_over_http(url: str, bodies: list[str], concurrency: tuple[int, ...], re
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def publish_models(bootstrap: str, overrides: dict[str, str], record: dict, means: dict[str, dict[str, np.ndarray]]) -> None:
+    """The global model and every entity's coefficients on the broker, as the refit and the updaters publish them."""
+    settings = load_settings(overrides={**overrides, "kafka.bootstrap_servers": bootstrap})
+    prepare_topics(settings, bootstrap)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix",
+                     value=make_codec("GlobalModel", settings.topics.model_global).encode(record))
+    for name, by_entity in means.items():
+        topic = settings.topics.coefficients(name)
+        codec = make_codec("EntityModel", topic)
+        for entity, m in by_entity.items():
+            producer.produce(topic, key=entity.encode(), value=codec.encode({
+                "coordinate": name, "entity_id": entity, "version": 1, "means": m.tolist(),
+                "precision_kind": "DIAGONAL", "precision": np.ones(D).tobytes()}))
+            producer.poll(0)
+    producer.flush(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_processes_over_http(bodies: list[str], requests: int, overrides: dict[str, str], record: dict,
+                              means: dict[str, dict[str, np.ndarray]], workers: tuple[int, ...]) -> list[dict]:
+    """The load generator against ``glmix serve --workers W`` processes that load the models from a broker."""
+    results = []
+    with EmbeddedBroker() as broker:
+        publish_models(broker.bootstrap_servers, overrides, record, means)
+        for count in workers:
+            port = free_port()
+            sets = {**overrides, "serving.host": "127.0.0.1", "serving.port": str(port),
+                    "serving.max_candidates": "1000", "serving.max_body_bytes": str(32 * 1024 * 1024),
+                    "kafka.group_prefix": f"bench-serve-{uuid.uuid4().hex[:6]}"}
+            server = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--workers", str(count),
+                                       "--bootstrap-servers", broker.bootstrap_servers,
+                                       *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}")
+                for line in load_over_http(f"http://127.0.0.1:{port}", bodies, (1, 8, 32), requests):
+                    results.append({"workers": count, **line})
+            finally:
+                server.terminate()
+                server.wait(30)
+    return results
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Until 20 fresh connections in a row answer /readyz with 200 (they land on any of the workers)."""
+    deadline, streak = time.monotonic() + timeout_s, 0
+    while streak < 20:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                streak = streak + 1 if response.status == 200 else 0
+        except OSError:
+            streak = 0
+            time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -73,8 +146,8 @@ def main() -> None:
     if args.table:
         print(json.dumps(table_memory(args.table, args.entities)))
         return
-    settings = load_settings(overrides={"model.coordinates.member.max_features": str(D),
-                                        "model.coordinates.job.max_features": str(D)})
+    model_overrides = {"model.coordinates.member.max_features": str(D), "model.coordinates.job.max_features": str(D)}
+    settings = load_settings(overrides=model_overrides)
     world = World(WorldSpec(seed=1, members=300, jobs=1000, requests=400))
     impressions = [li.impression for li in labeled_impressions(world)]
     record = initial_global_model_record(impressions, settings.model)
@@ -83,10 +156,11 @@ def main() -> None:
     global_models = GlobalModelTable(settings.model)
     global_models.apply([record])
     model = global_models.current
-    tables, effects = {}, {}
+    tables, effects, published = {}, {}, {}
     for name, entities in (("member", world.members), ("job", world.jobs)):
         ids = sorted(e.entity_id for e in entities)
         means = rng.normal(size=(len(ids), D))
+        published[name] = dict(zip(ids, means))
         tables[name] = CoefficientTable(name, D)
         tables[name].apply([{"entity_id": e, "version": 1, "means": m.tolist()} for e, m in zip(ids, means)])
         effects[name] = RandomEffectModel(np.array(ids), means, np.ones_like(means))
@@ -150,7 +224,14 @@ def main() -> None:
                 print(json.dumps({"bench": bench, "candidates": count, "dim": D, **result,
                                   "client": "own process (bench/http_load.py), keep-alive",
                                   "goal_p99_ms": 20.0 if count == 1000 else None, "reproduce": REPRODUCE}), flush=True)
+        if count == 1000:
+            served = serve_processes_over_http(bodies, requests, model_overrides, record, published, workers=(1, 2))
     server.close()
+    for result in served:
+        print(json.dumps({"bench": "scoring-http-serve", "candidates": 1000, "dim": D, **result,
+                          "server": "glmix serve processes", "cores": os.cpu_count(),
+                          "client": "own process (bench/http_load.py), keep-alive", "goal_p99_ms": 20.0,
+                          "reproduce": REPRODUCE}), flush=True)
     entities = 100_000 if args.quick else 1_000_000
     for kind in ("memory", "rocksdb"):
         done = subprocess.run([sys.executable, __file__, "--table", kind, "--entities", str(entities)],
