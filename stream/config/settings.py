@@ -489,7 +489,13 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a glmix process is configured with; built once, passed down."""
+    """Everything a glmix process is configured with; built once, passed down.
+
+    ``state_write_ahead_log = false`` writes the stages' RocksDB stores without the
+    write-ahead log: cheaper state writes, and a process that crashes restores the
+    partitions whose latest writes were still in memory from their changelogs, as after
+    a move between machines (:mod:`stream.state.partition_store`).
+    """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
@@ -500,6 +506,7 @@ class Settings:
     refit: RefitSettings = field(default_factory=RefitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state_dir: str = "./state"
+    state_write_ahead_log: bool = True
     restore_max_records_per_s: int = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

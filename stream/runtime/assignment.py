@@ -40,7 +40,9 @@ class _Restoring:
 class Assignment:
     """The partitions a stage owns: restoring (paused) or ready, and their stores."""
 
-    def __init__(self, stage: Stage, state_dir: str | Path, restore_slice_s: float) -> None:
+    def __init__(
+        self, stage: Stage, state_dir: str | Path, restore_slice_s: float, write_ahead_log: bool = True
+    ) -> None:
         self.stage = stage
         self.stores: dict[int, PartitionStore] = {}
         self.ready: set[int] = set()
@@ -49,6 +51,7 @@ class Assignment:
         self.revocations = 0
         self._state_dir = state_dir
         self._slice_s = restore_slice_s
+        self._write_ahead_log = write_ahead_log
         self._to_close: list[PartitionStore] = []
 
     # ------------------------------------------------------------------ callbacks (bookkeeping only)
@@ -107,7 +110,7 @@ class Assignment:
         if restoring.store is None:
             path = store_path(self._state_dir, owner, restoring.topic_partitions[0].topic, number)
             try:
-                restoring.store, _ = open_or_wipe(path)
+                restoring.store, _ = open_or_wipe(path, self._write_ahead_log)
             except StoreOwnedError:  # its previous owner in this machine has not closed it yet: next step
                 log.info("%s: store of partition %d still open elsewhere; retrying", self.stage.group_id, number)
                 return False

@@ -53,7 +53,9 @@ class StageRunner:
     ) -> None:
         self.stage = stage
         self.settings = settings
-        self.assignment = Assignment(stage, Path(settings.state_dir), restore_slice_seconds(settings))
+        self.assignment = Assignment(
+            stage, Path(settings.state_dir), restore_slice_seconds(settings), settings.state_write_ahead_log
+        )
         self._bootstrap = bootstrap_servers
         self._statistics = statistics
         self._clients: StageClients | None = None

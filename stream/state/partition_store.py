@@ -6,6 +6,12 @@ WriteBatch as the data it covers, so the two can never disagree after a crash. R
 own LOCK file means a second owner, in this process or another, cannot open the store.
 Bloom filters and a block cache are on: without them point reads slow down several times
 once entities have been overwritten (DESIGN §4).
+
+Without the write-ahead log (``state_write_ahead_log = false``), writes go to the memtable
+only, and RocksDB persists them when it flushes a memtable (every 64 MB of writes, and
+when the store closes). A flush persists whole write batches, so after a crash the store
+holds its state as of some earlier batch, with that batch's offsets: it is behind, and
+the stage restores it from its changelog as it restores a store moved between machines.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from stream.state.exceptions import StateError, StoreOwnedError
 
@@ -53,9 +59,11 @@ def store_path(state_dir: str | Path, owner: str, topic: str, partition: int) ->
 class PartitionStore:
     """The RocksDB state of one input partition: bytes keys to bytes values, plus its processed offset."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, write_ahead_log: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_options = WriteOptions()
+        self._write_options.disable_wal = not write_ahead_log  # type: ignore[method-assign,assignment]  # a property; the stub says method
         self._db: Rdict | None = self._open()
 
     @property
@@ -116,7 +124,7 @@ class PartitionStore:
 
     def _write(self, batch: WriteBatch) -> None:
         try:
-            self._open_db.write(batch)
+            self._open_db.write(batch, self._write_options)
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status (disk full, I/O error)
             raise StateError(f"writing to the state store {self.path} failed: {exc}") from exc
 
@@ -159,16 +167,16 @@ class PartitionStore:
         log.warning("wiped state store %s", self.path)
 
 
-def open_or_wipe(path: str | Path) -> tuple[PartitionStore, bool]:
+def open_or_wipe(path: str | Path, write_ahead_log: bool = True) -> tuple[PartitionStore, bool]:
     """Open the store at ``path``; if it cannot be opened (corrupt), delete it and start empty.
 
     Returns the store and whether it was wiped. A store owned by someone else is never wiped.
     """
     try:
-        return PartitionStore(path), False
+        return PartitionStore(path, write_ahead_log), False
     except StoreOwnedError:
         raise
     except StateError as exc:
         log.warning("state store %s is unreadable (%s); deleting it to restore from the changelog", path, exc)
         shutil.rmtree(path, ignore_errors=True)
-        return PartitionStore(path), True
+        return PartitionStore(path, write_ahead_log), True
