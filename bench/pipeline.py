@@ -9,7 +9,8 @@ Stages join their consumer group and restore their partitions before the data ar
 * ``updater-hot`` / ``updater-cold`` (DESIGN §8): LabeledExamples for the member
   coordinate (d=32, bayes, full and diagonal precision) consumed by a CoordinateUpdater — hot: ~1k
   entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
-  micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition).
+  micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition);
+  cold again with ``state_write_ahead_log = false`` (``write_ahead_log``: false).
   Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages (best of three reads), and
   their ratio; entity updates/s; RocksDB bytes per entity after a flush.
 * ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
@@ -162,11 +163,12 @@ def store_bytes(updater_dir: str) -> int:
 
 
 def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round: int, events_per_entity: int,
-                  batch_size: int, precision: str) -> dict:
+                  batch_size: int, precision: str, write_ahead_log: bool = True) -> dict:
     state_dir = tempfile.mkdtemp(prefix="glmix-bench-")
     settings = settings_for(bootstrap, state_dir, **{
         "model.coordinates.member.max_features": str(D), "model.coordinates.member.batch_size": str(batch_size),
-        "model.coordinates.member.batch_time_ms": "200", "model.coordinates.member.precision": precision})
+        "model.coordinates.member.batch_time_ms": "200", "model.coordinates.member.precision": precision,
+        "state_write_ahead_log": str(write_ahead_log).lower()})
     rng = np.random.default_rng(0)
     producer = Producer(producer_config(settings.kafka))
     updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
@@ -193,7 +195,8 @@ def bench_updater(bootstrap: str, workload: str, rounds: int, entities_per_round
     ceiling = total / rounds / ceiling_seconds
     rate = stats.examples / seconds
     return {
-        "bench": f"updater-{workload}", "precision": precision, "entities": entities, "events": stats.examples,
+        "bench": f"updater-{workload}", "precision": precision, "write_ahead_log": write_ahead_log,
+        "entities": entities, "events": stats.examples,
         "batch_size": batch_size,
         "updater_events_per_s": round(rate), "raw_ceiling_events_per_s": round(ceiling),
         "updater_over_ceiling": round(rate / ceiling, 3),
@@ -346,6 +349,9 @@ def main() -> None:
                 cold = bench_updater(b, "cold", 3, 40_000, 1, batch_size=10_000, precision=precision)
             print(json.dumps(hot), flush=True)
             print(json.dumps(cold), flush=True)
+            if not args.quick:  # the write-heavy workload again with state_write_ahead_log = false
+                print(json.dumps(bench_updater(b, "cold", 3, 40_000, 1, batch_size=10_000, precision=precision,
+                                               write_ahead_log=False)), flush=True)
         joiner = bench_joiner(b, requests=300 if args.quick else 6000)
         print(json.dumps(joiner), flush=True)
         # Freshness at 80% of the most the joiner sustained alone, and (full run) at 80% of the most the whole
