@@ -51,8 +51,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def served(kafka_bootstrap, unique_name, tmp_path) -> Iterator[tuple[subprocess.Popen, str, list[dict]]]:
+def served(kafka_broker, kafka_bootstrap, unique_name, tmp_path) -> Iterator[tuple[subprocess.Popen, str, list[dict]]]:
     """A ``glmix serve --workers 2`` process with a global model to serve, its URL, and requests' impressions."""
+    if kafka_broker.kind == "mock":
+        pytest.skip("process-level test: it runs once, on the broker-process tier (the mock adds nothing here)")
     sets = {"topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
             "topics.items": f"items-{unique_name}", "kafka.group_prefix": f"serve-{unique_name}",
             "serving.host": "127.0.0.1", "serving.port": "0", "state_dir": str(tmp_path)}
