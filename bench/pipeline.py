@@ -266,11 +266,8 @@ def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:
     producer.flush()
     # The joiner is a `glmix run joiner` process; the member updater runs here, where its freshness samples are.
     joiner_log = Path(state_dir) / "joiner.log"
-    sets = [a for k, v in {**values, "state_dir": f"{state_dir}/joiner", "log_level": "INFO"}.items()
-            for a in ("--set", f"{k}={v}")]
-    with joiner_log.open("w") as log:
-        joiner = subprocess.Popen([sys.executable, "-m", "stream", "run", "joiner", *sets],
-                                  stdout=subprocess.DEVNULL, stderr=log)
+    joiner = run_all.start_glmix(["run", "joiner"], {**values, "state_dir": f"{state_dir}/joiner", "log_level": "INFO"},
+                                 joiner_log)
     updater = StageRunner(CoordinateUpdater(settings, "member"), settings)
     try:
         wait_ready(updater)

@@ -54,6 +54,13 @@ def overrides(bootstrap: str, state_dir: str) -> dict[str, str]:
     }
 
 
+def start_glmix(args: list[str], settings: dict[str, str], log: Path) -> subprocess.Popen:
+    """``glmix <args>`` as its own process with ``settings`` as ``--set`` overrides, its log in ``log``."""
+    sets = [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "stream", *args, *sets], stdout=subprocess.DEVNULL, stderr=out)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -123,11 +130,8 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int) -> dict:
     logs: list[Path] = []
 
     def glmix(*args: str, state: str) -> subprocess.Popen:
-        sets = [a for k, v in {**values, "state_dir": state, "log_level": "INFO"}.items() for a in ("--set", f"{k}={v}")]
         logs.append(Path(f"{state}.log"))
-        with logs[-1].open("w") as log:
-            return subprocess.Popen([sys.executable, "-m", "stream", "run", *args, *sets],
-                                    stdout=subprocess.DEVNULL, stderr=log)
+        return start_glmix(["run", *args], {**values, "state_dir": state, "log_level": "INFO"}, logs[-1])
 
     stages = {"joiner": [glmix("joiner", state=f"{state_root}/j{i}") for i in range(joiners)]}
     coordinates = list(settings.model.coordinates)

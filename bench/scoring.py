@@ -50,6 +50,8 @@ from stream.scoring.stored_table import StoredCoefficientTable
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 
+from run_all import start_glmix
+
 REPRODUCE = "python bench/scoring.py"
 CACHE_ENTITIES = 100_000
 D = 32
@@ -102,17 +104,15 @@ def serve_processes_over_http(bodies: list[str], requests: int, overrides: dict[
                               means: dict[str, dict[str, np.ndarray]], workers: tuple[int, ...]) -> list[dict]:
     """The load generator against ``glmix serve --workers W`` processes that load the models from a broker."""
     results = []
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="glmix-bench-serve-") as logs:
         publish_models(broker.bootstrap_servers, overrides, record, means)
         for count in workers:
             port = free_port()
             sets = {**overrides, "serving.host": "127.0.0.1", "serving.port": str(port),
                     "serving.max_candidates": "1000", "serving.max_body_bytes": str(32 * 1024 * 1024),
                     "kafka.group_prefix": f"bench-serve-{uuid.uuid4().hex[:6]}"}
-            server = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--workers", str(count),
-                                       "--bootstrap-servers", broker.bootstrap_servers,
-                                       *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = start_glmix(["serve", "--workers", str(count), "--bootstrap-servers", broker.bootstrap_servers],
+                                 sets, Path(logs) / f"serve-{count}-workers.log")
             try:
                 wait_ready(f"http://127.0.0.1:{port}")
                 for line in load_over_http(f"http://127.0.0.1:{port}", bodies, (1, 8, 32), requests):
