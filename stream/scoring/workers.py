@@ -9,6 +9,11 @@ so a port of 0 is chosen once for all of them. Their Prometheus metrics live in 
 directory (prometheus_client's multiprocess mode), so ``/metrics`` on any worker reports
 the sum over all of them and each worker's request count by ``pid``.
 
+Each worker loads the models itself, so ``/readyz`` answers for the worker that took the
+connection: while they start, one may be ready before another (they read the same
+topics, so moments apart), and a request that reaches one still loading gets the same
+503 a single server gives before its models are loaded.
+
 SIGTERM or SIGINT is passed to every worker, which finishes its requests and stops. A
 worker that exits by itself stops the others and this process with status 1: the
 service never runs on fewer workers than asked without anyone noticing, and the
