@@ -60,16 +60,8 @@ D = 32
 
 
 def overrides_for(bootstrap: str, state_dir: str, **extra: str) -> dict[str, str]:
-    """Settings overrides of one measurement: its own topics and groups on the shared broker."""
-    suffix = uuid.uuid4().hex[:8]
-    return {
-        "kafka.bootstrap_servers": bootstrap, "kafka.group_prefix": f"bench-{suffix}", "state_dir": state_dir,
-        "topics.impressions": f"imp-{suffix}", "topics.interactions": f"int-{suffix}",
-        "topics.examples_by_member": f"exm-{suffix}", "topics.examples_by_job": f"exj-{suffix}",
-        "topics.coefficients_prefix": f"coef-{suffix}-", "topics.model_global": f"global-{suffix}",
-        "topics.dead_letter": f"dlq-{suffix}", "kafka.consumer.session.timeout.ms": "6000",
-        "kafka.producer.linger.ms": "2", **extra,
-    }
+    """run_all's overrides of one measurement, with the producer lingering 2 ms."""
+    return run_all.overrides(bootstrap, state_dir, **{"kafka.producer.linger.ms": "2", **extra})
 
 
 def settings_for(bootstrap: str, state_dir: str, **extra: str) -> Settings:

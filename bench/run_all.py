@@ -41,16 +41,15 @@ REPRODUCE = "python bench/run_all.py"
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def overrides(bootstrap: str, state_dir: str) -> dict[str, str]:
-    """Settings of one run: its own topics and groups on the shared broker."""
+def overrides(bootstrap: str, state_dir: str, **extra: str) -> dict[str, str]:
+    """Settings of one measurement: its own topics and groups on the shared broker, plus ``extra``."""
     s = uuid.uuid4().hex[:8]
     return {
         "kafka.bootstrap_servers": bootstrap, "kafka.group_prefix": f"bench-{s}", "state_dir": state_dir,
         "topics.impressions": f"imp-{s}", "topics.interactions": f"int-{s}", "topics.examples_by_member": f"exm-{s}",
         "topics.examples_by_job": f"exj-{s}", "topics.coefficients_prefix": f"coef-{s}-",
         "topics.model_global": f"global-{s}", "topics.dead_letter": f"dlq-{s}",
-        "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "60000",
-        "kafka.consumer.session.timeout.ms": "6000", "metrics.port": "0",
+        "kafka.consumer.session.timeout.ms": "6000", **extra,
     }
 
 
@@ -114,7 +113,8 @@ def wait_until_settled(logs: list[Path], quiet_s: float = 3.0, timeout_s: float 
 
 def run(bootstrap: str, joiners: int, requests: int, partitions: int) -> dict:
     state_root = tempfile.mkdtemp(prefix="glmix-bench-run-all-")
-    values = overrides(bootstrap, state_root)
+    values = overrides(bootstrap, state_root, **{"joiner.attribution_window_ms": "60000",
+                                                 "joiner.allowed_lateness_ms": "60000", "metrics.port": "0"})
     settings: Settings = load_settings(overrides=values)
     prepare_topics(settings, bootstrap)
     world = World(WorldSpec(seed=4, members=2000, jobs=1000, requests=requests, attribution_window_ms=60_000,
