@@ -47,22 +47,21 @@ def _string(value: Any, field: str, allow_empty: bool = False) -> str:
     return value
 
 
-def _bags(value: Any, field: str, limits: ServingSettings) -> dict[str, list[dict[str, Any]]]:
-    """The feature bags, checked; valid items are passed through as they are (no copy on the hot path)."""
+def _bags(value: Any, limits: ServingSettings, candidate: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The feature bags of the member (``candidate`` None) or of one candidate, checked.
+
+    Valid bags are passed through as they are: no copy, and no JSON path is built unless
+    there is a problem to name (a 1000-candidate request has thousands of bags).
+    """
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
-        raise InvalidRequest(field, "must be an object of feature bags")
-    bags: dict[str, list[dict[str, Any]]] = {}
+    if type(value) is not dict:
+        raise InvalidRequest(_bags_field(candidate), "must be an object of feature bags")
+    most = limits.max_features_per_bag
     for bag, items in value.items():
-        where = f"{field}.{bag}"
-        if not isinstance(items, list):
-            raise InvalidRequest(where, "must be an array of {name, term, value}")
-        if len(items) > limits.max_features_per_bag:
-            raise InvalidRequest(
-                where, f"has {len(items)} features, more than the limit of {limits.max_features_per_bag}", status=413
-            )
-        for i, item in enumerate(items):  # the fast check, inline: plain types, sizes, a finite value (NaN fails)
+        if type(items) is not list or len(items) > most:
+            _raise_bag_problem(items, f"{_bags_field(candidate)}.{bag}", most)
+        for item in items:  # the fast check, inline: plain types, sizes, a finite value (NaN fails)
             if type(item) is dict:
                 name, term, number = item.get("name"), item.get("term", ""), item.get("value", 1.0)
                 if (
@@ -74,9 +73,19 @@ def _bags(value: Any, field: str, limits: ServingSettings) -> dict[str, list[dic
                     and -MAX_VALUE <= number <= MAX_VALUE
                 ):
                     continue
-            _raise_item_problem(item, f"{where}[{i}]")
-        bags[str(bag)] = items
-    return bags
+            position = next(i for i, x in enumerate(items) if x is item)
+            _raise_item_problem(item, f"{_bags_field(candidate)}.{bag}[{position}]")
+    return value
+
+
+def _bags_field(candidate: int | None) -> str:
+    return "$.member_features" if candidate is None else f"$.candidates[{candidate}].features"
+
+
+def _raise_bag_problem(items: Any, here: str, most: int) -> None:
+    if not isinstance(items, list):
+        raise InvalidRequest(here, "must be an array of {name, term, value}")
+    raise InvalidRequest(here, f"has {len(items)} features, more than the limit of {most}", status=413)
 
 
 def _raise_item_problem(item: Any, here: str) -> None:
@@ -108,17 +117,13 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
         raise InvalidRequest(
             "$.candidates", f"{len(candidates)} candidates, more than the limit of {limits.max_candidates}", status=413
         )
-    checked = []
-    for i, candidate in enumerate(candidates):
-        if not isinstance(candidate, Mapping):
+    for i, candidate in enumerate(candidates):  # valid candidates are passed through as they are
+        if type(candidate) is not dict:
             raise InvalidRequest(f"$.candidates[{i}]", "must be an object {item_id, features}")
-        features = candidate.get("features")  # absent: the item's features from the items topic
-        checked.append(
-            {
-                "item_id": _string(candidate.get("item_id"), f"$.candidates[{i}].item_id"),
-                "features": None if features is None else _bags(features, f"$.candidates[{i}].features", limits),
-            }
-        )
+        item_id = candidate.get("item_id")
+        if type(item_id) is not str or not 0 < len(item_id) <= MAX_ID_CHARS:
+            _string(item_id, f"$.candidates[{i}].item_id")
+        _bags(candidate.get("features"), limits, i)  # absent: the item's features from the items topic
     context = body.get("context") or {}
     if not isinstance(context, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()
@@ -129,8 +134,8 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
         raise InvalidRequest("$.top_k", "must be an integer >= 1")
     return ScoreRequest(
         member_id,
-        _bags(body.get("member_features"), "$.member_features", limits),
-        checked,
+        _bags(body.get("member_features"), limits),
+        candidates,
         dict(context),
         top_k,
         _exploration(body.get("exploration"), limits),
