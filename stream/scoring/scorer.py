@@ -195,17 +195,8 @@ class Scorer:
         """
         if not candidates:
             return []
-        with cyclic_gc_paused():
-            rows = [
-                {
-                    "member_id": member_id,
-                    "item_id": c["item_id"],
-                    "context": dict(context or {}),
-                    "features": c.get("features"),
-                }
-                for c in candidates
-            ]
-            margins, versions = self.rows_breakdown(rows, member_features, exploration)
+        with cyclic_gc_paused():  # the rows are freed before the collector is back, so it never scans them
+            margins, versions = self._candidate_margins(member_id, member_features, candidates, context, exploration)
         total: np.ndarray = sum(margins.values(), np.zeros(len(candidates)))
         probability = self._loss.mean(total)
         order = np.argsort(-total, kind="stable") if top_k is not None else np.arange(len(candidates))
@@ -221,6 +212,25 @@ class Scorer:
             )
             for i in order
         ]
+
+    def _candidate_margins(
+        self,
+        member_id: str,
+        member_features: Bags,
+        candidates: Sequence[Mapping[str, Any]],
+        context: Mapping[str, str] | None,
+        exploration: Exploration | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        rows = [
+            {
+                "member_id": member_id,
+                "item_id": c["item_id"],
+                "context": dict(context or {}),
+                "features": c.get("features"),
+            }
+            for c in candidates
+        ]
+        return self.rows_breakdown(rows, member_features, exploration)
 
 
 def _merged_bags(shared: Bags, own: Bags) -> dict[str, list[Any]]:
