@@ -15,7 +15,8 @@ Stages join their consumer group and restore their partitions before the data ar
   their ratio; entity updates/s; RocksDB bytes per entity after a flush.
 * ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
   through the Joiner (decode, index, RocksDB join, produce examples for two coordinates),
-  against consume + decode of the same input.
+  against consume + decode of the same input; and what its changelog took per example
+  (records and bytes, the outbox included) beside the size of one example.
 * ``freshness``: a ``glmix run joiner`` process and the member updater (in this process)
   running live while impressions and clicks are produced (by a third process), event time =
   wall clock; freshness is click event time -> the clicked member's coefficients published
@@ -112,6 +113,26 @@ def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> floa
     elapsed = time.perf_counter() - started
     consumer.close()
     return seen / elapsed
+
+
+def topic_size(settings: Settings, topic: str) -> tuple[int, int]:
+    """Records in ``topic`` and their key + value bytes, read from the beginning to the end."""
+    consumer = Consumer(consumer_config(settings.kafka, group_id=f"size-{uuid.uuid4().hex[:6]}"))
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    records = size = 0
+    left = {p for p, end in ends.items() if end > 0}
+    deadline = time.monotonic() + 120
+    while left and time.monotonic() < deadline:
+        for m in consumer.consume(5000, timeout=0.5):
+            if m.error() is None:
+                records += 1
+                size += len(m.key() or b"") + len(m.value() or b"")
+                if m.offset() + 1 >= ends[m.partition()]:
+                    left.discard(m.partition())
+    consumer.close()
+    return records, size
 
 
 def wait_ready(stage, timeout_s: float = 60.0) -> None:
@@ -234,11 +255,15 @@ def bench_joiner(bootstrap: str, requests: int) -> dict:
     joiner.close()
     impressions = sum(1 for e in events if e.kind == "impression")
     ceiling = raw_ceiling(settings, settings.topics.impressions, impressions, "Impression")
+    changelog_records, changelog_bytes = topic_size(settings, settings.kafka.changelog_topic("joiner"))
+    examples_bytes = topic_size(settings, settings.topics.examples_by_member)[1]
     shutil.rmtree(state_dir, ignore_errors=True)
     rate = consumed() / seconds
     return {"bench": "joiner", "events": consumed(), "examples": stats.examples, "joiner_events_per_s": round(rate),
             "raw_ceiling_impressions_per_s": round(ceiling), "joiner_over_ceiling": round(rate / ceiling, 3),
-            "reproduce": REPRODUCE}
+            "changelog_records_per_example": round(changelog_records / stats.examples, 2),
+            "changelog_bytes_per_example": round(changelog_bytes / stats.examples),
+            "example_bytes": round(examples_bytes / stats.examples), "reproduce": REPRODUCE}
 
 
 def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:

@@ -270,13 +270,12 @@ class Joiner(Stage):
         records = self._outgoing(batch.result.emissions)
         puts, deletes = batch.changes()
         deletes += previous_outbox_keys(store)
-        puts.append(outbox_size_item(len(records)))
+        outbox = outbox_entries(records, written_ms)
+        puts.append(outbox_size_item(outbox))
         changed = {key for key, _ in puts} | set(deletes)
         compensation = [key for key in self._compensate.pop(partition, []) if key not in changed]
         values = store.get_many(compensation)
-        log_puts = (
-            puts + outbox_entries(records, written_ms) + [(k, v) for k, v in zip(compensation, values) if v is not None]
-        )
+        log_puts = puts + outbox + [(k, v) for k, v in zip(compensation, values) if v is not None]
         log_deletes = deletes + [k for k, v in zip(compensation, values) if v is None]
         logged = checkpoint.log(self.changelog_topic, partition, batch_records(log_puts, log_deletes, offsets))
         for record in records:

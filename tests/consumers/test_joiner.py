@@ -165,8 +165,9 @@ def test_a_logged_batch_whose_examples_were_half_delivered_is_completed_on_anoth
     outgoing = [OutgoingRecord(topic, e["member_id"].encode(), codec.encode(e), e["example_id"])
                 for topic in (topics.examples_by_member, topics.examples_by_job) for e in examples]
     pending_key, pending_value = b"p" + b"imp-still-waiting", b"a pending impression"
-    logged = batch_records([*outbox_entries(outgoing, wall_ms()), outbox_size_item(len(outgoing)),
-                            (pending_key, pending_value)], [], {topics.impressions: 41})
+    outbox = outbox_entries(outgoing, wall_ms())
+    logged = batch_records([*outbox, outbox_size_item(outbox), (pending_key, pending_value)], [],
+                           {topics.impressions: 41})
     changelog = settings.kafka.changelog_topic("joiner")
     prepare_topics(settings)
     for key, value in logged:
