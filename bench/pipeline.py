@@ -46,6 +46,7 @@ from stream.codec import decode_batch, make_codec
 from stream.config import KafkaSettings, Settings, load_settings
 from stream.kafka import EmbeddedBroker, consumer_config, producer_config
 from stream.kafka.clients import prepare_topics
+from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
 from stream.runtime.runner import StageRunner
@@ -115,23 +116,23 @@ def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> floa
     return seen / elapsed
 
 
+class _ValueSizes:
+    """What ``TopicReader`` decodes each value to here: its size (a changelog's values are not Avro)."""
+
+    def decode(self, payload: bytes | None) -> dict:
+        return {"bytes": len(payload or b"")}
+
+
 def topic_size(settings: Settings, topic: str) -> tuple[int, int]:
     """Records in ``topic`` and their key + value bytes, read from the beginning to the end."""
-    consumer = Consumer(consumer_config(settings.kafka, group_id=f"size-{uuid.uuid4().hex[:6]}"))
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    reader = TopicReader(settings.kafka, topic, _ValueSizes(), client_id=f"size-{uuid.uuid4().hex[:6]}")
     records = size = 0
-    left = {p for p, end in ends.items() if end > 0}
-    deadline = time.monotonic() + 120
-    while left and time.monotonic() < deadline:
-        for m in consumer.consume(5000, timeout=0.5):
-            if m.error() is None:
-                records += 1
-                size += len(m.key() or b"") + len(m.value() or b"")
-                if m.offset() + 1 >= ends[m.partition()]:
-                    left.discard(m.partition())
-    consumer.close()
+    try:
+        for batch in reader.read_to_end(timeout_s=120):
+            records += len(batch.messages)
+            size += sum(r["bytes"] for r in batch.records) + sum(len(m.key() or b"") for m in batch.messages)
+    finally:
+        reader.close()
     return records, size
 
 
@@ -308,7 +309,7 @@ def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:
     shutil.rmtree(state_dir, ignore_errors=True)
     return {"bench": "freshness", "impressions_per_s": round(produced["impressions"] / seconds),
             "clicks": produced["clicks"], "measured": len(fresh), "producer": "own process",
-            "stages": "joiner process + member updater process",
+            "stages": "joiner process + member updater in the benchmark process",
             "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 1) if len(fresh) else None,
             "freshness_p99_ms": round(float(np.percentile(fresh, 99)), 1) if len(fresh) else None,
             "reproduce": REPRODUCE}
