@@ -33,9 +33,9 @@ def source_of(message: KafkaMessage) -> tuple[str, int, int]:
 def last_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
     """The highest offset seen per (topic, partition)."""
     last: dict[tuple[str, int], int] = {}
-    for m in messages:  # source_of's checks inlined: this runs once per consumed record
-        key = (m.topic() or "", m.partition() or 0)
-        offset = m.offset() or 0
+    for m in messages:
+        topic, partition, offset = source_of(m)
+        key = (topic, partition)
         if offset > last.get(key, -1):
             last[key] = offset
     return last

@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
-from stream.kafka.messages import last_offsets
+from stream.kafka.messages import last_offsets, source_of
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
 from stream.metrics.histogram import FRESHNESS_SECONDS_BUCKETS, NEWTON_ITERATIONS_BUCKETS, CumulativeHistogram
@@ -224,7 +224,7 @@ class CoordinateUpdater(Stage):
             if problem is not None:
                 dead_letters.send(message, problem)
                 continue
-            records, kept = by_partition.setdefault(message.partition() or 0, ([], []))
+            records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
             records.append(record)
             kept.append(message)
         writes = {
