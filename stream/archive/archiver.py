@@ -116,7 +116,7 @@ class Archiver(Stage):
         if messages:
             decoded = decode_batch(self._codec, messages)
             for message, error in decoded.failures:
-                self.clients.dead_letters.send(message, error.reason)
+                self.clients.dead_letters.send(checkpoint, message, error.reason)
             for record, message in zip(decoded.records, decoded.messages):
                 _, partition, offset = source_of(message)
                 self._add(record, partition, offset)

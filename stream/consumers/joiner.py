@@ -52,7 +52,9 @@ from stream.consumers.outbox import (
     wall_ms,
 )
 from stream.errors import GlmixError
+from stream.kafka.clients import producer_wait_seconds
 from stream.kafka.messages import last_offsets, source_of
+from stream.kafka.producing import produce_bounded
 from stream.metrics.families import MetricFamilies
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
@@ -244,14 +246,14 @@ class Joiner(Stage):
         last = last_offsets(messages)
         for key in last:
             self._last_delivery[key] = started
-        events = self._decode(messages)
+        events = self._decode(messages, checkpoint)
         self._bootstrap_model_if_needed(events)
         written_ms = wall_ms()
         stores = self.clients.stores
         for partition in sorted(stores):  # quiet partitions too: their windows close once an input is idle
             items = events.get(partition, [])
             store = stores[partition]
-            batch = self._join_partition(store, partition, items)
+            batch = self._join_partition(store, partition, items, checkpoint)
             offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
             if items or offsets or batch.result.emissions or batch.result.orphans or partition in self._compensate:
                 self._checkpoint_partition(checkpoint, store, partition, batch, offsets, written_ms)
@@ -282,7 +284,7 @@ class Joiner(Stage):
             checkpoint.produce(record.topic, record.key, record.value)
         checkpoint.write(store, puts, deletes, offsets, logged=logged)
 
-    def _decode(self, good: list) -> dict[int, list[JoinInput]]:
+    def _decode(self, good: list, checkpoint: Checkpoint) -> dict[int, list[JoinInput]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
         topics = self.settings.topics
         by_kind = {
@@ -295,11 +297,11 @@ class Joiner(Stage):
             problem = impression_problem if kind == IMPRESSION else interaction_problem
             result = decode_batch(codec, batch)
             for message, error in result.failures:
-                self.clients.dead_letters.send(message, str(error))
+                self.clients.dead_letters.send(checkpoint, message, str(error))
             for record, message in zip(result.records, result.messages):
                 reason = problem(record)
                 if reason is not None:
-                    self.clients.dead_letters.send(message, reason)
+                    self.clients.dead_letters.send(checkpoint, message, reason)
                 else:
                     decoded[id(message)] = JoinInput(
                         kind, record, source_of(message)[2], message.value() or b"", message.key() or b""
@@ -360,13 +362,12 @@ class Joiner(Stage):
             return
         record = initial_global_model_record(impressions, self.settings.model)
         assert self.models is not None
-        producer = self.clients.producer
-        producer.produce(
-            self.settings.topics.model_global,
-            key=record["model_name"].encode(),
-            value=self._global_model_codec.encode(record),
-        )
-        producer.flush()
+        producer, wait_s = self.clients.producer, producer_wait_seconds(self.settings.kafka)
+        topic = self.settings.topics.model_global
+        value = self._global_model_codec.encode(record)
+        produce_bounded(producer, topic, record["model_name"].encode(), value, stall_timeout_s=wait_s)
+        if producer.flush(wait_s):
+            raise JoinerError(f"could not publish a first global model to {topic} within {wait_s:.0f} s")
         deadline = time.monotonic() + 30
         while self.models.global_model.current is None:
             if time.monotonic() > deadline:
@@ -383,7 +384,9 @@ class Joiner(Stage):
             self.models.global_model.current.global_index.dim,
         )
 
-    def _join_partition(self, store: PartitionStore, partition: int, items: list[JoinInput]) -> JoinBatch:
+    def _join_partition(
+        self, store: PartitionStore, partition: int, items: list[JoinInput], checkpoint: Checkpoint
+    ) -> JoinBatch:
         assert self.models is not None
         topics = self.settings.topics
         done = {
@@ -395,6 +398,7 @@ class Joiner(Stage):
         batch = self._join.join(store, fresh, self.models.global_model.current, self._idle_inputs(store, partition))
         for orphan in batch.result.orphans:
             self.clients.dead_letters.send_raw(
+                checkpoint,
                 orphan.key,
                 orphan.raw,
                 topics.interactions,
@@ -473,9 +477,14 @@ class Joiner(Stage):
             client_id=f"{self.group_id}-outbox",
         )
         missing = [r for r in records if (r.topic, r.example_id) not in found]
+        producer, wait_s = self.clients.producer, producer_wait_seconds(self.settings.kafka)
         for record in missing:
-            self.clients.producer.produce(record.topic, key=record.key, value=record.value)
-        self.clients.producer.flush()
+            produce_bounded(producer, record.topic, record.key, record.value, stall_timeout_s=wait_s)
+        if producer.flush(wait_s):
+            raise JoinerError(
+                f"joiner: partition {partition}: the outbox's {len(missing)} undelivered records were not delivered "
+                f"within {wait_s:.0f} s"
+            )
         store.commit([], keys)  # delivered: the next logged batch deletes them from the changelog too
         self.stats.outbox_recovered += len(missing)
         log.warning(

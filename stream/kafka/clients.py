@@ -36,6 +36,7 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     # default 500 ms was the largest term of click-to-coefficients latency (bench/pipeline.py).
     "fetch.wait.max.ms": 50,
 }
+_MAX_POLL_INTERVAL_MS_DEFAULT = 300_000  # librdkafka's default
 # Offsets are committed by the pipeline after its state is safe (DESIGN §5), never on a timer.
 _CONSUMER_ENFORCED: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
@@ -76,6 +77,25 @@ def consumer_config(
         _CONSUMER_ENFORCED,
         enforced,
     )
+
+
+def max_poll_interval_s(kafka: KafkaSettings) -> float:
+    """The group consumer's ``max.poll.interval.ms`` in seconds: every wait inside a stage's loop is a share of it.
+
+    A member that does not poll within it is evicted and its batch replayed elsewhere.
+    """
+    merged = _merge(_CONSUMER_DEFAULTS, kafka.client, kafka.consumer)
+    return int(merged.get("max.poll.interval.ms", _MAX_POLL_INTERVAL_MS_DEFAULT)) / 1000
+
+
+def producer_wait_seconds(kafka: KafkaSettings) -> float:
+    """How long a stage may wait on a producer that delivers nothing (a full queue, a flush): half the poll interval.
+
+    A batch's produce and flushes run between two polls of the group consumer; waiting
+    past ``max.poll.interval.ms`` would get the member evicted and the batch replayed
+    into the same stalled broker. Half leaves the other half for the batch itself.
+    """
+    return max_poll_interval_s(kafka) / 2
 
 
 def admin_config(kafka: KafkaSettings, bootstrap_servers: str = "") -> dict[str, Any]:

@@ -4,33 +4,42 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-
-from confluent_kafka import Producer
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
+class DeadLetterSink(Protocol):
+    """Where a batch's dead letters go: the batch's :class:`~stream.runtime.checkpoint.Checkpoint`."""
+
+    def dead_letter(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]]
+    ) -> None:
+        """Take one dead-letter record; it is produced in the checkpoint's order."""
+
+
 class DeadLetters:
-    """Sends records a stage cannot use to the dead-letter topic and counts them by stage.
+    """Builds the dead-letter records of a stage and counts them by source topic.
 
     Headers: ``source.topic``, ``source.partition``, ``source.offset``, ``error`` and
-    ``stage``. Uses the stage's producer, so a flush before the offset commit covers them.
+    ``stage``. Records go into the batch's checkpoint, which produces them first and
+    flushes them before the input offsets are committed, however many a batch has.
     """
 
-    def __init__(self, producer: Producer, topic: str, stage: str) -> None:
-        self._producer = producer
+    def __init__(self, topic: str, stage: str) -> None:
         self.topic = topic
         self.stage = stage
         self.counts: Counter[str] = Counter()
 
-    def send(self, message, reason: str) -> None:
+    def send(self, sink: DeadLetterSink, message, reason: str) -> None:
         """Dead-letter a consumed Kafka ``message`` for ``reason``."""
         self.send_raw(
-            message.key(), message.value(), message.topic() or "", message.partition(), message.offset(), reason
+            sink, message.key(), message.value(), message.topic() or "", message.partition(), message.offset(), reason
         )
 
     def send_raw(
         self,
+        sink: DeadLetterSink,
         key: bytes | None,
         value: bytes | None,
         source_topic: str,
@@ -46,7 +55,7 @@ class DeadLetters:
             ("error", reason.encode("utf-8", "replace")),
             ("stage", self.stage.encode()),
         ]
-        self._producer.produce(self.topic, key=key, value=value, headers=headers)
+        sink.dead_letter(self.topic, key, value, headers)
         self.counts[source_topic or "unknown"] += 1
         log.debug("dead-lettered %s[%d]@%d: %s", source_topic, source_partition, source_offset, reason)
 

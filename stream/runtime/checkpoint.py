@@ -1,7 +1,8 @@
 """The Checkpoint: one micro-batch's effects made durable in one order, for every stage (DESIGN §5).
 
-1. changelog records (a store's batch of changes, then its commit marker), flushed;
-2. output records (examples, coefficients, responses, dead letters), flushed;
+1. dead letters, then changelog records (a store's batch of changes, then its commit
+   marker), flushed;
+2. output records (examples, coefficients, responses), flushed;
 3. the input offsets, committed (a commit a rebalance refuses is a normal event);
 4. the local state writes, each with the processed offsets it covers.
 
@@ -9,8 +10,15 @@ A crash between any two steps loses nothing and applies nothing twice, because e
 stage makes a replay of its last batch a no-op: the updaters by per-entity offset stamps
 (their output is their changelog), the joiner by its changelog and outbox (a restore
 applies what step 1 logged, then produces the outbox records step 2 did not deliver),
-the archive by file offset ranges. Offsets only go forward: a checkpoint that would
-commit an offset below one already committed in this assignment is a bug, and raises.
+the archive by file offset ranges. Dead letters go first because a state the changelog
+made durable no longer holds the records it rejected (an orphan interaction); a replay may
+dead-letter a record twice, never lose one. Offsets only go forward: a checkpoint that
+would commit an offset below one already committed in this assignment is a bug, and raises.
+
+Every produce waits for room in a full local queue and every flush is bounded by
+``wait_s`` (half of ``max.poll.interval.ms``, see
+:func:`stream.kafka.clients.producer_wait_seconds`): a burst of records never fails a
+batch, a broker that delivers nothing for that long does, naming what was waited for.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from stream.errors import GlmixError
 from stream.kafka.messages import commit_processed, last_offsets, source_of
+from stream.kafka.producing import ProducerStalledError, produce_bounded
 from stream.state.partition_store import PartitionStore
 from stream.state.store_changelog import CHANGELOG
 
@@ -62,7 +71,8 @@ class _Output:
     topic: str
     key: bytes | None
     value: bytes | None
-    partition: int | None
+    partition: int | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 @dataclass
@@ -73,8 +83,10 @@ class Checkpoint:
     who: str
     committed: dict[tuple[str, int], int]
     delivery_errors: list[str]
+    wait_s: float
     _consumed: dict[tuple[str, int], int] = field(default_factory=dict)
     _logged: list[LoggedBatch] = field(default_factory=list)
+    _dead_letters: list[_Output] = field(default_factory=list)
     _outputs: list[_Output] = field(default_factory=list)
     _writes: list[_StoreWrite] = field(default_factory=list)
 
@@ -97,6 +109,12 @@ class Checkpoint:
         """An output record, produced after the changelog is safe and before the input offsets are committed."""
         self._outputs.append(_Output(topic, key, value, partition))
 
+    def dead_letter(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]]
+    ) -> None:
+        """A record this batch rejected (see :class:`stream.kafka.dead_letter.DeadLetters`), produced before anything else."""
+        self._dead_letters.append(_Output(topic, key, value, headers=headers))
+
     def write(
         self,
         store: PartitionStore,
@@ -111,20 +129,23 @@ class Checkpoint:
     @property
     def empty(self) -> bool:
         """Nothing consumed, logged, produced or written."""
-        return not (self._consumed or self._logged or self._outputs or self._writes)
+        return not (self._consumed or self._logged or self._dead_letters or self._outputs or self._writes)
 
     def commit(self, consumer) -> bool:
-        """Log -> flush -> produce -> flush -> commit offsets -> write state. False if a rebalance refused the commit."""
+        """Dead letters and log -> flush -> produce -> flush -> commit offsets -> write state.
+
+        False if a rebalance refused the commit.
+        """
         self._check_forward()
+        for record in self._dead_letters:
+            self._produce(record)
         for batch in self._logged:
             *changes, (marker_key, marker_value) = batch.records
             for key, value in changes:
-                self.producer.produce(batch.topic, key=key, value=value, partition=batch.partition)
-            self.producer.produce(
-                batch.topic, key=marker_key, value=marker_value, partition=batch.partition, on_delivery=batch.delivered
-            )
+                self._produce(_Output(batch.topic, key, value, batch.partition))
+            self._produce(_Output(batch.topic, marker_key, marker_value, batch.partition), on_delivery=batch.delivered)
         if self._logged:
-            self._flush("changelog")
+            self._flush("dead-letter and changelog")
             missing = [b for b in self._logged if b.marker_offset < 0]
             if missing:
                 raise CheckpointError(
@@ -132,11 +153,8 @@ class Checkpoint:
                     "was not delivered"
                 )
         for output in self._outputs:
-            if output.partition is None:
-                self.producer.produce(output.topic, key=output.key, value=output.value)
-            else:
-                self.producer.produce(output.topic, key=output.key, value=output.value, partition=output.partition)
-        self._flush("output")
+            self._produce(output)
+        self._flush("dead-letter and output" if self._dead_letters and not self._logged else "output")
         accepted = commit_processed(consumer, self._consumed, self.who)
         if accepted:
             self.committed.update(self._consumed)
@@ -147,8 +165,28 @@ class Checkpoint:
             w.store.commit(w.puts, w.deletes, offsets)
         return accepted
 
+    def _produce(self, record: _Output, on_delivery=None) -> None:
+        try:
+            produce_bounded(
+                self.producer,
+                record.topic,
+                record.key,
+                record.value,
+                stall_timeout_s=self.wait_s,
+                partition=record.partition,
+                headers=record.headers,
+                on_delivery=on_delivery,
+            )
+        except ProducerStalledError as exc:
+            raise CheckpointError(f"{self.who}: {exc}; nothing of this batch was committed") from exc
+
     def _flush(self, what: str) -> None:
-        self.producer.flush()
+        remaining = self.producer.flush(self.wait_s)
+        if remaining:
+            raise CheckpointError(
+                f"{self.who}: {remaining} {what} record(s) were still undelivered after a {self.wait_s:.0f} s flush "
+                "(is the broker up?); nothing of this batch was committed"
+            )
         if self.delivery_errors:
             errors, self.delivery_errors[:] = list(self.delivery_errors), []
             raise CheckpointError(

@@ -16,7 +16,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from stream.config import ConfigError, Settings
 from stream.gc_pause import cyclic_gc_paused
-from stream.kafka.clients import consumer_config, prepare_topics, producer_config
+from stream.kafka.clients import (
+    consumer_config,
+    max_poll_interval_s,
+    prepare_topics,
+    producer_config,
+    producer_wait_seconds,
+)
 from stream.kafka.dead_letter import DeadLetters
 from stream.kafka.messages import without_errors
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
@@ -27,7 +33,6 @@ from stream.runtime.stats import StageStats
 
 log = logging.getLogger(__name__)
 
-_MAX_POLL_INTERVAL_MS_DEFAULT = 300_000  # librdkafka's default
 _RESTORE_SLICE_MAX_S = 1.0
 
 
@@ -39,10 +44,7 @@ def restore_slice_seconds(settings: Settings) -> float:
     and for a stalled disk; capped at 1 s so ready partitions keep their latency while
     others restore.
     """
-    configured = {**settings.kafka.client, **settings.kafka.consumer}.get(
-        "max.poll.interval.ms", _MAX_POLL_INTERVAL_MS_DEFAULT
-    )
-    return min(int(configured) / 1000 / 10, _RESTORE_SLICE_MAX_S)
+    return min(max_poll_interval_s(settings.kafka) / 10, _RESTORE_SLICE_MAX_S)
 
 
 class StageRunner:
@@ -61,6 +63,7 @@ class StageRunner:
         self._clients: StageClients | None = None
         self._committed: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
+        self._producer_wait_s = producer_wait_seconds(settings.kafka)
 
     @property
     def clients(self) -> StageClients:
@@ -89,7 +92,7 @@ class StageRunner:
         clients = StageClients(
             producer,
             consumer,
-            DeadLetters(producer, settings.topics.dead_letter, stage.name),
+            DeadLetters(settings.topics.dead_letter, stage.name),
             self._bootstrap,
             self.assignment.stores,
         )
@@ -111,6 +114,9 @@ class StageRunner:
         if error is not None:
             self._delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error}")
 
+    def _checkpoint(self, producer: Producer) -> Checkpoint:
+        return Checkpoint(producer, self.stage.group_id, self._committed, self._delivery_errors, self._producer_wait_s)
+
     def step(self) -> int:
         """One pass of the loop: restore a slice, then consume, process and checkpoint a batch. Returns messages taken."""
         clients = self.clients
@@ -119,7 +125,7 @@ class StageRunner:
         messages = clients.consumer.consume(max_messages, timeout=timeout_s)
         ready = self.assignment.ready_messages(without_errors(messages, self.stage.group_id))
         started = time.monotonic()
-        checkpoint = Checkpoint(clients.producer, self.stage.group_id, self._committed, self._delivery_errors)
+        checkpoint = self._checkpoint(clients.producer)
         with cyclic_gc_paused():  # a batch builds many short-lived acyclic objects; reference counting frees them
             self.stage.process(ready, checkpoint)
             if not ready and checkpoint.empty:
@@ -158,9 +164,7 @@ class StageRunner:
         """Checkpoint what the stage still holds, leave the group (revoking every partition), close stores and stage."""
         try:
             if self._clients is not None:
-                checkpoint = Checkpoint(
-                    self._clients.producer, self.stage.group_id, self._committed, self._delivery_errors
-                )
+                checkpoint = self._checkpoint(self._clients.producer)
                 self.stage.finish(checkpoint)
                 if not checkpoint.empty:
                     checkpoint.commit(self._clients.consumer)

@@ -85,7 +85,7 @@ class StreamingScorer(Stage):
         dead_letters = self.clients.dead_letters
         decoded = decode_batch(self._requests_codec, messages)
         for message, error in decoded.failures:
-            dead_letters.send(message, error.reason)
+            dead_letters.send(checkpoint, message, error.reason)
         responses, keys = [], []
         now = int(time.time() * 1000)
         for record, message in zip(decoded.records, decoded.messages):
@@ -101,7 +101,7 @@ class StreamingScorer(Stage):
                     request.top_k or len(request.candidates),
                 )
             except (InvalidRequest, ModelNotReadyError) as exc:
-                dead_letters.send(message, str(exc))
+                dead_letters.send(checkpoint, message, str(exc))
                 continue
             responses.append(
                 {

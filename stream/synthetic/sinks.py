@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 from stream.codec import RecordCodec, load_schema, make_codec
 from stream.config import Settings
 from stream.kafka.exceptions import KafkaClientError
+from stream.kafka.producing import produce_bounded
 from stream.synthetic.events import IMPRESSION, INTERACTION, SyntheticEvent
 from stream.synthetic.world import GroundTruth, World
 
@@ -61,7 +62,7 @@ def produce_items(world: World, producer: Producer, settings: Settings) -> int:
     codec = make_codec("ItemFeatures", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
     records = item_feature_records(world)
     for record in records:
-        producer.produce(topic, key=record["item_id"].encode(), value=codec.encode(record))
+        produce_bounded(producer, topic, record["item_id"].encode(), codec.encode(record), stall_timeout_s=30)
     if producer.flush(30):
         raise KafkaClientError(f"items not delivered to {topic} within 30 s")
     return len(records)
@@ -83,19 +84,15 @@ def produce_to_kafka(
             errors.append(str(err))
 
     for event in events:
-        value = encode_event(event, codecs)
-        while True:
-            try:
-                producer.produce(
-                    topics[event.kind],
-                    key=event.key.encode(),
-                    value=value,
-                    timestamp=event.arrival_ms,
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.1)
+        produce_bounded(
+            producer,
+            topics[event.kind],
+            event.key.encode(),
+            encode_event(event, codecs),
+            stall_timeout_s=flush_timeout_s,
+            timestamp=event.arrival_ms,
+            on_delivery=on_delivery,
+        )
         counts[event.kind] += 1
         counts["malformed"] += event.malformed
     remaining = producer.flush(flush_timeout_s)

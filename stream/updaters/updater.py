@@ -216,13 +216,13 @@ class CoordinateUpdater(Stage):
         stores, dead_letters = self.clients.stores, self.clients.dead_letters
         decoded = decode_batch(self._examples_codec, messages)
         for message, error in decoded.failures:
-            dead_letters.send(message, error.reason)
+            dead_letters.send(checkpoint, message, error.reason)
         by_partition: dict[int, tuple[list, list]] = {}
         coordinate, dim = self.coordinate, self.math.layout.dim
         for record, message in zip(decoded.records, decoded.messages):
             problem = example_problem(record, coordinate, dim)
             if problem is not None:
-                dead_letters.send(message, problem)
+                dead_letters.send(checkpoint, message, problem)
                 continue
             records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
             records.append(record)
@@ -244,7 +244,7 @@ class CoordinateUpdater(Stage):
         batch, invalid_rows = valid_entity_batch(records, [m.offset() for m in messages], self.coordinate, layout.dim)
         for row in invalid_rows:
             self.clients.dead_letters.send(
-                messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
+                checkpoint, messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
             )
         self.stats.examples += int(batch.mask.sum())
         keys = [_entity_key(e) for e in batch.entity_ids]

@@ -275,3 +275,57 @@ def test_a_joiner_that_takes_over_fully_read_partitions_closes_their_windows(kaf
         _step_until(second, len(impressions) // 2, timeout_s=60)
     finally:
         second.close()
+
+
+def test_a_batch_with_more_dead_letters_than_the_producer_queue_holds_goes_on_with_nothing_lost(
+        kafka_bootstrap, tmp_path, unique_name):
+    """One batch brings 3,000 malformed records to a joiner whose producer queue holds 200: a full queue is
+    back-pressure, so the stage serves it and goes on; every bad record is dead-lettered once and every
+    impression is joined (the producer's BufferError once killed the joiner here)."""
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "kafka.producer.queue.buffering.max.messages": "200", "joiner.early_positives": "true",
+        "topics.impressions": f"imp-{unique_name}", "topics.interactions": f"int-{unique_name}",
+        "topics.examples_by_member": f"exm-{unique_name}", "topics.examples_by_job": f"exj-{unique_name}",
+        "topics.model_global": f"global-{unique_name}", "topics.coefficients_prefix": f"coef-{unique_name}-",
+        "topics.dead_letter": f"dlq-{unique_name}",
+    })
+    topics = settings.topics
+    prepare_topics(settings)
+    labeled = labeled_impressions(World(WorldSpec(seed=5, members=10, jobs=10, requests=20, items_per_request=2)))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model, version=1)
+    producer = Producer(producer_config(settings.kafka, **{"queue.buffering.max.messages": 100_000}))
+    producer.produce(topics.model_global, key=b"glmix", value=make_codec("GlobalModel", topics.model_global).encode(record))
+    garbage = [b"not avro %05d" % i for i in range(3_000)]
+    for value in garbage:
+        producer.produce(topics.interactions, key=b"m-flood", value=value, partition=0)
+    impressions, clicks = make_codec("Impression", topics.impressions), make_codec("Interaction", topics.interactions)
+    for li in labeled:
+        imp = li.impression
+        producer.produce(topics.impressions, key=imp["member_id"].encode(), value=impressions.encode(imp))
+        producer.produce(topics.interactions, key=imp["member_id"].encode(), value=clicks.encode({
+            "interaction_id": f"c-{imp['impression_id']}", "impression_id": imp["impression_id"],
+            "member_id": imp["member_id"], "item_id": imp["item_id"], "type": "CLICK",
+            "event_time": imp["event_time"] + 1}))
+    assert producer.flush(30) == 0
+
+    joiner = StageRunner(Joiner(settings), settings)
+    most_in_one_batch = 0
+    try:
+        deadline = time.monotonic() + 90
+        while joiner.stats.examples < len(labeled) or joiner.stats.dead_lettered < len(garbage):
+            assert time.monotonic() < deadline, (
+                f"joiner emitted {joiner.stats.examples} of {len(labeled)} examples and dead-lettered "
+                f"{joiner.stats.dead_lettered} of {len(garbage)}")
+            before = joiner.stats.dead_lettered
+            joiner.step()
+            most_in_one_batch = max(most_in_one_batch, joiner.stats.dead_lettered - before)
+    finally:
+        joiner.close()
+    assert most_in_one_batch > 200, f"no batch overfilled the queue (at most {most_in_one_batch} dead letters)"
+    dead = read_topic(kafka_bootstrap, topics.dead_letter)
+    assert sorted(m.value() for m in dead) == garbage
+    assert all(dict(m.headers())["source.topic"] == topics.interactions.encode() for m in dead)
+    codec = make_codec("LabeledExample", topics.examples_by_member)
+    emitted = [codec.decode(m.value())["example_id"] for m in read_topic(kafka_bootstrap, topics.examples_by_member)]
+    assert sorted(emitted) == sorted(li.impression["impression_id"] for li in labeled)

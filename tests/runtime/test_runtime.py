@@ -80,7 +80,7 @@ def test_a_checkpoint_refuses_offsets_that_go_backwards():
         def offset(self) -> int:
             return self._offset
 
-    checkpoint = Checkpoint(producer, "test", committed={("t", 0): 10}, delivery_errors=[])
+    checkpoint = Checkpoint(producer, "test", committed={("t", 0): 10}, delivery_errors=[], wait_s=10)
     checkpoint.consumed([Message(4)])
     with pytest.raises(CheckpointError, match=r"t\[0\] 4 < 10"):
         checkpoint.commit(consumer=None)
@@ -95,3 +95,24 @@ def test_cooperative_rebalancing_is_refused_before_anything_connects(tmp_path):
                                         "kafka.consumer.partition.assignment.strategy": "cooperative-sticky"})
     with pytest.raises(ConfigError, match="partition.assignment.strategy"):
         StageRunner(Archiver(settings), settings).step()
+
+
+def test_a_producer_that_delivers_nothing_fails_the_batch_within_its_bound_naming_the_topic():
+    """No broker at all: a full queue waits for room only as long as the bound, then says what it was producing."""
+    from stream.kafka.producing import ProducerStalledError, produce_bounded
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 1})
+    produce_bounded(producer, "t", b"k", b"v1", stall_timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(ProducerStalledError, match=r"could not produce to t: .*stayed full for 0.3 s"):
+        produce_bounded(producer, "t", b"k", b"v2", stall_timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+
+
+def test_a_checkpoint_flush_is_bounded_and_says_what_it_waited_for():
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1"})
+    checkpoint = Checkpoint(producer, "test", committed={}, delivery_errors=[], wait_s=0.5)
+    checkpoint.dead_letter("dlq", b"k", b"bad", headers=[("error", b"garbage")])
+    checkpoint.produce("out", b"k", b"v")
+    with pytest.raises(CheckpointError, match=r"2 dead-letter and output record\(s\) were still undelivered after"):
+        checkpoint.commit(consumer=None)
