@@ -337,6 +337,7 @@ def cmd_evaluate_progressive(args: argparse.Namespace, settings: Settings) -> in
         get_loss(settings.model.loss),
         windows=args.windows,
         top=args.top,
+        history_edges=settings.metrics.history_edges,
     )
     if args.plots:
         from stream.evaluation.plots import write_plots

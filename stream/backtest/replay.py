@@ -142,7 +142,10 @@ class Backtest:
         seconds = time.monotonic() - started
         coordinates = list(self.settings.model.coordinates)
         report = progressive_report(
-            collect(run.examples, coordinates), get_loss(self.settings.model.loss), self.options.windows
+            collect(run.examples, coordinates),
+            get_loss(self.settings.model.loss),
+            self.options.windows,
+            history_edges=self.settings.metrics.history_edges,
         )
         report.update(
             {

@@ -462,7 +462,10 @@ class MetricsSettings:
     example field: ``member_id``, ``item_id``, ``random_bucket``, ``position`` or
     ``context:<key>``, e.g. ``context:activity_type``) the live quality metrics also give
     observed/expected per value of that field: the ``segment_values`` most frequent in the
-    window, the rest as ``(other)``, so the label set stays bounded.
+    window, the rest as ``(other)``, so the label set stays bounded. ``history_edges``
+    cut every quality report (live, ``glmix evaluate progressive``, ``glmix backtest``)
+    by entity history: with ``(1, 5, 20)``, an entity with 0, 1-4, 5-19 or 20+ earlier
+    examples.
     """
 
     enabled: bool = True
@@ -471,8 +474,16 @@ class MetricsSettings:
     kafka_statistics_interval_ms: int = 5000
     segment_by: str = ""
     segment_values: int = 20
+    history_edges: tuple[int, ...] = (1, 5, 20)
 
     def __post_init__(self) -> None:
+        _check(
+            len(self.history_edges) > 0
+            and self.history_edges[0] >= 1
+            and all(a < b for a, b in zip(self.history_edges, self.history_edges[1:])),
+            "history_edges",
+            f"must be increasing counts >= 1, got {list(self.history_edges)}",
+        )
         _check(
             not self.segment_by or is_segment_field(self.segment_by),
             "segment_by",

@@ -11,6 +11,11 @@ Observed/expected per interaction type T is ``#examples with a T interaction / s
 predicted probabilities``: with one label type it is the calibration of that type; for a
 type implied by the label (an apply after a click) it shows its share of the expected.
 
+The same quality by **entity history** (how many earlier examples of the trace the
+example's member, job, ... had: buckets 0, 1-4, 5-19, 20+ by default) shows cold start:
+the first bucket is scored by the global model alone, and is where a recommender wins or
+loses new users (DESIGN §9).
+
 The same quality per segment (``by``: ``member_id``, ``item_id``, ``random_bucket``,
 ``position`` or ``context:<key>``, such as the activity type of the served item) shows
 where a model is miscalibrated: the feed-relevance practice of judging every model by
@@ -19,8 +24,9 @@ observed/expected per activity type.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,33 @@ from stream.model.losses import Loss
 from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
 
 OTHER = "(other)"
+HISTORY_EDGES = (1, 5, 20)
+
+
+def earlier_occurrences(entity_ids: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same id (0 for an entity's first example)."""
+    if not len(entity_ids):
+        return np.zeros(0, dtype=np.int64)
+    _, groups = np.unique(entity_ids, return_inverse=True)
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    counts = np.empty(len(order), dtype=np.int64)
+    counts[order] = np.arange(len(order)) - run_start
+    return counts
+
+
+def history_bucket_names(edges: Sequence[int] = HISTORY_EDGES) -> list[str]:
+    """``0``, ``1-4``, ``5-19``, ``20+`` for the default edges: bucket i holds counts in ``[edges[i-1], edges[i])``."""
+    bounds = [0, *edges]
+    names = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(bounds)]
+    return [*names, f"{bounds[-1]}+"]
+
+
+def history_buckets(counts: np.ndarray, edges: Sequence[int] = HISTORY_EDGES) -> np.ndarray:
+    """The bucket index (into :func:`history_bucket_names`) of each history count."""
+    return np.searchsorted(np.asarray(edges), counts, side="right")
 
 
 def segment_value(example: Mapping[str, Any], field: str) -> str:
@@ -42,7 +75,11 @@ def segment_value(example: Mapping[str, Any], field: str) -> str:
 
 @dataclass(frozen=True)
 class ProgressiveTrace:
-    """Per example: event time, label, weight, member, interaction types and each variant's margin."""
+    """Per example: event time, label, weight, member, interaction types, each variant's margin and entity history.
+
+    ``history`` holds, per coordinate, how many earlier examples of the trace the
+    example's entity of that coordinate had.
+    """
 
     event_times: np.ndarray
     labels: np.ndarray
@@ -51,6 +88,7 @@ class ProgressiveTrace:
     types: dict[str, np.ndarray]
     margins: dict[str, np.ndarray]
     segments: np.ndarray | None = None
+    history: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,6 +120,10 @@ def collect(examples: Iterable[dict], coordinates: Sequence[str], by: str | None
         types={t: np.array([t in e["interaction_types"] for e in rows]) for t in all_types},
         margins={name: cumulative[:, i] for i, name in enumerate(variant_names(coordinates))},
         segments=None if by is None else np.array([segment_value(e, by) for e in rows], dtype=object),
+        history={
+            c: earlier_occurrences(np.array([e["coordinates"].get(c, {}).get("entity_id", "") for e in rows]))
+            for c in coordinates
+        },
     )
 
 
@@ -127,8 +169,14 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
     return table
 
 
-def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10, top: int = 10) -> dict:
-    """The whole report: overall quality per variant, the same per time window, calibration tables, and segments."""
+def progressive_report(
+    trace: ProgressiveTrace,
+    loss: Loss,
+    windows: int = 10,
+    top: int = 10,
+    history_edges: Sequence[int] = HISTORY_EDGES,
+) -> dict:
+    """The whole report: overall quality per variant, per time window, per entity history, calibration, segments."""
     n = len(trace)
     everything = np.arange(n)
     report: dict = {"examples": n, "variants": _quality(trace, everything, loss), "windows": []}
@@ -146,10 +194,25 @@ def progressive_report(trace: ProgressiveTrace, loss: Loss, windows: int = 10, t
                         "variants": _quality(trace, np.arange(a, b), loss),
                     }
                 )
+    report["entity_history"] = history_quality(trace, loss, history_edges)
     report["calibration"] = {name: reliability(trace.labels > 0, loss.mean(m)) for name, m in trace.margins.items()}
     if trace.segments is not None:
         report["segments"] = segment_quality(trace, loss, top)
     return report
+
+
+def history_quality(trace: ProgressiveTrace, loss: Loss, edges: Sequence[int] = HISTORY_EDGES) -> dict[str, list]:
+    """Per coordinate, quality per history bucket of its entity (``0``: the entity's first example)."""
+    names = history_bucket_names(edges)
+    out: dict[str, list] = {}
+    for coordinate, counts in trace.history.items():
+        buckets = history_buckets(counts, edges)
+        out[coordinate] = [
+            {"history": name, "examples": int((buckets == b).sum()), "variants": _quality(trace, rows, loss)}
+            for b, name in enumerate(names)
+            if len(rows := np.flatnonzero(buckets == b))
+        ]
+    return out
 
 
 def top_segments(values: np.ndarray, top: int) -> np.ndarray:

@@ -135,3 +135,38 @@ def test_an_activity_type_the_models_cannot_see_shows_as_miscalibrated_in_the_re
 def test_segments_need_a_known_field(capsys):
     assert main(["evaluate", "progressive", "--by", "colour"]) == 2
     assert "cannot group examples by 'colour'" in capsys.readouterr().err
+
+
+def test_earlier_occurrences_count_each_entitys_earlier_examples():
+    from stream.evaluation.progressive import earlier_occurrences, history_bucket_names, history_buckets
+
+    assert earlier_occurrences(np.array(["a", "b", "a", "c", "a", "b"])).tolist() == [0, 0, 1, 0, 2, 1]
+    assert history_bucket_names() == ["0", "1-4", "5-19", "20+"]
+    assert history_bucket_names((1, 10)) == ["0", "1-9", "10+"]
+    assert history_buckets(np.array([0, 1, 4, 5, 19, 20, 99])).tolist() == [0, 1, 1, 2, 2, 3, 3]
+
+
+def test_new_members_that_the_global_model_mis_serves_show_in_the_first_history_bucket():
+    """A world's new members are scored backwards by the global model (their member effect knows nothing yet):
+    overall the full model looks fine, the 0 bucket shows the cold-start failure, and later buckets do not."""
+    rng = np.random.default_rng(11)
+    examples = []
+    for member in range(300):
+        for k in range(int(rng.integers(1, 40))):
+            label = float(rng.random() < 0.5)
+            signal = 2 * label - 1
+            first = k == 0
+            examples.append({
+                "member_id": f"m{member}", "label": label, "weight": 1.0, "offset": 0.0,
+                "event_time": 1_000 * (member + 300 * k), "interaction_types": ["CLICK"] if label else [],
+                "scores": {"global": (-1.5 if first else 0.3) * signal + rng.normal(),
+                           "member": 0.0 if first else min(k, 10) * 0.2 * signal + rng.normal()},
+                "coordinates": {"member": {"entity_id": f"m{member}", "dense": b""}},
+            })
+    report = progressive_report(collect(examples, ["member"]), get_loss("logistic"))
+    buckets = {b["history"]: b for b in report["entity_history"]["member"]}
+    assert list(buckets) == ["0", "1-4", "5-19", "20+"]
+    assert buckets["0"]["examples"] == 300 and sum(b["examples"] for b in buckets.values()) == len(examples)
+    assert buckets["0"]["variants"]["global+member"]["auc"] < 0.25
+    assert buckets["20+"]["variants"]["global+member"]["auc"] > 0.8
+    assert report["variants"]["global+member"]["auc"] > 0.75  # overall, the failure is hidden
