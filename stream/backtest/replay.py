@@ -277,6 +277,7 @@ class _Run:
                 "train_examples": result.train_examples,
                 "holdout_examples": result.holdout_examples,
                 "current_metrics": result.to_json()["current_metrics"],
+                "candidate": result.candidate,
                 "candidate_metrics": result.to_json()["candidate_metrics"],
             }
         )

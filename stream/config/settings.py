@@ -393,6 +393,7 @@ class ArchiveSettings:
 
 GateMetric = Literal["auc", "log_loss"]
 RefitOffsets = Literal["current", "join_time"]
+RefitCandidates = Literal["residual", "standalone", "both"]
 TrainingExamples = Literal["all", "random_bucket"]
 
 
@@ -423,6 +424,15 @@ class RefitSettings:
     version keeps every column in place and is published even when the coefficients are
     refused (status ``grown``).
 
+    ``candidates`` are the global fits a run compares: ``residual`` fits the global
+    coordinate around the random effects' scores (``offsets``; GAME's coordinate step),
+    ``standalone`` around the examples' own offsets alone (a population model, what
+    serves a member or job the random effects do not know yet), ``both`` (the default)
+    fits the two. The gate judges every candidate on the holdout twice, as the full
+    model and as the global model alone; a candidate passes when neither view is worse
+    than the current model's, and the passing candidate with the best full-model metric
+    is published. (Measured by backtest in the README, "Global refit".)
+
     ``training_examples = "random_bucket"`` trains the global coordinate on the examples
     whose ranking was randomized only (free of the serving model's position and
     selection bias, as feed relevance teams train); the holdout keeps every example, the
@@ -443,6 +453,7 @@ class RefitSettings:
     grow_global_vocabulary: bool = True
     vocabulary_min_count: int = 5
     training_examples: TrainingExamples = "all"
+    candidates: RefitCandidates = "both"
 
     def __post_init__(self) -> None:
         _check_positive(self.window_hours, "window_hours")

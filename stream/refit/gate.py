@@ -29,38 +29,57 @@ def holdout_metrics(labels: np.ndarray, weights: np.ndarray, margins: np.ndarray
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Whether a candidate may be published, and the numbers that decided it."""
+    """Whether a candidate may be published, and the numbers that decided it.
+
+    Two views of the holdout decide: the full model (the candidate beside the random
+    effects' join-time scores) and the global model alone (what serves a member or job
+    the random effects do not know yet). Neither may get worse.
+    """
 
     passed: bool
     metric: str
     current: float
     candidate: float
     tolerance: float
+    global_only_current: float = float("nan")
+    global_only_candidate: float = float("nan")
 
     @property
     def reason(self) -> str:
         """One line for the log."""
         verdict = "passes" if self.passed else "is refused"
         return (
-            f"candidate {verdict}: holdout {self.metric} {self.candidate:.5f} vs current {self.current:.5f} "
+            f"candidate {verdict}: holdout {self.metric} {self.candidate:.5f} vs current {self.current:.5f}, "
+            f"global-only {self.global_only_candidate:.5f} vs {self.global_only_current:.5f} "
             f"(tolerance {self.tolerance})"
         )
 
 
-def gate(current: dict[str, float], candidate: dict[str, float], settings: RefitSettings) -> GateDecision:
-    """Pass when the candidate's gate metric is not worse than the current one's by more than the tolerance.
-
-    A candidate whose metric is not a number never passes; a current model without one
-    (say, no holdout positives) lets any finite candidate through.
-    """
-    metric = settings.gate_metric
-    now, new = current.get(metric, float("nan")), candidate.get(metric, float("nan"))
+def _not_worse(now: float, new: float, metric: str, tolerance: float) -> bool:
+    """A candidate value that is not a number never passes; a current one that is not lets any finite one through."""
     if not np.isfinite(new):
-        passed = False
-    elif not np.isfinite(now):
-        passed = True
-    elif HIGHER_IS_BETTER[metric]:
-        passed = new >= now - settings.gate_tolerance
-    else:
-        passed = new <= now + settings.gate_tolerance
-    return GateDecision(passed, metric, now, new, settings.gate_tolerance)
+        return False
+    if not np.isfinite(now):
+        return True
+    return new >= now - tolerance if HIGHER_IS_BETTER[metric] else new <= now + tolerance
+
+
+def gate(current: dict[str, float], candidate: dict[str, float], settings: RefitSettings) -> GateDecision:
+    """Pass when neither the full model's nor the global-only gate metric is worse than now by more than the tolerance.
+
+    The global-only view is judged where the metrics carry it (``global_only_<metric>``).
+    """
+    metric, tolerance = settings.gate_metric, settings.gate_tolerance
+    alone = f"global_only_{metric}"
+    nan = float("nan")
+    full_ok = _not_worse(current.get(metric, nan), candidate.get(metric, nan), metric, tolerance)
+    alone_ok = alone not in candidate or _not_worse(current.get(alone, nan), candidate[alone], metric, tolerance)
+    return GateDecision(
+        full_ok and alone_ok,
+        metric,
+        current.get(metric, nan),
+        candidate.get(metric, nan),
+        tolerance,
+        current.get(alone, nan),
+        candidate.get(alone, nan),
+    )

@@ -41,7 +41,7 @@ from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_bloc
 from stream.model.losses import get_loss
 from stream.model.priors import l2_precision_diagonal
 from stream.progress import Progress
-from stream.refit.gate import GateDecision, gate, holdout_metrics
+from stream.refit.gate import HIGHER_IS_BETTER, GateDecision, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
 from stream.scoring.follower import ModelFollower
@@ -51,6 +51,9 @@ from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTabl
 log = logging.getLogger(__name__)
 
 READ_BATCH = 20_000
+RESIDUAL, STANDALONE = "residual", "standalone"
+# What each candidate fit is fitted around (a column of the spilled training split).
+CANDIDATE_OFFSETS = {RESIDUAL: "offsets", STANDALONE: "fixed_offsets"}
 UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
 
 
@@ -75,8 +78,23 @@ def _with_rows(
     )
 
 
+def _best(decisions: Mapping[str, GateDecision]) -> str:
+    """The candidate to publish: the best full-model metric among those that pass, else the best of all."""
+    passing = {name: d for name, d in decisions.items() if d.passed} or decisions
+
+    def goodness(d: GateDecision) -> float:
+        value = d.candidate if HIGHER_IS_BETTER[d.metric] else -d.candidate
+        return value if math.isfinite(value) else -math.inf
+
+    return max(passing, key=lambda name: goodness(passing[name]))
+
+
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
     return float(np.linalg.norm(new - old) / max(float(np.linalg.norm(new)), 1e-12))
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 class RefitError(GlmixError):
@@ -125,7 +143,9 @@ class RefitResult:
     holdout_examples: int = 0
     dropped_examples: int = 0
     current_metrics: dict[str, float] = field(default_factory=dict)
+    candidate: str = ""
     candidate_metrics: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
     gate: str = ""
     admitted_features: dict[str, int] = field(default_factory=dict)
     index_version: int | None = None
@@ -136,7 +156,8 @@ class RefitResult:
         """A JSON-ready dict (non-finite metrics as null)."""
         out = asdict(self)
         for key in ("current_metrics", "candidate_metrics"):
-            out[key] = {k: (v if math.isfinite(v) else None) for k, v in out[key].items()}
+            out[key] = _finite(out[key])
+        out["candidates"] = {name: _finite(m) for name, m in out["candidates"].items()}
         return out
 
 
@@ -259,6 +280,7 @@ class GlobalRefit:
                 continue
             times = np.array([r["event_time"] for r in usable], dtype=np.int64)
             offsets = _random_effect_offsets(usable)
+            fixed = np.array([r["offset"] for r in usable], dtype=np.float64)
             if self.refit.offsets == "current":
                 add_scores(usable, model, tables)
                 offsets = np.where(times < window.holdout_ms, _random_effect_offsets(usable), offsets)
@@ -282,6 +304,7 @@ class GlobalRefit:
                     labels[rows_in],
                     weights[rows_in],
                     offsets[rows_in],
+                    fixed[rows_in],
                     times[rows_in],
                     lengths[rows_in],
                     indices[keep],
@@ -390,8 +413,9 @@ class GlobalRefit:
                 )
                 self.stats.skipped += 1
             else:
-                coefficients = self.fit(inputs.train, inputs.model.coefficients, inputs.model.global_index.intercept)
-                self.decide(result, inputs.model, coefficients, inputs.train, inputs.holdout, inputs.growth.grew)
+                start, intercept = inputs.model.coefficients, inputs.model.global_index.intercept
+                candidates = {name: self.fit(inputs.train, start, intercept, name) for name in self.candidate_names()}
+                self.decide(result, inputs.model, candidates, inputs.train, inputs.holdout, inputs.growth.grew)
                 self.stats.dropped_features.update(inputs.growth.dropped)
                 if result.version is not None:  # the grown index went out with this version
                     self.stats.admitted_features.update(inputs.growth.admitted)
@@ -405,10 +429,21 @@ class GlobalRefit:
             l2=self.settings.model.global_l2, intercept_l2=0.0, intercept_column=0 if intercept else None
         )
 
-    def fit(self, train: SpilledExamples, start: np.ndarray, intercept: bool = True) -> np.ndarray:
-        """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``."""
+    def candidate_names(self) -> list[str]:
+        """The fits a run compares (``refit.candidates``): ``residual``, ``standalone`` or both."""
+        return list(CANDIDATE_OFFSETS) if self.refit.candidates == "both" else [self.refit.candidates]
+
+    def fit(
+        self, train: SpilledExamples, start: np.ndarray, intercept: bool = True, candidate: str = RESIDUAL
+    ) -> np.ndarray:
+        """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``.
+
+        ``candidate`` says around what: the random effects' scores (``residual``) or the
+        examples' own offsets alone (``standalone``).
+        """
+        column = CANDIDATE_OFFSETS[candidate]
         return fit_global_blocks(
-            train.blocks,
+            lambda: train.blocks(column),
             train.dim,
             self.spec(intercept),
             self.loss,
@@ -421,23 +456,41 @@ class GlobalRefit:
         self,
         result: RefitResult,
         model: GlobalModel,
-        coefficients: np.ndarray,
+        candidates: Mapping[str, np.ndarray],
         train: SpilledExamples,
         holdout: SpilledExamples,
         grew: bool = False,
     ) -> GateDecision:
-        """Gate ``coefficients`` against ``model`` on ``holdout``; publish them and write files if they pass.
+        """Gate each of ``candidates`` against ``model`` on ``holdout``; publish the best that passes, and write files.
 
+        Best is the full model's gate metric; a candidate passes when neither the full
+        model nor the global model alone gets worse (:func:`stream.refit.gate.gate`).
         With ``grew`` (``model`` carries a grown vocabulary), a version is published even
-        when the coefficients are refused or unchanged: the grown index with ``model``'s
+        when every candidate is refused or unchanged: the grown index with ``model``'s
         coefficients (status ``grown``), so the random effects can learn the new columns.
         """
         labels, weights = holdout.column("labels"), holdout.column("weights")
-        margins = holdout.margins(np.column_stack([model.coefficients, coefficients]))  # one pass for both models
-        result.current_metrics = holdout_metrics(labels, weights, margins[:, 0], self.loss)
-        result.candidate_metrics = holdout_metrics(labels, weights, margins[:, 1], self.loss)
-        decision = gate(result.current_metrics, result.candidate_metrics, self.refit)
-        result.gate = decision.reason
+        names = list(candidates)
+        stacked = np.column_stack([model.coefficients, *candidates.values()])  # one pass for every model
+        full, alone = holdout.margins(stacked), holdout.margins(stacked, "fixed_offsets")
+        measured = [
+            {
+                **holdout_metrics(labels, weights, full[:, k], self.loss),
+                **{
+                    f"global_only_{key}": value
+                    for key, value in holdout_metrics(labels, weights, alone[:, k], self.loss).items()
+                    if key != "examples"
+                },
+            }
+            for k in range(len(names) + 1)
+        ]
+        result.current_metrics = measured[0]
+        result.candidates = dict(zip(names, measured[1:]))
+        decisions = {name: gate(result.current_metrics, m, self.refit) for name, m in result.candidates.items()}
+        result.candidate = _best(decisions)
+        decision, coefficients = decisions[result.candidate], candidates[result.candidate]
+        result.candidate_metrics = result.candidates[result.candidate]
+        result.gate = f"{result.candidate} {decision.reason}"
         if not decision.passed:
             log.warning("refit: %s; version %d's coefficients stay", decision.reason, model.version)
             result.status = "refused"
@@ -466,7 +519,8 @@ class GlobalRefit:
         )
         spec = self.spec(model.global_index.intercept)
         penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
-        variances = 1.0 / np.maximum(train.hessian_diagonal(coefficients, self.loss.derivatives) + penalty, 1e-12)
+        data = train.hessian_diagonal(coefficients, self.loss.derivatives, CANDIDATE_OFFSETS[result.candidate])
+        variances = 1.0 / np.maximum(data + penalty, 1e-12)
         photon = PhotonModel(
             GLOBAL,
             [photon_key(k) for k in model.global_index.keys],

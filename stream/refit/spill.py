@@ -21,7 +21,7 @@ from typing_extensions import Self
 
 from stream.model.game import GlobalBlock
 
-_COLUMNS = ("labels", "weights", "offsets", "event_times", "indptr", "indices", "values")
+_COLUMNS = ("labels", "weights", "offsets", "fixed_offsets", "event_times", "indptr", "indices", "values")
 
 
 @dataclass
@@ -43,12 +43,18 @@ class SpilledExamples:
         labels: np.ndarray,
         weights: np.ndarray,
         offsets: np.ndarray,
+        fixed_offsets: np.ndarray,
         event_times: np.ndarray,
         lengths: np.ndarray,
         indices: np.ndarray,
         values: np.ndarray,
     ) -> None:
-        """Append rows (``lengths[i]`` features each, in ``indices``/``values`` order); spills full chunks."""
+        """Append rows (``lengths[i]`` features each, in ``indices``/``values`` order); spills full chunks.
+
+        ``offsets`` are what the global coordinate is fitted (or scored) around;
+        ``fixed_offsets`` the examples' own offsets alone, which score the global model as
+        it serves on its own (an entity the random effects do not know).
+        """
         if not len(labels):
             return
         self._pending.append(
@@ -56,6 +62,7 @@ class SpilledExamples:
                 "labels": labels,
                 "weights": weights,
                 "offsets": offsets,
+                "fixed_offsets": fixed_offsets,
                 "event_times": event_times,
                 "lengths": lengths,
                 "indices": indices,
@@ -101,32 +108,38 @@ class SpilledExamples:
             columns.update(indices=indices[keep], values=columns["values"][keep], indptr=kept_before[columns["indptr"]])
         return columns
 
-    def blocks(self) -> Iterator[GlobalBlock]:
-        """Every chunk as a :class:`GlobalBlock`, read one at a time."""
+    def blocks(self, offsets: str = "offsets") -> Iterator[GlobalBlock]:
+        """Every chunk as a :class:`GlobalBlock` around the ``offsets`` column (or ``fixed_offsets``), one at a time."""
         for chunk in self.chunks:
             c = self._columns(chunk)
             features = sp.csr_matrix((c["values"], c["indices"], c["indptr"]), shape=(len(c["labels"]), self.dim))
-            yield GlobalBlock(features, c["labels"], c["weights"], c["offsets"])
+            yield GlobalBlock(features, c["labels"], c["weights"], c[offsets])
 
     def column(self, key: str) -> np.ndarray:
         """One column of every row, in memory (for holdout-sized data: labels, offsets, times)."""
         parts = [np.load(chunk / f"{key}.npy") for chunk in self.chunks]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def margins(self, coefficients: np.ndarray) -> np.ndarray:
-        """Every row's total margin ``offset + x . beta``: (N,) for one (dim,) vector, (N, K) for (dim, K) columns."""
+    def margins(self, coefficients: np.ndarray, offsets: str = "offsets") -> np.ndarray:
+        """Every row's margin ``offset + x . beta``: (N,) for one (dim,) vector, (N, K) for (dim, K) columns.
+
+        ``offsets`` names the column added: ``offsets`` (the full model) or ``fixed_offsets`` (global only).
+        """
         parts = [
             (b.offsets if coefficients.ndim == 1 else b.offsets[:, None]) + b.features @ coefficients
-            for b in self.blocks()
+            for b in self.blocks(offsets)
         ]
         return np.concatenate(parts) if parts else np.zeros((0,) + coefficients.shape[1:])
 
     def hessian_diagonal(
-        self, coefficients: np.ndarray, derivatives: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+        self,
+        coefficients: np.ndarray,
+        derivatives: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+        offsets: str = "offsets",
     ) -> np.ndarray:
         """``diag(X' W H X)`` at ``coefficients`` (``derivatives`` is a loss's): the data part of the precision's diagonal."""
         total = np.zeros(self.dim)
-        for b in self.blocks():
+        for b in self.blocks(offsets):
             _, second = derivatives(b.labels, b.offsets + b.features @ coefficients)
             total += b.features.multiply(b.features).T @ (b.weights * second)
         return total

@@ -78,17 +78,25 @@ def labeled_impressions(world: World) -> list[LabeledImpression]:
     member_arrival = np.array([world.arrival.get(m.entity_id, 0.0) for m in world.members])
     job_arrival = np.array([world.arrival.get(j.entity_id, 0.0) for j in world.jobs])
     job_bags = [_bags_to_avro(j) for j in world.jobs]
+    sessions = np.random.default_rng([spec.seed, 6])
+    session_member = -1
     for r in range(spec.requests):
         now += int(rng.exponential(spec.mean_request_gap_ms)) + 1
+        continuing = session_member >= 0 and sessions.random() >= 1.0 / spec.session_requests
+        mi = session_member
         if world.arrival:  # only members and jobs that have arrived by this point of the stream
             share = r / spec.requests
-            present = activity * (member_arrival <= share)
-            mi = int(rng.choice(len(world.members), p=present / present.sum()))
+            if not continuing:
+                present = activity * (member_arrival <= share)
+                mi = int(rng.choice(len(world.members), p=present / present.sum()))
             open_jobs = np.flatnonzero(job_arrival <= share)
             candidates = rng.choice(open_jobs, size=min(spec.items_per_request, len(open_jobs)), replace=False)
         else:
-            mi = int(rng.choice(len(world.members), p=activity))
+            if not continuing:
+                mi = int(rng.choice(len(world.members), p=activity))
             candidates = rng.choice(len(world.jobs), size=spec.items_per_request, replace=False)
+        if spec.session_requests > 1:
+            session_member = mi
         member = world.members[mi]
         margins = np.array([world.true_margin(member, world.jobs[j]) for j in candidates])
         random_bucket = bool(rng.random() < spec.random_bucket_rate)

@@ -70,7 +70,14 @@ Feature = tuple[str, str, float]
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """Size and noise of a synthetic world. Rates are shares of the clean event counts."""
+    """Size and noise of a synthetic world. Rates are shares of the clean event counts.
+
+    ``base_margin`` is the true global intercept (-1.5: about one click in six);
+    ``member_bias_scale`` gives every member an intercept of its own (how much more than
+    others it clicks, or rates highly); ``session_requests`` is the mean number of
+    consecutive requests one member makes before another one comes (a ratings log,
+    where most consecutive events are one user's, has about 9).
+    """
 
     seed: int = 7
     members: int = 200
@@ -95,9 +102,20 @@ class WorldSpec:
     late_entity_share: float = 0.5
     emerging_effect_scale: float = 3.0
     activity_effects: tuple[float, ...] = ()
+    base_margin: float = -1.5
+    member_bias_scale: float = 0.0
+    session_requests: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("members", "jobs", "requests", "items_per_request", "mean_request_gap_ms", "mean_click_delay_ms"):
+        for name in (
+            "members",
+            "jobs",
+            "requests",
+            "items_per_request",
+            "mean_request_gap_ms",
+            "mean_click_delay_ms",
+            "session_requests",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.alice_annie_pairs * 2 > self.members:
@@ -309,14 +327,16 @@ class World:
         truth = GroundTruth()
         keys = [INTERCEPT] + self.member_keys() + self.job_keys()
         w = rng.normal(0.0, 0.3, size=len(keys))
-        w[0] = -1.5
+        w[0] = spec.base_margin
         if spec.emerging_terms:  # what the market moves to matters more than the long-known terms
             emerging = np.array([k[1].startswith("new-") for k in keys])
             w[emerging] *= spec.emerging_effect_scale
         truth.global_coefficients = dict(zip(keys, (float(v) for v in w)))
         job_keys = [INTERCEPT] + self.job_keys()
-        for member in self.members:
+        biases = np.random.default_rng([spec.seed, 5]).normal(0.0, spec.member_bias_scale, size=len(self.members))
+        for member, bias in zip(self.members, biases):
             alpha = rng.normal(0.0, 0.35 * spec.member_effect_scale, size=len(job_keys))
+            alpha[0] += bias  # some members simply click (or rate highly) more
             own_title = member.bags["member_title"][0][1]
             alpha[job_keys.index(("job_title", own_title))] += 1.0 * spec.member_effect_scale
             truth.member_effects[member.entity_id] = dict(zip(job_keys, (float(v) for v in alpha)))

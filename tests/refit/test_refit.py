@@ -132,11 +132,12 @@ def test_refit_improves_holdout_auc_publishes_reruns_safely_and_refuses_a_worse_
         for block in inputs.train.blocks():
             x = block.features
             shuffled.add(rng.permutation(np.asarray(block.labels)), np.asarray(block.weights), np.asarray(block.offsets),
-                         np.zeros(x.shape[0], dtype=np.int64), np.diff(x.indptr), x.indices, x.data)
+                         np.asarray(block.offsets), np.zeros(x.shape[0], dtype=np.int64), np.diff(x.indptr), x.indices,
+                         x.data)
         shuffled.flush()
         worse = refit.fit(shuffled, np.zeros(inputs.train.dim))
         outcome = inputs.result()
-        decision = refit.decide(outcome, inputs.model, worse, shuffled, inputs.holdout)
+        decision = refit.decide(outcome, inputs.model, {"residual": worse}, shuffled, inputs.holdout)
     assert not decision.passed and outcome.status == "refused" and refit.stats.refused == 1
     assert outcome.candidate_metrics["auc"] < outcome.current_metrics["auc"] - 0.002
     assert any("refused" in r.getMessage() for r in caplog.records)
