@@ -8,7 +8,7 @@ from stream.synthetic.events import (
     event_stream,
     labeled_impressions,
 )
-from stream.synthetic.world import GroundTruth, World, WorldSpec
+from stream.synthetic.world import GroundTruth, World, WorldSpec, ratings_like
 
 __all__ = [
     "IMPRESSION",
@@ -20,4 +20,5 @@ __all__ = [
     "WorldSpec",
     "event_stream",
     "labeled_impressions",
+    "ratings_like",
 ]

@@ -141,6 +141,23 @@ class WorldSpec:
                 raise ConfigError(name, f"must be a share in [0, 1], got {value}")
 
 
+def ratings_like(seed: int = 12, requests: int = 40_000, members: int = 1000, items: int = 1500) -> WorldSpec:
+    """A world shaped like a public ratings stream: one item per request, about half positive, per-member and
+    per-item biases and tastes, and members rating in sessions (about 9 consecutive events each)."""
+    return WorldSpec(
+        seed=seed,
+        members=members,
+        jobs=items,
+        requests=requests,
+        items_per_request=1,
+        mean_request_gap_ms=200,
+        base_margin=0.0,
+        member_bias_scale=1.0,
+        job_effect_scale=1.0,
+        session_requests=9,
+    )
+
+
 @dataclass(frozen=True)
 class Entity:
     """A member or a job: its id and its feature bags of (name, term, value) triples."""
