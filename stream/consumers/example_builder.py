@@ -116,6 +116,10 @@ def _global_rows(
 def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, EntityTable]) -> None:
     """Fill each example's per-coordinate margins and model versions from the current models (vectorized).
 
+    Each example also gets ``entity_history`` (not part of the record): per coordinate,
+    how many events its entity's model had absorbed, which the live quality metrics
+    report cold start by.
+
     Indexes only append columns (DESIGN §1), so a column means the same in every index
     version: an example of any version is scored as it is, columns ``model`` does not
     have yet contributing nothing.
@@ -133,6 +137,7 @@ def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: M
     global_scores = np.bincount(rows, weights=contributions, minlength=n)
     breakdown = {GLOBAL: global_scores}
     versions = {GLOBAL: np.full(n, model.version)}
+    history = {}
     for name, table in tables.items():
         parts = [e["coordinates"].get(name) for e in examples]
         present = np.array([p is not None for p in parts])
@@ -141,9 +146,12 @@ def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: M
             dense[present] = np.frombuffer(b"".join(p["dense"] for p in parts if p is not None), dtype="<f4").reshape(
                 -1, table.dim
             )
-        means, entity_versions = table.lookup([p["entity_id"] if p is not None else "" for p in parts])
+        ids = [p["entity_id"] if p is not None else "" for p in parts]
+        means, entity_versions = table.lookup(ids)
         breakdown[name] = np.einsum("nd,nd->n", dense, means) * present
         versions[name] = entity_versions
+        history[name] = table.event_counts(ids)
     for i, example in enumerate(examples):
         example["scores"] = {name: float(s[i]) for name, s in breakdown.items()}
         example["model_versions"] = {name: int(v[i]) for name, v in versions.items()}
+        example["entity_history"] = {name: int(h[i]) for name, h in history.items()}

@@ -138,6 +138,7 @@ class Joiner(Stage):
                 list(settings.joiner.labels),
                 segment_by=settings.metrics.segment_by,
                 segment_values=settings.metrics.segment_values,
+                history_edges=settings.metrics.history_edges,
             )
         )
         topics, kafka = settings.topics, settings.kafka

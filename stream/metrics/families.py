@@ -82,6 +82,18 @@ GAUGES = {
         ("Observed over expected positives of the last joined examples (interaction_type 'all' is the label)."),
         ["variant", "interaction_type"],
     ),
+    "glmix_progressive_auc_by_history": (
+        "AUC of the last joined examples by entity history (events the entity's model had absorbed at join time).",
+        ["coordinate", "history", "variant"],
+    ),
+    "glmix_progressive_log_loss_by_history": (
+        "Log loss of the last joined examples by entity history.",
+        ["coordinate", "history", "variant"],
+    ),
+    "glmix_progressive_observed_expected_by_history": (
+        "Observed over expected positives of the last joined examples by entity history.",
+        ["coordinate", "history", "variant"],
+    ),
     "glmix_progressive_examples": ("Joined examples in the progressive-validation window.", []),
     "glmix_progressive_observed_expected_by_segment": (
         (

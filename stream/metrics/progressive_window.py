@@ -3,7 +3,11 @@
 The joiner scores every example with the models current at join time, before anyone
 learns from it. Keeping the last ``capacity`` labels and per-variant margins in a ring
 buffer gives AUC, log loss and observed/expected of global-only, +member, +job, ... at
-scrape time, without keeping every example.
+scrape time, without keeping every example. The same by entity history: per coordinate,
+how many events the entity's model had absorbed when the joiner scored the example (0: a
+member or job the random effects do not know yet), in the buckets of
+``metrics.history_edges``. (Offline reports count the earlier examples of the trace
+instead; the two differ by what the update loop had not absorbed yet.)
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stream.evaluation.progressive import segment_value, top_segments, variant_margins, variant_names
+from stream.evaluation.progressive import (
+    HISTORY_EDGES,
+    history_bucket_names,
+    history_buckets,
+    segment_value,
+    top_segments,
+    variant_margins,
+    variant_names,
+)
 from stream.metrics.families import MetricFamilies
 from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
@@ -30,6 +42,7 @@ class ProgressiveWindow:
         capacity: int = 20_000,
         segment_by: str = "",
         segment_values: int = 20,
+        history_edges: Sequence[int] = HISTORY_EDGES,
     ) -> None:
         self.coordinates = list(coordinates)
         self.variants = variant_names(self.coordinates)
@@ -42,6 +55,8 @@ class ProgressiveWindow:
         self.segment_by = segment_by
         self.segment_values = segment_values
         self._segments = np.full(capacity, "", dtype=object)
+        self.history_edges = tuple(history_edges)
+        self._history = np.zeros((capacity, len(self.coordinates)), dtype=np.int64)
         self._next = 0
         self.size = 0
         self._lock = threading.Lock()  # the joiner adds while a scrape or the demo reads
@@ -56,11 +71,13 @@ class ProgressiveWindow:
         labels = [e["label"] for e in examples]
         has_type = [[t in e["interaction_types"] for t in self.types] for e in examples]
         segments = [segment_value(e, self.segment_by) for e in examples] if self.segment_by else None
+        history = [[e.get("entity_history", {}).get(c, 0) for c in self.coordinates] for e in examples]
         with self._lock:
             slots = (self._next + np.arange(n)) % self.capacity
             self._labels[slots] = labels
             self._margins[slots] = margins
             self._has_type[slots] = has_type
+            self._history[slots] = history
             if segments is not None:
                 self._segments[slots] = segments
             self._next = (self._next + n) % self.capacity
@@ -85,6 +102,29 @@ class ProgressiveWindow:
                 observed = float(has_type[:, j].sum())
                 values[f"observed_expected:{kind}"] = observed / expected if expected > 0 else float("nan")
             out[name] = values
+        return out
+
+    def quality_by_history(self) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+        """Per (coordinate, history bucket) and variant: ``auc``, ``log_loss``, ``observed_expected`` (nan: undefined)."""
+        with self._lock:
+            size = self.size
+            y, margins, history = self._labels[:size].copy(), self._margins[:size].copy(), self._history[:size].copy()
+        names = history_bucket_names(self.history_edges)
+        out: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+        for c, coordinate in enumerate(self.coordinates):
+            buckets = history_buckets(history[:, c], self.history_edges)
+            for b, name in enumerate(names):
+                rows = buckets == b
+                if not rows.any():
+                    continue
+                out[(coordinate, name)] = {}
+                for i, variant in enumerate(self.variants):
+                    p = self.loss.mean(margins[rows, i])
+                    out[(coordinate, name)][variant] = {
+                        "auc": auc(y[rows] > 0, margins[rows, i]),
+                        "log_loss": log_loss(y[rows], p),
+                        "observed_expected": observed_expected(y[rows], p),
+                    }
         return out
 
     def observed_expected_by_segment(self) -> dict[str, float]:
@@ -113,5 +153,9 @@ class ProgressiveWindow:
                     families.gauge(
                         "glmix_progressive_observed_expected", [variant, key.partition(":")[2] or "all"], value
                     )
+        for (coordinate, bucket), variants in self.quality_by_history().items():
+            for variant, quality in variants.items():
+                for key, value in quality.items():
+                    families.gauge(f"glmix_progressive_{key}_by_history", [coordinate, bucket, variant], value)
         for segment, value in self.observed_expected_by_segment().items():
             families.gauge("glmix_progressive_observed_expected_by_segment", [self.segment_by, segment], value)

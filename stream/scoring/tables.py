@@ -33,6 +33,7 @@ class EntityTable(Protocol):
     def apply(self, records: Iterable[Mapping[str, Any]]) -> int: ...
     def version(self, entity_id: str) -> int: ...
     def lookup(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+    def event_counts(self, entity_ids: Sequence[str]) -> np.ndarray: ...
     def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def close(self) -> None: ...
 
@@ -52,6 +53,7 @@ class CoefficientTable:
         self._posteriors: dict[str, tuple[str, bytes]] = {}
         self._rows: dict[str, int] = {}
         self._versions = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)
         self._means = np.zeros((0, dim))
 
     def __len__(self) -> int:
@@ -67,8 +69,10 @@ class CoefficientTable:
         new_ids: dict[str, int] = {}
         new_rows: list[np.ndarray] = []
         new_versions: list[int] = []
+        new_counts: list[int] = []
         for record in records:
             entity, version = record["entity_id"], int(record["version"])
+            count = int(record.get("event_count", 0))
             means = np.asarray(record["means"], dtype=np.float64)
             if means.shape != (self.dim,) or not np.isfinite(means).all():
                 continue
@@ -77,16 +81,17 @@ class CoefficientTable:
                 if version <= self._versions[row]:
                     continue
                 self._means[row] = means
-                self._versions[row] = version
+                self._versions[row], self._counts[row] = version, count
             elif entity in new_ids:
                 pending = new_ids[entity]
                 if version <= new_versions[pending]:
                     continue
-                new_rows[pending], new_versions[pending] = means, version
+                new_rows[pending], new_versions[pending], new_counts[pending] = means, version, count
             else:
                 new_ids[entity] = len(new_rows)
                 new_rows.append(means)
                 new_versions.append(version)
+                new_counts.append(count)
             if self.keep_posteriors:
                 self._posteriors[entity] = (
                     record.get("precision_kind", "DIAGONAL"),
@@ -98,6 +103,7 @@ class CoefficientTable:
             self._reserve(first + len(new_rows))
             self._means[first : first + len(new_rows)] = new_rows
             self._versions[first : first + len(new_rows)] = new_versions
+            self._counts[first : first + len(new_rows)] = new_counts
             for entity, pending in new_ids.items():
                 self._rows[entity] = first + pending
         return taken
@@ -108,9 +114,11 @@ class CoefficientTable:
             return
         capacity = max(rows, 2 * len(self._versions), 1024)
         means, versions = np.zeros((capacity, self.dim)), np.zeros(capacity, dtype=np.int64)
+        counts = np.zeros(capacity, dtype=np.int64)
         means[: len(self._versions)] = self._means
         versions[: len(self._versions)] = self._versions
-        self._means, self._versions = means, versions
+        counts[: len(self._versions)] = self._counts
+        self._means, self._versions, self._counts = means, versions, counts
 
     def version(self, entity_id: str) -> int:
         """The version held for ``entity_id`` (0: none)."""
@@ -126,6 +134,14 @@ class CoefficientTable:
         versions = np.zeros(len(rows), dtype=np.int64)
         versions[known] = self._versions[rows[known]]
         return means, versions
+
+    def event_counts(self, entity_ids: Sequence[str]) -> np.ndarray:
+        """(N,) events each entity's held model had absorbed (0: unknown)."""
+        rows = np.fromiter((self._rows.get(e, -1) for e in entity_ids), dtype=np.int64, count=len(entity_ids))
+        counts = np.zeros(len(rows), dtype=np.int64)
+        known = rows >= 0
+        counts[known] = self._counts[rows[known]]
+        return counts
 
     def posteriors(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, d) means, (N, d, d) precisions and (N,) known mask; unknown or unusable entities are not known."""

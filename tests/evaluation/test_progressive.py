@@ -170,3 +170,45 @@ def test_new_members_that_the_global_model_mis_serves_show_in_the_first_history_
     assert buckets["0"]["variants"]["global+member"]["auc"] < 0.25
     assert buckets["20+"]["variants"]["global+member"]["auc"] > 0.8
     assert report["variants"]["global+member"]["auc"] > 0.75  # overall, the failure is hidden
+
+
+def test_the_live_metrics_report_quality_by_the_entity_history_the_joiner_saw():
+    """The joiner's window cuts its AUC by how many events each entity's model had absorbed (the tables' event
+    counts, which add_scores records): new members mis-served by the global model show in the 0 bucket of /metrics."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+
+    from stream.consumers.joiner import JoinerStats
+    from stream.metrics.collector import PipelineCollector
+    from stream.metrics.progressive_window import ProgressiveWindow
+    from stream.model.export import fitted_global_model_record
+    from stream.scoring.tables import CoefficientTable, GlobalModelTable
+    from stream.synthetic.examples import joined_examples
+
+    settings = load_settings()
+    labeled = labeled_impressions(World(WorldSpec(seed=6, members=80, jobs=60, requests=600)))
+    table = GlobalModelTable(settings.model)
+    table.apply([fitted_global_model_record([li.impression for li in labeled], [float(li.clicked) for li in labeled],
+                                            settings.model)])
+    dim = settings.model.coordinates["member"].max_features
+    members = CoefficientTable("member", dim)
+    veterans = sorted({li.impression["member_id"] for li in labeled})[::2]
+    members.apply([{"entity_id": m, "version": 3, "means": [0.0] * dim, "event_count": 30} for m in veterans])
+    examples = joined_examples(labeled, table.current, settings.model, {"member": members})
+    assert {e["entity_history"]["member"] for e in examples} == {0, 30}
+    rng = np.random.default_rng(2)
+    for example in examples:  # the global model scores new members backwards, veterans well
+        signal = 2 * example["label"] - 1
+        new = example["entity_history"]["member"] == 0
+        example["scores"] = {"global": (-2.0 if new else 2.0) * signal + rng.normal(), "member": 0.0}
+
+    window = ProgressiveWindow(["member"], get_loss("logistic"), ["CLICK"])
+    window.add(examples)
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector({"joiner": JoinerStats(progressive=window)}))
+    samples = {(s.labels["history"], s.labels["variant"]): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples if s.name == "glmix_progressive_auc_by_history"}
+    assert set(samples) == {("0", "global"), ("0", "global+member"), ("20+", "global"), ("20+", "global+member")}
+    assert samples[("0", "global+member")] < 0.2 and samples[("20+", "global+member")] > 0.8

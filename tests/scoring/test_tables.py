@@ -42,6 +42,15 @@ def test_only_newer_versions_replace_an_entitys_means(make_table):
     assert len(table) == 2
 
 
+def test_event_counts_follow_the_version_that_is_kept(make_table):
+    """What the joiner reports entity history by: how many events the held model of each entity had absorbed."""
+    table = make_table(2)
+    table.apply([{**_record("a", 2, [1, 1]), "event_count": 7}, {**_record("b", 1, [2, 2]), "event_count": 3},
+                 {**_record("a", 1, [9, 9]), "event_count": 99}, {**_record("c", 1, [0, 0]), "event_count": 1}])
+    table.apply([{**_record("b", 2, [2, 2]), "event_count": 5}, {**_record("a", 2, [7, 7]), "event_count": 50}])
+    assert table.event_counts(["a", "b", "c", "zz"]).tolist() == [7, 5, 1, 0]
+
+
 def test_the_global_model_table_keeps_the_newest_usable_model():
     settings = load_settings()
     impressions = [{"features": {"job_title": [{"name": "title", "term": "nurse", "value": 1.0}]}}]
