@@ -29,6 +29,7 @@ test-mock: $(STAMP)
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q -m kafka
 
 test-slow: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m pytest -q --run-slow
 
 bench: $(STAMP)
@@ -40,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/refit.py
 	$(BIN)/python bench/run_all.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/river_peer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -111,10 +111,11 @@ def wait_until_settled(logs: list[Path], quiet_s: float = 3.0, timeout_s: float 
     raise TimeoutError(f"the processes' partition assignments did not settle within {timeout_s:.0f} s")
 
 
-def run(bootstrap: str, joiners: int, requests: int, partitions: int) -> dict:
+def run(bootstrap: str, joiners: int, requests: int, partitions: int, **extra: str) -> dict:
+    """The whole pipeline end to end as processes (``joiners`` joiners, one updater per coordinate); ``extra`` settings."""
     state_root = tempfile.mkdtemp(prefix="glmix-bench-run-all-")
     values = overrides(bootstrap, state_root, **{"joiner.attribution_window_ms": "60000",
-                                                 "joiner.allowed_lateness_ms": "60000", "metrics.port": "0"})
+                                                 "joiner.allowed_lateness_ms": "60000", "metrics.port": "0", **extra})
     settings: Settings = load_settings(overrides=values)
     prepare_topics(settings, bootstrap)
     world = World(WorldSpec(seed=4, members=2000, jobs=1000, requests=requests, attribution_window_ms=60_000,
@@ -169,7 +170,7 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int) -> dict:
     n = len(events)
     examples = sum(targets[coordinates[0]].values())
     return {"bench": "run-all", "joiner_processes": joiners, "updater_processes": len(coordinates), "cores": os.cpu_count(),
-            "events": n, "examples": examples, "seconds": round(seconds, 2), "events_per_s": round(n / seconds),
+            **extra, "events": n, "examples": examples, "seconds": round(seconds, 2), "events_per_s": round(n / seconds),
             **{f"{stage}_cpu_s_per_million_events": round(1e6 * c / n, 1) for stage, c in cpu.items()},
             "reproduce": REPRODUCE}
 

@@ -278,6 +278,7 @@ class _Run:
                 "holdout_examples": result.holdout_examples,
                 "current_metrics": result.to_json()["current_metrics"],
                 "candidate": result.candidate,
+                "step": result.step,
                 "candidate_metrics": result.to_json()["candidate_metrics"],
             }
         )

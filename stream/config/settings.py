@@ -517,6 +517,13 @@ class Settings:
     write-ahead log: cheaper state writes, and a process that crashes restores the
     partitions whose latest writes were still in memory from their changelogs, as after
     a move between machines (:mod:`stream.state.partition_store`).
+
+    ``batching = "natural"`` (the default) lets every stage take whatever has arrived as
+    soon as it is idle: a batch is what came in while the last one was processed, small
+    (fresh) under light load and large under heavy load, and a stage with nothing to do
+    waits at most its ``batch_time_ms`` for the first record. ``"fixed"`` waits for
+    ``batch_size`` records or ``batch_time_ms``, whichever comes first, as releases before
+    0.2 did.
     """
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -531,6 +538,7 @@ class Settings:
     state_write_ahead_log: bool = True
     restore_max_records_per_s: int = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    batching: Literal["natural", "fixed"] = "natural"
 
     def __post_init__(self) -> None:
         _check(

@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 READ_BATCH = 20_000
 RESIDUAL, STANDALONE = "residual", "standalone"
+# A candidate the gate refuses is tried again at shorter steps from the current coefficients (a backtracking line
+# search of the global coordinate): random effects learned around the current global model double-count a new
+# global model that explains what they already do, and a shorter step leaves them room to re-centre.
+STEPS = (1.0, 0.5, 0.25, 0.125)
 # What each candidate fit is fitted around (a column of the spilled training split).
 CANDIDATE_OFFSETS = {RESIDUAL: "offsets", STANDALONE: "fixed_offsets"}
 UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
@@ -78,15 +82,23 @@ def _with_rows(
     )
 
 
-def _best(decisions: Mapping[str, GateDecision]) -> str:
-    """The candidate to publish: the best full-model metric among those that pass, else the best of all."""
-    passing = {name: d for name, d in decisions.items() if d.passed} or decisions
+def _trial_name(candidate: str, step: float) -> str:
+    return candidate if step == 1.0 else f"{candidate}*{step:g}"
+
+
+def _choose(decisions: Mapping[tuple[str, float], GateDecision]) -> tuple[str, float]:
+    """The (candidate, step) to publish: the longest step at which a candidate passes, and there the best full-model
+    metric; when none passes, the best full step (which is refused)."""
 
     def goodness(d: GateDecision) -> float:
         value = d.candidate if HIGHER_IS_BETTER[d.metric] else -d.candidate
         return value if math.isfinite(value) else -math.inf
 
-    return max(passing, key=lambda name: goodness(passing[name]))
+    for step in STEPS:
+        passing = [trial for trial, d in decisions.items() if d.passed and trial[1] == step]
+        if passing:
+            return max(passing, key=lambda trial: goodness(decisions[trial]))
+    return max((t for t in decisions if t[1] == STEPS[0]), key=lambda trial: goodness(decisions[trial]))
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
@@ -144,6 +156,7 @@ class RefitResult:
     dropped_examples: int = 0
     current_metrics: dict[str, float] = field(default_factory=dict)
     candidate: str = ""
+    step: float = 1.0
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, dict[str, float]] = field(default_factory=dict)
     gate: str = ""
@@ -470,8 +483,13 @@ class GlobalRefit:
         coefficients (status ``grown``), so the random effects can learn the new columns.
         """
         labels, weights = holdout.column("labels"), holdout.column("weights")
-        names = list(candidates)
-        stacked = np.column_stack([model.coefficients, *candidates.values()])  # one pass for every model
+        trials = {  # each candidate, and shorter steps towards it from the current coefficients
+            (name, step): model.coefficients + step * (coefficients - model.coefficients)
+            for step in STEPS
+            for name, coefficients in candidates.items()
+        }
+        names = list(trials)
+        stacked = np.column_stack([model.coefficients, *trials.values()])  # one pass for every model
         full, alone = holdout.margins(stacked), holdout.margins(stacked, "fixed_offsets")
         measured = [
             {
@@ -485,12 +503,13 @@ class GlobalRefit:
             for k in range(len(names) + 1)
         ]
         result.current_metrics = measured[0]
-        result.candidates = dict(zip(names, measured[1:]))
-        decisions = {name: gate(result.current_metrics, m, self.refit) for name, m in result.candidates.items()}
-        result.candidate = _best(decisions)
-        decision, coefficients = decisions[result.candidate], candidates[result.candidate]
-        result.candidate_metrics = result.candidates[result.candidate]
-        result.gate = f"{result.candidate} {decision.reason}"
+        by_trial = dict(zip(names, measured[1:]))
+        result.candidates = {_trial_name(*trial): m for trial, m in by_trial.items()}
+        decisions = {trial: gate(result.current_metrics, m, self.refit) for trial, m in by_trial.items()}
+        chosen = _choose(decisions)
+        (result.candidate, result.step), decision, coefficients = chosen, decisions[chosen], trials[chosen]
+        result.candidate_metrics = by_trial[chosen]
+        result.gate = f"{_trial_name(*chosen)} {decision.reason}"
         if not decision.passed:
             log.warning("refit: %s; version %d's coefficients stay", decision.reason, model.version)
             result.status = "refused"

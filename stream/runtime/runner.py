@@ -47,6 +47,24 @@ def restore_slice_seconds(settings: Settings) -> float:
     return min(max_poll_interval_s(settings.kafka) / 10, _RESTORE_SLICE_MAX_S)
 
 
+def take_batch(consumer: Consumer, max_messages: int, wait_s: float, natural: bool) -> list[Message]:
+    """The next batch: up to ``max_messages``, waiting at most ``wait_s``.
+
+    Natural batching takes what the consumer has fetched already and, when that is
+    nothing, waits only for the first record, so no record waits for a batch to fill;
+    fixed batching waits until ``max_messages`` arrived or ``wait_s`` passed.
+    """
+    if not natural:
+        return consumer.consume(max_messages, timeout=wait_s)
+    messages = consumer.consume(max_messages, timeout=0)
+    if messages:
+        return messages
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, timeout=0)] if max_messages > 1 else [first]
+
+
 class StageRunner:
     """Runs one stage: its clients, assignment, loop and checkpoints."""
 
@@ -122,7 +140,7 @@ class StageRunner:
         clients = self.clients
         self.assignment.advance(clients.consumer)
         max_messages, timeout_s = self.stage.batch_limits()
-        messages = clients.consumer.consume(max_messages, timeout=timeout_s)
+        messages = take_batch(clients.consumer, max_messages, timeout_s, self.settings.batching == "natural")
         ready = self.assignment.ready_messages(without_errors(messages, self.stage.group_id))
         started = time.monotonic()
         checkpoint = self._checkpoint(clients.producer)

@@ -151,7 +151,7 @@ def ratings_like(seed: int = 12, requests: int = 40_000, members: int = 1000, it
         requests=requests,
         items_per_request=1,
         mean_request_gap_ms=200,
-        base_margin=0.0,
+        base_margin=-1.6,
         member_bias_scale=1.0,
         job_effect_scale=1.0,
         session_requests=9,

@@ -21,6 +21,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("refit.py", ["--quick"], None),
     ("run_all.py", ["--quick"], None),
     ("backtest.py", ["--quick"], None),
+    ("freshness.py", ["--quick"], None),
+    ("river_peer.py", ["--quick"], None),
 ])
 def test_benchmark_prints_json_lines(script, args, rate_key):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True, timeout=600).stdout

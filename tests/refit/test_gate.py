@@ -37,3 +37,43 @@ def test_log_loss_is_judged_lower_is_better_in_both_views():
                 settings).passed
     assert not gate({"log_loss": 0.60, "global_only_log_loss": 0.65},
                     {"log_loss": 0.59, "global_only_log_loss": 0.66}, settings).passed
+
+
+def test_a_refused_candidate_is_published_at_the_longest_step_towards_it_that_passes(tmp_path):
+    """Random effects that already explain the signal make a full step of a new global model double-count it; the
+    refit backtracks towards the current coefficients and publishes the longest step the gate lets through."""
+    import numpy as np
+
+    from stream.model.export import initial_global_model_record
+    from stream.refit.job import GlobalRefit, RefitResult
+    from stream.refit.spill import SpillDirectory
+    from stream.scoring.tables import GlobalModelTable
+
+    settings = load_settings(overrides={"refit.output_dir": str(tmp_path), "refit.gate_tolerance": "0.002"})
+    impressions = [{"features": {"job_title": [{"name": "job_title", "term": "nurse", "value": 1.0}]}}]
+    table = GlobalModelTable(settings.model)
+    table.apply([initial_global_model_record(impressions, settings.model, version=1)])
+    model = table.current
+    dim = model.global_index.dim
+    rng = np.random.default_rng(4)
+    n = 40_000
+    labels = (rng.random(n) < 0.5).astype(float)
+    signal = 2 * labels - 1
+    random_effects = 2 * signal + rng.normal(0, 1, n)  # what the random effects already know
+    feature = signal + rng.normal(0, 2, n)  # a weak, noisy global feature
+    published: list[dict] = []
+    refit = GlobalRefit(settings, publish=published.append)
+    with SpillDirectory() as spill:
+        splits = {name: spill.split(name, dim, 100_000) for name in ("train", "holdout")}
+        for split in splits.values():
+            split.add(labels, np.ones(n), random_effects, np.zeros(n), np.zeros(n, dtype=np.int64),
+                      np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int32), feature)
+            split.flush()
+        candidate = np.zeros(dim)
+        candidate[1] = 1.0
+        outcome = RefitResult("skipped", model.version)
+        decision = refit.decide(outcome, model, {"residual": candidate}, splits["train"], splits["holdout"])
+    assert decision.passed and outcome.status == "published" and outcome.step == 0.25, outcome.gate
+    assert outcome.candidates["residual"]["auc"] < outcome.current_metrics["auc"] - 0.002  # the full step is refused
+    assert outcome.candidates["residual*0.5"]["auc"] < outcome.current_metrics["auc"] - 0.002
+    assert published[0]["coefficients"][1] == 0.25 and published[0]["version"] == 2

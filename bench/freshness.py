@@ -1,0 +1,120 @@
+"""The learning loop's latency (click -> example -> update -> coefficients -> a follower holding them), and the
+most the pipeline sustains, with natural and with fixed batching, measured in one run.
+
+Reproduce: python bench/freshness.py   (--quick for a smaller run)
+
+Prints one JSON line per measurement:
+
+* ``max``: ``glmix run joiner`` and ``glmix run updater`` (member, job) processes end to end on the embedded broker
+  (bench/run_all.py's run with one joiner), once per ``batching`` (natural: a stage takes whatever has arrived as
+  soon as it is idle; fixed: it waits for ``batch_size`` records or ``batch_time_ms``, the behaviour before).
+* ``loop``: the same processes while impressions and clicks are produced live by another process (event time =
+  wall clock, early positives on, a click right after 20% of the impressions), at 500 events/s and at 80% of the
+  natural maximum, for each ``batching``. A follower of the member coefficients topic in this process (what the
+  joiner's model follower does before each batch) takes each record as it arrives; the loop latency of a record is
+  the time it was taken minus the click's event time it carries (``last_event_time``). The joiner polls the same
+  topic before each of its batches, so it holds the coefficients within one of its batch loops of the follower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+import pipeline
+import run_all
+from stream.codec import make_codec
+from stream.config import load_settings
+from stream.kafka import EmbeddedBroker, producer_config
+from stream.kafka.clients import prepare_topics
+from stream.kafka.topic_reader import TopicReader
+from stream.model.export import initial_global_model_record
+
+REPRODUCE = "python bench/freshness.py"
+BATCH_TIME_MS = "200"  # the default of the updaters: what fixed batching waits, and natural batching's idle wait
+
+
+def loop_latency(bootstrap: str, events_per_s: float, seconds: float, batching: str) -> dict:
+    """Click -> coefficients taken by a follower, while events arrive live and every stage runs as a process."""
+    state_dir = tempfile.mkdtemp(prefix="glmix-bench-loop-")
+    values = run_all.overrides(bootstrap, state_dir, **{
+        "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "5000", "joiner.early_positives": "true",
+        "joiner.batch_time_ms": BATCH_TIME_MS, "model.coordinates.member.batch_time_ms": BATCH_TIME_MS,
+        "model.coordinates.job.batch_time_ms": BATCH_TIME_MS, "metrics.port": "0", "batching": batching})
+    settings = load_settings(overrides=values)
+    prepare_topics(settings, bootstrap)
+    _, labeled = pipeline.world_events(2000)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
+        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
+            [li.impression for li in labeled[:2000]], settings.model)))
+    producer.flush()
+    logs = [Path(state_dir) / name for name in ("joiner.log", "member.log", "job.log")]
+    stages = [run_all.start_glmix(args, {**values, "state_dir": f"{state_dir}/{log.stem}", "log_level": "INFO"}, log)
+              for args, log in ((["run", "joiner"], logs[0]), (["run", "updater", "--coordinate", "member"], logs[1]),
+                                (["run", "updater", "--coordinate", "job"], logs[2]))]
+    topic = settings.topics.coefficients("member")
+    follower = TopicReader(settings.kafka, topic, make_codec("EntityModel", topic), bootstrap_servers=bootstrap,
+                           client_id=f"{values['kafka.group_prefix']}-follower")
+    latencies: list[float] = []
+    try:
+        run_all.wait_until_settled(logs)
+        rate = events_per_s / 1.2  # impressions per second; 20% of them bring a click
+        live = subprocess.Popen([sys.executable, pipeline.__file__, "--produce-live", bootstrap,
+                                 settings.topics.impressions, settings.topics.interactions, str(rate), str(seconds)],
+                                stdout=subprocess.PIPE, text=True)
+        ends = time.monotonic() + seconds + 3
+        while time.monotonic() < ends:
+            batch = follower.poll(timeout_s=0.005)
+            now_ms = time.time() * 1000
+            latencies.extend(now_ms - r["last_event_time"] for r in batch.records)
+        out, _ = live.communicate(timeout=60)
+        produced = json.loads(out.strip().splitlines()[-1])
+    finally:
+        follower.close()
+        for stage in stages:
+            stage.terminate()
+        for stage in stages:
+            stage.wait(30)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    lat = np.array(latencies)
+    return {"bench": "loop", "batching": batching, "events_per_s": round(produced["impressions"] * 1.2 / seconds),
+            "clicks": produced["clicks"], "coefficient_records": len(lat),
+            "loop_p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "loop_p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+            "batch_time_ms": int(BATCH_TIME_MS), "reproduce": REPRODUCE}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's smoke run)")
+    args = parser.parse_args()
+    requests, seconds = (400, 4) if args.quick else (12_000, 20)
+    with EmbeddedBroker() as broker:
+        b = broker.bootstrap_servers
+        maxima = {}
+        for batching in ("natural", "fixed"):  # A/B in one run: the most the pipeline sustains end to end
+            result = run_all.run(b, joiners=1, requests=requests, partitions=4, batching=batching)
+            maxima[batching] = result["events_per_s"]
+            print(json.dumps({**result, "bench": "max"}), flush=True)
+        print(json.dumps({"bench": "max-ratio", "natural_events_per_s": maxima["natural"],
+                          "fixed_events_per_s": maxima["fixed"],
+                          "natural_over_fixed": round(maxima["natural"] / maxima["fixed"], 3),
+                          "reproduce": REPRODUCE}), flush=True)
+        for events_per_s in (500.0, 0.8 * maxima["natural"]):
+            for batching in ("natural", "fixed"):
+                line = loop_latency(b, events_per_s, seconds, batching)
+                print(json.dumps({**line, "target_events_per_s": round(events_per_s)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
