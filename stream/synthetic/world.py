@@ -143,7 +143,8 @@ class WorldSpec:
 
 def ratings_like(seed: int = 12, requests: int = 40_000, members: int = 1000, items: int = 1500) -> WorldSpec:
     """A world shaped like a public ratings stream: one item per request, about half positive, per-member and
-    per-item biases and tastes, and members rating in sessions (about 9 consecutive events each)."""
+    per-item biases and tastes, members rating in sessions (about 9 consecutive events each), and a clean, ordered
+    log whose labels come right after their impressions (a rating is known when it is given)."""
     return WorldSpec(
         seed=seed,
         members=members,
@@ -155,6 +156,12 @@ def ratings_like(seed: int = 12, requests: int = 40_000, members: int = 1000, it
         member_bias_scale=1.0,
         job_effect_scale=1.0,
         session_requests=9,
+        mean_click_delay_ms=100,
+        attribution_window_ms=2_000,
+        duplicate_rate=0.0,
+        out_of_order_rate=0.0,
+        late_rate=0.0,
+        orphan_rate=0.0,
     )
 
 

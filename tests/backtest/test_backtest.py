@@ -36,6 +36,9 @@ def _settings(**extra: str):
         "model.coordinates.member.l2": "10", "model.coordinates.job.l2": "10", **extra})
 
 
+RATINGS_JOIN = {"joiner.attribution_window_ms": "2000", "joiner.allowed_lateness_ms": "0"}  # a rating is its label
+
+
 def _eight_refits(log: EventLog) -> BacktestOptions:
     span = log.events[-1].record["event_time"] - log.events[0].record["event_time"]
     return BacktestOptions(latency_ms=1000, refit_every_ms=span // 8)
@@ -107,8 +110,9 @@ def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_vo
 def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_ratings_like_world(tmp_path):
     write_avro_files(event_stream(World(ratings_like(requests=20_000))), tmp_path)
     log = EventLog.from_paths([tmp_path / "impressions.avro", tmp_path / "interactions.avro"])
-    without = Backtest(_settings(), BacktestOptions(latency_ms=1000)).run(log.events)
-    with_refits = Backtest(_settings(), _eight_refits(log)).run(log.events)
+    settings = _settings(**RATINGS_JOIN)
+    without = Backtest(settings, BacktestOptions(latency_ms=1000)).run(log.events)
+    with_refits = Backtest(settings, _eight_refits(log)).run(log.events)
     _assert_refits_help_and_global_only_holds(without, with_refits)
     assert {r["candidate"] for r in with_refits.report["refits"]} <= {"residual", "standalone"}
 
