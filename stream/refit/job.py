@@ -465,6 +465,22 @@ class GlobalRefit:
             tolerance=1e-9,
         )
 
+    def _holdout_views(self, holdout: SpilledExamples, stacked: np.ndarray) -> list[dict[str, float]]:
+        """Per column of ``stacked``: the holdout metrics of the full model, and (``global_only_``) of it alone."""
+        labels, weights = holdout.column("labels"), holdout.column("weights")
+        full, alone = holdout.margins(stacked), holdout.margins(stacked, "fixed_offsets")  # one pass for every model
+        return [
+            {
+                **holdout_metrics(labels, weights, full[:, k], self.loss),
+                **{
+                    f"global_only_{key}": value
+                    for key, value in holdout_metrics(labels, weights, alone[:, k], self.loss).items()
+                    if key != "examples"
+                },
+            }
+            for k in range(stacked.shape[1])
+        ]
+
     def decide(
         self,
         result: RefitResult,
@@ -476,34 +492,21 @@ class GlobalRefit:
     ) -> GateDecision:
         """Gate each of ``candidates`` against ``model`` on ``holdout``; publish the best that passes, and write files.
 
-        Best is the full model's gate metric; a candidate passes when neither the full
-        model nor the global model alone gets worse (:func:`stream.refit.gate.gate`).
-        With ``grew`` (``model`` carries a grown vocabulary), a version is published even
+        A candidate passes when neither the full model nor the global model alone gets
+        worse (:func:`stream.refit.gate.gate`); one refused at the full step is tried at
+        the shorter ``STEPS`` towards it. Published: the longest passing step, and there
+        the best full-model gate metric. With ``grew`` (``model`` carries a grown vocabulary), a version is published even
         when every candidate is refused or unchanged: the grown index with ``model``'s
         coefficients (status ``grown``), so the random effects can learn the new columns.
         """
-        labels, weights = holdout.column("labels"), holdout.column("weights")
         trials = {  # each candidate, and shorter steps towards it from the current coefficients
             (name, step): model.coefficients + step * (coefficients - model.coefficients)
             for step in STEPS
             for name, coefficients in candidates.items()
         }
-        names = list(trials)
-        stacked = np.column_stack([model.coefficients, *trials.values()])  # one pass for every model
-        full, alone = holdout.margins(stacked), holdout.margins(stacked, "fixed_offsets")
-        measured = [
-            {
-                **holdout_metrics(labels, weights, full[:, k], self.loss),
-                **{
-                    f"global_only_{key}": value
-                    for key, value in holdout_metrics(labels, weights, alone[:, k], self.loss).items()
-                    if key != "examples"
-                },
-            }
-            for k in range(len(names) + 1)
-        ]
+        measured = self._holdout_views(holdout, np.column_stack([model.coefficients, *trials.values()]))
         result.current_metrics = measured[0]
-        by_trial = dict(zip(names, measured[1:]))
+        by_trial = dict(zip(trials, measured[1:]))
         result.candidates = {_trial_name(*trial): m for trial, m in by_trial.items()}
         decisions = {trial: gate(result.current_metrics, m, self.refit) for trial, m in by_trial.items()}
         chosen = _choose(decisions)

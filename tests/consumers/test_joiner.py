@@ -22,6 +22,18 @@ from tests.helpers import read_topic
 pytestmark = pytest.mark.kafka
 
 
+def _produce_clicked(producer: Producer, topics, labeled) -> None:
+    """Each labeled impression and a click on it 1 ms later, keyed by member."""
+    impressions, clicks = make_codec("Impression", topics.impressions), make_codec("Interaction", topics.interactions)
+    for li in labeled:
+        imp = li.impression
+        producer.produce(topics.impressions, key=imp["member_id"].encode(), value=impressions.encode(imp))
+        producer.produce(topics.interactions, key=imp["member_id"].encode(), value=clicks.encode({
+            "interaction_id": f"c-{imp['impression_id']}", "impression_id": imp["impression_id"],
+            "member_id": imp["member_id"], "item_id": imp["item_id"], "type": "CLICK",
+            "event_time": imp["event_time"] + 1}))
+
+
 def _step_until(joiner: Joiner, examples: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while joiner.stats.examples < examples:
@@ -99,17 +111,9 @@ def test_without_a_model_the_joiner_indexes_a_warm_up_of_impressions_not_its_fir
     topics = settings.topics
     labeled = labeled_impressions(World(WorldSpec(seed=4, members=30, jobs=40, requests=40, items_per_request=4)))
     producer = Producer(producer_config(settings.kafka))
-    codec = make_codec("Impression", topics.impressions)
-    clicks = make_codec("Interaction", topics.interactions)
 
     def produce(part) -> None:
-        for li in part:
-            imp = li.impression
-            producer.produce(topics.impressions, key=imp["member_id"].encode(), value=codec.encode(imp))
-            producer.produce(topics.interactions, key=imp["member_id"].encode(), value=clicks.encode({
-                "interaction_id": f"c-{imp['impression_id']}", "impression_id": imp["impression_id"],
-                "member_id": imp["member_id"], "item_id": imp["item_id"], "type": "CLICK",
-                "event_time": imp["event_time"] + 1}))
+        _produce_clicked(producer, topics, part)
         producer.flush()
 
     joiner = StageRunner(Joiner(settings), settings)
@@ -299,14 +303,7 @@ def test_a_batch_with_more_dead_letters_than_the_producer_queue_holds_goes_on_wi
     garbage = [b"not avro %05d" % i for i in range(3_000)]
     for value in garbage:
         producer.produce(topics.interactions, key=b"m-flood", value=value, partition=0)
-    impressions, clicks = make_codec("Impression", topics.impressions), make_codec("Interaction", topics.interactions)
-    for li in labeled:
-        imp = li.impression
-        producer.produce(topics.impressions, key=imp["member_id"].encode(), value=impressions.encode(imp))
-        producer.produce(topics.interactions, key=imp["member_id"].encode(), value=clicks.encode({
-            "interaction_id": f"c-{imp['impression_id']}", "impression_id": imp["impression_id"],
-            "member_id": imp["member_id"], "item_id": imp["item_id"], "type": "CLICK",
-            "event_time": imp["event_time"] + 1}))
+    _produce_clicked(producer, topics, labeled)
     assert producer.flush(30) == 0
 
     joiner = StageRunner(Joiner(settings), settings)
