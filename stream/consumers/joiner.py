@@ -145,13 +145,13 @@ class Joiner(Stage):
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
-        self._outputs = {
-            name: (topics.examples(name, c.entity_field), c.entity_field)
-            for name, c in settings.model.coordinates.items()
-        }
+        # Examples topic -> the coordinate whose entity keys it. Coordinates with the same entity field share one
+        # topic (each updater reads it in its own group), so every example goes to each topic once.
+        self._outputs: dict[str, str] = {}
+        for name, coordinate in settings.model.coordinates.items():
+            self._outputs.setdefault(topics.examples(name, coordinate.entity_field), name)
         self._output_codecs = {
-            topic: make_codec("LabeledExample", topic, registry, registry_settings)
-            for topic, _ in self._outputs.values()
+            topic: make_codec("LabeledExample", topic, registry, registry_settings) for topic in self._outputs
         }
         self._global_model_codec = make_codec("GlobalModel", topics.model_global, registry, registry_settings)
         self._join = ExampleJoin(settings, interaction_types(self._interaction_codec.schema.plain))
@@ -446,7 +446,7 @@ class Joiner(Stage):
             self.stats.progressive.add(examples)
         records: list[OutgoingRecord] = []
         encoded_by_header: dict[bytes, list[bytes]] = {}  # topics whose codecs frame alike share one encoding
-        for name, (topic, _) in self._outputs.items():
+        for topic, name in self._outputs.items():
             codec = self._output_codecs[topic]
             encoded = encoded_by_header.get(codec.header())
             if encoded is None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stream.config import ModelSettings
-from stream.errors import InvalidValueError
+from stream.errors import GlmixError, InvalidValueError
 from stream.gc_pause import cyclic_gc_paused
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
@@ -53,7 +53,7 @@ class Exploration:
 EXPLORATION = "exploration"
 
 
-class ModelNotReadyError(RuntimeError):
+class ModelNotReadyError(GlmixError):
     """No global model (and so no feature index) has been published yet."""
 
 

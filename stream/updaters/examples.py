@@ -15,10 +15,6 @@ from typing import Any
 import numpy as np
 
 
-class ExampleProblem(ValueError):
-    """Why one example cannot feed a coordinate's update (it goes to the dead-letter topic)."""
-
-
 @dataclass(frozen=True)
 class CoordinateExamples:
     """N examples of one coordinate, in input order, as flat arrays."""

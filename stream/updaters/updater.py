@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,11 +134,6 @@ class CoordinateUpdater(Stage):
     def state_owner(self) -> str:
         """Partition stores live under ``<state_dir>/updater-<coordinate>``."""
         return self.name
-
-    @property
-    def state_dir(self) -> Path:
-        """Where this updater's partition stores live."""
-        return Path(self.settings.state_dir) / self.name
 
     # ------------------------------------------------------------------ restore
 

@@ -326,3 +326,34 @@ def test_a_batch_with_more_dead_letters_than_the_producer_queue_holds_goes_on_wi
     codec = make_codec("LabeledExample", topics.examples_by_member)
     emitted = [codec.decode(m.value())["example_id"] for m in read_topic(kafka_bootstrap, topics.examples_by_member)]
     assert sorted(emitted) == sorted(li.impression["impression_id"] for li in labeled)
+
+
+def test_two_coordinates_keyed_by_the_same_entity_share_one_examples_topic_and_get_each_example_once(
+        kafka_bootstrap, tmp_path, unique_name):
+    """A second member coordinate (over other job features) reads examples.by-member too: the joiner writes each
+    example there once, with both coordinates' features, not once per coordinate (each updater would absorb it twice)."""
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": kafka_bootstrap, "kafka.group_prefix": unique_name, "state_dir": str(tmp_path),
+        "joiner.early_positives": "true", "topics.impressions": f"imp-{unique_name}",
+        "topics.interactions": f"int-{unique_name}", "topics.examples_by_member": f"exm-{unique_name}",
+        "topics.examples_by_job": f"exj-{unique_name}", "topics.model_global": f"global-{unique_name}",
+        "topics.coefficients_prefix": f"coef-{unique_name}-", "model.coordinates.member2.entity_field": "member_id",
+        "model.coordinates.member2.feature_bags": "job_company",
+    })
+    topics = settings.topics
+    prepare_topics(settings)
+    labeled = labeled_impressions(World(WorldSpec(seed=7, members=8, jobs=8, requests=10, items_per_request=2)))
+    producer = Producer(producer_config(settings.kafka))
+    record = initial_global_model_record([li.impression for li in labeled], settings.model, version=1)
+    producer.produce(topics.model_global, key=b"glmix", value=make_codec("GlobalModel", topics.model_global).encode(record))
+    _produce_clicked(producer, topics, labeled)
+    assert producer.flush(30) == 0
+    joiner = StageRunner(Joiner(settings), settings)
+    try:
+        _step_until(joiner, len(labeled))
+    finally:
+        joiner.close()
+    codec = make_codec("LabeledExample", topics.examples_by_member)
+    emitted = [codec.decode(m.value()) for m in read_topic(kafka_bootstrap, topics.examples_by_member)]
+    assert sorted(e["example_id"] for e in emitted) == sorted(li.impression["impression_id"] for li in labeled)
+    assert all({"member", "member2"} <= set(e["coordinates"]) for e in emitted)

@@ -1,0 +1,1 @@
+"""Scoring: the Python scorer, the HTTP service, offline and streaming scoring, exploration."""

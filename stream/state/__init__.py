@@ -1,0 +1,1 @@
+"""Partition stores on RocksDB, their changelogs, and the fixed layouts of entity states."""
