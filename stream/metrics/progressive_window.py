@@ -31,6 +31,17 @@ from stream.model.losses import Loss
 from stream.model.metrics import auc, log_loss, observed_expected
 
 
+def _quality(labels: np.ndarray, margins: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """AUC, log loss and observed/expected of some examples (nan for none)."""
+    if not len(labels):
+        return {"auc": float("nan"), "log_loss": float("nan"), "observed_expected": float("nan")}
+    return {
+        "auc": auc(labels > 0, margins),
+        "log_loss": log_loss(labels, probabilities),
+        "observed_expected": observed_expected(labels, probabilities),
+    }
+
+
 class ProgressiveWindow:
     """Labels, interaction types and cumulative margins of the most recent examples."""
 
@@ -92,11 +103,7 @@ class ProgressiveWindow:
         for i, name in enumerate(self.variants):
             m = margins[:, i]
             p = self.loss.mean(m) if size else m
-            values = {
-                "auc": auc(y > 0, m) if size else float("nan"),
-                "log_loss": log_loss(y, p) if size else float("nan"),
-                "observed_expected": observed_expected(y, p) if size else float("nan"),
-            }
+            values = _quality(y, m, p)
             expected = float(p.sum()) if size else 0.0
             for j, kind in enumerate(self.types):
                 observed = float(has_type[:, j].sum())
@@ -117,14 +124,10 @@ class ProgressiveWindow:
                 rows = buckets == b
                 if not rows.any():
                     continue
-                out[(coordinate, name)] = {}
-                for i, variant in enumerate(self.variants):
-                    p = self.loss.mean(margins[rows, i])
-                    out[(coordinate, name)][variant] = {
-                        "auc": auc(y[rows] > 0, margins[rows, i]),
-                        "log_loss": log_loss(y[rows], p),
-                        "observed_expected": observed_expected(y[rows], p),
-                    }
+                out[(coordinate, name)] = {
+                    variant: _quality(y[rows], margins[rows, i], self.loss.mean(margins[rows, i]))
+                    for i, variant in enumerate(self.variants)
+                }
         return out
 
     def observed_expected_by_segment(self) -> dict[str, float]:
