@@ -90,21 +90,36 @@ def _score_body(impressions: list[dict]) -> bytes:
                        "candidates": [{"item_id": i["item_id"], "features": i["features"]} for i in impressions[:5]]}).encode()
 
 
-def test_two_workers_share_the_port_and_report_summed_metrics_then_stop_on_sigterm(served):
-    process, url, impressions = served
-    workers = _children(process.pid)
-    assert len(workers) == 2
-    statuses = [_get(f"{url}/v1/score", _score_body(impressions))[0] for _ in range(REQUESTS)]
-    assert statuses == [200] * REQUESTS
+def _worker_requests(url: str) -> tuple[float, dict[int, float]]:
+    """The summed ``glmix_scoring_requests_total{status="200"}`` and each worker's own count, from one scrape."""
     status, page = _get(f"{url}/metrics")
     text = page.decode()
     assert status == 200
     total = re.search(r'^glmix_scoring_requests_total\{status="200"\} (\S+)$', text, re.M)
-    assert total and float(total.group(1)) == REQUESTS, text
+    assert total, text
     per_worker = {int(pid): float(v) for pid, v in
                   re.findall(r'^glmix_scoring_worker_requests\{pid="(\d+)"\} (\S+)$', text, re.M)}
+    return float(total.group(1)), per_worker
+
+
+def test_two_workers_share_the_port_and_report_summed_metrics_then_stop_on_sigterm(served):
+    process, url, impressions = served
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    sent = 0
+
+    def both_served() -> bool:  # a worker starting late (a loaded machine) binds the port after the first answers
+        nonlocal sent
+        statuses = [_get(f"{url}/v1/score", _score_body(impressions))[0] for _ in range(REQUESTS)]
+        assert statuses == [200] * REQUESTS
+        sent += REQUESTS
+        return len(_worker_requests(url)[1]) == 2
+
+    wait_for(both_served, timeout_s=30, interval_s=0.2, what="requests to reach both workers")
+    total, per_worker = _worker_requests(url)
+    assert total == sent
     assert set(per_worker) == set(workers) and all(v > 0 for v in per_worker.values()), per_worker
-    assert sum(per_worker.values()) == REQUESTS
+    assert sum(per_worker.values()) == sent
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
