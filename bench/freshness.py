@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pipeline
-import run_all
 from confluent_kafka import Producer
 
+import pipeline
+import run_all
 from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import EmbeddedBroker, producer_config

