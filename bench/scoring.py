@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from stream.codec import make_codec
 from stream.config import ServingSettings, load_settings
 from stream.gc_pause import freeze_long_lived
 from stream.kafka import EmbeddedBroker, producer_config
+from stream.kafka.broker_process import free_port
 from stream.kafka.clients import prepare_topics
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
@@ -92,12 +92,6 @@ def publish_models(bootstrap: str, overrides: dict[str, str], record: dict, mean
                 "precision_kind": "DIAGONAL", "precision": np.ones(D).tobytes()}))
             producer.poll(0)
     producer.flush(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_processes_over_http(bodies: list[str], requests: int, overrides: dict[str, str], record: dict,

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,18 +27,13 @@ import pytest
 import yaml
 
 from stream.config import TopicSettings
+from stream.kafka.broker_process import free_port
 
 pytestmark = pytest.mark.kafka
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 _FEEDER_REQUESTS = "1500"
 _COMPARISON = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*[0-9.e+-]+\s*$")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
@@ -92,7 +86,7 @@ def _services(compose: dict, root: Path, bootstrap: str, unique: str) -> list[_S
             command[command.index("--requests") + 1] = _FEEDER_REQUESTS
         port = None
         if service.get("restart") != "no":
-            port = _free_port()
+            port = free_port()
             env["GLMIX_SERVING__PORT" if command[0] == "serve" else "GLMIX_METRICS__PORT"] = str(port)
         services.append(_Service(name, command, env, port))
     return services
@@ -160,7 +154,7 @@ def test_the_compose_services_come_up_and_prometheus_answers_every_dashboard_and
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{scorer.port}/v1/score", data=request,
                                                           headers={"Content-Type": "application/json"}), timeout=5)
 
-        web = _free_port()
+        web = free_port()
         config = _prometheus_config({s.name: s.port for s in servers}, tmp_path)
         prometheus = subprocess.Popen([prometheus_server, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                        f"--web.listen-address=127.0.0.1:{web}"], stdout=(tmp_path / "prometheus.log").open("w"),
