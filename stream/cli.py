@@ -293,6 +293,7 @@ def _time_ms(text: str) -> int:
 def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
     """Refit the global model on archived examples; publish it if the gate passes. Once, or ``--every``."""
     from stream.refit.job import GlobalRefit, RefitError
+    from stream.refit.schedule import next_refit_due
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError(
@@ -306,17 +307,26 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
         from stream.metrics.server import MetricsServer
 
         metrics = MetricsServer(PipelineCollector({}, refit=refit.stats), settings.metrics)
+    retry_s = settings.archive.roll_interval_ms / 1000
+    due = time.monotonic()
     try:
         while True:
+            skipped = False
             try:
                 result = refit.run_once(args.from_ms, args.to_ms)
                 print(json.dumps(result.to_json()), flush=True)
+                skipped = result.status == "skipped"
             except RefitError as exc:
                 if args.every is None:
                     raise
                 refit.stats.skipped += 1  # a service started before the archive has data waits for it
-                log.warning("refit skipped: %s; next try in %.0f s", exc, args.every)
-            if args.every is None or stop.wait(args.every):
+                skipped = True
+                log.warning("refit skipped: %s; next try in %.0f s", exc, min(retry_s, args.every))
+            if args.every is None:
+                return 0
+            now = time.monotonic()
+            due = next_refit_due(due, args.every, now, skipped=skipped, retry=retry_s)
+            if stop.wait(max(0.0, due - now)):
                 return 0
     finally:
         if metrics is not None:

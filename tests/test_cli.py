@@ -94,3 +94,4 @@ def test_serve_with_no_workers_fails_naming_the_setting(capfd):
     assert main(["serve", "--workers", "0", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "serving.workers" in err[0] and "must be >= 1, got 0" in err[0], err
+

@@ -44,6 +44,7 @@ from stream.model.export import initial_global_model_record
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.refit.job import GlobalRefit, RefitError
+from stream.refit.schedule import next_refit_due
 from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.state.partition_store import PartitionStore, open_or_wipe
 from stream.updaters.examples import example_problem, valid_entity_batch
@@ -128,7 +129,7 @@ class Backtest:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
             run = _Run(
-                dataclasses.replace(self.settings, state_dir=workdir),
+                _isolated(self.settings, workdir),
                 self.options,
                 self._join,
                 Path(workdir),
@@ -165,6 +166,20 @@ class Backtest:
         return BacktestResult(report, run.examples)
 
 
+def _isolated(settings: Settings, workdir: str) -> Settings:
+    """``settings`` with everything the replay writes (state, archive, refit model files) under ``workdir``.
+
+    A backtest run with a deployment's configuration must neither write into its archive
+    nor refit on what is there: those examples may come from after the replayed events.
+    """
+    return dataclasses.replace(
+        settings,
+        state_dir=workdir,
+        archive=dataclasses.replace(settings.archive, path=""),
+        refit=dataclasses.replace(settings.refit, output_dir=""),
+    )
+
+
 class _Run:
     """The state of one replay (everything under one temporary directory)."""
 
@@ -199,14 +214,17 @@ class _Run:
     def replay(self, events: Sequence[JoinInput]) -> None:
         times = np.fromiter((e.record["event_time"] for e in events), dtype=np.int64, count=len(events))
         bounds = _micro_batches(times, self.options.latency_ms)
-        next_refit = int(times[0]) + self.options.refit_every_ms if len(times) and self.options.refit_every_ms else None
+        every = self.options.refit_every_ms
+        next_refit = int(times[0]) + every if len(times) and every else None
         for start, end in itertools.pairwise(bounds):
             with cyclic_gc_paused():
                 self._micro_batch(events[start:end], frozenset())
             gc.freeze()  # what the replay keeps (its examples) leaves the collector's scans; run() unfreezes
-            if next_refit is not None and times[end - 1] >= next_refit:
-                self._refit_now(int(times[end - 1]))
-                next_refit = int(times[end - 1]) + self.options.refit_every_ms
+            now = int(times[end - 1])
+            if next_refit is not None and now >= next_refit:
+                skipped = not self._refit_now(now)
+                retry = self.settings.archive.roll_interval_ms
+                next_refit = int(next_refit_due(next_refit, every, now, skipped=skipped, retry=retry))
         self._micro_batch([], _ENDED)  # the inputs ended: every window the watermark has passed closes
 
     def _micro_batch(self, events: Sequence[JoinInput], idle: frozenset[str]) -> None:
@@ -251,8 +269,11 @@ class _Run:
                 }
             )
 
-    def _refit_now(self, now_ms: int) -> None:
-        """Archive the examples emitted since the last refit, then refit the current model on the archive."""
+    def _refit_now(self, now_ms: int) -> bool:
+        """Archive the examples emitted since the last refit, then refit the current model on the archive.
+
+        False when the refit was skipped for want of examples, as ``glmix refit --every`` skips it.
+        """
         fresh = self.examples[self._unarchived :]
         by_hour: dict[int, list[tuple[int, dict]]] = defaultdict(list)
         for offset, example in enumerate(fresh, start=self._unarchived):
@@ -261,12 +282,12 @@ class _Run:
             self.archive.write(hour, 0, rows[0][0], rows[-1][0], [e for _, e in rows])
         self._unarchived = len(self.examples)
         if self.model.current is None or not self.examples:
-            return
+            return False
         try:
             result = self.refit.run_from(self.model.current)
         except RefitError as exc:
             log.info("backtest: refit at %d skipped: %s", now_ms, exc)
-            return
+            return False
         self.refits.append(
             {
                 "at_event_time": now_ms,
@@ -283,6 +304,7 @@ class _Run:
             }
         )
         self._note_vocabulary()
+        return result.status != "skipped"
 
     def close(self) -> None:
         self.store.close()

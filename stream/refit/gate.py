@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,10 @@ from stream.model.losses import Loss
 from stream.model.metrics import auc, observed_expected
 
 HIGHER_IS_BETTER = {"auc": True, "log_loss": False}
+# A candidate the gate refuses is tried again at shorter steps from the current coefficients (a backtracking line
+# search of the global coordinate): random effects learned around the current global model double-count a new
+# global model that explains what they already do, and a shorter step leaves them room to re-centre.
+STEPS = (1.0, 0.5, 0.25, 0.125)
 
 
 def holdout_metrics(labels: np.ndarray, weights: np.ndarray, margins: np.ndarray, loss: Loss) -> dict[str, float]:
@@ -82,4 +88,35 @@ def gate(current: dict[str, float], candidate: dict[str, float], settings: Refit
         tolerance,
         current.get(alone, nan),
         candidate.get(alone, nan),
+    )
+
+
+def choose_trial(decisions: Mapping[tuple[str, float], GateDecision]) -> tuple[str, float]:
+    """The (candidate, step) to publish: the longest step at which a candidate passes, and there the best full-model
+    metric; when none passes, the best full step (which is refused).
+
+    Full-model metrics within the gate's tolerance of the best are a tie (holdout noise), and a
+    tie goes to the candidate that is better alone: it is all that serves a new member or
+    job, and a choice made on noise would flip the global model between fits from one run
+    to the next.
+    """
+
+    def goodness(value: float, metric: str) -> float:
+        value = value if HIGHER_IS_BETTER[metric] else -value
+        return value if math.isfinite(value) else -math.inf
+
+    def best(trials: list[tuple[str, float]]) -> tuple[str, float]:
+        full = {t: goodness(decisions[t].candidate, decisions[t].metric) for t in trials}
+        top = max(full.values())
+        tied = [t for t in trials if full[t] >= top - decisions[t].tolerance]
+        alone = {t: goodness(decisions[t].global_only_candidate, decisions[t].metric) for t in tied}
+        return max(tied, key=lambda t: (alone[t], full[t]))
+
+    for step in STEPS:
+        passing = [trial for trial, d in decisions.items() if d.passed and trial[1] == step]
+        if passing:
+            return best(passing)
+    return max(
+        (t for t in decisions if t[1] == STEPS[0]),
+        key=lambda t: goodness(decisions[t].candidate, decisions[t].metric),
     )

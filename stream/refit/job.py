@@ -41,7 +41,7 @@ from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_bloc
 from stream.model.losses import get_loss
 from stream.model.priors import l2_precision_diagonal
 from stream.progress import Progress
-from stream.refit.gate import HIGHER_IS_BETTER, GateDecision, gate, holdout_metrics
+from stream.refit.gate import STEPS, GateDecision, choose_trial, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
 from stream.scoring.follower import ModelFollower
@@ -52,10 +52,6 @@ log = logging.getLogger(__name__)
 
 READ_BATCH = 20_000
 RESIDUAL, STANDALONE = "residual", "standalone"
-# A candidate the gate refuses is tried again at shorter steps from the current coefficients (a backtracking line
-# search of the global coordinate): random effects learned around the current global model double-count a new
-# global model that explains what they already do, and a shorter step leaves them room to re-centre.
-STEPS = (1.0, 0.5, 0.25, 0.125)
 # What each candidate fit is fitted around (a column of the spilled training split).
 CANDIDATE_OFFSETS = {RESIDUAL: "offsets", STANDALONE: "fixed_offsets"}
 UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
@@ -84,21 +80,6 @@ def _with_rows(
 
 def _trial_name(candidate: str, step: float) -> str:
     return candidate if step == 1.0 else f"{candidate}*{step:g}"
-
-
-def _choose(decisions: Mapping[tuple[str, float], GateDecision]) -> tuple[str, float]:
-    """The (candidate, step) to publish: the longest step at which a candidate passes, and there the best full-model
-    metric; when none passes, the best full step (which is refused)."""
-
-    def goodness(d: GateDecision) -> float:
-        value = d.candidate if HIGHER_IS_BETTER[d.metric] else -d.candidate
-        return value if math.isfinite(value) else -math.inf
-
-    for step in STEPS:
-        passing = [trial for trial, d in decisions.items() if d.passed and trial[1] == step]
-        if passing:
-            return max(passing, key=lambda trial: goodness(decisions[trial]))
-    return max((t for t in decisions if t[1] == STEPS[0]), key=lambda trial: goodness(decisions[trial]))
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
@@ -509,7 +490,7 @@ class GlobalRefit:
         by_trial = dict(zip(trials, measured[1:]))
         result.candidates = {_trial_name(*trial): m for trial, m in by_trial.items()}
         decisions = {trial: gate(result.current_metrics, m, self.refit) for trial, m in by_trial.items()}
-        chosen = _choose(decisions)
+        chosen = choose_trial(decisions)
         (result.candidate, result.step), decision, coefficients = chosen, decisions[chosen], trials[chosen]
         result.candidate_metrics = by_trial[chosen]
         result.gate = f"{_trial_name(*chosen)} {decision.reason}"

@@ -79,11 +79,12 @@ def labeled_impressions(world: World) -> list[LabeledImpression]:
     job_arrival = np.array([world.arrival.get(j.entity_id, 0.0) for j in world.jobs])
     job_bags = [_bags_to_avro(j) for j in world.jobs]
     sessions = np.random.default_rng([spec.seed, 6])
-    session_member = -1
+    session_members = np.full(spec.concurrent_sessions, -1)
     for r in range(spec.requests):
         now += int(rng.exponential(spec.mean_request_gap_ms)) + 1
-        continuing = session_member >= 0 and sessions.random() >= 1.0 / spec.session_requests
-        mi = session_member
+        slot = int(sessions.integers(spec.concurrent_sessions)) if spec.concurrent_sessions > 1 else 0
+        continuing = session_members[slot] >= 0 and sessions.random() >= 1.0 / spec.session_requests
+        mi = int(session_members[slot])
         if world.arrival:  # only members and jobs that have arrived by this point of the stream
             share = r / spec.requests
             if not continuing:
@@ -96,7 +97,7 @@ def labeled_impressions(world: World) -> list[LabeledImpression]:
                 mi = int(rng.choice(len(world.members), p=activity))
             candidates = rng.choice(len(world.jobs), size=spec.items_per_request, replace=False)
         if spec.session_requests > 1:
-            session_member = mi
+            session_members[slot] = mi
         member = world.members[mi]
         margins = np.array([world.true_margin(member, world.jobs[j]) for j in candidates])
         random_bucket = bool(rng.random() < spec.random_bucket_rate)

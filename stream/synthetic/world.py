@@ -76,7 +76,10 @@ class WorldSpec:
     ``member_bias_scale`` gives every member an intercept of its own (how much more than
     others it clicks, or rates highly); ``session_requests`` is the mean number of
     consecutive requests one member makes before another one comes (a ratings log,
-    where most consecutive events are one user's, has about 9).
+    where most consecutive events are one user's, has about 9); ``concurrent_sessions``
+    is how many members are in a session at once, each request going to one of them at
+    random (a site at hundreds of events per second serves many members at a time, so
+    one member's events are far apart even when the stream's are not).
     """
 
     seed: int = 7
@@ -105,6 +108,7 @@ class WorldSpec:
     base_margin: float = -1.5
     member_bias_scale: float = 0.0
     session_requests: int = 1
+    concurrent_sessions: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,6 +119,7 @@ class WorldSpec:
             "mean_request_gap_ms",
             "mean_click_delay_ms",
             "session_requests",
+            "concurrent_sessions",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")

@@ -117,6 +117,18 @@ def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_ra
     assert {r["candidate"] for r in with_refits.report["refits"]} <= {"residual", "standalone"}
 
 
+
+def test_a_backtest_neither_writes_into_nor_refits_on_the_configured_archive(tmp_path):
+    """With a deployment's configuration, a replay's refits see only the replayed events (an archive's examples may
+    come from after them), and the archive and model directory stay as they were."""
+    write_avro_files(event_stream(World(ratings_like(requests=3_000))), tmp_path / "log")
+    log = EventLog.from_paths([tmp_path / "log" / "impressions.avro", tmp_path / "log" / "interactions.avro"])
+    settings = _settings(**RATINGS_JOIN, **{"archive.path": str(tmp_path / "archive"),
+                                            "refit.output_dir": str(tmp_path / "models")})
+    first, second = (Backtest(settings, _eight_refits(log)).run(log.events) for _ in range(2))
+    assert first.report["refits"] and first.report["refits"] == second.report["refits"]
+    assert not (tmp_path / "archive").exists() and not (tmp_path / "models").exists()
+
 @pytest.mark.kafka
 def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its_file(
         kafka_bootstrap, tmp_path, unique_name, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from stream.config import load_settings
-from stream.refit.gate import gate
+from stream.refit.gate import choose_trial, gate
 
 SETTINGS = load_settings(overrides={"refit.gate_tolerance": "0.002"}).refit
 
@@ -77,3 +77,24 @@ def test_a_refused_candidate_is_published_at_the_longest_step_towards_it_that_pa
     assert outcome.candidates["residual"]["auc"] < outcome.current_metrics["auc"] - 0.002  # the full step is refused
     assert outcome.candidates["residual*0.5"]["auc"] < outcome.current_metrics["auc"] - 0.002
     assert published[0]["coefficients"][1] == 0.25 and published[0]["version"] == 2
+
+
+def _decisions(trials: dict[tuple[str, float], tuple[float, float]]) -> dict:
+    current = {"auc": 0.70, "global_only_auc": 0.55}
+    return {t: gate(current, {"auc": full, "global_only_auc": alone}, SETTINGS) for t, (full, alone) in trials.items()}
+
+
+def test_a_full_model_tie_within_the_tolerance_goes_to_the_candidate_better_alone():
+    decisions = _decisions({("residual", 1.0): (0.7110, 0.57), ("standalone", 1.0): (0.7100, 0.62)})
+    assert choose_trial(decisions) == ("standalone", 1.0)
+
+
+def test_a_full_model_lead_beyond_the_tolerance_wins_over_a_better_global_model_alone():
+    decisions = _decisions({("residual", 1.0): (0.7200, 0.57), ("standalone", 1.0): (0.7100, 0.62)})
+    assert choose_trial(decisions) == ("residual", 1.0)
+
+
+def test_the_longest_passing_step_is_chosen_before_any_metric():
+    decisions = _decisions({("residual", 1.0): (0.69, 0.57), ("residual", 0.5): (0.7005, 0.56),
+                            ("standalone", 0.5): (0.7001, 0.58), ("standalone", 0.25): (0.73, 0.60)})
+    assert choose_trial(decisions) == ("standalone", 0.5)
