@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.codec.container import read_container, write_container
-from stream.codec.exceptions import EncodeError
+from stream.codec.exceptions import DecodeError, EncodeError
 
 INTERCEPT_NAME = "(INTERCEPT)"
 
@@ -59,14 +59,38 @@ class PhotonModel:
         if record.get("variances") is not None:
             by_key = {(v["name"], v["term"]): float(v["value"]) for v in record["variances"]}
             variances = [by_key.get(k, 0.0) for k in keys]
-        loss_by_class = {v: k for k, v in PHOTON_LOSS_FUNCTIONS.items()}
         return cls(
             model_id=record["modelId"],
             keys=keys,
             means=[float(m["value"]) for m in record["means"]],
             variances=variances,
-            loss=loss_by_class.get(record.get("lossFunction") or "", "logistic"),
+            loss=_loss_of(record),
         )
+
+
+def _loss_of(record: Mapping[str, Any]) -> str:
+    """The loss a Photon model record names: ``lossFunction`` when set, else its ``modelClass``.
+
+    Photon-ML's GAME model files leave ``lossFunction`` empty and say what the model is
+    in ``modelClass`` alone; classes are matched by their simple name, so a model written
+    under another package of the same class reads the same. Neither set: logistic, as
+    records of this project's first versions were written.
+    """
+    function = record.get("lossFunction") or ""
+    by_function = {v: k for k, v in PHOTON_LOSS_FUNCTIONS.items()}
+    if function:
+        if function not in by_function:
+            raise DecodeError(f"model {record['modelId']}: unknown Photon lossFunction {function!r}")
+        return by_function[function]
+    model_class = record.get("modelClass") or ""
+    if not model_class:
+        return "logistic"
+    by_class = {v.rsplit(".", 1)[-1]: k for k, v in PHOTON_MODEL_CLASSES.items()}
+    simple = model_class.rsplit(".", 1)[-1]
+    if simple not in by_class:
+        known = ", ".join(sorted(by_class))
+        raise DecodeError(f"model {record['modelId']}: unknown Photon modelClass {model_class!r} (known: {known})")
+    return by_class[simple]
 
 
 def _ntv(keys: Sequence[tuple[str, str]], values: Sequence[float]) -> list[dict[str, Any]]:

@@ -53,3 +53,22 @@ def test_a_file_that_is_not_avro_raises_decode_error(tmp_path):
     path.write_bytes(b"not an avro file at all")
     with pytest.raises(DecodeError, match="not a readable"):
         list(read_models(path))
+
+
+def _record(**fields) -> dict:
+    return {"modelId": "fixed", "means": [{"name": "x", "term": "", "value": 0.5}], "variances": None,
+            "lossFunction": None, "modelClass": None, **fields}
+
+
+def test_a_game_model_file_says_its_loss_in_model_class_alone():
+    """Photon-ML's GAME coefficient files leave lossFunction empty: modelClass decides, by its simple name."""
+    linear = _record(modelClass="com.linkedin.photon.ml.supervised.regression.LinearRegressionModel", lossFunction="")
+    assert PhotonModel.from_record(linear).loss == "linear"
+    poisson = _record(modelClass="org.example.PoissonRegressionModel")
+    assert PhotonModel.from_record(poisson).loss == "poisson"
+    assert PhotonModel.from_record(_record()).loss == "logistic"
+
+
+def test_an_unknown_model_class_is_refused_naming_it():
+    with pytest.raises(DecodeError, match="SmoothedHingeLossLinearSVMModel"):
+        PhotonModel.from_record(_record(modelClass="com.linkedin.photon.ml.SmoothedHingeLossLinearSVMModel"))
