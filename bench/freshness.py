@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 import pipeline
 import run_all
@@ -39,7 +40,7 @@ from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import EmbeddedBroker, producer_config
 from stream.kafka.broker_process import BrokerProcess
-from stream.kafka.clients import prepare_topics
+from stream.kafka.clients import consumer_config, prepare_topics
 from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
 
@@ -102,6 +103,45 @@ def loop_latency(bootstrap: str, events_per_s: float, seconds: float, batching: 
             "batch_time_ms": int(BATCH_TIME_MS), "reproduce": REPRODUCE}
 
 
+def broker_hop(bootstrap: str, fetch_wait_ms: int, records: int = 200) -> dict:
+    """The floor of one hop of the loop: a record produced -> taken by a consumer already waiting, on this broker.
+
+    The loop is three such hops (click -> joiner, example -> updater, coefficients ->
+    follower) plus each stage's work, so three hops bound it from below.
+    """
+    topic = f"bench-hop-{fetch_wait_ms}-{time.monotonic_ns()}"
+    kafka = load_settings(overrides={"kafka.bootstrap_servers": bootstrap}).kafka
+    consumer = Consumer(consumer_config(kafka, f"{topic}-reader", **{"fetch.wait.max.ms": fetch_wait_ms}))
+    producer = Producer(producer_config(kafka, **{"linger.ms": 0}))
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the topic exists
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=5)[topic].result(10)
+    except (KafkaException, TimeoutError):
+        pass  # the mock cluster has no CreateTopics: the first produce creates the topic
+    producer.produce(topic, b"warm-up", partition=0)  # the topic's metadata and the producer id are then known
+    producer.flush(10)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    deadline = time.monotonic() + 30
+    while consumer.poll(1.0) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: the warm-up record of {topic} never arrived")
+    rng = np.random.default_rng(3)
+    latencies = []
+    for _ in range(records):
+        time.sleep(float(rng.uniform(0.005, 0.05)))
+        producer.produce(topic, repr(time.time()).encode(), partition=0)
+        producer.poll(0)
+        message = None
+        while message is None or message.error():
+            message = consumer.poll(1.0)
+        latencies.append(time.time() * 1000 - float(message.value()) * 1000)
+    consumer.close()
+    lat = np.array(latencies)
+    return {"bench": "hop", "fetch_wait_max_ms": fetch_wait_ms, "records": records,
+            "hop_p50_ms": round(float(np.percentile(lat, 50)), 1), "hop_p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "reproduce": REPRODUCE}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's smoke run)")
@@ -120,6 +160,8 @@ def main() -> None:
                           "fixed_events_per_s": maxima["fixed"],
                           "natural_over_fixed": round(maxima["natural"] / maxima["fixed"], 3),
                           "reproduce": REPRODUCE}), flush=True)
+        for fetch_wait_ms in (50, 5):
+            print(json.dumps({**broker_hop(b, fetch_wait_ms), "broker": args.broker}), flush=True)
         for events_per_s in (500.0, 0.8 * maxima["natural"]):
             for batching, fetch_wait_ms in (("natural", 0), ("natural", 5), ("fixed", 0)):
                 line = loop_latency(b, events_per_s, seconds, batching, fetch_wait_ms)

@@ -323,6 +323,8 @@ def produce_live(bootstrap: str, impressions_topic: str, interactions_topic: str
     imp_codec, int_codec = make_codec("Impression", impressions_topic), make_codec("Interaction", interactions_topic)
     rng = np.random.default_rng(1)
     sent = clicks = 0
+    for topic in (impressions_topic, interactions_topic):
+        producer.list_topics(topic, timeout=10)
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         li = labeled[sent % len(labeled)]
