@@ -112,7 +112,7 @@ def run_contender(name: str, directory: Path) -> dict:
     from stream.model.game import GameModel
     from stream.refit.job import GlobalRefit, RefitWindow
     from stream.refit.spill import SpillDirectory
-    from stream.scoring.tables import GlobalModel
+    from stream.tables.models import GlobalModel
 
     meta = json.loads((directory / "meta.json").read_text())
     p = meta["p"]

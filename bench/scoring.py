@@ -46,9 +46,9 @@ from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
 from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
-from stream.scoring.stored_table import StoredCoefficientTable
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.models import CoefficientTable, GlobalModelTable
+from stream.tables.stored_table import StoredCoefficientTable
 
 from run_all import start_glmix
 

@@ -178,9 +178,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve POST /v1/score from the models on Kafka until SIGTERM/SIGINT."""
     from aiohttp import web
 
-    from stream.scoring.follower import ModelFollower
     from stream.scoring.http import ScoringService, build_app
     from stream.scoring.scorer import Scorer
+    from stream.tables.follower import ModelFollower
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix serve needs a broker: --bootstrap-servers")
@@ -218,9 +218,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     """Score a container file of Impressions with the models on Kafka into a container file of scores."""
     from stream.progress import Progress
-    from stream.scoring.follower import ModelFollower
     from stream.scoring.offline import score_file
     from stream.scoring.scorer import Scorer
+    from stream.tables.follower import ModelFollower
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix score reads the models from Kafka: --bootstrap-servers")
@@ -363,8 +363,8 @@ def cmd_evaluate_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     from stream.codec.container import read_container
     from stream.evaluation.replay import replay
-    from stream.scoring.follower import ModelFollower
     from stream.scoring.scorer import Scorer
+    from stream.tables.follower import ModelFollower
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError(

@@ -49,12 +49,12 @@ from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.pipeline import Pipeline
 from stream.refit.job import GlobalRefit, RefitError
-from stream.scoring.follower import ModelFollower
 from stream.scoring.http import BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.events import LabeledImpression
 from stream.synthetic.sinks import event_topics_and_codecs, produce_items, produce_to_kafka
+from stream.tables.follower import ModelFollower
 from stream.updaters.updater import UpdaterStats
 
 log = logging.getLogger(__name__)

@@ -45,8 +45,8 @@ from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.refit.job import GlobalRefit, RefitError
 from stream.refit.schedule import next_refit_due
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.state.partition_store import PartitionStore, open_or_wipe
+from stream.tables.models import CoefficientTable, GlobalModelTable
 from stream.updaters.examples import example_problem, valid_entity_batch
 from stream.updaters.state_update import CoordinateMath, apply_batch
 

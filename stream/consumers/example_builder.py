@@ -19,8 +19,8 @@ from stream.codec.feature_bags import encode_bags
 from stream.config import ModelSettings
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
-from stream.scoring.indexing import FeatureResolver, MissedFeatures
-from stream.scoring.tables import EntityTable, GlobalModel
+from stream.tables.indexing import FeatureResolver, MissedFeatures
+from stream.tables.models import EntityTable, GlobalModel
 
 
 def unlabeled_examples(

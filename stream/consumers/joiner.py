@@ -62,9 +62,9 @@ from stream.model.losses import get_loss
 from stream.runtime.checkpoint import Checkpoint
 from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
-from stream.scoring.follower import ModelFollower
 from stream.state.partition_store import PartitionStore
 from stream.state.store_changelog import ChangelogReplay, batch_records, replay
+from stream.tables.follower import ModelFollower
 
 log = logging.getLogger(__name__)
 

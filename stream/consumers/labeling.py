@@ -21,9 +21,9 @@ from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.model.game import GLOBAL
-from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import EntityTable, GlobalModel
 from stream.state.partition_store import PartitionStore
+from stream.tables.indexing import FeatureResolver
+from stream.tables.models import EntityTable, GlobalModel
 
 IMPRESSION, INTERACTION = "impression", "interaction"
 

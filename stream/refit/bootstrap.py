@@ -34,8 +34,8 @@ from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
 from stream.errors import GlmixError
 from stream.model.export import fitted_global_model_record, initial_global_model_record
-from stream.scoring.tables import GlobalModelTable
 from stream.state.partition_store import open_or_wipe
+from stream.tables.models import GlobalModelTable
 
 _CHUNK = 20_000
 

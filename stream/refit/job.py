@@ -44,9 +44,9 @@ from stream.progress import Progress
 from stream.refit.gate import STEPS, GateDecision, choose_trial, gate, holdout_metrics
 from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
 from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
-from stream.scoring.follower import ModelFollower
-from stream.scoring.stored_table import StoredCoefficientTable
-from stream.scoring.tables import CoefficientTable, GlobalModel, GlobalModelTable
+from stream.tables.follower import ModelFollower
+from stream.tables.models import CoefficientTable, GlobalModel, GlobalModelTable
+from stream.tables.stored_table import StoredCoefficientTable
 
 log = logging.getLogger(__name__)
 

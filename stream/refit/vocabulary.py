@@ -31,7 +31,7 @@ from stream.codec.feature_bags import decode_bags
 from stream.config import ModelSettings
 from stream.model.features import FeatureIndex, FeatureKey
 from stream.model.game import GLOBAL
-from stream.scoring.tables import GlobalModel
+from stream.tables.models import GlobalModel
 
 log = logging.getLogger(__name__)
 

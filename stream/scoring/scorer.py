@@ -25,9 +25,9 @@ from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.model.uncertainty import covariance, thompson_samples
-from stream.scoring.follower import ModelFollower
-from stream.scoring.indexing import FeatureResolver, IndexedRows
-from stream.scoring.tables import EntityTable, GlobalModel, GlobalModelTable
+from stream.tables.follower import ModelFollower
+from stream.tables.indexing import FeatureResolver, IndexedRows
+from stream.tables.models import EntityTable, GlobalModel, GlobalModelTable
 
 Bags = Mapping[str, Sequence[Any]]
 
@@ -71,7 +71,7 @@ class CandidateScore:
 class Scorer:
     """Scores candidates with the newest global model and coefficients in its tables.
 
-    The tables are read at every call, so a :class:`~stream.scoring.follower.ModelFollower`
+    The tables are read at every call, so a :class:`~stream.tables.follower.ModelFollower`
     refreshing them (``Scorer.following(follower)``) makes new versions count at once.
     """
 

@@ -22,9 +22,9 @@ from stream.metrics.families import MetricFamilies
 from stream.runtime.checkpoint import Checkpoint
 from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
-from stream.scoring.follower import ModelFollower
 from stream.scoring.requests import InvalidRequest, parse_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
+from stream.tables.follower import ModelFollower
 
 
 @dataclass

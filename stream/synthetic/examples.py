@@ -12,9 +12,9 @@ from typing import Any
 
 from stream.config import ModelSettings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
-from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import EntityTable, GlobalModel
 from stream.synthetic.events import LabeledImpression
+from stream.tables.indexing import FeatureResolver
+from stream.tables.models import EntityTable, GlobalModel
 
 
 def joined_examples(

@@ -14,9 +14,9 @@ from stream.cli import main
 from stream.codec.container import read_container
 from stream.config import load_settings
 from stream.model.metrics import auc
-from stream.scoring.follower import ModelFollower
 from stream.synthetic import World, WorldSpec, event_stream, ratings_like
 from stream.synthetic.sinks import write_avro_files
+from stream.tables.follower import ModelFollower
 
 
 @pytest.fixture(scope="module")

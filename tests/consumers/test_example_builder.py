@@ -7,9 +7,9 @@ import numpy as np
 from stream.config import load_settings
 from stream.consumers.example_builder import unlabeled_examples
 from stream.model.export import initial_global_model_record
-from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.indexing import FeatureResolver
+from stream.tables.models import GlobalModelTable
 
 
 def test_batch_indexing_matches_the_feature_indexes():

@@ -159,8 +159,8 @@ def test_a_logged_batch_whose_examples_were_half_delivered_is_completed_on_anoth
     record = initial_global_model_record([li.impression for li in labeled], settings.model)
     producer = Producer(producer_config(settings.kafka))
     producer.produce(topics.model_global, key=b"glmix", value=make_codec("GlobalModel", topics.model_global).encode(record))
-    from stream.scoring.tables import GlobalModelTable
     from stream.synthetic.examples import joined_examples
+    from stream.tables.models import GlobalModelTable
 
     table = GlobalModelTable(settings.model)
     table.apply([record])

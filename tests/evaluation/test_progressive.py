@@ -99,8 +99,8 @@ def test_an_activity_type_the_models_cannot_see_shows_as_miscalibrated_in_the_re
     from stream.metrics.collector import PipelineCollector
     from stream.metrics.progressive_window import ProgressiveWindow
     from stream.model.export import fitted_global_model_record
-    from stream.scoring.tables import GlobalModelTable
     from stream.synthetic.examples import joined_examples
+    from stream.tables.models import GlobalModelTable
 
     settings = load_settings()
     world = World(WorldSpec(seed=6, members=80, jobs=60, requests=3000, activity_effects=(0.0, 0.0, -2.0)))
@@ -183,8 +183,8 @@ def test_the_live_metrics_report_quality_by_the_entity_history_the_joiner_saw():
     from stream.metrics.collector import PipelineCollector
     from stream.metrics.progressive_window import ProgressiveWindow
     from stream.model.export import fitted_global_model_record
-    from stream.scoring.tables import CoefficientTable, GlobalModelTable
     from stream.synthetic.examples import joined_examples
+    from stream.tables.models import CoefficientTable, GlobalModelTable
 
     settings = load_settings()
     labeled = labeled_impressions(World(WorldSpec(seed=6, members=80, jobs=60, requests=600)))

@@ -28,9 +28,9 @@ from stream.config import Settings, load_settings
 from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.runtime.runner import StageRunner
-from stream.scoring.tables import GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
+from stream.tables.models import GlobalModelTable
 from stream.updaters.updater import CoordinateUpdater
 from tests.helpers import read_topic
 

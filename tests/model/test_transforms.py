@@ -15,10 +15,10 @@ from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
 from stream.model.transforms import FeatureTransforms
-from stream.scoring.indexing import FeatureResolver
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.indexing import FeatureResolver
+from stream.tables.models import CoefficientTable, GlobalModelTable
 
 
 def _ntv(name: str, value: float, term: str = "") -> dict:

@@ -33,9 +33,9 @@ from stream.model.losses import LogisticLoss
 from stream.model.metrics import auc
 from stream.pipeline import Pipeline
 from stream.refit.job import GlobalRefit
-from stream.scoring.tables import GlobalModel
 from stream.synthetic import IMPRESSION, INTERACTION, World, WorldSpec, event_stream, labeled_impressions
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
+from stream.tables.models import GlobalModel
 from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka

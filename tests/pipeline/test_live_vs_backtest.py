@@ -33,9 +33,9 @@ from stream.config import load_settings
 from stream.kafka import producer_config
 from stream.model.export import fitted_global_model_record
 from stream.model.metrics import auc
-from stream.scoring.tables import GlobalModel
 from stream.synthetic import World, event_stream, labeled_impressions, ratings_like
 from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka, write_avro_files
+from stream.tables.models import GlobalModel
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.kafka

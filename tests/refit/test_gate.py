@@ -47,7 +47,7 @@ def test_a_refused_candidate_is_published_at_the_longest_step_towards_it_that_pa
     from stream.model.export import initial_global_model_record
     from stream.refit.job import GlobalRefit, RefitResult
     from stream.refit.spill import SpillDirectory
-    from stream.scoring.tables import GlobalModelTable
+    from stream.tables.models import GlobalModelTable
 
     settings = load_settings(overrides={"refit.output_dir": str(tmp_path), "refit.gate_tolerance": "0.002"})
     impressions = [{"features": {"job_title": [{"name": "job_title", "term": "nurse", "value": 1.0}]}}]

@@ -18,12 +18,12 @@ from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.refit.job import GlobalRefit, RefitError
 from stream.refit.spill import SpillDirectory
-from stream.scoring.follower import ModelFollower
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from stream.synthetic.world import job_feature_keys, member_feature_keys
+from stream.tables.follower import ModelFollower
+from stream.tables.models import CoefficientTable, GlobalModelTable
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.kafka

@@ -11,8 +11,8 @@ from stream.config import load_settings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
 from stream.model.export import initial_global_model_record
 from stream.refit.vocabulary import VocabularyCounter, growable_coordinates
-from stream.scoring.indexing import FeatureResolver
-from stream.scoring.tables import GlobalModel, GlobalModelTable
+from stream.tables.indexing import FeatureResolver
+from stream.tables.models import GlobalModel, GlobalModelTable
 
 SETTINGS = load_settings(overrides={"model.coordinates.member.max_features": "4"})
 
@@ -100,9 +100,9 @@ def test_frozen_coordinates_are_neither_counted_nor_grown():
 def test_joiner_updaters_and_scorer_give_the_same_margins_across_a_version_change():
     from stream.model.game import GLOBAL
     from stream.scoring.scorer import Scorer
-    from stream.scoring.tables import CoefficientTable
     from stream.synthetic import World, WorldSpec, labeled_impressions
     from stream.synthetic.examples import joined_examples
+    from stream.tables.models import CoefficientTable
     from stream.updaters.examples import coordinate_examples
 
     settings = load_settings()

@@ -8,8 +8,8 @@ import pytest
 from stream.config import load_settings
 from stream.model.export import initial_global_model_record
 from stream.scoring.scorer import EXPLORATION, Exploration, Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.state.entity_state import StateLayout
+from stream.tables.models import CoefficientTable, GlobalModelTable
 
 D = 4
 JOB_TITLE = {"job_title": [{"name": "title", "term": "nurse", "value": 1.0}]}

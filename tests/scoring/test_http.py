@@ -15,8 +15,8 @@ from stream.config import ServingSettings, load_settings
 from stream.model.export import initial_global_model_record
 from stream.scoring.http import OPENAPI, BackgroundServer, ScoringService, build_app
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.models import CoefficientTable, GlobalModelTable
 
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")
 

@@ -13,8 +13,8 @@ from stream.model.export import initial_global_model_record
 from stream.progress import Progress
 from stream.scoring.offline import score_file
 from stream.scoring.scorer import Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.models import CoefficientTable, GlobalModelTable
 
 
 @pytest.fixture

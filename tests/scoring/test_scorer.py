@@ -14,10 +14,10 @@ from stream.kafka import producer_config
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
-from stream.scoring.follower import ModelFollower
 from stream.scoring.scorer import ModelNotReadyError, Scorer
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.tables.follower import ModelFollower
+from stream.tables.models import CoefficientTable, GlobalModelTable
 from tests.helpers import wait_for
 
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")

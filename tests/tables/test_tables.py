@@ -7,8 +7,8 @@ import pytest
 
 from stream.config import load_settings
 from stream.model.export import initial_global_model_record
-from stream.scoring.stored_table import StoredCoefficientTable
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.tables.models import CoefficientTable, GlobalModelTable
+from stream.tables.stored_table import StoredCoefficientTable
 
 
 def _record(entity: str, version: int, means) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 from stream.config import ModelSettings
 from stream.model.features import FeatureIndex
 from stream.model.transforms import FeatureTransforms
-from stream.scoring.tables import GlobalModel
+from stream.tables.models import GlobalModel
 
 Bags = Mapping[str, Sequence[Any]]
 

@@ -1,10 +1,10 @@
-"""The models a scorer needs — the global model and every coordinate's coefficients — followed from their topics.
+"""The models every stage reads — the global model and every coordinate's coefficients — followed from their topics.
 
-Used by the joiner (scores at join time) and the scorer; the scorer also follows the
-compacted items topic, the features of items that candidates may name by id alone. The follower reads the
-compacted topics from the beginning into version-checked tables and keeps following
-them; it is ``ready`` once it has read up to the high watermarks that existed when it
-started, so nothing already published is missing.
+Used by the joiner (scores at join time), the refit (current offsets), ``glmix evaluate replay``
+and the scorer; the scorer also follows the compacted items topic, the features of items that
+candidates may name by id alone. The follower reads the compacted topics from the beginning
+into version-checked tables and keeps following them; it is ``ready`` once it has read up to
+the high watermarks that existed when it started, so nothing already published is missing.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from stream.codec import make_codec
 from stream.config import Settings
 from stream.errors import WaitTimeoutError
 from stream.kafka.topic_reader import TopicReader
-from stream.scoring.stored_table import StoredCoefficientTable
-from stream.scoring.tables import CoefficientTable, GlobalModelTable
+from stream.tables.models import CoefficientTable, GlobalModelTable
+from stream.tables.stored_table import StoredCoefficientTable
 
 log = logging.getLogger(__name__)
 

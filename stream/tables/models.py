@@ -3,7 +3,7 @@
 Records can arrive twice or out of order (a restore republishes, a compacted topic is
 re-read from the beginning), so both tables keep, per key, only the highest version seen;
 a stale or duplicate record changes nothing. The joiner scores examples with these
-tables and the scorer serves from them.
+tables, the refit and the backtest read them, and the scorer serves from them.
 """
 
 from __future__ import annotations

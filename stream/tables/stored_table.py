@@ -1,6 +1,6 @@
 """A coefficient table on local RocksDB with a bounded in-memory cache of hot entities.
 
-Same interface and version rule as :class:`~stream.scoring.tables.CoefficientTable`, for
+Same interface and version rule as :class:`~stream.tables.models.CoefficientTable`, for
 coordinates with more entities than memory should hold: every entity's latest record
 lives on disk (one key per entity: version, event count, means and, for exploration, the
 packed precision), and the ``cache_entities`` most recently used entities stay in memory. A
@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stream.errors import InvalidValueError
-from stream.scoring.tables import precision_matrix
 from stream.state.partition_store import PartitionStore
+from stream.tables.models import precision_matrix
 
 _HEADER = struct.Struct("<qqB")  # version, event count, precision kind (0 diagonal, 1 packed upper)
 _KINDS = ("DIAGONAL", "PACKED_UPPER")
