@@ -77,7 +77,7 @@ class EventLog:
                 since_ms=since_ms,
             )
             try:
-                for batch in reader.read_to_end(timeout_s=timeout_s):
+                for batch in reader.read_to_end(stall_timeout_s=timeout_s):
                     log.invalid += len(batch.failures)
                     log._add(kind, (r for r in batch.records if since_ms <= r["event_time"] < until_ms))
             finally:

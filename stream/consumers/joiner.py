@@ -369,12 +369,12 @@ class Joiner(Stage):
         produce_bounded(producer, topic, record["model_name"].encode(), value, stall_timeout_s=wait_s)
         if producer.flush(wait_s):
             raise JoinerError(f"could not publish a first global model to {topic} within {wait_s:.0f} s")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + wait_s
         while self.models.global_model.current is None:
             if time.monotonic() > deadline:
                 raise JoinerError(
                     f"published a first global model to {self.settings.topics.model_global} but could not "
-                    "read it back within 30 s"
+                    f"read it back within {wait_s:.0f} s"
                 )
             self.models.refresh(timeout_s=0.2)
         log.warning(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from stream.codec.avro import RecordCodec
 from stream.config import Settings
+from stream.kafka.clients import producer_wait_seconds
 from stream.kafka.topic_reader import TopicReader
 from stream.state.partition_store import PartitionStore
 
@@ -186,7 +187,7 @@ def already_produced(
             since_ms=since_ms - _SLACK_MS,
         )
         try:
-            for batch in reader.read_to_end(timeout_s=120):
+            for batch in reader.read_to_end(stall_timeout_s=producer_wait_seconds(settings.kafka)):
                 found.update((topic, r["example_id"]) for r in batch.records if r["example_id"] in ids)
         finally:
             reader.close()

@@ -89,11 +89,13 @@ def max_poll_interval_s(kafka: KafkaSettings) -> float:
 
 
 def producer_wait_seconds(kafka: KafkaSettings) -> float:
-    """How long a stage may wait on a producer that delivers nothing (a full queue, a flush): half the poll interval.
+    """How long a stage may wait on the broker between two polls: half the poll interval.
 
-    A batch's produce and flushes run between two polls of the group consumer; waiting
-    past ``max.poll.interval.ms`` would get the member evicted and the batch replayed
-    into the same stalled broker. Half leaves the other half for the batch itself.
+    For a producer that delivers nothing (a full queue, a flush), a first model read back,
+    or a blocking read that reads nothing (outbox recovery, a restore). A batch's produce
+    and flushes run between two polls of the group consumer; waiting past
+    ``max.poll.interval.ms`` would get the member evicted and the batch replayed into the
+    same stalled broker. Half leaves the other half for the batch itself.
     """
     return max_poll_interval_s(kafka) / 2
 

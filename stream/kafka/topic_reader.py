@@ -118,16 +118,23 @@ class TopicReader:
         positions = self._consumer.position([TopicPartition(self.topic, p) for p in pending])
         return all(tp.offset >= pending[tp.partition] for tp in positions)
 
-    def read_to_end(self, timeout_s: float = 60.0, batch: int = 10_000):
-        """Yield decoded batches until every partition reached its high watermark at the start of the call."""
+    def read_to_end(self, stall_timeout_s: float = 60.0, batch: int = 10_000):
+        """Yield decoded batches until every partition reached its high watermark at the start of the call.
+
+        Fails when nothing arrives for ``stall_timeout_s`` before the end: a long read that
+        keeps making progress (a big changelog, a throttled restore) is never cut off.
+        """
         ends = self.end_offsets()
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + stall_timeout_s
         while not self.reached(ends):
             if time.monotonic() > deadline:
-                raise WaitTimeoutError(f"{self.topic}: not at the end offsets {ends} after {timeout_s:.0f} s")
+                raise WaitTimeoutError(
+                    f"{self.topic}: nothing read for {stall_timeout_s:.0f} s before the end offsets {ends}"
+                )
             decoded = self.poll(batch, timeout_s=0.2)
             if decoded.messages or decoded.failures:
                 yield decoded
+                deadline = time.monotonic() + stall_timeout_s
 
     def close(self) -> None:
         """Close the consumer."""

@@ -206,7 +206,7 @@ def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:
         client_id=settings.kafka.group_id("bootstrap"),
     )
     try:
-        for batch in reader.read_to_end(timeout_s=60):
+        for batch in reader.read_to_end(stall_timeout_s=60):
             existing.apply(batch.records)
     finally:
         reader.close()

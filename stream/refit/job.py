@@ -321,7 +321,7 @@ class GlobalRefit:
             client_id=self.settings.kafka.group_id("refit-global"),
         )
         try:
-            for batch in reader.read_to_end(timeout_s=120):
+            for batch in reader.read_to_end(stall_timeout_s=120):
                 table.apply(batch.records)
         finally:
             reader.close()

@@ -28,6 +28,7 @@ from confluent_kafka import Message
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
+from stream.kafka.clients import producer_wait_seconds
 from stream.kafka.messages import last_offsets, source_of
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
@@ -163,7 +164,7 @@ class CoordinateUpdater(Stage):
         latest: dict[str, dict[str, Any]] = {}
         read = 0
         try:
-            for batch in reader.read_to_end(timeout_s=120):
+            for batch in reader.read_to_end(stall_timeout_s=producer_wait_seconds(self.settings.kafka)):
                 for record in batch.records:
                     read += 1
                     if record["coordinate"] != self.coordinate or record["source_partition"] != partition:

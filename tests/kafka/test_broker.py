@@ -117,3 +117,32 @@ def test_librdkafka_logs_go_through_logging_not_stderr(caplog, capfd):
             producer.poll(0.2)
     assert any(r.name == "librdkafka" and "127.0.0.1:1" in r.getMessage() for r in caplog.records)
     assert "%3|" not in capfd.readouterr().err  # librdkafka's own stderr format
+
+
+@pytest.mark.kafka
+def test_a_read_to_the_end_that_keeps_making_progress_is_never_cut_off(kafka_bootstrap, unique_name):
+    """The stall bound counts time with nothing read, not the whole read: a caller that pauses between batches (a
+    throttled restore, polls of its group in between) reads a topic whose read takes longer than the bound."""
+    from stream.codec import make_codec
+    from stream.kafka.topic_reader import TopicReader
+
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    topic = f"reader-{unique_name}"
+    codec = make_codec("Interaction", topic)
+    producer = Producer(producer_config(kafka))
+    records = 25_000  # more than the reader takes while it finds the ends (10,000), so the read takes batches
+    for i in range(records):
+        record = {"interaction_id": f"c{i}", "impression_id": f"i{i}", "member_id": "m", "item_id": "j",
+                  "type": "CLICK", "event_time": i}
+        producer.produce(topic, key=b"k", value=codec.encode(record), partition=0)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    reader = TopicReader(kafka, topic, codec, [0])
+    read = 0
+    try:
+        for batch in reader.read_to_end(stall_timeout_s=0.5, batch=5_000):
+            read += len(batch.records)
+            time.sleep(0.7)
+    finally:
+        reader.close()
+    assert read == records
