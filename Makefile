@@ -18,21 +18,24 @@ demo: $(STAMP)
 
 # Lint, format and types of the package, the whole suite on a Kafka broker process (Tansu), then the Kafka tests
 # again on librdkafka's mock cluster. The suite mostly waits on brokers and processes, so it runs on four pytest-xdist
-# workers (each with its own broker; one worker per test file keeps module fixtures built once).
+# workers (each with its own broker; one worker per test file keeps module fixtures built once). Tests marked `alone`
+# judge a live pipeline against its replay and need the machine to themselves: they run after, one at a time.
 XDIST := -n 4 --dist loadfile
 test: $(STAMP)
 	$(BIN)/ruff check stream
 	$(BIN)/ruff format --check stream
 	$(BIN)/mypy
-	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q $(XDIST) --durations=15
-	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m kafka
+	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q $(XDIST) --durations=15 -m "not alone"
+	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q -m alone
+	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m "kafka and not alone"
 
 test-mock: $(STAMP)
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m kafka
 
 test-slow: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/python -m pytest -q $(XDIST) --run-slow
+	$(BIN)/python -m pytest -q $(XDIST) --run-slow -m "not alone"
+	$(BIN)/python -m pytest -q --run-slow -m alone
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
