@@ -8,7 +8,8 @@ global model fitted on the world's history (its first requests, never streamed) 
 published first — yesterday's batch model — so global-only is a fair baseline.
 
 While it runs, one progress line a second: events/s, consumer lag, freshness, progressive
-AUC of global-only vs GLMix, dead letters, the global model version; ``/metrics`` is
+AUC of global-only vs GLMix, dead letters, the global model version, and a warning when
+a stage lost records the broker deleted before it read them; ``/metrics`` is
 served throughout. At the end: ``report.json`` and PNG plots from the archive's
 progressive validation, and the ranking the scorer serves Alice and Annie — twins with
 identical features and opposite tastes — with each coordinate's part of every score.
@@ -167,6 +168,7 @@ def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics:
         "auc_global": quality[variants[0]]["auc"] if variants else None,
         "auc_glmix": quality[variants[-1]]["auc"] if variants else None,
         "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters),
+        "skipped_records": sum(runner.stats.skipped() for runner in pipeline.stages.values()),
         "refits": len(run.refits),
         "index_version": joiner.indexing.index_version if joiner.indexing else None,
         "index_columns": dict(joiner.indexing.index_columns) if joiner.indexing else {},
@@ -184,6 +186,11 @@ def _show(line: dict, out: TextIO) -> None:
         f"AUC global {fmt(line['auc_global'], '{:.3f}')} vs GLMix {fmt(line['auc_glmix'], '{:.3f}')}  "
         f"dead letters {line['dead_letters']}  refits {line['refits']}\n"
     )
+    if line["skipped_records"]:
+        out.write(
+            f"          !! {line['skipped_records']} records deleted by the broker before a stage read them "
+            "(never processed; see the ERROR lines)\n"
+        )
     out.flush()
 
 
@@ -443,6 +450,18 @@ def _freshness_line(report: dict[str, Any]) -> str:
     return line
 
 
+def _skipped_line(report: dict[str, Any]) -> str:
+    """How many records the broker deleted before a stage read them (a consumer behind retention), by stage."""
+    skipped = {n: k for n, k in report["skipped_records"].items() if k}
+    if not skipped:
+        return "records deleted before a stage read them: none"
+    return (
+        f"records deleted before a stage read them (never processed): {sum(skipped.values())}, "
+        + ", ".join(f"{n} {k} in {report['offset_resets'][n]} resets" for n, k in skipped.items())
+        + " (the embedded broker keeps ~5 MiB per partition; on a cluster, raise retention.ms or add consumers)"
+    )
+
+
 def _ask_http(url: str, world: World, scorer: Scorer) -> bool:
     """One real request to the scoring service, candidates named by id alone (features from the items topic).
 
@@ -515,6 +534,8 @@ def _report(
         "examples": joiner.examples,
         "positives": joiner.positives,
         "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters.values()),
+        "skipped_records": {n: runner.stats.skipped() for n, runner in pipeline.stages.items()},
+        "offset_resets": {n: sum(runner.stats.offset_resets.values()) for n, runner in pipeline.stages.items()},
         "entity_updates": {n: s.entity_updates for n, s in updaters.items()},
         "freshness_s": {n: _percentiles_s(s.freshness_ms) for n, s in updaters.items()},
         "freshness_from": "the click" if settings.joiner.early_positives else "the attribution window's close",
@@ -541,6 +562,7 @@ def _report(
         + "\n"
     )
     out.write(_freshness_line(report) + "\n")
+    out.write(_skipped_line(report) + "\n")
     out.writelines(line + "\n" for line in _history_lines(evaluation))
     published = sum(1 for r in run.refits if r["status"] in ("published", "grown"))
     out.write(f"global refits: {len(run.refits)} run, {published} published\n")

@@ -469,7 +469,7 @@ class MetricsSettings:
     """``/metrics`` of pipeline processes (``glmix run``, ``glmix refit --every``, the demo).
 
     ``port`` 0 picks a free port (the demo prints it). ``kafka_statistics_interval_ms`` is
-    how often librdkafka reports consumer lag and rebalances. With ``segment_by`` (an
+    how often librdkafka reports consumer lag, retention headroom and rebalances. With ``segment_by`` (an
     example field: ``member_id``, ``item_id``, ``random_bucket``, ``position`` or
     ``context:<key>``, e.g. ``context:activity_type``) the live quality metrics also give
     observed/expected per value of that field: the ``segment_values`` most frequent in the

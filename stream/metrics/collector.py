@@ -60,6 +60,10 @@ class PipelineCollector(Collector):
                 families.counter("glmix_consumer_rebalances", [client.client], client.rebalances)
                 for (topic, partition), lag in client.lag.items():
                     families.gauge("glmix_consumer_lag_messages", [client.client, topic, str(partition)], lag)
+                for (topic, partition), headroom in client.headroom.items():
+                    families.gauge(
+                        "glmix_consumer_retention_headroom_messages", [client.client, topic, str(partition)], headroom
+                    )
         if self._refit is not None:
             self._refit.add_samples("refit", families)
         yield from families

@@ -37,6 +37,20 @@ COUNTERS = {
     "glmix_archive_files": ("Archive files written.", []),
     "glmix_stream_scoring_responses": ("Ranked responses written by the streaming scorer.", []),
     "glmix_consumer_rebalances": ("Consumer group rebalances seen by a client (librdkafka).", ["client"]),
+    "glmix_consumer_skipped_records": (
+        (
+            "Records of an input partition deleted (by retention) before the stage read them: never processed. "
+            "Raise the topic's retention.ms or add consumers."
+        ),
+        ["client", "topic", "partition"],
+    ),
+    "glmix_consumer_offset_resets": (
+        (
+            "Times a stage found its position moved past records deleted before it read them (auto.offset.reset, "
+            "once or more, after the partition's log start passed the position)."
+        ),
+        ["client", "topic", "partition"],
+    ),
     "glmix_refit_runs": ("Global refit runs by outcome.", ["status"]),
     "glmix_refused_commits": (
         (
@@ -74,6 +88,13 @@ GAUGES = {
     "glmix_state_size_bytes": ("RocksDB's estimate of a stage's local state size.", ["stage"]),
     "glmix_consumer_lag_messages": (
         "Messages between a partition's high watermark and the consumer position.",
+        ["client", "topic", "partition"],
+    ),
+    "glmix_consumer_retention_headroom_messages": (
+        (
+            "Messages between a partition's log start (the oldest it retains) and the consumer's committed offset: "
+            "what retention may delete before the consumer loses records."
+        ),
         ["client", "topic", "partition"],
     ),
     "glmix_progressive_auc": ("AUC of the last joined examples under the models current at join time.", ["variant"]),

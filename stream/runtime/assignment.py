@@ -20,6 +20,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from stream.kafka.messages import source_of
+from stream.runtime.retention import RetentionWatch
 from stream.runtime.stage import Stage
 from stream.state.exceptions import StoreOwnedError
 from stream.state.partition_store import PartitionStore, open_or_wipe, store_path
@@ -32,18 +33,29 @@ class _Restoring:
     topic_partitions: list[TopicPartition]
     store: PartitionStore | None = None
     progress: Iterator[int] | None = None
+    committed: dict[str, int] | None = None
     records: int = 0
     started: float = field(default_factory=time.monotonic)
     resume_at: dict[str, int] = field(default_factory=dict)
 
 
 class Assignment:
-    """The partitions a stage owns: restoring (paused) or ready, and their stores."""
+    """The partitions a stage owns: restoring (paused) or ready, their stores, and where each goes on.
+
+    A partition's group offsets are read before it resumes; ``retention`` is told them, to
+    find records deleted before they were read.
+    """
 
     def __init__(
-        self, stage: Stage, state_dir: str | Path, restore_slice_s: float, write_ahead_log: bool = True
+        self,
+        stage: Stage,
+        state_dir: str | Path,
+        restore_slice_s: float,
+        retention: RetentionWatch,
+        write_ahead_log: bool = True,
     ) -> None:
         self.stage = stage
+        self._retention = retention
         self.stores: dict[int, PartitionStore] = {}
         self.ready: set[int] = set()
         self.restoring: dict[int, _Restoring] = {}
@@ -77,6 +89,7 @@ class Assignment:
         numbers = sorted({tp.partition for tp in partitions})
         self.revocations += 1
         self.stage.revoked(numbers)
+        self._retention.forget(numbers)
         for number in numbers:
             self.ready.discard(number)
             restoring = self.restoring.pop(number, None)
@@ -105,18 +118,20 @@ class Assignment:
     def _restore_some(self, consumer: Consumer, number: int, deadline: float) -> bool:
         restoring = self.restoring[number]
         owner = self.stage.state_owner()
-        if owner is None:
-            return True
-        if restoring.store is None:
+        if owner is not None and restoring.store is None:
             path = store_path(self._state_dir, owner, restoring.topic_partitions[0].topic, number)
             try:
                 restoring.store, _ = open_or_wipe(path, self._write_ahead_log)
             except StoreOwnedError:  # its previous owner in this machine has not closed it yet: next step
                 log.info("%s: store of partition %d still open elsewhere; retrying", self.stage.group_id, number)
                 return False
+        if restoring.committed is None:  # once the store is ours: its previous owner here has made its last commit
             committed = consumer.committed(restoring.topic_partitions, timeout=30)
-            restoring.progress = self.stage.restore(number, restoring.store, {tp.topic: tp.offset for tp in committed})
-        assert restoring.progress is not None
+            restoring.committed = {tp.topic: tp.offset for tp in committed}
+        if restoring.store is None:
+            return True
+        if restoring.progress is None:
+            restoring.progress = self.stage.restore(number, restoring.store, restoring.committed)
         for records in restoring.progress:
             restoring.records = records
             if time.monotonic() >= deadline:
@@ -128,6 +143,8 @@ class Assignment:
         if restoring.store is not None:
             self.stores[number] = restoring.store
         self.stage.restored(number)
+        for topic, offset in (restoring.committed or {}).items():
+            self._retention.expect(topic, number, offset)
         for topic, offset in restoring.resume_at.items():  # records fetched before the pause took effect
             consumer.seek(TopicPartition(topic, number, offset))
         consumer.resume(restoring.topic_partitions)

@@ -1,7 +1,8 @@
 """The one consume loop of glmix-stream: every stage runs on a :class:`StageRunner` (DESIGN §5).
 
 Per step: close released stores and restore paused partitions for one slice; consume a
-batch; keep the messages of ready partitions; hand them to the stage's batch function with
+batch; keep the messages of ready partitions; find records deleted before they were read
+(:mod:`stream.runtime.retention`); hand them to the stage's batch function with
 a fresh :class:`~stream.runtime.checkpoint.Checkpoint`; commit it. Kafka clients are
 created on the first step, so building a stage touches no broker.
 """
@@ -28,6 +29,7 @@ from stream.kafka.messages import without_errors
 from stream.metrics.kafka_statistics import KafkaStatistics, statistics_settings
 from stream.runtime.assignment import Assignment
 from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.retention import RetentionWatch, resets_to_end
 from stream.runtime.stage import Stage, StageClients
 from stream.runtime.stats import StageStats
 
@@ -73,8 +75,13 @@ class StageRunner:
     ) -> None:
         self.stage = stage
         self.settings = settings
+        self.retention = RetentionWatch(stage.group_id, stage.stats)
         self.assignment = Assignment(
-            stage, Path(settings.state_dir), restore_slice_seconds(settings), settings.state_write_ahead_log
+            stage,
+            Path(settings.state_dir),
+            restore_slice_seconds(settings),
+            self.retention,
+            settings.state_write_ahead_log,
         )
         self._bootstrap = bootstrap_servers
         self._statistics = statistics
@@ -104,6 +111,7 @@ class StageRunner:
             raise ConfigError(
                 "kafka.consumer.partition.assignment.strategy", "cooperative rebalancing is not supported"
             )
+        self.retention.to_end = resets_to_end(config)
         prepare_topics(settings, self._bootstrap)  # a consumer may not see a topic created after it subscribed
         producer = Producer(producer_config(settings.kafka, self._bootstrap, on_delivery=self._delivery_report))
         consumer = Consumer(config)
@@ -142,6 +150,7 @@ class StageRunner:
         max_messages, timeout_s = self.stage.batch_limits()
         messages = take_batch(clients.consumer, max_messages, timeout_s, self.settings.batching == "natural")
         ready = self.assignment.ready_messages(without_errors(messages, self.stage.group_id))
+        self.retention.check(clients.consumer, ready)
         started = time.monotonic()
         checkpoint = self._checkpoint(clients.producer)
         with cyclic_gc_paused():  # a batch builds many short-lived acyclic objects; reference counting frees them

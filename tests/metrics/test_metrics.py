@@ -48,16 +48,19 @@ def test_progressive_window_keeps_the_last_examples():
     assert quality["global+member"]["observed_expected:CLICK"] == pytest.approx(y.sum() / p.sum())
 
 
-def test_kafka_statistics_keep_lag_and_rebalances_per_client():
+def test_kafka_statistics_keep_lag_headroom_and_rebalances_per_client():
     statistics = KafkaStatistics(interval_ms=1000)
     settings = statistics.client_settings("joiner")
     assert settings["statistics.interval.ms"] == 1000
     settings["stats_cb"](json.dumps({
         "name": "rdkafka#consumer-1", "type": "consumer", "cgrp": {"rebalance_cnt": 3},
-        "topics": {"glmix.impressions": {"partitions": {"0": {"consumer_lag": 12}, "1": {"consumer_lag": -1},
-                                                         "-1": {"consumer_lag": 0}}}}}))
+        "topics": {"glmix.impressions": {"partitions": {
+            "0": {"consumer_lag": 12, "committed_offset": 500, "lo_offset": 480},
+            "1": {"consumer_lag": -1, "committed_offset": -1001, "lo_offset": 0},
+            "-1": {"consumer_lag": 0}}}}}))
     [client] = statistics.latest()
     assert client.client == "joiner" and client.rebalances == 3 and client.lag == {("glmix.impressions", 0): 12}
+    assert client.headroom == {("glmix.impressions", 0): 20}  # nothing committed on partition 1: no headroom
 
 
 def test_served_metrics_follow_prometheus_conventions():
