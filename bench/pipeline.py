@@ -128,7 +128,7 @@ def topic_size(settings: Settings, topic: str) -> tuple[int, int]:
     reader = TopicReader(settings.kafka, topic, _ValueSizes(), client_id=f"size-{uuid.uuid4().hex[:6]}")
     records = size = 0
     try:
-        for batch in reader.read_to_end(timeout_s=120):
+        for batch in reader.read_to_end(stall_timeout_s=120):
             records += len(batch.messages)
             size += sum(r["bytes"] for r in batch.records) + sum(len(m.key() or b"") for m in batch.messages)
     finally:
