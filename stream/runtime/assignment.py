@@ -52,8 +52,10 @@ class Assignment:
         state_dir: str | Path,
         restore_slice_s: float,
         retention: RetentionWatch,
+        broker_wait_s: float,
         write_ahead_log: bool = True,
     ) -> None:
+        """``broker_wait_s``: the longest wait for the group's committed offsets (a share of the poll interval)."""
         self.stage = stage
         self._retention = retention
         self.stores: dict[int, PartitionStore] = {}
@@ -64,6 +66,7 @@ class Assignment:
         self._state_dir = state_dir
         self._slice_s = restore_slice_s
         self._write_ahead_log = write_ahead_log
+        self._broker_wait_s = broker_wait_s
         self._to_close: list[PartitionStore] = []
 
     # ------------------------------------------------------------------ callbacks (bookkeeping only)
@@ -126,7 +129,7 @@ class Assignment:
                 log.info("%s: store of partition %d still open elsewhere; retrying", self.stage.group_id, number)
                 return False
         if restoring.committed is None:  # once the store is ours: its previous owner here has made its last commit
-            committed = consumer.committed(restoring.topic_partitions, timeout=30)
+            committed = consumer.committed(restoring.topic_partitions, timeout=self._broker_wait_s)
             restoring.committed = {tp.topic: tp.offset for tp in committed}
         if restoring.store is None:
             return True

@@ -81,6 +81,7 @@ class StageRunner:
             Path(settings.state_dir),
             restore_slice_seconds(settings),
             self.retention,
+            producer_wait_seconds(settings.kafka),
             settings.state_write_ahead_log,
         )
         self._bootstrap = bootstrap_servers
