@@ -349,7 +349,7 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
             w, code = -1, _MISSING
         else:
             w, code = writer_of(buf, start, end, magic, prefixes)
-        pos = start + prefixes.shape[1]
+        pos = start + prefixes.shape[1] if code == _OK else start
         field = -1
         k = op_starts[w] if w >= 0 else 0
         stop = op_starts[w + 1] if w >= 0 else 0
