@@ -52,9 +52,13 @@ STRING_MAP_REFS = 4  # key offset, key length, value offset, value length
 FEATURE_REFS = 6  # bag, name and term: offset and length each
 BAG_REFS = 3  # key offset, key length, first feature
 _PAIRWISE_KEYS = 16  # up to this many keys a map is checked for repeats pair by pair, beyond it by sorted hashes
+# Functions that allocate nothing are compiled without numba's reference counting (``_nrt=False``): with it, every
+# call that passes the batch buffer did an atomic incref and decref that numba could not prune, ~14 ns a call here,
+# most of the decode's time.
+_leaf = njit(nogil=True, cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt is not in numba's stubs
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def fnv1a(buf, start, stop, h):
     """``h`` extended by FNV-1a 64 over ``buf[start:stop]``."""
     for i in range(start, stop):
@@ -62,13 +66,13 @@ def fnv1a(buf, start, stop, h):
     return h
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def fnv1a_separator(h):
     """``h`` extended by the 0xFF separator byte."""
     return (h ^ SEPARATOR) * FNV_PRIME
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def read_long(buf, pos, end):
     """Avro long at ``pos``: (value, next position, status); more than 64 bits of varint is BAD_VARINT."""
     result = np.uint64(0)
@@ -87,7 +91,7 @@ def read_long(buf, pos, end):
     return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), pos, _OK
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def valid_utf8(buf, start, stop):
     """Whether ``buf[start:stop]`` is well-formed UTF-8 as Python's strict decoder has it (no surrogates, overlongs)."""
     i = start
@@ -124,7 +128,23 @@ def valid_utf8(buf, start, stop):
     return True
 
 
-@njit(nogil=True, cache=True)
+@_leaf
+def read_little_endian(buf, pos, width):
+    """The unsigned little-endian integer of ``width`` bytes at ``pos``."""
+    value = np.uint64(0)
+    for i in range(width):
+        value |= np.uint64(buf[pos + i]) << np.uint64(8 * i)
+    return value
+
+
+@_leaf
+def read_double(buf, pos, bits, as_double):
+    """The little-endian IEEE double at ``pos``, through ``bits`` (a 1-element uint64 array) and its float64 view."""
+    bits[0] = read_little_endian(buf, pos, 8)
+    return as_double[0]
+
+
+@_leaf
 def read_string(buf, pos, end, check_utf8):
     """Avro string or bytes at ``pos``: (offset, length, next position, status)."""
     length, pos, code = read_long(buf, pos, end)
@@ -139,7 +159,7 @@ def read_string(buf, pos, end, check_utf8):
     return pos, length, pos + length, _OK
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def read_block_count(buf, pos, end):
     """An array or map block's item count at ``pos`` (a negative count is followed by the block's size, skipped)."""
     count, pos, code = read_long(buf, pos, end)
@@ -152,7 +172,7 @@ def read_block_count(buf, pos, end):
     return count, pos, code
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def same_bytes(buf, a, a_length, b, b_length):
     """Whether ``buf[a:a+a_length]`` equals ``buf[b:b+b_length]``."""
     if a_length != b_length:
@@ -163,16 +183,22 @@ def same_bytes(buf, a, a_length, b, b_length):
     return True
 
 
+@_leaf
+def repeated_pairwise(buf, offsets, lengths, start, stop):
+    """Whether two of the keys ``(offsets[k], lengths[k])`` for k in [start, stop) are equal, comparing every pair."""
+    for a in range(start, stop):
+        for b in range(a + 1, stop):
+            if same_bytes(buf, offsets[a], lengths[a], offsets[b], lengths[b]):
+                return True
+    return False
+
+
 @njit(nogil=True, cache=True)
 def has_repeated_key(buf, offsets, lengths, start, stop):
-    """Whether two of the keys ``(offsets[k], lengths[k])`` for k in [start, stop) are equal."""
+    """Whether two of the keys ``(offsets[k], lengths[k])`` for k in [start, stop) are equal (many: by sorted hashes)."""
     count = stop - start
     if count <= _PAIRWISE_KEYS:
-        for a in range(start, stop):
-            for b in range(a + 1, stop):
-                if same_bytes(buf, offsets[a], lengths[a], offsets[b], lengths[b]):
-                    return True
-        return False
+        return repeated_pairwise(buf, offsets, lengths, start, stop)
     hashes = np.empty(count, dtype=np.uint64)
     for k in range(count):
         hashes[k] = fnv1a(buf, offsets[start + k], offsets[start + k] + lengths[start + k], FNV_OFFSET)
@@ -195,7 +221,7 @@ def grown(table, needed):
         return table
     while capacity < needed:
         capacity *= 2
-    bigger = np.zeros((table.shape[0], capacity), dtype=table.dtype)
+    bigger = np.empty((table.shape[0], capacity), dtype=table.dtype)
     bigger[:, : table.shape[1]] = table
     return bigger
 
@@ -218,7 +244,8 @@ def read_string_map(buf, pos, end, slot, count, refs):
             value, value_length, pos, code = read_string(buf, pos, end, True)
             if code != _OK:
                 return pos, code, count, refs
-            refs = grown(refs, count + 1)
+            if count == refs.shape[1]:
+                refs = grown(refs, count + 1)
             refs[row, count] = key
             refs[row + 1, count] = key_length
             refs[row + 2, count] = value
@@ -230,7 +257,7 @@ def read_string_map(buf, pos, end, slot, count, refs):
 
 
 @njit(nogil=True, cache=True)
-def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashes, bags, bag_refs, scratch):
+def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashes, bags, bag_refs, bits, as_double):
     """A map<array<NameTermValue>> at ``pos`` appended to column ``slot``: one entry per bag, one per feature, hashed.
 
     Returns (next position, status, features, feature_refs, values, hashes, bags, bag_refs)
@@ -248,7 +275,8 @@ def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashe
             bag, bag_length, pos, code = read_string(buf, pos, end, True)
             if code != _OK:
                 return pos, code, features, feature_refs, values, hashes, bags, bag_refs
-            bag_refs = grown(bag_refs, bags + 1)
+            if bags == bag_refs.shape[1]:
+                bag_refs = grown(bag_refs, bags + 1)
             bag_refs[BAG_REFS * slot, bags] = bag
             bag_refs[BAG_REFS * slot + 1, bags] = bag_length
             bag_refs[BAG_REFS * slot + 2, bags] = features
@@ -269,17 +297,17 @@ def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashe
                         return pos, code, features, feature_refs, values, hashes, bags, bag_refs
                     if end - pos < 8:
                         return end, _TRUNCATED, features, feature_refs, values, hashes, bags, bag_refs
-                    feature_refs = grown(feature_refs, features + 1)
-                    values = grown(values, features + 1)
-                    hashes = grown(hashes, features + 1)
+                    if features == values.shape[1]:
+                        feature_refs = grown(feature_refs, features + 1)
+                        values = grown(values, features + 1)
+                        hashes = grown(hashes, features + 1)
                     feature_refs[row, features] = bag
                     feature_refs[row + 1, features] = bag_length
                     feature_refs[row + 2, features] = name
                     feature_refs[row + 3, features] = name_length
                     feature_refs[row + 4, features] = term
                     feature_refs[row + 5, features] = term_length
-                    scratch[:] = buf[pos : pos + 8]
-                    values[slot, features] = scratch.view(np.float64)[0]
+                    values[slot, features] = read_double(buf, pos, bits, as_double)
                     pos += 8
                     h = fnv1a_separator(fnv1a(buf, name, name + name_length, bag_hash))
                     hashes[slot, features] = fnv1a(buf, term, term + term_length, h)
@@ -289,7 +317,7 @@ def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashe
     return pos, _OK, features, feature_refs, values, hashes, bags, bag_refs
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def writer_of(buf, start, end, magic, prefixes):
     """(writer program index, status) of the value ``buf[start:end]`` from its framing header."""
     header = prefixes.shape[1]
@@ -329,22 +357,26 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
     presence = np.zeros((slots[3], n), dtype=np.uint8)
     map_rows = np.zeros((slots[4], n + 1), dtype=np.int64)
     map_counts = np.zeros(slots[4], dtype=np.int64)
-    map_refs = np.zeros((STRING_MAP_REFS * slots[4], capacity), dtype=np.int64)
+    map_refs = np.empty((STRING_MAP_REFS * slots[4], capacity), dtype=np.int64)
     feature_rows = np.zeros((slots[5], n + 1), dtype=np.int64)
     feature_counts = np.zeros(slots[5], dtype=np.int64)
-    feature_refs = np.zeros((FEATURE_REFS * slots[5], capacity), dtype=np.int64)
-    feature_values = np.zeros((slots[5], capacity), dtype=np.float64)
-    feature_hashes = np.zeros((slots[5], capacity), dtype=np.uint64)
+    feature_refs = np.empty((FEATURE_REFS * slots[5], capacity), dtype=np.int64)
+    feature_values = np.empty((slots[5], capacity), dtype=np.float64)
+    feature_hashes = np.empty((slots[5], capacity), dtype=np.uint64)
     bag_rows = np.zeros((slots[5], n + 1), dtype=np.int64)
     bag_counts = np.zeros(slots[5], dtype=np.int64)
-    bag_refs = np.zeros((BAG_REFS * slots[5], capacity), dtype=np.int64)
-    scratch = np.zeros(8, dtype=np.uint8)
-    scratch4 = np.zeros(4, dtype=np.uint8)
+    bag_refs = np.empty((BAG_REFS * slots[5], capacity), dtype=np.int64)
+    bits = np.zeros(1, dtype=np.uint64)
+    as_double = bits.view(np.float64)
+    bits32 = np.zeros(1, dtype=np.uint32)
+    as_float = bits32.view(np.float32)
     for i in range(n):
         start, end = starts[i], starts[i + 1]
-        map_rows[:, i] = map_counts
-        feature_rows[:, i] = feature_counts
-        bag_rows[:, i] = bag_counts
+        for c in range(slots[4]):
+            map_rows[c, i] = map_counts[c]
+        for c in range(slots[5]):
+            feature_rows[c, i] = feature_counts[c]
+            bag_rows[c, i] = bag_counts[c]
         if not present[i]:
             w, code = -1, _MISSING
         else:
@@ -379,15 +411,14 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
                 if end - pos < 8:
                     code, pos = _TRUNCATED, end
                 else:
-                    scratch[:] = buf[pos : pos + 8]
-                    floats[slot, i] = scratch.view(np.float64)[0]
+                    floats[slot, i] = read_double(buf, pos, bits, as_double)
                     pos += 8
             elif op == _FLOAT:
                 if end - pos < 4:
                     code, pos = _TRUNCATED, end
                 else:
-                    scratch4[:] = buf[pos : pos + 4]
-                    floats[slot, i] = scratch4.view(np.float32)[0]
+                    bits32[0] = np.uint32(read_little_endian(buf, pos, 4))
+                    floats[slot, i] = as_float[0]
                     pos += 4
             elif op == _OPTIONAL:
                 branch, pos, code = read_long(buf, pos, end)
@@ -403,7 +434,18 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
             else:
                 features, bags = feature_counts[slot], bag_counts[slot]
                 pos, code, features, feature_refs, feature_values, feature_hashes, bags, bag_refs = read_feature_bags(
-                    buf, pos, end, slot, features, feature_refs, feature_values, feature_hashes, bags, bag_refs, scratch
+                    buf,
+                    pos,
+                    end,
+                    slot,
+                    features,
+                    feature_refs,
+                    feature_values,
+                    feature_hashes,
+                    bags,
+                    bag_refs,
+                    bits,
+                    as_double,
                 )
                 feature_counts[slot], bag_counts[slot] = features, bags
         if code == _OK and pos != end:
@@ -412,13 +454,17 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
             status[i] = code
             error_at[i] = max(pos - start, 0)
             error_field[i] = field
-            map_counts[:] = map_rows[:, i]
-            feature_counts[:] = feature_rows[:, i]
-            bag_counts[:] = bag_rows[:, i]
+            for c in range(slots[4]):
+                map_counts[c] = map_rows[c, i]
+            for c in range(slots[5]):
+                feature_counts[c] = feature_rows[c, i]
+                bag_counts[c] = bag_rows[c, i]
         writer[i] = w
-        map_rows[:, i + 1] = map_counts
-        feature_rows[:, i + 1] = feature_counts
-        bag_rows[:, i + 1] = bag_counts
+        for c in range(slots[4]):
+            map_rows[c, i + 1] = map_counts[c]
+        for c in range(slots[5]):
+            feature_rows[c, i + 1] = feature_counts[c]
+            bag_rows[c, i + 1] = bag_counts[c]
     return (
         (ints, floats, string_offsets, string_lengths, presence),
         (map_rows, map_refs),
@@ -427,7 +473,7 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
     )
 
 
-@njit(nogil=True, cache=True)
+@_leaf
 def hash_triple(buf, bag_stop, name_stop):
     """FNV-1a 64 of ``buf`` split as bag = [0, bag_stop), name = [bag_stop, name_stop), term = the rest."""
     h = fnv1a_separator(fnv1a(buf, 0, bag_stop, FNV_OFFSET))
