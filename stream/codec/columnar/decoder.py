@@ -38,6 +38,7 @@ from stream.codec.columnar.plan import (
 )
 from stream.codec.exceptions import DecodeError
 from stream.codec.schemas import AvroSchema
+from stream.errors import InvalidValueError
 
 # Typed arrays of the scalar kinds; the kernel decodes them all into int64 or float64.
 _DTYPES = {
@@ -77,12 +78,12 @@ class ColumnarDecoder:
         programs: list[tuple[bytes, Program]] = []
         for header, writer in writers.items():
             if not header.startswith(magic):
-                raise ValueError(f"writer header {header.hex()} does not start with the magic {magic.hex()}")
+                raise InvalidValueError(f"writer header {header.hex()} does not start with the magic {magic.hex()}")
             program = writer_program(self.columns, writer, slots)
             if program is not None:
                 programs.append((header, program))
         if len({len(header) for header, _ in programs}) > 1:
-            raise ValueError("every writer header of one framing must have the same length")
+            raise InvalidValueError("every writer header of one framing must have the same length")
         header_length = len(programs[0][0]) if programs else len(magic)
         self._magic = np.frombuffer(magic, dtype=np.uint8)
         self._prefixes = np.array(
