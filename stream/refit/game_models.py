@@ -224,6 +224,9 @@ def _coordinate_import(settings: Settings, name: str, effect: RandomEffect | Non
     """One coordinate's index and entity arrays (no entities when the model has no random effect of that name)."""
     configured = settings.model.coordinates[name]
     models = [] if effect is None else list(effect.models)
+    twice = next((entity for entity, n in Counter(m.model_id for m in models).items() if n > 1), None)
+    if twice is not None:
+        raise PhotonModelMismatchError(f"random-effect coordinate {name!r}: entity {twice!r} has more than one model")
     index, dropped = _coordinate_index(name, configured, models)
     prior = CoordinateMath.of(configured, get_loss(settings.model.loss)).new_entity_precision
     means = np.zeros((len(models), configured.max_features))

@@ -236,3 +236,12 @@ def test_the_capacity_keeps_the_keys_most_entities_carry(tmp_path):
     assert member.index.keys == [INTERCEPT, ("title", "nurse"), ("skill", "sql")]
     assert member.dropped_features == [("skill", "rare")]
     assert member.means[member.entity_ids.index("m0")].tolist() == [1.0, 0.5, 0.1]
+
+
+def test_an_entity_with_two_models_is_refused(tmp_path):
+    _write_game(tmp_path, {"m1": ([(INTERCEPT, 0.5)], None), "m2": ([(INTERCEPT, 0.7)], None)},
+                {"j1": ([(INTERCEPT, 0.1)], None)}, [(INTERCEPT, 1.0)])
+    part = tmp_path / "random-effect" / "member" / "coefficients" / "part-00002.avro"
+    write_container(part, "BayesianLinearModelAvro", [_record("m1", [(INTERCEPT, 0.9)])])
+    with pytest.raises(PhotonModelMismatchError, match="entity 'm1' has more than one model"):
+        plan_import(load_settings(overrides={}), tmp_path)
