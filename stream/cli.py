@@ -465,6 +465,25 @@ def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
     return EventLog.from_topics(settings, args.since, until)
 
 
+def cmd_import_photon(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish a Photon-ML GAME model directory as the first global model and every entity's coefficients."""
+    from stream.refit.game_models import plan_import, publish_import
+
+    plan = plan_import(settings, args.model)
+    if not args.dry_run:
+        publish_import(settings, plan)
+    print(json.dumps({**plan.mapping(), "published": not args.dry_run}, indent=1))
+    return 0
+
+
+def cmd_export_photon(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the current global model and every coordinate's latest coefficients as a Photon-ML GAME model directory."""
+    from stream.refit.game_models import export_game_model
+
+    print(json.dumps(export_game_model(settings, args.output)))
+    return 0
+
+
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     """Replay an event log through the live join and update code; print the progressive report as JSON."""
     from stream.backtest.replay import Backtest, BacktestOptions
@@ -715,6 +734,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the log's impressions, in time order, used to choose (the rest judges the choice; default 0.7)",
     )
     tune_parser.set_defaults(handler=cmd_tune)
+
+    import_parser = sub.add_parser("import", help="bring a model made elsewhere onto the model topics")
+    import_sub = import_parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    import_photon = import_sub.add_parser(
+        "photon",
+        parents=[common],
+        help="a Photon-ML GAME model directory, published as version 1 and every entity's coefficients",
+    )
+    import_photon.add_argument("--model", type=Path, required=True, help="the GAME model directory")
+    import_photon.add_argument(
+        "--dry-run", action="store_true", help="print the mapping (coordinate -> topic, entities, features) only"
+    )
+    import_photon.set_defaults(handler=cmd_import_photon)
+    export_parser = sub.add_parser("export", help="write the models on the topics in another format")
+    export_sub = export_parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    export_photon = export_sub.add_parser(
+        "photon", parents=[common], help="the current models as a Photon-ML GAME model directory"
+    )
+    export_photon.add_argument("--output", type=Path, required=True, help="directory to write (new or empty)")
+    export_photon.set_defaults(handler=cmd_export_photon)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation protocols")
     evaluate_sub = evaluate.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
