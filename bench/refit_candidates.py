@@ -1,0 +1,52 @@
+"""Which global fit the refit should publish: each candidate setting by backtest on the two worlds of the test suite.
+
+Reproduce: python bench/refit_candidates.py   (about 5 minutes on 2 cores)
+
+Prints one JSON line per world and ``refit.candidates`` setting (none = no refits): the published fits, and the
+progressive AUC of the global model alone and of the full model, eight refits at 1 s latency, with the settings of
+``tests/backtest/test_backtest.py``. These are the README's refit-candidates table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stream.backtest.events import EventLog  # noqa: E402
+from stream.backtest.replay import Backtest, BacktestOptions  # noqa: E402
+from stream.synthetic import World, WorldSpec, event_stream, ratings_like  # noqa: E402
+from stream.synthetic.sinks import write_avro_files  # noqa: E402
+from tests.backtest.test_backtest import RATINGS_JOIN, _eight_refits, _settings  # noqa: E402
+
+REPRODUCE = "python bench/refit_candidates.py"
+WORLDS = {
+    "ratings-like": (ratings_like(), RATINGS_JOIN),
+    "vocabulary": (WorldSpec(seed=5, members=300, jobs=3000, requests=6000, emerging_terms=20,
+                             mean_request_gap_ms=200), {}),
+}
+
+
+def main() -> None:
+    for name, (spec, join) in WORLDS.items():
+        with tempfile.TemporaryDirectory() as directory:
+            write_avro_files(event_stream(World(spec)), directory)
+            log = EventLog.from_paths([Path(directory) / "impressions.avro", Path(directory) / "interactions.avro"])
+            for candidates in ("none", "residual", "standalone", "both"):
+                settings = _settings(**join, **({} if candidates == "none" else {"refit.candidates": candidates}))
+                options = BacktestOptions(latency_ms=1000) if candidates == "none" else _eight_refits(log)
+                report = Backtest(settings, options).run(log.events).report
+                published = Counter(r["candidate"] for r in report["refits"] if r["status"] == "published")
+                print(json.dumps({"bench": "refit-candidates", "world": name, "candidates": candidates,
+                                  "published": dict(published),
+                                  "global_only_auc": round(report["variants"]["global"]["auc"], 4),
+                                  "full_auc": round(report["variants"]["global+member+job"]["auc"], 4),
+                                  "reproduce": REPRODUCE}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
