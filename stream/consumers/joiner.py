@@ -162,6 +162,7 @@ class Joiner(Stage):
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
         self._compensate: dict[int, list[bytes]] = {}
+        self._recovered: dict[int, list[OutgoingRecord]] = {}
 
     def subscription(self) -> list[str]:
         """Impressions and interactions."""
@@ -217,7 +218,7 @@ class Joiner(Stage):
             )
 
     def restored(self, partition: int) -> None:
-        """Produce what the outbox of a restored batch did not deliver (local writes never hold an outbox).
+        """Find what the outbox of a restored batch did not deliver; the partition's next batch produces it.
 
         The partition's inputs count as quiet only ``idle_input_ms`` after this, not since the process started.
         """
@@ -227,11 +228,15 @@ class Joiner(Stage):
             self._last_delivery[(topic, partition)] = now
 
     def revoked(self, partitions: list[int]) -> None:
-        """Forget held warm-up input and pending compensations of ``partitions``."""
+        """Forget held warm-up input, pending compensations and recovered outbox records of ``partitions``.
+
+        Their outbox is still in the store and the changelog: the next owner recovers it.
+        """
         gone = set(partitions)
         self._warm_up_held = [m for m in self._warm_up_held if m.partition() not in gone]
         for partition in gone:
             self._compensate.pop(partition, None)
+            self._recovered.pop(partition, None)
 
     # ------------------------------------------------------------------ the batch function
 
@@ -256,7 +261,8 @@ class Joiner(Stage):
             store = stores[partition]
             batch = self._join_partition(store, partition, items, checkpoint)
             offsets = {topic: offset for (topic, p), offset in last.items() if p == partition}
-            if items or offsets or batch.result.emissions or batch.result.orphans or partition in self._compensate:
+            owed = partition in self._compensate or partition in self._recovered
+            if items or offsets or batch.result.emissions or batch.result.orphans or owed:
                 self._checkpoint_partition(checkpoint, store, partition, batch, offsets, written_ms)
         checkpoint.consumed_through(last)
 
@@ -269,8 +275,12 @@ class Joiner(Stage):
         offsets: dict[str, int],
         written_ms: int,
     ) -> None:
-        """Log the partition's changes with its outbox, produce its examples, write its store (in the checkpoint's order)."""
-        records = self._outgoing(batch.result.emissions)
+        """Log the partition's changes with its outbox, produce its examples, write its store (in the checkpoint's order).
+
+        Records a restored outbox had not delivered go first, in this batch's outbox too, so a
+        crash before they are out leaves them to the next recovery as before.
+        """
+        records = self._recovered.pop(partition, []) + self._outgoing(batch.result.emissions)
         puts, deletes = batch.changes()
         deletes += previous_outbox_keys(store)
         outbox = outbox_entries(records, written_ms)
@@ -462,11 +472,11 @@ class Joiner(Stage):
         return records
 
     def _recover_outbox(self, partition: int) -> None:
-        """Produce what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""
+        """Keep what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""
         store = self.clients.stores.get(partition)
         if store is None:
             return
-        keys, records, written_ms = pending(store)
+        _, records, written_ms = pending(store)
         if not records:
             return
         found = already_produced(
@@ -478,19 +488,11 @@ class Joiner(Stage):
             client_id=f"{self.group_id}-outbox",
         )
         missing = [r for r in records if (r.topic, r.example_id) not in found]
-        producer, wait_s = self.clients.producer, producer_wait_seconds(self.settings.kafka)
-        for record in missing:
-            produce_bounded(producer, record.topic, record.key, record.value, stall_timeout_s=wait_s)
-        if producer.flush(wait_s):
-            raise JoinerError(
-                f"joiner: partition {partition}: the outbox's {len(missing)} undelivered records were not delivered "
-                f"within {wait_s:.0f} s"
-            )
-        store.commit([], keys)  # delivered: the next logged batch deletes them from the changelog too
+        self._recovered[partition] = missing
         self.stats.outbox_recovered += len(missing)
         log.warning(
             "joiner: partition %d: the last logged batch had %d outgoing records; %d had not reached their topic "
-            "and were produced now",
+            "and go out with the partition's next batch",
             partition,
             len(records),
             len(missing),
