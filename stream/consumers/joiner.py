@@ -54,7 +54,6 @@ from stream.consumers.outbox import (
 from stream.errors import GlmixError
 from stream.kafka.clients import producer_wait_seconds
 from stream.kafka.messages import last_offsets, source_of
-from stream.kafka.producing import produce_bounded
 from stream.metrics.families import MetricFamilies
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
@@ -161,6 +160,7 @@ class Joiner(Stage):
         self._idle_s = settings.joiner.idle_input_ms / 1000
         self._warm_up_held: list = []
         self._warm_up_since: float | None = None
+        self._first_model_sent: float | None = None  # when this joiner's first global model went out
         self._compensate: dict[int, list[bytes]] = {}
         self._recovered: dict[int, list[OutgoingRecord]] = {}
 
@@ -245,15 +245,15 @@ class Joiner(Stage):
         assert self.models is not None
         self.models.refresh()
         if self.models.global_model.current is None:
-            messages = self._warm_up(messages)
-            if not messages:
-                return
+            self._warm_up(messages, checkpoint)
+            return
+        if self._warm_up_held:
+            messages = self._end_warm_up(messages)
         started = time.monotonic()
         last = last_offsets(messages)
         for key in last:
             self._last_delivery[key] = started
         events = self._decode(messages, checkpoint)
-        self._bootstrap_model_if_needed(events)
         written_ms = wall_ms()
         stores = self.clients.stores
         for partition in sorted(stores):  # quiet partitions too: their windows close once an input is idle
@@ -324,13 +324,15 @@ class Joiner(Stage):
                 events.setdefault(m.partition(), []).append(item)
         return events
 
-    def _warm_up(self, messages: list) -> list:
-        """Hold input until the warm-up is complete, then hand all of it back (nothing is committed meanwhile).
+    def _warm_up(self, messages: list, checkpoint: Checkpoint) -> None:
+        """Hold input until there is a global model; once the warm-up is complete, publish a first one.
 
         The first feature index is built from ``joiner.bootstrap_impressions`` impressions,
         or from what ``joiner.bootstrap_wait_ms`` brought, never from one micro-batch (DESIGN §1).
-        A rebalance during the warm-up re-delivers what was held, so repeats are dropped,
-        as are messages of partitions this joiner no longer owns.
+        It goes out as an output of this batch's checkpoint; the held input is joined once the
+        follower has read a first model back (this one, or another joiner's that came first:
+        every reader takes the first version 1 on the topic). Nothing is committed meanwhile,
+        and a rebalance re-delivers what was held.
         """
         j = self.settings.joiner
         if messages and self._warm_up_since is None:
@@ -344,12 +346,53 @@ class Joiner(Stage):
                     self.settings.topics.model_global,
                     len(self._warm_up_held),
                 )
-            return []
+            return
+        if self._first_model_sent is not None:
+            wait_s = producer_wait_seconds(self.settings.kafka)
+            if time.monotonic() - self._first_model_sent > wait_s:
+                raise JoinerError(
+                    f"published a first global model to {self.settings.topics.model_global} but could not "
+                    f"read it back within {wait_s:.0f} s"
+                )
+            return
         impressions = sum(1 for m in self._warm_up_held if m.topic() == self.settings.topics.impressions)
         waited_ms = 0.0 if self._warm_up_since is None else 1000 * (time.monotonic() - self._warm_up_since)
-        if not warm_up_complete(impressions, waited_ms, j):
-            return []
-        held, self._warm_up_held, self._warm_up_since = self._warm_up_held, [], None
+        if warm_up_complete(impressions, waited_ms, j):
+            self._send_first_model(checkpoint)
+
+    def _send_first_model(self, checkpoint: Checkpoint) -> None:
+        """A first global model indexed from the held impressions that are valid, as an output of ``checkpoint``.
+
+        Invalid ones are left to the join, which dead-letters them once, with the rest of the held input.
+        """
+        topic = self.settings.topics.model_global
+        held = [m for m in self._warm_up_held if m.topic() == self.settings.topics.impressions]
+        impressions: list[Mapping[str, Any]] = [
+            r for r in decode_batch(self._impression_codec, held).records if impression_problem(r) is None
+        ]
+        if not impressions:
+            return
+        record = initial_global_model_record(impressions, self.settings.model)
+        checkpoint.produce(topic, record["model_name"].encode(), self._global_model_codec.encode(record))
+        self._first_model_sent = time.monotonic()
+        log.warning(
+            "no global model was published: publishing one indexed from %d warm-up impressions (zero coefficients) "
+            "to %s",
+            len(impressions),
+            topic,
+        )
+
+    def _end_warm_up(self, messages: list) -> list:
+        """The held input, then ``messages``: repeats a rebalance re-delivered and partitions no longer owned dropped."""
+        held, self._warm_up_held = self._warm_up_held + messages, []
+        self._warm_up_since = self._first_model_sent = None
+        assert self.models is not None and self.models.global_model.current is not None
+        current = self.models.global_model.current
+        log.info(
+            "joining the held warm-up input with global model version %d (%d global features)",
+            current.version,
+            current.global_index.dim,
+        )
         seen: set[tuple[str, int, int]] = set()
         kept = []
         for m in held:
@@ -358,42 +401,6 @@ class Joiner(Stage):
                 seen.add(key)
                 kept.append(m)
         return kept
-
-    def _bootstrap_model_if_needed(self, events: dict[int, list]) -> None:
-        """Publish a first global model indexed from the warm-up's impressions, then use whichever first one the topic has.
-
-        Two joiners warming up together may both publish; every reader takes the first
-        version 1 on the topic, this joiner included.
-        """
-        assert self.models is not None
-        if self.models.global_model.current is not None:
-            return
-        impressions = [e.record for items in events.values() for e in items if e.kind == IMPRESSION]
-        if not impressions:
-            return
-        record = initial_global_model_record(impressions, self.settings.model)
-        assert self.models is not None
-        producer, wait_s = self.clients.producer, producer_wait_seconds(self.settings.kafka)
-        topic = self.settings.topics.model_global
-        value = self._global_model_codec.encode(record)
-        produce_bounded(producer, topic, record["model_name"].encode(), value, stall_timeout_s=wait_s)
-        if producer.flush(wait_s):
-            raise JoinerError(f"could not publish a first global model to {topic} within {wait_s:.0f} s")
-        deadline = time.monotonic() + wait_s
-        while self.models.global_model.current is None:
-            if time.monotonic() > deadline:
-                raise JoinerError(
-                    f"published a first global model to {self.settings.topics.model_global} but could not "
-                    f"read it back within {wait_s:.0f} s"
-                )
-            self.models.refresh(timeout_s=0.2)
-        log.warning(
-            "no global model was published: bootstrapped one from %d warm-up impressions (zero coefficients); "
-            "using version %d with %d global features",
-            len(impressions),
-            self.models.global_model.current.version,
-            self.models.global_model.current.global_index.dim,
-        )
 
     def _join_partition(
         self, store: PartitionStore, partition: int, items: list[JoinInput], checkpoint: Checkpoint
