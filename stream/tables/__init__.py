@@ -7,5 +7,6 @@ them; scoring (:mod:`stream.scoring`) is one reader among these.
 - :mod:`stream.tables.models`: the global model and the in-memory coefficient tables, highest version per key.
 - :mod:`stream.tables.stored_table`: a coefficient table on RocksDB with a cache of hot entities.
 - :mod:`stream.tables.indexing`: feature bags resolved to every coordinate's columns, once per model version.
+- :mod:`stream.tables.hash_index`: the same resolution over decoded batches, in a compiled table per index version.
 - :mod:`stream.tables.follower`: the follower of the compacted model topics (and, for the scorer, the items topic).
 """
