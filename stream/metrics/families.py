@@ -37,7 +37,7 @@ COUNTERS = {
     "glmix_archive_files": ("Archive files written.", []),
     "glmix_stream_scoring_responses": ("Ranked responses written by the streaming scorer.", []),
     "glmix_consumer_rebalances": ("Consumer group rebalances seen by a client (librdkafka).", ["client"]),
-    "glmix_consumer_skipped_records": (
+    "glmix_input_records_skipped": (
         (
             "Records of an input partition deleted (by retention) before the stage read them: never processed. "
             "Raise the topic's retention.ms or add consumers."

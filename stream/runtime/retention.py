@@ -95,7 +95,7 @@ class RetentionWatch:
 
     Skips are counted in the stage's :class:`StageStats` (``skipped_records`` and
     ``offset_resets`` by topic and partition, exported as
-    ``glmix_consumer_skipped_records_total`` and ``glmix_consumer_offset_resets_total``)
+    ``glmix_input_records_skipped_total`` and ``glmix_consumer_offset_resets_total``)
     and each is logged once at ERROR. ``to_end`` says where ``auto.offset.reset`` moves a
     lost position (:func:`resets_to_end`); the runtime sets it from the consumer's
     configuration when it creates the consumer.

@@ -54,6 +54,6 @@ class StageStats:
         families.counter("glmix_restore_seconds", [stage], self.restore_seconds)
         families.histogram("glmix_batch_duration_seconds", [stage], self.batch_seconds)
         for (topic, partition), records in list(self.skipped_records.items()):  # the stage thread may add partitions
-            families.counter("glmix_consumer_skipped_records", [stage, topic, str(partition)], records)
+            families.counter("glmix_input_records_skipped", [stage, topic, str(partition)], records)
         for (topic, partition), resets in list(self.offset_resets.items()):
             families.counter("glmix_consumer_offset_resets", [stage, topic, str(partition)], resets)

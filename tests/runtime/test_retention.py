@@ -158,9 +158,9 @@ def test_a_stage_restarted_behind_the_log_start_counts_logs_and_exports_the_reco
         wait_for(lambda: any(c.headroom.get((topic, 0)) == end - log_start for c in statistics.latest()),
                  timeout_s=10, what="librdkafka statistics of the committed offset and the log start")
         samples = _samples(runner, statistics)
-        assert samples[_partition("glmix_consumer_skipped_records_total", topic, 0)] == log_start - 30
+        assert samples[_partition("glmix_input_records_skipped_total", topic, 0)] == log_start - 30
         assert samples[_partition("glmix_consumer_offset_resets_total", topic, 0)] == 1
-        assert samples[_partition("glmix_consumer_skipped_records_total", topic, 3)] == 0
+        assert samples[_partition("glmix_input_records_skipped_total", topic, 3)] == 0
         assert samples[_partition("glmix_consumer_retention_headroom_messages", topic, 0)] == end - log_start
     finally:
         runner.close()
@@ -263,6 +263,6 @@ def test_the_gaps_transactions_leave_are_not_skips(kafka_broker, kafka_bootstrap
         wait_for(lambda: any(c.headroom.get((topic, 0)) == 39 - log_start for c in statistics.latest()),
                  timeout_s=10, what="librdkafka statistics of the committed offset")
         samples = _samples(runner, statistics)
-        assert all(samples[_partition("glmix_consumer_skipped_records_total", topic, p)] == 0 for p in range(4))
+        assert all(samples[_partition("glmix_input_records_skipped_total", topic, p)] == 0 for p in range(4))
     finally:
         runner.close()
