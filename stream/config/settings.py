@@ -31,6 +31,7 @@ PrecisionKind = Literal["full", "diagonal"]
 UnseenFeaturePolicy = Literal["admit", "drop"]
 ClientValue = str | int | float | bool
 TableKind = Literal["memory", "rocksdb"]
+InputLoss = Literal["skip", "stop"]
 
 ENV_PREFIX = "GLMIX_"
 
@@ -106,6 +107,10 @@ class KafkaSettings:
     groups are named ``<group_prefix>-joiner`` and ``<group_prefix>-updater-<coordinate>``,
     so two pipelines can share a cluster. ``client``
     applies to every client; ``producer``, ``consumer`` and ``admin`` to one kind only.
+    ``input_loss`` is what a stage does when records of an input were deleted (by
+    retention) before it read them: ``skip`` counts them (``glmix_input_records_skipped_total``)
+    and goes on from what is left; ``stop`` ends the stage with one line before it processes
+    anything past the loss, and so again at every restart until the setting is ``skip``.
     """
 
     bootstrap_servers: str = ""
@@ -116,6 +121,7 @@ class KafkaSettings:
     consumer: Mapping[str, ClientValue] = field(default_factory=dict)
     admin: Mapping[str, ClientValue] = field(default_factory=dict)
     schema_registry: Mapping[str, ClientValue] = field(default_factory=dict)
+    input_loss: InputLoss = "skip"
 
     def __post_init__(self) -> None:
         _check(bool(self.group_prefix.strip()), "group_prefix", "must not be empty")

@@ -9,3 +9,7 @@ class KafkaClientError(GlmixError):
 
 class BrokerUnavailableError(KafkaClientError):
     """No broker answered at the configured bootstrap address within the time allowed."""
+
+
+class InputLostError(KafkaClientError):
+    """Records of a stage's input were deleted before it read them and ``kafka.input_loss`` is ``stop``."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from stream.kafka.exceptions import InputLostError
 from stream.kafka.messages import source_of
 from stream.runtime.stats import StageStats
 
@@ -101,10 +102,12 @@ class RetentionWatch:
     configuration when it creates the consumer.
     """
 
-    def __init__(self, who: str, stats: StageStats, to_end: bool = False) -> None:
+    def __init__(self, who: str, stats: StageStats, to_end: bool = False, stop: bool = False) -> None:
+        """``stop``: raise :class:`InputLostError` on a skip (``kafka.input_loss = "stop"``) instead of going on."""
         self._who = who
         self._stats = stats
         self.to_end = to_end
+        self._stop = stop
         self._next: dict[tuple[str, int], int] = {}
 
     def expect(self, topic: str, partition: int, committed: int) -> None:
@@ -135,6 +138,13 @@ class RetentionWatch:
             skipped = skipped_range(expected, delivered, log_start, self.to_end)
             if skipped is not None:
                 skips.append(self._count(Skip(topic, partition, *skipped), log_start, delivered))
+        if skips and self._stop:
+            first = skips[0]
+            raise InputLostError(
+                f"{self._who}: {first.records} records of {first.topic}[{first.partition}] (offsets {first.first} to "
+                f"{first.end - 1}) were deleted before they were read and kafka.input_loss is stop: raise the topic's "
+                'retention, or set kafka.input_loss = "skip" to go on from what is left'
+            )
         return skips
 
     def _count(self, skip: Skip, log_start: int, delivered: int) -> Skip:

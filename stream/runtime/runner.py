@@ -75,7 +75,7 @@ class StageRunner:
     ) -> None:
         self.stage = stage
         self.settings = settings
-        self.retention = RetentionWatch(stage.group_id, stage.stats)
+        self.retention = RetentionWatch(stage.group_id, stage.stats, stop=settings.kafka.input_loss == "stop")
         self.assignment = Assignment(
             stage,
             Path(settings.state_dir),

@@ -266,3 +266,28 @@ def test_the_gaps_transactions_leave_are_not_skips(kafka_broker, kafka_bootstrap
         assert all(samples[_partition("glmix_input_records_skipped_total", topic, p)] == 0 for p in range(4))
     finally:
         runner.close()
+
+
+def test_with_input_loss_stop_a_stage_behind_the_log_start_stops_before_processing_past_the_loss(
+        kafka_broker, kafka_bootstrap, tmp_path, unique_name):
+    """The other policy: stop, rather than go on from what is left (README, "Records lost to retention")."""
+    from stream.kafka.exceptions import InputLostError
+
+    if kafka_broker.kind == "process":
+        pytest.skip(_TANSU_DELETES_NOTHING)
+    settings = _settings(kafka_bootstrap, tmp_path, unique_name, **{"kafka.input_loss": "stop"})
+    topic = settings.topics.examples_by_member
+    prepare_topics(settings)
+    runner = StageRunner(Archiver(settings), settings)
+    try:
+        _read_first_records(runner, kafka_bootstrap, topic)
+    finally:
+        runner.close()
+    _delete_below(kafka_broker, topic, 35)
+    runner = StageRunner(Archiver(settings), settings)
+    try:
+        with pytest.raises(InputLostError, match=rf"records of {topic}\[0\] \(offsets 30 to \d+\) were deleted"):
+            _step_until(runner, lambda: False, "the stage to stop")
+        assert runner.stats.dead_lettered == 0  # nothing past the loss was processed
+    finally:
+        runner.close()
