@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int, one_proces
         for procs in stages.values():
             for p in procs:
                 p.wait(30)
+        shutil.rmtree(state_root, ignore_errors=True)
     n = len(events)
     examples = sum(targets[coordinates[0]].values())
     processes = {"processes": "glmix run all"} if one_process else {"joiner_processes": joiners,
