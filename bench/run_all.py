@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,8 +112,12 @@ def wait_until_settled(logs: list[Path], quiet_s: float = 3.0, timeout_s: float 
     raise TimeoutError(f"the processes' partition assignments did not settle within {timeout_s:.0f} s")
 
 
-def run(bootstrap: str, joiners: int, requests: int, partitions: int, **extra: str) -> dict:
-    """The whole pipeline end to end as processes (``joiners`` joiners, one updater per coordinate); ``extra`` settings."""
+def run(bootstrap: str, joiners: int, requests: int, partitions: int, one_process: bool = False, **extra: str) -> dict:
+    """The whole pipeline end to end as processes (``joiners`` joiners, one updater per coordinate); ``extra`` settings.
+
+    ``one_process``: one ``glmix run all`` instead (the joiner, every updater and the archive as threads of one
+    process, in the same groups), for bench/soak.py's maximum of that deployment.
+    """
     state_root = tempfile.mkdtemp(prefix="glmix-bench-run-all-")
     values = overrides(bootstrap, state_root, **{"joiner.attribution_window_ms": "60000",
                                                  "joiner.allowed_lateness_ms": "60000", "metrics.port": "0", **extra})
@@ -134,10 +139,13 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int, **extra: s
         logs.append(Path(f"{state}.log"))
         return start_glmix(["run", *args], {**values, "state_dir": state, "log_level": "INFO"}, logs[-1])
 
-    stages = {"joiner": [glmix("joiner", state=f"{state_root}/j{i}") for i in range(joiners)]}
     coordinates = list(settings.model.coordinates)
-    for name in coordinates:
-        stages[f"updater-{name}"] = [glmix("updater", "--coordinate", name, state=f"{state_root}/u-{name}")]
+    if one_process:
+        stages = {"all": [glmix("all", state=f"{state_root}/all")]}
+    else:
+        stages = {"joiner": [glmix("joiner", state=f"{state_root}/j{i}") for i in range(joiners)]}
+        for name in coordinates:
+            stages[f"updater-{name}"] = [glmix("updater", "--coordinate", name, state=f"{state_root}/u-{name}")]
     try:
         wait_until_settled(logs)
         cpu_before = {stage: [cpu_seconds(p.pid) for p in procs] for stage, procs in stages.items()}
@@ -167,9 +175,12 @@ def run(bootstrap: str, joiners: int, requests: int, partitions: int, **extra: s
         for procs in stages.values():
             for p in procs:
                 p.wait(30)
+        shutil.rmtree(state_root, ignore_errors=True)
     n = len(events)
     examples = sum(targets[coordinates[0]].values())
-    return {"bench": "run-all", "joiner_processes": joiners, "updater_processes": len(coordinates), "cores": os.cpu_count(),
+    processes = {"processes": "glmix run all"} if one_process else {"joiner_processes": joiners,
+                                                                     "updater_processes": len(coordinates)}
+    return {"bench": "run-all", **processes, "cores": os.cpu_count(),
             **extra, "events": n, "examples": examples, "seconds": round(seconds, 2), "events_per_s": round(n / seconds),
             **{f"{stage}_cpu_s_per_million_events": round(1e6 * c / n, 1) for stage, c in cpu.items()},
             "reproduce": REPRODUCE}

@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("backtest.py", ["--quick"], None),
     ("freshness.py", ["--quick"], None),
     ("river_peer.py", ["--quick"], None),
+    ("soak.py", ["--quick"], None),
 ])
 def test_benchmark_prints_json_lines(script, args, rate_key):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True, timeout=600).stdout

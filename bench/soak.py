@@ -1,0 +1,345 @@
+"""Always on: glmix processes at a steady share of their maximum for a long time, watched for anything that grows.
+
+Reproduce: python bench/soak.py   (--quick: 3 minutes; --split: a joiner and two updater processes; --minutes N)
+
+On a Tansu broker process (bench/freshness.py's ``--broker process``): first the most the same deployment sustains
+end to end, measured as bench/freshness.py's ``max`` line does (bench/run_all.py's backlog, natural batching, through
+``glmix run all`` or, with ``--split``, one joiner and an updater per coordinate), unless ``--rate`` gives the rate;
+then ``glmix run all`` (or, with ``--split``, ``glmix run joiner`` and one ``glmix run updater``
+per coordinate) while another process produces impressions and clicks live at ``--load`` of that maximum for
+``--minutes``. Every 10 s, per glmix process (and the broker's RSS, to tell its in-memory log apart): RSS and threads
+from /proc/<pid>/status, open file descriptors from /proc/<pid>/fd, the bytes of its state directory, the consumer
+lag it reports on its own ``/metrics`` (``glmix_consumer_lag_messages``, summed), and the loop freshness p99 since
+the previous sample (a follower of the member coefficients topic, as bench/freshness.py's ``loop`` line: the time a
+record arrived minus the click's event time it carries).
+
+After a warm-up (the first 20% of the run, at least a minute unless --quick), least-squares slopes per process:
+RSS, state MB, file descriptors and threads per hour. ``glmix run all`` also runs the archive, whose Avro files
+under ``<state_dir>/archive`` grow by design (kept for ``archive.retention_hours``): they are sampled and fitted
+apart from the RocksDB stores (``archive_bytes``). A running store's directory holds its write-ahead log until
+RocksDB flushes the memtable (64 MB a store), so the running bytes saw-tooth well above what the data needs. The
+joiner keeps every impression it emitted for
+``joiner.emitted_retention_ms`` after its event time (one hour by default), so its state grows for that long by
+design; the soak sets the retention to ``--retention-minutes`` (2) so that a bounded state is reached inside the
+warm-up of a 12-minute run, and reports the state bytes per retained impression (pending + emitted, counted in the
+stores after the processes stop) and per entity (the updaters' entity keys), from which any retention's state size
+follows. The synthetic world has 500 members and 300 jobs, so the updaters' entity count stops growing early.
+
+Lines: ``max`` (unless --rate), ``soak-sample`` per process and sample (--verbose only), ``soak`` per process (the
+slopes and the figures at the end), ``soak-state`` per stage store, and ``soak-run`` (the run's parameters, the
+rate produced, the machine's 1-minute load average at start and end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pipeline
+import run_all
+from confluent_kafka import Producer
+
+from stream.codec import make_codec
+from stream.config import Settings, load_settings
+from stream.consumers.join_state import EMITTED, PENDING
+from stream.kafka import producer_config
+from stream.kafka.broker_process import BrokerProcess, free_port
+from stream.kafka.clients import prepare_topics
+from stream.kafka.topic_reader import TopicReader
+from stream.model.export import initial_global_model_record
+from stream.state.partition_store import PartitionStore
+from stream.updaters.updater import ENTITY_PREFIX
+
+REPRODUCE = "python bench/soak.py"
+SAMPLE_EVERY_S = 10.0
+MB = 1 << 20
+LAG_METRIC = "glmix_consumer_lag_messages"
+ARCHIVE_DIR = "archive"  # glmix run all's archive writes its Avro files under <state_dir>/archive (archive.path "")
+
+
+@dataclass
+class Watched:
+    """A process the soak samples: its name, pid, state directory and metrics port (None: the broker)."""
+
+    name: str
+    pid: int
+    state_dir: Path | None = None
+    metrics_port: int | None = None
+    samples: list[dict] = field(default_factory=list)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS (bytes) and Threads of a live process, from /proc/<pid>/status."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_bytes": int(fields["VmRSS"].split()[0]) * 1024, "threads": int(fields["Threads"])}
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (RocksDB's SSTs, WAL, manifests); files vanishing mid-walk count 0."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # a compaction deleted it meanwhile
+                pass
+    return total
+
+
+def consumer_lag(port: int) -> int | None:
+    """The sum of ``glmix_consumer_lag_messages`` a process serves on ``port`` (None: no answer or no series yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith((LAG_METRIC + "{", LAG_METRIC + " "))]
+    return int(sum(v for v in values if v >= 0)) if values else None
+
+
+def sample(process: Watched, t_s: float, loop_p99_ms: float | None) -> dict:
+    """One sample of ``process`` at ``t_s`` seconds into the run."""
+    row: dict = {"bench": "soak-sample", "process": process.name, "t_s": round(t_s, 1), **proc_status(process.pid),
+                 "fds": len(os.listdir(f"/proc/{process.pid}/fd"))}
+    if process.state_dir is not None:
+        stages = {p.name: dir_bytes(p) for p in process.state_dir.iterdir() if p.is_dir()}
+        row["state_bytes"] = sum(size for name, size in stages.items() if name != ARCHIVE_DIR)
+        if ARCHIVE_DIR in stages:
+            row["archive_bytes"] = stages[ARCHIVE_DIR]
+    if process.metrics_port is not None:
+        row["lag_messages"] = consumer_lag(process.metrics_port)
+        row["loop_p99_ms"] = loop_p99_ms
+    return row
+
+
+def slope_per_hour(samples: list[dict], key: str, scale: float = 1.0) -> float | None:
+    """Least-squares slope of ``key`` (divided by ``scale``) per hour over ``samples`` (None: fewer than 3)."""
+    points = [(s["t_s"] / 3600, s[key] / scale) for s in samples if s.get(key) is not None]
+    if len(points) < 3:
+        return None
+    t, y = np.array(points).T
+    return round(float(np.polyfit(t, y, 1)[0]), 2)
+
+
+def summary(process: Watched, warmup_s: float, mode: str) -> dict:
+    """The ``soak`` line of a process: figures at the end of the warm-up and of the run, slopes after the warm-up."""
+    fitted = [s for s in process.samples if s["t_s"] >= warmup_s]
+    first, last = fitted[0], fitted[-1]
+    line: dict = {"bench": "soak", "mode": mode, "process": process.name, "samples_fitted": len(fitted),
+                  "fit_from_s": first["t_s"], "fit_to_s": last["t_s"],
+                  "rss_mb_start": round(first["rss_bytes"] / MB, 1), "rss_mb_end": round(last["rss_bytes"] / MB, 1),
+                  "rss_end_bytes": last["rss_bytes"],
+                  "rss_mb_peak": round(max(s["rss_bytes"] for s in process.samples) / MB, 1),
+                  "rss_mb_per_hour": slope_per_hour(fitted, "rss_bytes", MB),
+                  "fds_end": last["fds"], "fds_per_hour": slope_per_hour(fitted, "fds"),
+                  "threads_end": last["threads"], "threads_per_hour": slope_per_hour(fitted, "threads")}
+    if process.state_dir is not None:
+        line.update(state_mb_start=round(first["state_bytes"] / MB, 1), state_mb_end=round(last["state_bytes"] / MB, 1),
+                    state_mb_per_hour=slope_per_hour(fitted, "state_bytes", MB), state_end_bytes=last["state_bytes"])
+        if "archive_bytes" in last:  # grows by design: archived examples are kept for archive.retention_hours
+            line.update(archive_mb_end=round(last["archive_bytes"] / MB, 1),
+                        archive_mb_per_hour=slope_per_hour(fitted, "archive_bytes", MB))
+    if process.metrics_port is not None:
+        line.update(lag_end_messages=last["lag_messages"], loop_p99_ms_end=last["loop_p99_ms"],
+                    lag_max_messages=max((s["lag_messages"] or 0) for s in fitted))
+    return {**line, "reproduce": REPRODUCE}
+
+
+def stage_stores(state_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(stage directory name, store path) of every partition store under a process's state directory."""
+    for stage in sorted(p for p in state_dir.iterdir() if p.is_dir() and p.name != ARCHIVE_DIR):
+        for store in sorted(p for p in stage.iterdir() if p.is_dir()):
+            yield stage.name, store
+
+
+def state_lines(processes: list[Watched], mode: str) -> Iterator[dict]:
+    """Per stage: its stores' bytes on disk and what they hold, counted after the processes stopped.
+
+    The joiner's retained impressions are its pending (``p``) and emitted (``x``) keys; an updater's entities are
+    its entity keys. Bytes are measured before the stores are opened to count (opening replays the write-ahead log).
+    """
+    for process in processes:
+        if process.state_dir is None:
+            continue
+        stores: dict[str, list[Path]] = {}
+        for stage, store in stage_stores(process.state_dir):
+            stores.setdefault(stage, []).append(store)
+        for stage, paths in stores.items():
+            size = sum(dir_bytes(p) for p in paths)
+            counts = {prefix: 0 for prefix in ((PENDING, EMITTED) if stage == "joiner" else (ENTITY_PREFIX,))}
+            for path in paths:
+                store = PartitionStore(path)
+                try:
+                    for prefix in counts:
+                        counts[prefix] += store.count(prefix)
+                finally:
+                    store.close()
+            line: dict = {"bench": "soak-state", "mode": mode, "process": process.name, "stage": stage,
+                          "stores": len(paths), "state_bytes": size}
+            if stage == "joiner":
+                retained = counts[PENDING] + counts[EMITTED]
+                line.update(pending_impressions=counts[PENDING], emitted_impressions_kept=counts[EMITTED],
+                            state_bytes_per_retained_impression=round(size / retained, 1) if retained else None)
+            else:
+                entities = counts[ENTITY_PREFIX]
+                line.update(entities=entities, state_bytes_per_entity=round(size / entities, 1) if entities else None)
+            yield {**line, "reproduce": REPRODUCE}
+
+
+def publish_first_model(settings: Settings) -> None:
+    """The global model every stage needs before its first batch (bench/freshness.py's, from the same world)."""
+    _, labeled = pipeline.world_events(2000)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
+        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
+            [li.impression for li in labeled[:2000]], settings.model)))
+    producer.flush()
+
+
+def start_processes(values: dict[str, str], root: Path, split: bool,
+                    coordinates: list[str]) -> tuple[list[subprocess.Popen], list[Watched], list[Path]]:
+    """``glmix run all`` (or a joiner and one updater per coordinate), each with its own state dir and metrics port."""
+    commands = ([("joiner", ["run", "joiner"])] + [(f"updater-{c}", ["run", "updater", "--coordinate", c])
+                                                   for c in coordinates]) if split else [("all", ["run", "all"])]
+    popens, watched, logs = [], [], []
+    for name, args in commands:
+        port, state, log = free_port(), root / name, root / f"{name}.log"
+        popen = run_all.start_glmix(args, {**values, "state_dir": str(state), "metrics.port": str(port),
+                                           "log_level": "INFO"}, log)
+        popens.append(popen)
+        watched.append(Watched(name, popen.pid, state, port))
+        logs.append(log)
+    return popens, watched, logs
+
+
+def stop(popens: list[subprocess.Popen], grace_s: float = 60.0) -> None:
+    """SIGTERM every process, then SIGKILL whichever has not exited within ``grace_s`` (a store left locked by a
+    process still closing would fail the count that follows)."""
+    for p in popens:
+        if p.poll() is None:
+            p.terminate()
+    for p in popens:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def soak(broker: BrokerProcess, events_per_s: float, seconds: float, warmup_s: float, split: bool,
+         retention_ms: int, verbose: bool) -> tuple[list[Watched], dict]:
+    """Run the processes at ``events_per_s`` for ``seconds``, sampling each every 10 s; returns them and the rate.
+
+    Every process started is stopped and the state directories removed, also when the run fails or is interrupted.
+    """
+    root = Path(tempfile.mkdtemp(prefix="glmix-bench-soak-"))
+    try:
+        watched, produced = loaded_run(broker, root, events_per_s, seconds, split, retention_ms, verbose)
+        lines = list(state_lines([w for w in watched if w.state_dir is not None], "split" if split else "all"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return watched, {"produced": produced, "state_lines": lines}
+
+
+def loaded_run(broker: BrokerProcess, root: Path, events_per_s: float, seconds: float, split: bool,
+               retention_ms: int, verbose: bool) -> tuple[list[Watched], dict]:
+    """The processes under ``root`` with the live producer and the follower; the samples and what was produced."""
+    bootstrap = broker.bootstrap_servers
+    values = run_all.overrides(bootstrap, str(root), **{
+        "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "5000",
+        "joiner.early_positives": "true", "joiner.emitted_retention_ms": str(retention_ms), "batching": "natural"})
+    settings = load_settings(overrides=values)
+    prepare_topics(settings, bootstrap)
+    publish_first_model(settings)
+    popens: list[subprocess.Popen] = []
+    live: subprocess.Popen | None = None
+    topic = settings.topics.coefficients("member")
+    follower = TopicReader(settings.kafka, topic, make_codec("EntityModel", topic), bootstrap_servers=bootstrap,
+                           client_id=f"{values['kafka.group_prefix']}-follower")
+    try:
+        popens, watched, logs = start_processes(values, root, split, list(settings.model.coordinates))
+        run_all.wait_until_settled(logs)
+        watched.append(Watched("broker", broker.process.pid))
+        live = subprocess.Popen([sys.executable, pipeline.__file__, "--produce-live", bootstrap,
+                                 settings.topics.impressions, settings.topics.interactions,
+                                 str(events_per_s / 1.2), str(seconds)], stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        next_sample = started
+        window: list[float] = []
+        while time.monotonic() < started + seconds:
+            window.extend(time.time() * 1000 - r["last_event_time"] for r in follower.poll(timeout_s=0.05).records)
+            if time.monotonic() >= next_sample:
+                p99 = round(float(np.percentile(window, 99)), 1) if window else None
+                for process in watched:
+                    row = sample(process, time.monotonic() - started, p99)
+                    process.samples.append(row)
+                    if verbose:
+                        print(json.dumps({**row, "reproduce": REPRODUCE}), flush=True)
+                window, next_sample = [], next_sample + SAMPLE_EVERY_S
+        failed = [log for p, log in zip(popens, logs) if p.poll() is not None]
+        if failed:
+            tails = "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in failed)
+            raise SystemExit(f"bench: glmix processes exited during the soak:\n{tails}")
+        out, _ = live.communicate(timeout=120)
+    finally:
+        follower.close()
+        stop([*popens, *([live] if live else [])])
+    return watched, json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="how long the load lasts (default 60)")
+    parser.add_argument("--quick", action="store_true", help="3 minutes, a smaller maximum run (the slow suite's)")
+    parser.add_argument("--load", type=float, default=0.8, help="share of the measured maximum (default 0.8)")
+    parser.add_argument("--rate", type=float, help="events/s (impressions + clicks) to run at; skips the maximum")
+    parser.add_argument("--split", action="store_true", help="a joiner and one updater per coordinate as processes")
+    parser.add_argument("--retention-minutes", type=float, default=2.0,
+                        help="joiner.emitted_retention_ms for the soak, in minutes (default 2; the setting's is 60)")
+    parser.add_argument("--verbose", action="store_true", help="also print every sample")
+    args = parser.parse_args()
+    minutes = 3.0 if args.quick else args.minutes
+    seconds = minutes * 60
+    warmup_s = 0.2 * seconds if args.quick else max(0.2 * seconds, 60.0)
+    mode = "split" if args.split else "all"
+    load_start = os.getloadavg()[0]
+    with BrokerProcess() as broker:
+        if args.rate:
+            maximum, target = None, args.rate
+        else:
+            result = run_all.run(broker.bootstrap_servers, joiners=1, requests=4000 if args.quick else 12_000,
+                                 partitions=4, one_process=not args.split, batching="natural")
+            print(json.dumps({**result, "bench": "max", "broker": "process"}), flush=True)
+            maximum, target = result["events_per_s"], args.load * result["events_per_s"]
+        watched, outcome = soak(broker, target, seconds, warmup_s, args.split, int(args.retention_minutes * 60_000),
+                                args.verbose)
+    for process in watched:
+        print(json.dumps(summary(process, warmup_s, mode)), flush=True)
+    for line in outcome["state_lines"]:
+        print(json.dumps(line), flush=True)
+    produced = outcome["produced"]
+    print(json.dumps({"bench": "soak-run", "mode": mode, "broker": "process", "minutes": minutes,
+                      "warmup_ms": int(warmup_s * 1000), "sample_every_ms": int(SAMPLE_EVERY_S * 1000),
+                      "load": None if args.rate else args.load, "max_events_per_s": maximum,
+                      "target_events_per_s": round(target),
+                      "events_per_s": round((produced["impressions"] + produced["clicks"]) / seconds),
+                      "impressions": produced["impressions"], "clicks": produced["clicks"],
+                      "attribution_window_ms": 60_000, "emitted_retention_ms": int(args.retention_minutes * 60_000),
+                      "cores": os.cpu_count(), "load_avg_1m_start": round(load_start, 2),
+                      "load_avg_1m_end": round(os.getloadavg()[0], 2), "reproduce": REPRODUCE}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
