@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 import pipeline
 import run_all
@@ -40,7 +40,7 @@ from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import EmbeddedBroker, producer_config
 from stream.kafka.broker_process import BrokerProcess
-from stream.kafka.clients import consumer_config, prepare_topics
+from stream.kafka.clients import admin_config, consumer_config, ensure_topics, prepare_topics
 from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
 
@@ -110,14 +110,11 @@ def broker_hop(bootstrap: str, fetch_wait_ms: int, records: int = 200) -> dict:
     follower) plus each stage's work, so three hops bound it from below.
     """
     topic = f"bench-hop-{fetch_wait_ms}-{time.monotonic_ns()}"
-    kafka = load_settings(overrides={"kafka.bootstrap_servers": bootstrap}).kafka
+    settings = load_settings(overrides={"kafka.bootstrap_servers": bootstrap})
+    kafka = settings.kafka
     consumer = Consumer(consumer_config(kafka, f"{topic}-reader", **{"fetch.wait.max.ms": fetch_wait_ms}))
     producer = Producer(producer_config(kafka, **{"linger.ms": 0}))
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the topic exists
-    try:
-        admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=5)[topic].result(10)
-    except (KafkaException, TimeoutError):
-        pass  # the mock cluster has no CreateTopics: the first produce creates the topic
+    ensure_topics(AdminClient(admin_config(kafka)), settings.topics, {topic: False})  # the mock: the produce creates it
     producer.produce(topic, b"warm-up", partition=0)  # the topic's metadata and the producer id are then known
     producer.flush(10)
     consumer.assign([TopicPartition(topic, 0, 0)])
