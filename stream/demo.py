@@ -17,6 +17,7 @@ identical features and opposite tastes — with each coordinate's part of every 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -98,6 +99,7 @@ class DemoRun:
     produced: int = 0
     refits: list = field(default_factory=list)
     progress: list = field(default_factory=list)
+    outrun_warned: bool = False
 
 
 def demo_settings(settings: Settings, report_dir: Path, run_id: str) -> Settings:
@@ -173,6 +175,41 @@ def _progress_line(elapsed: float, run: DemoRun, pipeline: Pipeline, statistics:
         "index_version": joiner.indexing.index_version if joiner.indexing else None,
         "index_columns": dict(joiner.indexing.index_columns) if joiner.indexing else {},
     }
+
+
+OUTRUN_WINDOW = 10  # progress lines (seconds) over which the lag's rise is judged
+OUTRUN_SHARE = 0.1  # the lag rising by this share of what was produced: the pipeline keeps up with less than 90%
+
+
+def outrun(progress: Sequence[dict], window: int = OUTRUN_WINDOW) -> tuple[int, int] | None:
+    """(events produced, lag risen) over the last ``window`` progress lines when the stream outruns the pipeline.
+
+    The pipeline outruns when its consumer lag rose by more than ``OUTRUN_SHARE`` of the
+    events produced meanwhile, at every line of the window: it takes in less than it is
+    given, so freshness grows without bound until the input slows down. None otherwise.
+    """
+    if len(progress) <= window:
+        return None
+    recent = progress[-window - 1 :]
+    if any(b["lag_messages"] <= a["lag_messages"] for a, b in itertools.pairwise(recent)):
+        return None
+    produced = recent[-1]["events_produced"] - recent[0]["events_produced"]
+    risen = recent[-1]["lag_messages"] - recent[0]["lag_messages"]
+    return (produced, risen) if produced > 0 and risen > OUTRUN_SHARE * produced else None
+
+
+def _warn_if_outrun(run: DemoRun, out: TextIO) -> None:
+    """Say once that the requested rate is more than this machine's pipeline sustains."""
+    found = None if run.outrun_warned else outrun(run.progress)
+    if found is None:
+        return
+    produced, risen = found
+    run.outrun_warned = True
+    out.write(
+        f"          !! the stream outruns the pipeline: {produced} events produced and the lag rose by {risen} in "
+        f"{OUTRUN_WINDOW} s, so freshness will keep growing; ask for fewer --events per --duration, or run "
+        "the stages as separate processes (glmix run)\n"
+    )
 
 
 def _show(line: dict, out: TextIO) -> None:
@@ -408,6 +445,7 @@ def _stream_live(
         if time.monotonic() >= next_line:
             run.progress.append(_progress_line(time.monotonic() - clock, run, pipeline, statistics))
             _show(run.progress[-1], out)
+            _warn_if_outrun(run, out)
             next_line += 1.0
         time.sleep(0.05)
 
@@ -535,6 +573,7 @@ def _report(
         "positives": joiner.positives,
         "dead_letters": joiner.dead_lettered + sum(s.dead_lettered for s in updaters.values()),
         "skipped_records": {n: runner.stats.skipped() for n, runner in pipeline.stages.items()},
+        "stream_outran_pipeline": run.outrun_warned,
         "offset_resets": {n: sum(runner.stats.offset_resets.values()) for n, runner in pipeline.stages.items()},
         "entity_updates": {n: s.entity_updates for n, s in updaters.items()},
         "freshness_s": {n: _percentiles_s(s.freshness_ms) for n, s in updaters.items()},

@@ -52,3 +52,16 @@ def test_the_default_demo_shows_glmix_beating_global_only(tmp_path):
     auc = report["progressive_auc"]
     assert auc["global+member+job"] > auc["global"] + 0.01, auc
     assert any(r["status"] == "published" for r in report["refits"])
+
+
+def _lines(lags: list[int], produced_per_s: int = 1000) -> list[dict]:
+    return [{"events_produced": i * produced_per_s, "lag_messages": lag} for i, lag in enumerate(lags)]
+
+
+def test_a_lag_rising_at_every_line_by_a_tenth_of_the_input_is_a_stream_that_outruns_the_pipeline():
+    from stream.demo import outrun
+
+    assert outrun(_lines([i * 200 for i in range(12)])) == (10_000, 2_000)  # 20% of the input piles up
+    assert outrun(_lines([i * 50 for i in range(12)])) is None  # 5%: keeping up, with a backlog
+    assert outrun(_lines([0, 300, 600, 900, 1200, 900, 1200, 1500, 1800, 2100, 2400, 2700])) is None  # it drained once
+    assert outrun(_lines([i * 200 for i in range(5)])) is None  # too early to tell
