@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from stream.codec.columnar import FeatureBagsColumn
-from stream.codec.columnar.kernel import FNV_OFFSET, fnv1a, fnv1a_separator
+from stream.codec.columnar.kernel import FNV_OFFSET, fnv1a, fnv1a_separator, leaf, same_range
 from stream.config import ModelSettings
 from stream.errors import InvalidValueError
 from stream.model.features import FeatureIndex
@@ -35,8 +35,6 @@ SEPARATOR = b"\xff"  # never occurs in UTF-8, so the three strings of a key spli
 _EMPTY = -1
 _MIX = np.uint64(0xFF51AFD7ED558CCD)  # murmur3's fmix64 constant: FNV-1a's low bits alone place keys poorly
 _SHIFT = np.uint64(33)
-# Probing functions allocate nothing, so they are compiled without reference counting, as the decoder's leaves are.
-_leaf = njit(nogil=True, cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt is not in numba's stubs
 
 
 @dataclass(frozen=True)
@@ -226,23 +224,14 @@ def _hash_keys(arena, offsets):
     return hashes
 
 
-@_leaf
+@leaf
 def _home(h, mask):
     """The first slot probed for hash ``h``: its high bits folded in (fmix64), masked to the table size."""
     h = (h ^ (h >> _SHIFT)) * _MIX
     return np.int64((h ^ (h >> _SHIFT)) & mask)
 
 
-@_leaf
-def _same_bytes(a, a_start, b, b_start, length):
-    """Whether ``a[a_start:a_start+length]`` equals ``b[b_start:b_start+length]``."""
-    for i in range(length):
-        if a[a_start + i] != b[b_start + i]:
-            return False
-    return True
-
-
-@_leaf
+@leaf
 def _is_key(arena, start, stop, data, bag, bag_length, name, name_length, term, term_length):
     """Whether ``arena[start:stop]`` is bag 0xFF name 0xFF term, the three strings read from ``data``."""
     if stop - start != bag_length + name_length + term_length + 2:
@@ -252,13 +241,13 @@ def _is_key(arena, start, stop, data, bag, bag_length, name, name_length, term, 
     return (
         arena[name_at - 1] == 0xFF
         and arena[term_at - 1] == 0xFF
-        and _same_bytes(arena, start, data, bag, bag_length)
-        and _same_bytes(arena, name_at, data, name, name_length)
-        and _same_bytes(arena, term_at, data, term, term_length)
+        and same_range(arena, start, data, bag, bag_length)
+        and same_range(arena, name_at, data, name, name_length)
+        and same_range(arena, term_at, data, term, term_length)
     )
 
 
-@_leaf
+@leaf
 def _find(slots, hashes, arena, offsets, h, data, bag, bag_length, name, name_length, term, term_length):
     """The key whose hash is ``h`` and whose bytes are the given strings of ``data``, or -1."""
     mask = np.uint64(slots.shape[0] - 1)
@@ -284,7 +273,7 @@ def _insert_all(hashes, arena, offsets, size):
         while slots[p] != _EMPTY:
             j = slots[p]
             same_length = offsets[j + 1] - offsets[j] == stop - start
-            if hashes[j] == hashes[k] and same_length and _same_bytes(arena, offsets[j], arena, start, stop - start):
+            if hashes[j] == hashes[k] and same_length and same_range(arena, offsets[j], arena, start, stop - start):
                 return slots, k
             p = (p + 1) & (size - 1)
         slots[p] = k

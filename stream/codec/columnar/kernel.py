@@ -52,13 +52,13 @@ STRING_MAP_REFS = 4  # key offset, key length, value offset, value length
 FEATURE_REFS = 6  # bag, name and term: offset and length each
 BAG_REFS = 3  # key offset, key length, first feature
 _PAIRWISE_KEYS = 16  # up to this many keys a map is checked for repeats pair by pair, beyond it by sorted hashes
-# Functions that allocate nothing are compiled without numba's reference counting (``_nrt=False``): with it, every
-# call that passes the batch buffer did an atomic incref and decref that numba could not prune, ~14 ns a call here,
-# most of the decode's time.
-_leaf = njit(nogil=True, cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt is not in numba's stubs
+# Functions that allocate nothing (here and in stream.tables.hash_index) are compiled without numba's reference
+# counting (``_nrt=False``): with it, every call that passes the batch buffer did an atomic incref and decref that
+# numba could not prune, ~14 ns a call here, most of the decode's time.
+leaf = njit(nogil=True, cache=True, _nrt=False)  # type: ignore[call-overload]  # _nrt is not in numba's stubs
 
 
-@_leaf
+@leaf
 def fnv1a(buf, start, stop, h):
     """``h`` extended by FNV-1a 64 over ``buf[start:stop]``."""
     for i in range(start, stop):
@@ -66,13 +66,13 @@ def fnv1a(buf, start, stop, h):
     return h
 
 
-@_leaf
+@leaf
 def fnv1a_separator(h):
     """``h`` extended by the 0xFF separator byte."""
     return (h ^ SEPARATOR) * FNV_PRIME
 
 
-@_leaf
+@leaf
 def read_long(buf, pos, end):
     """Avro long at ``pos``: (value, next position, status); more than 64 bits of varint is BAD_VARINT."""
     result = np.uint64(0)
@@ -91,7 +91,7 @@ def read_long(buf, pos, end):
     return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), pos, _OK
 
 
-@_leaf
+@leaf
 def valid_utf8(buf, start, stop):
     """Whether ``buf[start:stop]`` is well-formed UTF-8 as Python's strict decoder has it (no surrogates, overlongs)."""
     i = start
@@ -128,7 +128,7 @@ def valid_utf8(buf, start, stop):
     return True
 
 
-@_leaf
+@leaf
 def read_little_endian(buf, pos, width):
     """The unsigned little-endian integer of ``width`` bytes at ``pos``."""
     value = np.uint64(0)
@@ -137,14 +137,14 @@ def read_little_endian(buf, pos, width):
     return value
 
 
-@_leaf
+@leaf
 def read_double(buf, pos, bits, as_double):
     """The little-endian IEEE double at ``pos``, through ``bits`` (a 1-element uint64 array) and its float64 view."""
     bits[0] = read_little_endian(buf, pos, 8)
     return as_double[0]
 
 
-@_leaf
+@leaf
 def read_string(buf, pos, end, check_utf8):
     """Avro string or bytes at ``pos``: (offset, length, next position, status)."""
     length, pos, code = read_long(buf, pos, end)
@@ -159,7 +159,7 @@ def read_string(buf, pos, end, check_utf8):
     return pos, length, pos + length, _OK
 
 
-@_leaf
+@leaf
 def read_block_count(buf, pos, end):
     """An array or map block's item count at ``pos`` (a negative count is followed by the block's size, skipped)."""
     count, pos, code = read_long(buf, pos, end)
@@ -172,18 +172,22 @@ def read_block_count(buf, pos, end):
     return count, pos, code
 
 
-@_leaf
-def same_bytes(buf, a, a_length, b, b_length):
-    """Whether ``buf[a:a+a_length]`` equals ``buf[b:b+b_length]``."""
-    if a_length != b_length:
-        return False
-    for i in range(a_length):
-        if buf[a + i] != buf[b + i]:
+@leaf
+def same_range(a, a_start, b, b_start, length):
+    """Whether ``a[a_start:a_start+length]`` equals ``b[b_start:b_start+length]`` (the decoder's and the index's key test)."""
+    for i in range(length):
+        if a[a_start + i] != b[b_start + i]:
             return False
     return True
 
 
-@_leaf
+@leaf
+def same_bytes(buf, a, a_length, b, b_length):
+    """Whether ``buf[a:a+a_length]`` equals ``buf[b:b+b_length]``."""
+    return a_length == b_length and same_range(buf, a, buf, b, a_length)
+
+
+@leaf
 def repeated_pairwise(buf, offsets, lengths, start, stop):
     """Whether two of the keys ``(offsets[k], lengths[k])`` for k in [start, stop) are equal, comparing every pair."""
     for a in range(start, stop):
@@ -317,7 +321,7 @@ def read_feature_bags(buf, pos, end, slot, features, feature_refs, values, hashe
     return pos, _OK, features, feature_refs, values, hashes, bags, bag_refs
 
 
-@_leaf
+@leaf
 def writer_of(buf, start, end, magic, prefixes):
     """(writer program index, status) of the value ``buf[start:end]`` from its framing header."""
     header = prefixes.shape[1]
@@ -473,7 +477,7 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
     )
 
 
-@_leaf
+@leaf
 def hash_triple(buf, bag_stop, name_stop):
     """FNV-1a 64 of ``buf`` split as bag = [0, bag_stop), name = [bag_stop, name_stop), term = the rest."""
     h = fnv1a_separator(fnv1a(buf, 0, bag_stop, FNV_OFFSET))
