@@ -43,6 +43,7 @@ print(time.perf_counter() - started)
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` runs of ``run``, the cyclic collector paused (bench/feature_lookup.py times with it too)."""
     best = np.inf
     for _ in range(repeats):
         with cyclic_gc_paused():

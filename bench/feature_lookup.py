@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import numpy as np
+from columnar import best_seconds
 
 from stream.codec import load_schema, make_codec
 from stream.codec.columnar import ColumnarDecoder, FeatureBagsColumn
 from stream.config import load_settings
-from stream.gc_pause import cyclic_gc_paused
 from stream.model.export import initial_global_model_record
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.hash_index import FeatureLookup
@@ -33,16 +31,6 @@ from stream.tables.indexing import FeatureResolver
 from stream.tables.models import GlobalModelTable
 
 REPRODUCE = "python bench/feature_lookup.py"
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        with cyclic_gc_paused():
-            started = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - started)
-    return float(best)
 
 
 def check_same(lookup: FeatureLookup, resolver: FeatureResolver, features: FeatureBagsColumn, rows: list) -> None:

@@ -42,7 +42,6 @@ from stream.kafka import EmbeddedBroker, producer_config
 from stream.kafka.broker_process import BrokerProcess
 from stream.kafka.clients import admin_config, consumer_config, ensure_topics, prepare_topics
 from stream.kafka.topic_reader import TopicReader
-from stream.model.export import initial_global_model_record
 
 REPRODUCE = "python bench/freshness.py"
 BATCH_TIME_MS = "200"  # the default of the updaters: what fixed batching waits, and natural batching's idle wait
@@ -61,12 +60,7 @@ def loop_latency(bootstrap: str, events_per_s: float, seconds: float, batching: 
         "model.coordinates.job.batch_time_ms": BATCH_TIME_MS, "metrics.port": "0", "batching": batching})
     settings = load_settings(overrides=values)
     prepare_topics(settings, bootstrap)
-    _, labeled = pipeline.world_events(2000)
-    producer = Producer(producer_config(settings.kafka))
-    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
-        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
-            [li.impression for li in labeled[:2000]], settings.model)))
-    producer.flush()
+    pipeline.publish_first_model(settings)
     logs = [Path(state_dir) / name for name in ("joiner.log", "member.log", "job.log")]
     stages = [run_all.start_glmix(args, {**values, "state_dir": f"{state_dir}/{log.stem}", "log_level": "INFO"}, log)
               for args, log in ((["run", "joiner"], logs[0]), (["run", "updater", "--coordinate", "member"], logs[1]),

@@ -228,6 +228,16 @@ def world_events(requests: int) -> tuple[World, list]:
     return world, labeled_impressions(world)
 
 
+def publish_first_model(settings: Settings) -> None:
+    """Version 1 of the global model, indexed from this world's first 2,000 impressions: what every stage needs first."""
+    _, labeled = world_events(2000)
+    producer = Producer(producer_config(settings.kafka))
+    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
+        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
+            [li.impression for li in labeled[:2000]], settings.model)))
+    producer.flush()
+
+
 def bench_joiner(bootstrap: str, requests: int) -> dict:
     from stream.consumers.joiner import Joiner
     from stream.synthetic import event_stream

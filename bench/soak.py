@@ -48,16 +48,13 @@ from pathlib import Path
 import numpy as np
 import pipeline
 import run_all
-from confluent_kafka import Producer
 
 from stream.codec import make_codec
-from stream.config import Settings, load_settings
+from stream.config import load_settings
 from stream.consumers.join_state import EMITTED, PENDING
-from stream.kafka import producer_config
 from stream.kafka.broker_process import BrokerProcess, free_port
 from stream.kafka.clients import prepare_topics
 from stream.kafka.topic_reader import TopicReader
-from stream.model.export import initial_global_model_record
 from stream.state.partition_store import PartitionStore
 from stream.updaters.updater import ENTITY_PREFIX
 
@@ -198,16 +195,6 @@ def state_lines(processes: list[Watched], mode: str) -> Iterator[dict]:
             yield {**line, "reproduce": REPRODUCE}
 
 
-def publish_first_model(settings: Settings) -> None:
-    """The global model every stage needs before its first batch (bench/freshness.py's, from the same world)."""
-    _, labeled = pipeline.world_events(2000)
-    producer = Producer(producer_config(settings.kafka))
-    producer.produce(settings.topics.model_global, key=b"glmix", value=make_codec(
-        "GlobalModel", settings.topics.model_global).encode(initial_global_model_record(
-            [li.impression for li in labeled[:2000]], settings.model)))
-    producer.flush()
-
-
 def start_processes(values: dict[str, str], root: Path, split: bool,
                     coordinates: list[str]) -> tuple[list[subprocess.Popen], list[Watched], list[Path]]:
     """``glmix run all`` (or a joiner and one updater per coordinate), each with its own state dir and metrics port."""
@@ -262,7 +249,7 @@ def loaded_run(broker: BrokerProcess, root: Path, events_per_s: float, seconds: 
         "joiner.early_positives": "true", "joiner.emitted_retention_ms": str(retention_ms), "batching": "natural"})
     settings = load_settings(overrides=values)
     prepare_topics(settings, bootstrap)
-    publish_first_model(settings)
+    pipeline.publish_first_model(settings)
     popens: list[subprocess.Popen] = []
     live: subprocess.Popen | None = None
     topic = settings.topics.coefficients("member")

@@ -106,6 +106,16 @@ def _read_first_records(runner: StageRunner, bootstrap: str, topic: str) -> None
     _step_until(runner, lambda: runner.stats.dead_lettered >= 30, "the first 30 records")
 
 
+def _stage_that_read_the_first_records(settings, bootstrap: str) -> None:
+    """A stage that read the first 30 records of partition 0 and stopped: it committed 30, the rest is the next's."""
+    prepare_topics(settings)
+    runner = StageRunner(Archiver(settings), settings)
+    try:
+        _read_first_records(runner, bootstrap, settings.topics.examples_by_member)
+    finally:
+        runner.close()
+
+
 def _retention_errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "stream.runtime.retention" and r.levelno == logging.ERROR]
 
@@ -131,12 +141,7 @@ def test_a_stage_restarted_behind_the_log_start_counts_logs_and_exports_the_reco
         pytest.skip(_TANSU_DELETES_NOTHING)
     settings = _settings(kafka_bootstrap, tmp_path, unique_name)
     topic = settings.topics.examples_by_member
-    prepare_topics(settings)
-    runner = StageRunner(Archiver(settings), settings)
-    try:
-        _read_first_records(runner, kafka_bootstrap, topic)
-    finally:
-        runner.close()  # committed 30: the next records are the stage's to read
+    _stage_that_read_the_first_records(settings, kafka_bootstrap)
 
     log_start = _delete_below(kafka_broker, topic, 35)  # at least 5 records no one read are deleted
     end = _watermarks(kafka_bootstrap, topic)[1]
@@ -277,12 +282,7 @@ def test_with_input_loss_stop_a_stage_behind_the_log_start_stops_before_processi
         pytest.skip(_TANSU_DELETES_NOTHING)
     settings = _settings(kafka_bootstrap, tmp_path, unique_name, **{"kafka.input_loss": "stop"})
     topic = settings.topics.examples_by_member
-    prepare_topics(settings)
-    runner = StageRunner(Archiver(settings), settings)
-    try:
-        _read_first_records(runner, kafka_bootstrap, topic)
-    finally:
-        runner.close()
+    _stage_that_read_the_first_records(settings, kafka_bootstrap)
     _delete_below(kafka_broker, topic, 35)
     runner = StageRunner(Archiver(settings), settings)
     try:
