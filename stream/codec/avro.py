@@ -50,6 +50,9 @@ class RecordCodec(Protocol):
     def encode(self, record: Mapping[str, Any]) -> bytes: ...
     def decode(self, payload: bytes) -> dict[str, Any]: ...
     def header(self) -> bytes: ...
+    @property
+    def magic(self) -> bytes: ...
+    def writers(self) -> dict[bytes, AvroSchema]: ...
 
 
 def _write_body(schema: AvroSchema, record: Mapping[str, Any], out: io.BytesIO) -> None:
@@ -94,6 +97,15 @@ class SingleObjectCodec:
         """The framing every value this codec encodes starts with (magic + writer fingerprint)."""
         return self._header
 
+    @property
+    def magic(self) -> bytes:
+        """The first bytes of every value of this framing."""
+        return SINGLE_OBJECT_MAGIC
+
+    def writers(self) -> dict[bytes, AvroSchema]:
+        """The framing header (magic + fingerprint) of every writer schema this codec reads, and that schema."""
+        return {SINGLE_OBJECT_MAGIC + fingerprint: writer for fingerprint, writer in self._writers.items()}
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with this codec's schema as the writer schema."""
         out = io.BytesIO()
@@ -137,6 +149,15 @@ class RegistryCodec:
 
             self._schema_id = self.client.register_schema(self._subject, Schema(self.schema.to_json(), "AVRO"))
         return REGISTRY_MAGIC + int(self._schema_id).to_bytes(4, "big")
+
+    @property
+    def magic(self) -> bytes:
+        """The first byte of every value of this framing."""
+        return REGISTRY_MAGIC
+
+    def writers(self) -> dict[bytes, AvroSchema]:
+        """The framing header (magic + schema id) of every writer schema fetched so far, and that schema."""
+        return {REGISTRY_MAGIC + int(i).to_bytes(4, "big"): writer for i, writer in self._writers.items()}
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with the registered id of this codec's schema."""

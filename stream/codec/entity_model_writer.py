@@ -16,6 +16,7 @@ import sys
 import numpy as np
 from numba import njit
 
+from stream.codec.columnar.writer import MAX_VARINT, write_bytes, write_long
 from stream.codec.exceptions import EncodeError
 from stream.codec.schemas import AvroSchema
 
@@ -35,7 +36,6 @@ ENTITY_MODEL_FIELDS = (
     ("published_time", "long"),
 )
 PRECISION_KINDS = ("DIAGONAL", "PACKED_UPPER")
-_MAX_VARINT = 10
 
 
 def check_entity_model_schema(schema: AvroSchema) -> None:
@@ -122,27 +122,6 @@ def _int64(values: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _write_long(buffer, pos, value):
-    """Avro long: zig-zag, then base-128 varint; returns the next position."""
-    encoded = np.uint64((value << 1) ^ (value >> 63))
-    while encoded >= 0x80:
-        buffer[pos] = np.uint8((encoded & np.uint64(0x7F)) | np.uint64(0x80))
-        encoded >>= np.uint64(7)
-        pos += 1
-    buffer[pos] = np.uint8(encoded)
-    return pos + 1
-
-
-@njit(nogil=True, cache=True)
-def _write_bytes(buffer, pos, data, start, stop):
-    pos = _write_long(buffer, pos, np.int64(stop - start))
-    for i in range(start, stop):
-        buffer[pos] = data[i]
-        pos += 1
-    return pos
-
-
-@njit(nogil=True, cache=True)
 def _write(
     header,
     coordinate,
@@ -163,7 +142,7 @@ def _write(
     published_ms,
 ):
     count = versions.shape[0]
-    fixed = header.shape[0] + coordinate.shape[0] + 8 * (dim + precision_size) + 12 * _MAX_VARINT
+    fixed = header.shape[0] + coordinate.shape[0] + 8 * (dim + precision_size) + 12 * MAX_VARINT
     finite = True
     buffer = np.empty(count * fixed + ids.shape[0], dtype=np.uint8)
     offsets = np.empty(count + 1, dtype=np.int64)
@@ -173,24 +152,24 @@ def _write(
         for i in range(header.shape[0]):
             buffer[pos] = header[i]
             pos += 1
-        pos = _write_bytes(buffer, pos, coordinate, 0, coordinate.shape[0])
-        pos = _write_bytes(buffer, pos, ids, id_offsets[b], id_offsets[b + 1])
-        pos = _write_long(buffer, pos, versions[b])
+        pos = write_bytes(buffer, pos, coordinate, 0, coordinate.shape[0])
+        pos = write_bytes(buffer, pos, ids, id_offsets[b], id_offsets[b + 1])
+        pos = write_long(buffer, pos, versions[b])
         if dim > 0:  # one block of d doubles, then the empty block that ends the array
-            pos = _write_long(buffer, pos, np.int64(dim))
+            pos = write_long(buffer, pos, np.int64(dim))
             pos, ok = _write_doubles(buffer, pos, rows[b], means_offset, dim)
             finite = finite and ok
-        pos = _write_long(buffer, pos, np.int64(0))
-        pos = _write_long(buffer, pos, np.int64(kind))
-        pos = _write_long(buffer, pos, np.int64(8 * precision_size))
+        pos = write_long(buffer, pos, np.int64(0))
+        pos = write_long(buffer, pos, np.int64(kind))
+        pos = write_long(buffer, pos, np.int64(8 * precision_size))
         pos, ok = _write_doubles(buffer, pos, rows[b], precision_offset, precision_size)
         finite = finite and ok
-        pos = _write_long(buffer, pos, index_versions[b])
-        pos = _write_long(buffer, pos, np.int64(partition))
-        pos = _write_long(buffer, pos, source_offsets[b])
-        pos = _write_long(buffer, pos, event_counts[b])
-        pos = _write_long(buffer, pos, last_event_times[b])
-        pos = _write_long(buffer, pos, np.int64(published_ms))
+        pos = write_long(buffer, pos, index_versions[b])
+        pos = write_long(buffer, pos, np.int64(partition))
+        pos = write_long(buffer, pos, source_offsets[b])
+        pos = write_long(buffer, pos, event_counts[b])
+        pos = write_long(buffer, pos, last_event_times[b])
+        pos = write_long(buffer, pos, np.int64(published_ms))
     offsets[count] = pos
     return buffer[:pos], offsets, finite
 

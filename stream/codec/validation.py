@@ -7,21 +7,32 @@ dead-lettered, or ``None`` when it is valid.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
+
+import numpy as np
+
+from stream.codec.avro import SingleObjectCodec
+from stream.codec.columnar import ColumnarBatch, ColumnarDecoder, FeatureBagsColumn, StringColumn
+from stream.codec.schemas import load_schema
 
 
 def impression_problem(record: Mapping[str, Any]) -> str | None:
-    """Why an Impression is invalid (missing ids, non-finite feature values), or ``None``."""
-    for key in ("impression_id", "member_id", "item_id"):
-        if not record.get(key):
-            return f"Impression has an empty {key}"
-    for bag, features in record.get("features", {}).items():
-        for feature in features:
-            if not math.isfinite(feature["value"]):
-                return f"Impression feature {bag}/{feature['name']}:{feature['term']} is {feature['value']}"
-    return None
+    """Why an Impression record is invalid (missing ids, non-finite feature values), or ``None``.
+
+    The rule is :func:`impression_problems`, which the joiner applies to decoded batches;
+    this applies it to one record (encoded, then decoded like any value).
+    """
+    codec, decoder = _impression_codec()
+    batch = decoder.decode([codec.encode(record)])
+    return batch.reason(0) or impression_problems(batch).get(0)
+
+
+@cache
+def _impression_codec() -> tuple[SingleObjectCodec, ColumnarDecoder]:
+    codec = SingleObjectCodec(load_schema("Impression"))
+    return codec, ColumnarDecoder.of_codec(codec)
 
 
 def interaction_problem(record: Mapping[str, Any]) -> str | None:
@@ -30,3 +41,32 @@ def interaction_problem(record: Mapping[str, Any]) -> str | None:
         if not record.get(key):
             return f"Interaction has an empty {key}"
     return None
+
+
+def impression_problems(batch: ColumnarBatch) -> dict[int, str]:
+    """:func:`impression_problem` of every decoded row of a columnar Impression batch, by row (valid rows absent).
+
+    The same rule on arrays: ids of zero length, feature values that are not finite.
+    """
+    problems: dict[int, str] = {}
+    ok = batch.ok
+    for key in ("impression_id", "member_id", "item_id"):
+        column = batch.columns[key]
+        assert isinstance(column, StringColumn)
+        for row in np.flatnonzero(ok & (column.lengths == 0)).tolist():
+            problems.setdefault(row, f"Impression has an empty {key}")
+    features = batch.columns["features"]
+    assert isinstance(features, FeatureBagsColumn)
+    bad = np.flatnonzero(~np.isfinite(features.values))
+    if len(bad):
+        rows = np.searchsorted(features.row_offsets, bad, side="right") - 1
+        for feature, row in zip(bad.tolist(), rows.tolist()):
+            if row not in problems:
+                bag = int(np.searchsorted(features.bag_feature_offsets, feature, side="right") - 1)
+                problems[row] = (
+                    f"Impression feature {features.text(features.bag_key_offsets[bag], features.bag_key_lengths[bag])}"
+                    f"/{features.text(features.name_offsets[feature], features.name_lengths[feature])}"
+                    f":{features.text(features.term_offsets[feature], features.term_lengths[feature])}"
+                    f" is {float(features.values[feature])}"
+                )
+    return problems

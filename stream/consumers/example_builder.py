@@ -9,95 +9,145 @@ the index version. Features an index cannot place travel packed in
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from stream.codec.columnar import ColumnarBatch, ScalarColumn, StringColumn, StringMapColumn
+from stream.codec.example_writer import UnlabeledColumns, encode_unlabeled_examples
 from stream.codec.feature_bags import encode_bags
 from stream.config import ModelSettings
 from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
-from stream.tables.indexing import FeatureResolver, MissedFeatures
+from stream.tables.indexing import IndexedRows, MissedFeatures
 from stream.tables.models import EntityTable, GlobalModel
 
 
 def unlabeled_examples(
-    impressions: Sequence[Mapping[str, Any]],
+    batch: ColumnarBatch,
+    rows: np.ndarray,
+    indexed: IndexedRows,
     model: GlobalModel,
-    resolver: FeatureResolver,
     settings: ModelSettings,
-    unindexed_counts: MutableMapping[str, int] | None = None,
-) -> list[dict[str, Any]]:
-    """The ``LabeledExample`` of each impression with label 0, indexed by ``model``'s indexes in one pass.
+    header: bytes,
+) -> list[bytes]:
+    """The framed ``LabeledExample`` (``header`` + body) of each impression ``rows`` of ``batch``, label 0.
 
-    ``resolver`` must belong to ``model`` (same version). Repeated features add up.
-    ``unindexed_counts`` (by coordinate, ``global`` included) gains the occurrences each
-    index could not place.
+    ``indexed`` holds the rows' features indexed by ``model``'s indexes (row ``i`` is
+    ``rows[i]``); repeated features add up, and each slot's intercept comes first.
     """
-    n = len(impressions)
-    indexed = resolver.index([imp["features"] for imp in impressions], with_missed=True)
-    if unindexed_counts is not None and indexed.missed is not None:
-        for name, count in zip([GLOBAL, *resolver.coordinates], indexed.missed.per_slot.tolist()):
-            unindexed_counts[name] = unindexed_counts.get(name, 0) + count
-    intercepts = resolver.intercepts()
-    global_rows = _global_rows(
+    n = len(rows)
+    intercepts = [model.global_index.intercept] + [model.coordinate_indices[c].intercept for c in settings.coordinates]
+    global_offsets, global_columns, global_values = _global_rows(
         indexed.rows[0], indexed.columns[0], indexed.values[0], n, model.global_index.dim, intercepts[0]
     )
-    dense = {}
-    for slot, name in enumerate(resolver.coordinates, start=1):
+    dense = []
+    for slot, name in enumerate(settings.coordinates, start=1):
         matrix = np.zeros((n, model.coordinate_indices[name].width), dtype="<f4")
         if intercepts[slot]:
             matrix[:, 0] = 1.0
         np.add.at(matrix, (indexed.rows[slot], indexed.columns[slot]), indexed.values[slot])
-        dense[name] = matrix
-    unindexed = _packed_misses(indexed.missed, n)
-    return [
-        {
-            "example_id": imp["impression_id"],
-            "member_id": imp["member_id"],
-            "item_id": imp["item_id"],
-            "label": 0.0,
-            "weight": 1.0,
-            "offset": 0.0,
-            "event_time": imp["event_time"],
-            "label_time": imp["event_time"],
-            "interaction_types": [],
-            "scores": {},
-            "model_versions": {},
-            "global_features": global_rows[i],
-            "coordinates": {
-                name: {"entity_id": entity_of(imp, c.entity_field), "dense": dense[name][i].tobytes()}
-                for name, c in settings.coordinates.items()
-            },
-            "index_version": model.index_version,
-            "random_bucket": bool(imp.get("random_bucket", False)),
-            "position": int(imp.get("position", -1)),
-            "context": dict(imp.get("context") or {}),
-            "unindexed_features": unindexed[i],
-        }
-        for i, imp in enumerate(impressions)
-    ]
+        dense.append(matrix)
+    side = _SideBuffer(len(batch.data))
+    unindexed = _packed_misses(indexed.missed, n, side)
+    entity_ids = np.zeros((2, 0, n), dtype=np.int64)
+    if settings.coordinates:
+        entity_ids = np.stack(
+            [_entity_ids(batch, rows, c.entity_field, side) for c in settings.coordinates.values()], 1
+        )
+    context = batch.columns["context"]
+    assert isinstance(context, StringMapColumn)
+    context_offsets, context_refs = _map_rows(context, rows)
+    columns = UnlabeledColumns(
+        buffer=np.frombuffer(batch.data + side.data(), dtype=np.uint8),
+        ids=np.stack([_string_refs(batch, name, rows) for name in ("impression_id", "member_id", "item_id")], axis=1),
+        event_time=_scalars(batch, "event_time", rows),
+        global_offsets=global_offsets,
+        global_columns=global_columns,
+        global_values=global_values,
+        coordinates=tuple(settings.coordinates),
+        entity_ids=entity_ids,
+        dense=np.concatenate(dense, axis=1) if dense else np.zeros((n, 0), dtype="<f4"),
+        dense_offsets=np.cumsum([0] + [m.shape[1] for m in dense]),
+        index_version=model.index_version,
+        random_bucket=_scalars(batch, "random_bucket", rows),
+        position=_scalars(batch, "position", rows),
+        context_offsets=context_offsets,
+        context=context_refs,
+        unindexed=unindexed,
+    )
+    return encode_unlabeled_examples(header, columns)
 
 
-def _packed_misses(missed: MissedFeatures | None, n: int) -> list[bytes | None]:
-    """Per row, the features some index could not place, packed (None for rows without any)."""
-    packed: list[bytes | None] = [None] * n
+class _SideBuffer:
+    """Bytes that are not in the batch buffer (packed misses, formatted entity ids), placed after it."""
+
+    def __init__(self, base: int) -> None:
+        self._base, self._size = base, 0
+        self._parts: list[bytes] = []
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """Append ``data``; its (offset, length) in batch buffer + side buffer."""
+        at = self._base + self._size
+        self._parts.append(data)
+        self._size += len(data)
+        return at, len(data)
+
+    def data(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def _string_refs(batch: ColumnarBatch, name: str, rows: np.ndarray) -> np.ndarray:
+    column = batch.columns[name]
+    assert isinstance(column, StringColumn)
+    return np.stack([column.offsets[rows], column.lengths[rows]])
+
+
+def _scalars(batch: ColumnarBatch, name: str, rows: np.ndarray) -> np.ndarray:
+    column = batch.columns[name]
+    assert isinstance(column, ScalarColumn)
+    return column.values[rows]
+
+
+def _entity_ids(batch: ColumnarBatch, rows: np.ndarray, entity_field: str, side: _SideBuffer) -> np.ndarray:
+    """(offsets, lengths) of each row's entity id (see :func:`stream.model.dataset.entity_of`)."""
+    column = None if entity_field.startswith("context:") else batch.columns.get(entity_field)
+    if isinstance(column, StringColumn) and column.text:
+        return np.stack([column.offsets[rows], column.lengths[rows]])
+    refs = [side.add(entity_of(batch.record(int(row)), entity_field).encode()) for row in rows.tolist()]
+    return np.array(refs, dtype=np.int64).reshape(-1, 2).T
+
+
+def _map_rows(column: StringMapColumn, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR of ``rows``' map entries: row offsets and (key offset, key length, value offset, value length)."""
+    starts, stops = column.row_offsets[rows], column.row_offsets[rows + 1]
+    lengths = stops - starts
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    entries = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    refs = np.stack([column.key_offsets, column.key_lengths, column.value_offsets, column.value_lengths])
+    return offsets, refs[:, entries]
+
+
+def _packed_misses(missed: MissedFeatures | None, n: int, side: _SideBuffer) -> np.ndarray:
+    """Per row, (offset, length) of the features some index could not place, packed (length -1: none)."""
+    refs = np.zeros((2, n), dtype=np.int64)
+    refs[1] = -1
     if missed is None or not len(missed.rows):
-        return packed
+        return refs
     per_row: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for row, (bag, name, term), value in zip(missed.rows.tolist(), missed.keys, missed.values.tolist()):
         per_row.setdefault(row, {}).setdefault(bag, []).append({"name": name, "term": term, "value": value})
     for row, bags in per_row.items():
-        packed[row] = encode_bags(bags)
-    return packed
+        refs[:, row] = side.add(encode_bags(bags) or b"")
+    return refs
 
 
 def _global_rows(
     rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, dim: int, intercept: bool
-) -> list[dict[str, bytes]]:
-    """Per row, its global (indices, values) as packed bytes, repeated columns summed, intercept first."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR of the rows' global (indices, values): repeated columns summed, intercept first, float32 values."""
     if intercept:
         rows = np.concatenate([np.arange(n), rows])
         cols = np.concatenate([np.zeros(n, dtype=np.int64), cols])
@@ -106,11 +156,7 @@ def _global_rows(
     summed = np.bincount(inverse, weights=values, minlength=len(keys))
     key_rows, key_cols = keys // (dim + 1), keys % (dim + 1)
     bounds = np.searchsorted(key_rows, np.arange(n + 1))
-    packed_cols, packed_values = key_cols.astype("<i4"), summed.astype("<f4")
-    return [
-        {"indices": packed_cols[a:b].tobytes(), "values": packed_values[a:b].tobytes()}
-        for a, b in itertools.pairwise(bounds)
-    ]
+    return bounds, key_cols.astype("<i4"), summed.astype("<f4")
 
 
 def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, EntityTable]) -> None:

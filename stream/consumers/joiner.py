@@ -30,8 +30,9 @@ from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
 from stream.codec.avro import decode_batch
-from stream.codec.validation import impression_problem, interaction_problem
+from stream.codec.validation import interaction_problem
 from stream.config import Settings
+from stream.consumers.impressions import ImpressionDecoder
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import (
     IMPRESSION,
@@ -39,6 +40,7 @@ from stream.consumers.labeling import (
     ExampleIndexer,
     ExampleJoin,
     JoinInput,
+    impression_input,
     interaction_types,
     warm_up_complete,
 )
@@ -143,6 +145,7 @@ class Joiner(Stage):
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
+        self._impression_decoder = ImpressionDecoder(self._impression_codec)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
         # Examples topic -> the coordinate whose entity keys it. Coordinates with the same entity field share one
         # topic (each updater reads it in its own group), so every example goes to each topic once.
@@ -296,27 +299,29 @@ class Joiner(Stage):
         checkpoint.write(store, puts, deletes, offsets, logged=logged)
 
     def _decode(self, good: list, checkpoint: Checkpoint) -> dict[int, list[JoinInput]]:
-        """Decoded, valid events per partition, in consume order; everything else dead-lettered."""
+        """Decoded, valid events per partition, in consume order; everything else dead-lettered.
+
+        Impressions are decoded into columns in one compiled pass (DESIGN §8), interactions by fastavro.
+        """
         topics = self.settings.topics
-        by_kind = {
-            IMPRESSION: [m for m in good if m.topic() == topics.impressions],
-            INTERACTION: [m for m in good if m.topic() == topics.interactions],
-        }
+        impressions = [m for m in good if m.topic() == topics.impressions]
         decoded: dict[int, JoinInput] = {}
-        for kind, batch in by_kind.items():
-            codec = self._impression_codec if kind == IMPRESSION else self._interaction_codec
-            problem = impression_problem if kind == IMPRESSION else interaction_problem
-            result = decode_batch(codec, batch)
-            for message, error in result.failures:
-                self.clients.dead_letters.send(checkpoint, message, str(error))
-            for record, message in zip(result.records, result.messages):
-                reason = problem(record)
-                if reason is not None:
-                    self.clients.dead_letters.send(checkpoint, message, reason)
-                else:
-                    decoded[id(message)] = JoinInput(
-                        kind, record, source_of(message)[2], message.value() or b"", message.key() or b""
-                    )
+        for message, row in zip(impressions, self._impression_decoder.decode([m.value() for m in impressions])):
+            if isinstance(row, str):
+                self.clients.dead_letters.send(checkpoint, message, row)
+            else:
+                decoded[id(message)] = impression_input(row, source_of(message)[2], b"", message.key() or b"")
+        result = decode_batch(self._interaction_codec, [m for m in good if m.topic() == topics.interactions])
+        for message, error in result.failures:
+            self.clients.dead_letters.send(checkpoint, message, str(error))
+        for record, message in zip(result.records, result.messages):
+            reason = interaction_problem(record)
+            if reason is not None:
+                self.clients.dead_letters.send(checkpoint, message, reason)
+            else:
+                decoded[id(message)] = JoinInput(
+                    INTERACTION, record, source_of(message)[2], message.value() or b"", message.key() or b""
+                )
         events: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
@@ -366,9 +371,9 @@ class Joiner(Stage):
         Invalid ones are left to the join, which dead-letters them once, with the rest of the held input.
         """
         topic = self.settings.topics.model_global
-        held = [m for m in self._warm_up_held if m.topic() == self.settings.topics.impressions]
+        held = [m.value() for m in self._warm_up_held if m.topic() == self.settings.topics.impressions]
         impressions: list[Mapping[str, Any]] = [
-            r for r in decode_batch(self._impression_codec, held).records if impression_problem(r) is None
+            row.batch.record(row.row) for row in self._impression_decoder.decode(held) if not isinstance(row, str)
         ]
         if not impressions:
             return

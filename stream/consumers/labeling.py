@@ -10,19 +10,27 @@ there is one implementation of the join (STYLE trap 3).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from stream.codec import load_schema
 from stream.codec.avro import RecordCodec, SingleObjectCodec, encode_batch
+from stream.codec.columnar import ColumnarBatch, FeatureBagsColumn
+from stream.codec.example_writer import check_labeled_example_schema
 from stream.codec.label_splice import LabelSplicer
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import add_scores, unlabeled_examples
+from stream.consumers.impressions import ImpressionRow, impression_rows
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
+from stream.errors import InvalidValueError
 from stream.model.game import GLOBAL
 from stream.state.partition_store import PartitionStore
-from stream.tables.indexing import FeatureResolver
+from stream.tables.hash_index import FeatureColumns, FeatureLookup
+from stream.tables.indexing import FeatureResolver, IndexedRows
 from stream.tables.models import EntityTable, GlobalModel
 
 IMPRESSION, INTERACTION = "impression", "interaction"
@@ -30,35 +38,87 @@ IMPRESSION, INTERACTION = "impression", "interaction"
 
 @dataclass(frozen=True)
 class JoinInput:
-    """One valid input event of a partition, in arrival order; ``raw``, ``key`` and ``offset`` feed dead letters."""
+    """One valid input event of a partition, in arrival order; ``raw``, ``key`` and ``offset`` feed dead letters.
+
+    An impression carries ``columns``, its row of a decoded batch (what the join indexes),
+    and as ``record`` at least its impression id and event time; an interaction its decoded record.
+    """
 
     kind: str
     record: Mapping[str, Any]
     offset: int = -1
     raw: bytes = b""
     key: bytes = b""
+    columns: ImpressionRow | None = None
 
 
 class ExampleIndexer:
-    """Indexes impressions with a model, keeping one feature resolver per model version."""
+    """Indexes decoded impressions with a model: the compiled lookup, or the resolver when the spec has transforms.
 
-    def __init__(self, settings: ModelSettings) -> None:
+    One index per model version. The lookup resolves a decoded batch whole, once per
+    version; the join asks for it partition by partition, so the last few are kept.
+    """
+
+    _KEPT_BATCHES = 4
+
+    def __init__(self, settings: ModelSettings, stored: SingleObjectCodec) -> None:
+        check_labeled_example_schema(stored.schema)
         self._settings = settings
+        self._header = stored.header()
+        self._version: int | None = None
+        self._lookup: FeatureLookup | None = None
         self._resolver: FeatureResolver | None = None
+        self._resolved: OrderedDict[int, tuple[ColumnarBatch, FeatureColumns]] = OrderedDict()
         self.unindexed_features: dict[str, int] = {}
         self.index_columns: dict[str, int] = {}
         self.index_version = 0
 
-    def examples(self, impressions: list[Mapping[str, Any]], model: GlobalModel) -> list[dict[str, Any]]:
-        """Unlabeled examples of ``impressions`` under ``model``, counting what its indexes could not place."""
-        if self._resolver is None or self._resolver.version != model.version:
-            self._resolver = FeatureResolver(model, self._settings)
-            self.index_version = model.index_version
-            self.index_columns = {
-                GLOBAL: model.global_index.dim,
-                **{name: index.dim for name, index in model.coordinate_indices.items()},
-            }
-        return unlabeled_examples(impressions, model, self._resolver, self._settings, self.unindexed_features)
+    def examples(self, impressions: Sequence[ImpressionRow], model: GlobalModel) -> list[bytes]:
+        """Unlabeled, framed examples of ``impressions`` under ``model``, counting what its indexes could not place."""
+        self._use(model)
+        by_batch: dict[int, list[int]] = {}
+        for i, impression in enumerate(impressions):
+            by_batch.setdefault(id(impression.batch), []).append(i)
+        out: list[bytes] = [b""] * len(impressions)
+        for positions in by_batch.values():
+            batch = impressions[positions[0]].batch
+            rows = np.array([impressions[i].row for i in positions], dtype=np.int64)
+            indexed = self._indexed(batch, rows)
+            if indexed.missed is not None:
+                for name, count in zip([GLOBAL, *self._settings.coordinates], indexed.missed.per_slot.tolist()):
+                    self.unindexed_features[name] = self.unindexed_features.get(name, 0) + count
+            for i, value in zip(
+                positions, unlabeled_examples(batch, rows, indexed, model, self._settings, self._header)
+            ):
+                out[i] = value
+        return out
+
+    def _use(self, model: GlobalModel) -> None:
+        if self._version == model.version:
+            return
+        self._version, self.index_version = model.version, model.index_version
+        self._resolved.clear()
+        if self._settings.transforms:
+            self._resolver, self._lookup = FeatureResolver(model, self._settings), None
+        else:
+            self._resolver, self._lookup = None, FeatureLookup.for_model(model, self._settings)
+        self.index_columns = {
+            GLOBAL: model.global_index.dim,
+            **{name: index.dim for name, index in model.coordinate_indices.items()},
+        }
+
+    def _indexed(self, batch: ColumnarBatch, rows: np.ndarray) -> IndexedRows:
+        features = batch.columns["features"]
+        assert isinstance(features, FeatureBagsColumn)
+        if self._lookup is None:
+            assert self._resolver is not None
+            return self._resolver.index([features.value(int(row)) for row in rows], with_missed=True)
+        kept = self._resolved.get(id(batch))
+        if kept is None or kept[0] is not batch:
+            kept = self._resolved[id(batch)] = (batch, self._lookup.lookup(features))
+            while len(self._resolved) > self._KEPT_BATCHES:
+                self._resolved.popitem(last=False)
+        return kept[1].indexed(rows)
 
 
 class ExampleJoin:
@@ -81,7 +141,7 @@ class ExampleJoin:
         )
         self._stored = SingleObjectCodec(load_schema("LabeledExample"))
         self._splicer = LabelSplicer(self._stored.schema)
-        self.indexer = ExampleIndexer(settings.model)
+        self.indexer = ExampleIndexer(settings.model, self._stored)
 
     def join(
         self,
@@ -96,14 +156,14 @@ class ExampleJoin:
         emissions are safely out.
         """
         batch = JoinBatch(store, self.rules, (e.record["impression_id"] for e in events))
-        impressions = [e.record for e in events if e.kind == IMPRESSION]
-        examples = iter(self.indexer.examples(impressions, model) if impressions and model is not None else [])
+        impressions = [e for e in events if e.kind == IMPRESSION]
+        examples = iter(
+            self.indexer.examples(_rows_of(impressions), model) if impressions and model is not None else []
+        )
         for event in events:
             record = event.record
             if event.kind == IMPRESSION:
-                batch.add_impression(
-                    ImpressionEvent(record["impression_id"], record["event_time"], self._stored.encode(next(examples)))
-                )
+                batch.add_impression(ImpressionEvent(record["impression_id"], record["event_time"], next(examples)))
             else:
                 batch.add_interaction(
                     InteractionEvent(
@@ -147,6 +207,33 @@ class ExampleJoin:
             header + self._splicer.body(emission.example, stored_header, example)
             for emission, example in zip(emissions, examples)
         ]
+
+
+def unlabeled_records(
+    impressions: Sequence[Mapping[str, Any]], model: GlobalModel, settings: ModelSettings
+) -> list[dict[str, Any]]:
+    """The unlabeled ``LabeledExample`` records of valid Impression records, as the join keeps them (in-process callers)."""
+    codec = SingleObjectCodec(load_schema("LabeledExample"))
+    encoded = ExampleIndexer(settings, codec).examples(_rows_of([JoinInput(IMPRESSION, r) for r in impressions]), model)
+    return [codec.decode(value) for value in encoded]
+
+
+def impression_input(row: ImpressionRow, offset: int = -1, raw: bytes = b"", key: bytes = b"") -> JoinInput:
+    """The join input of a decoded impression."""
+    return JoinInput(IMPRESSION, row.key_fields(), offset, raw, key, row)
+
+
+def _rows_of(impressions: Sequence[JoinInput]) -> list[ImpressionRow]:
+    """Each impression's row; impressions given only as records (tests, in-process callers) are decoded here."""
+    missing = [e.record for e in impressions if e.columns is None]
+    decoded = iter(impression_rows(missing) if missing else [])
+    rows = []
+    for event in impressions:
+        row = event.columns if event.columns is not None else next(decoded)
+        if isinstance(row, str):
+            raise InvalidValueError(f"an impression handed to the join is invalid: {row}")
+        rows.append(row)
+    return rows
 
 
 def warm_up_complete(impressions: int, waited_ms: float, joiner: JoinerSettings) -> bool:

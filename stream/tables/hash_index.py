@@ -28,7 +28,7 @@ from stream.codec.columnar.kernel import FNV_OFFSET, fnv1a, fnv1a_separator, lea
 from stream.config import ModelSettings
 from stream.errors import InvalidValueError
 from stream.model.features import FeatureIndex
-from stream.tables.indexing import MissedFeatures
+from stream.tables.indexing import IndexedRows, MissedFeatures
 from stream.tables.models import GlobalModel
 
 SEPARATOR = b"\xff"  # never occurs in UTF-8, so the three strings of a key split unambiguously
@@ -96,16 +96,24 @@ class FeatureColumns:
     """Columns of a decoded batch's features, aligned with its CSR features (``row_offsets`` is the batch's).
 
     ``columns[s, e]`` is slot ``s``'s column of feature ``e`` (-1: the slot does not place
-    it); ``missed[e]`` whether a slot whose bags include the feature's bag lacks it;
-    ``per_slot[s]`` how many occurrences slot ``s`` could not place; ``rows[e]`` the
-    feature's row.
+    it); ``lacking[s, e]`` whether slot ``s`` reads feature ``e``'s bag but lacks it (a
+    vocabulary growth candidate); ``rows[e]`` the feature's row.
     """
 
     features: FeatureBagsColumn
     columns: np.ndarray
-    missed: np.ndarray
-    per_slot: np.ndarray
+    lacking: np.ndarray
     rows: np.ndarray
+
+    @property
+    def missed(self) -> np.ndarray:
+        """Whether some slot whose bags include feature ``e``'s bag lacks it."""
+        return np.asarray(self.lacking.any(axis=0))
+
+    @property
+    def per_slot(self) -> np.ndarray:
+        """How many occurrences each slot could not place."""
+        return self.lacking.sum(axis=1)
 
     def coo(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slot ``slot``'s placed features as COO (row, column, value), in feature order as the resolver gives them."""
@@ -114,7 +122,25 @@ class FeatureColumns:
 
     def missed_features(self) -> MissedFeatures:
         """The missed features as the resolver lists them, keys decoded to strings (the joiner packs and counts these)."""
-        where = np.flatnonzero(self.missed)
+        return self._missed(np.flatnonzero(self.missed), self.rows, self.lacking)
+
+    def indexed(self, rows: np.ndarray) -> IndexedRows:
+        """Features of the batch rows ``rows`` only, as the resolver indexes them: row ``i`` of the result is ``rows[i]``."""
+        position = np.full(len(self.features.row_offsets) - 1, -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        renumbered = position[self.rows]
+        kept = renumbered >= 0
+        out_rows, out_columns, out_values = [], [], []
+        for slot in range(self.columns.shape[0]):
+            placed = kept & (self.columns[slot] >= 0)
+            out_rows.append(renumbered[placed])
+            out_columns.append(self.columns[slot, placed])
+            out_values.append(self.features.values[placed])
+        lacking = self.lacking & kept
+        missed = self._missed(np.flatnonzero(lacking.any(axis=0)), renumbered, lacking)
+        return IndexedRows(rows=out_rows, columns=out_columns, values=out_values, missed=missed)
+
+    def _missed(self, where: np.ndarray, rows: np.ndarray, lacking: np.ndarray) -> MissedFeatures:
         f = self.features
         keys = [
             (_text(f.data, f.bag_offsets[e], f.bag_lengths[e]),
@@ -122,7 +148,7 @@ class FeatureColumns:
              _text(f.data, f.term_offsets[e], f.term_lengths[e]))
             for e in where.tolist()
         ]  # fmt: skip
-        return MissedFeatures(self.rows[where], keys, f.values[where], self.per_slot)
+        return MissedFeatures(rows[where], keys, f.values[where], lacking.sum(axis=1))
 
 
 @dataclass(frozen=True)
@@ -193,7 +219,7 @@ class FeatureLookup:
     def lookup(self, features: FeatureBagsColumn) -> FeatureColumns:
         """Every slot's column of every feature of a decoded batch, in one compiled pass."""
         t, b = self.table, self.bags
-        columns, missed, per_slot = _lookup_batch(
+        columns, lacking = _lookup_batch(
             np.frombuffer(features.data, dtype=np.uint8),
             features.bag_key_offsets,
             features.bag_key_lengths,
@@ -207,7 +233,7 @@ class FeatureLookup:
             b.slots, b.keys.hashes, b.keys.arena, b.keys.offsets, self.uses,
         )  # fmt: skip
         rows = np.repeat(np.arange(len(features.row_offsets) - 1), np.diff(features.row_offsets))
-        return FeatureColumns(features, columns, missed, per_slot, rows)
+        return FeatureColumns(features, columns, lacking, rows)
 
 
 def _text(data: bytes, offset: np.integer, length: np.integer) -> str:
@@ -302,12 +328,11 @@ def _lookup_batch(
     bag_offsets,
     uses,
 ):
-    """(columns per slot and feature, missed mask, per-slot missed counts) of a batch; each bag is looked up once."""
+    """(columns per slot and feature, slots lacking each feature) of a batch; each bag is looked up once."""
     n = hashes.shape[0]
     width = columns.shape[1]
     placed = np.full((width, n), _EMPTY, dtype=np.int64)
-    missed = np.zeros(n, dtype=np.bool_)
-    per_slot = np.zeros(width, dtype=np.int64)
+    lacking = np.zeros((width, n), dtype=np.bool_)
     for b in range(bag_key_offsets.shape[0]):
         bag, bag_length = bag_key_offsets[b], bag_key_lengths[b]
         bag_hash = fnv1a_separator(fnv1a_separator(fnv1a(data, bag, bag + bag_length, FNV_OFFSET)))
@@ -326,6 +351,5 @@ def _lookup_batch(
                 if column != _EMPTY:
                     placed[s, e] = column
                 else:
-                    missed[e] = True
-                    per_slot[s] += 1
-    return placed, missed, per_slot
+                    lacking[s, e] = True
+    return placed, lacking

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.config import ConfigError, TransformSettings, load_settings
-from stream.consumers.example_builder import add_scores, unlabeled_examples
+from stream.consumers.example_builder import add_scores
+from stream.consumers.labeling import unlabeled_records
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
@@ -112,7 +113,7 @@ def test_joiner_scorer_and_batch_trainer_see_identical_features():
         tables[name].apply([{"entity_id": e, "version": 2, "means": m.tolist()} for e, m in zip(ids, means)])
         effects[name] = RandomEffectModel(np.array(ids), means, np.ones_like(means))
 
-    joined = unlabeled_examples(impressions, model, FeatureResolver(model, settings.model), settings.model)
+    joined = unlabeled_records(impressions, model, settings.model)
     add_scores(joined, model, tables)
     data = build_dataset(impressions, np.zeros(len(impressions)), model.global_index,
                          {"member": ("member_id", model.coordinate_indices["member"]),

@@ -107,6 +107,10 @@ class FeatureBagsColumn:
     bag_key_lengths: np.ndarray
     bag_feature_offsets: np.ndarray
 
+    def text(self, offset: np.integer | int, length: np.integer | int) -> str:
+        """The string at ``offset`` of the batch buffer."""
+        return _text(self.data, offset, length)
+
     def value(self, row: int) -> dict[str, list[dict[str, Any]]]:
         """Row ``row``'s bags, shaped as fastavro decodes them."""
         return {
@@ -122,7 +126,7 @@ class FeatureBagsColumn:
         }
 
 
-def _text(data: bytes, offset: np.integer, length: np.integer) -> str:
+def _text(data: bytes, offset: np.integer | int, length: np.integer | int) -> str:
     start = int(offset)
     return data[start : start + int(length)].decode()
 

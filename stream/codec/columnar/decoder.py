@@ -102,6 +102,11 @@ class ColumnarDecoder:
         return cls(reader, SINGLE_OBJECT_MAGIC, writers)
 
     @classmethod
+    def of_codec(cls, codec: RecordCodec) -> ColumnarDecoder:
+        """The decoder of the values ``codec`` reads, for every writer schema it knows now."""
+        return cls(codec.schema, codec.magic, codec.writers())
+
+    @classmethod
     def registry(cls, reader: AvroSchema, schema_ids: Mapping[int, AvroSchema]) -> ColumnarDecoder:
         """The decoder of Schema Registry framed values whose writer schemas have the ids ``schema_ids``."""
         writers = {REGISTRY_MAGIC + int(i).to_bytes(4, "big"): w for i, w in schema_ids.items()}

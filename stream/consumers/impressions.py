@@ -1,0 +1,106 @@
+"""Impressions decoded once, at the edge, into columns (DESIGN §8), whatever framing or writer schema they came in.
+
+The joiner, the backtest and the bootstrap all hand the join impressions as rows of a
+:class:`~stream.codec.columnar.ColumnarBatch`: the compiled decoder reads every value
+whose writer schema it has a program for; a value of any other writer is decoded by the
+codec (fastavro) and re-encoded with the reader schema, so it too becomes a row of a
+batch, and the rest of the path knows one representation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from stream.codec.avro import RecordCodec, SingleObjectCodec
+from stream.codec.columnar import FALLBACK_STATUSES, ColumnarBatch, ColumnarDecoder, decode_fallback
+from stream.codec.columnar.batch import ScalarColumn, StringColumn
+from stream.codec.schemas import load_schema
+from stream.codec.validation import impression_problems
+
+_FALLBACK = [int(status) for status in FALLBACK_STATUSES]
+
+
+@dataclass(frozen=True)
+class ImpressionRow:
+    """Where one valid impression's columns are: row ``row`` of ``batch``."""
+
+    batch: ColumnarBatch
+    row: int
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields the join orders and keys impressions by (impression id, event time)."""
+        ids, times = self.batch.columns["impression_id"], self.batch.columns["event_time"]
+        assert isinstance(ids, StringColumn) and isinstance(times, ScalarColumn)
+        return {"impression_id": ids.value(self.row), "event_time": int(times.values[self.row])}
+
+
+class ImpressionDecoder:
+    """Decodes batches of Impression values as ``codec`` frames them: a valid row or a dead-letter reason per value.
+
+    The compiled program set follows the codec: a registry codec that learned a writer
+    schema while decoding a fallback row gets a program for it from the next batch on.
+    """
+
+    def __init__(self, codec: RecordCodec) -> None:
+        self._codec = codec
+        self._reader = SingleObjectCodec(codec.schema)
+        self._reader_decoder = ColumnarDecoder.of_codec(self._reader)
+        self._known = len(codec.writers())
+        self._decoder = ColumnarDecoder.of_codec(codec)
+
+    def decode(self, values: Sequence[bytes | None]) -> list[ImpressionRow | str]:
+        """Per value, its row, or the one-line reason it must be dead-lettered (undecodable or invalid)."""
+        if len(self._codec.writers()) != self._known:
+            self._known = len(self._codec.writers())
+            self._decoder = ColumnarDecoder.of_codec(self._codec)
+        batch = self._decoder.decode(values)
+        out: list[ImpressionRow | str] = [""] * len(values)
+        fallback = decode_fallback(self._codec, values, batch)
+        for row, reason in batch.failures():
+            if int(batch.status[row]) not in _FALLBACK:
+                out[row] = reason
+        for row, reason in fallback.failures.items():
+            out[row] = reason
+        _place(out, batch, np.flatnonzero(batch.ok))
+        if fallback.records:
+            rows = sorted(fallback.records)
+            again = self._reader_decoder.decode([self._reader.encode(fallback.records[row]) for row in rows])
+            for j, reason in again.failures():  # fastavro read it, so only a value the reader cannot hold lands here
+                out[rows[j]] = reason
+            _place(out, again, np.flatnonzero(again.ok), np.asarray(rows))
+        return out
+
+
+def impression_rows(records: Sequence[Mapping[str, Any]]) -> list[ImpressionRow | str]:
+    """Rows of Impression records (read from files, made in tests), each a row or the reason it is invalid.
+
+    The records are encoded with the packaged schema and decoded like any batch.
+    """
+    reader, decoder = _packaged_reader()
+    batch = decoder.decode([reader.encode(record) for record in records])
+    out: list[ImpressionRow | str] = [""] * len(records)
+    for row, reason in batch.failures():
+        out[row] = reason
+    _place(out, batch, np.flatnonzero(batch.ok))
+    return out
+
+
+@cache
+def _packaged_reader() -> tuple[SingleObjectCodec, ColumnarDecoder]:
+    reader = SingleObjectCodec(load_schema("Impression"))
+    return reader, ColumnarDecoder.of_codec(reader)
+
+
+def _place(
+    out: list[ImpressionRow | str], batch: ColumnarBatch, rows: np.ndarray, positions: np.ndarray | None = None
+) -> None:
+    """Put each decoded row of ``batch`` at its position in ``out``: its row if valid, else its problem."""
+    problems = impression_problems(batch)
+    for row in rows.tolist():
+        at = row if positions is None else int(positions[row])
+        out[at] = problems.get(row) or ImpressionRow(batch, row)
