@@ -10,6 +10,7 @@ the index version. Features an index cannot place travel packed in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -159,45 +160,75 @@ def _global_rows(
     return bounds, key_cols.astype("<i4"), summed.astype("<f4")
 
 
-def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, EntityTable]) -> None:
-    """Fill each example's per-coordinate margins and model versions from the current models (vectorized).
+@dataclass(frozen=True)
+class JoinTimeScores:
+    """Per example and coordinate (``names``: global first, then each table): margin, model version, entity history.
 
-    Each example also gets ``entity_history`` (not part of the record): per coordinate,
-    how many events its entity's model had absorbed, which the live quality metrics
-    report cold start by.
-
-    Indexes only append columns (DESIGN §1), so a column means the same in every index
-    version: an example of any version is scored as it is, columns ``model`` does not
-    have yet contributing nothing.
+    ``history`` counts the events each example's entity model had absorbed (not part of
+    the record), which the live quality metrics report cold start by.
     """
+
+    names: tuple[str, ...]
+    scores: np.ndarray
+    versions: np.ndarray
+    history: dict[str, np.ndarray]
+
+
+def join_time_scores(
+    n: int,
+    global_coo: tuple[np.ndarray, np.ndarray, np.ndarray],
+    coordinates: Mapping[str, tuple[np.ndarray, list[str], np.ndarray]],
+    model: GlobalModel,
+    tables: Mapping[str, EntityTable],
+) -> JoinTimeScores:
+    """Every coordinate's margin of N examples under the current models, and the versions that gave it.
+
+    ``global_coo`` is the examples' global features as (row, column, value);
+    ``coordinates`` maps a coordinate to its (N, d) features, entity ids and which examples
+    have it (the others, and coordinates not given, score 0). Indexes only
+    append columns (DESIGN §1), so a column means the same in every index version: an
+    example of any version is scored as it is, columns ``model`` does not have yet
+    contributing nothing.
+    """
+    rows, columns, values = global_coo
+    in_range = columns < len(model.coefficients)
+    contributions = np.where(in_range, model.coefficients[np.where(in_range, columns, 0)], 0.0) * values
+    names, scores, versions = (
+        [GLOBAL],
+        [np.bincount(rows, weights=contributions, minlength=n)],
+        [np.full(n, model.version)],
+    )
+    history = {}
+    for name, table in tables.items():
+        dense, ids, present = coordinates.get(name, (np.zeros((n, table.dim)), [""] * n, np.zeros(n, dtype=bool)))
+        means, entity_versions = table.lookup(ids)
+        names.append(name)
+        scores.append(np.einsum("nd,nd->n", dense.astype(np.float64), means) * present)
+        versions.append(entity_versions)
+        history[name] = table.event_counts(ids)
+    return JoinTimeScores(tuple(names), np.stack(scores, axis=1), np.stack(versions, axis=1), history)
+
+
+def add_scores(examples: Sequence[dict[str, Any]], model: GlobalModel, tables: Mapping[str, EntityTable]) -> None:
+    """Fill each example record's per-coordinate margins, model versions and ``entity_history`` (:func:`join_time_scores`)."""
     n = len(examples)
     if n == 0:
         return
     cols = [np.frombuffer(e["global_features"]["indices"], dtype="<i4") for e in examples]
     vals = [np.frombuffer(e["global_features"]["values"], dtype="<f4") for e in examples]
-    lengths = np.fromiter((len(c) for c in cols), dtype=np.int64, count=n)
-    rows = np.repeat(np.arange(n), lengths)
-    all_cols = np.concatenate(cols) if n else np.zeros(0, dtype=np.int32)
-    in_range = all_cols < len(model.coefficients)
-    contributions = np.where(in_range, model.coefficients[np.where(in_range, all_cols, 0)], 0.0) * np.concatenate(vals)
-    global_scores = np.bincount(rows, weights=contributions, minlength=n)
-    breakdown = {GLOBAL: global_scores}
-    versions = {GLOBAL: np.full(n, model.version)}
-    history = {}
+    rows = np.repeat(np.arange(n), [len(c) for c in cols])
+    global_coo = (rows, np.concatenate(cols).astype(np.int64), np.concatenate(vals).astype(np.float64))
+    coordinates = {}
     for name, table in tables.items():
         parts = [e["coordinates"].get(name) for e in examples]
         present = np.array([p is not None for p in parts])
         dense = np.zeros((n, table.dim))
         if present.any():
-            dense[present] = np.frombuffer(b"".join(p["dense"] for p in parts if p is not None), dtype="<f4").reshape(
-                -1, table.dim
-            )
-        ids = [p["entity_id"] if p is not None else "" for p in parts]
-        means, entity_versions = table.lookup(ids)
-        breakdown[name] = np.einsum("nd,nd->n", dense, means) * present
-        versions[name] = entity_versions
-        history[name] = table.event_counts(ids)
+            features = b"".join(p["dense"] for p in parts if p is not None)
+            dense[present] = np.frombuffer(features, dtype="<f4").reshape(-1, table.dim)
+        coordinates[name] = (dense, [p["entity_id"] if p is not None else "" for p in parts], present)
+    result = join_time_scores(n, global_coo, coordinates, model, tables)
     for i, example in enumerate(examples):
-        example["scores"] = {name: float(s[i]) for name, s in breakdown.items()}
-        example["model_versions"] = {name: int(v[i]) for name, v in versions.items()}
-        example["entity_history"] = {name: int(h[i]) for name, h in history.items()}
+        example["scores"] = dict(zip(result.names, result.scores[i].tolist()))
+        example["model_versions"] = dict(zip(result.names, result.versions[i].tolist()))
+        example["entity_history"] = {name: int(h[i]) for name, h in result.history.items()}

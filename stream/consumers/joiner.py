@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
@@ -40,6 +41,7 @@ from stream.consumers.labeling import (
     ExampleIndexer,
     ExampleJoin,
     JoinInput,
+    LabeledBatch,
     impression_input,
     interaction_types,
     warm_up_complete,
@@ -59,6 +61,7 @@ from stream.kafka.messages import last_offsets, source_of
 from stream.metrics.families import MetricFamilies
 from stream.metrics.progressive_window import ProgressiveWindow
 from stream.model.export import initial_global_model_record
+from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.runtime.checkpoint import Checkpoint
 from stream.runtime.stage import Stage, StageClients
@@ -463,25 +466,37 @@ class Joiner(Stage):
         if not emissions:
             return []
         assert self.models is not None
-        examples = self._join.labeled(emissions, self.models.global_model.current, self.models.tables)
+        batch = self._join.emitted(emissions, self.models.global_model.current, self.models.tables)
         if self.stats.progressive is not None:
-            self.stats.progressive.add(examples)
+            self._add_to_window(self.stats.progressive, batch)
         records: list[OutgoingRecord] = []
+        example_ids = batch.example_ids()
         encoded_by_header: dict[bytes, list[bytes]] = {}  # topics whose codecs frame alike share one encoding
         for topic, name in self._outputs.items():
             codec = self._output_codecs[topic]
             encoded = encoded_by_header.get(codec.header())
             if encoded is None:
-                encoded = encoded_by_header[codec.header()] = self._join.encoded(emissions, examples, codec)
-            records.extend(
-                OutgoingRecord(topic, example["coordinates"][name]["entity_id"].encode(), value, example["example_id"])
-                for example, value in zip(examples, encoded)
-            )
-        positives = sum(1 for e in emissions if e.label > 0)
+                encoded = encoded_by_header[codec.header()] = self._join.encoded(batch, codec)
+            keys = batch.entity_keys(self._join.coordinates.index(name))
+            records.extend(OutgoingRecord(topic, *item) for item in zip(keys, encoded, example_ids))
+        positives = int((batch.labels > 0).sum())
         self.stats.positives += positives
         self.stats.negatives += len(emissions) - positives
         self.stats.eager_emissions += sum(1 for e in emissions if e.eager)
         return records
+
+    def _add_to_window(self, window: ProgressiveWindow, batch: LabeledBatch) -> None:
+        """The live quality metrics' view of the emitted examples: labels, cumulative margins, types, history."""
+        if window.segment_by or batch.scores is None:  # segments read any field: the records have them all
+            window.add(self._join.records(batch))
+            return
+        scores = batch.scores
+        columns = [scores.names.index(name) if name in scores.names else -1 for name in [GLOBAL, *window.coordinates]]
+        by_variant = np.where(np.array(columns) >= 0, scores.scores[:, np.maximum(columns, 0)], 0.0)
+        margins = np.cumsum(by_variant, axis=1) + batch.stored.offsets()[:, None]
+        history = np.stack([scores.history.get(c, np.zeros(len(batch), np.int64)) for c in window.coordinates], axis=1)
+        has_type = batch.has_types(self._join.type_symbols)[:, [self._join.type_symbols.index(t) for t in window.types]]
+        window.add_columns(batch.labels, margins, has_type, history)
 
     def _recover_outbox(self, partition: int) -> None:
         """Keep what a crash left undelivered in the outbox of a restored partition (see stream.consumers.outbox)."""

@@ -21,9 +21,9 @@ from stream.codec import load_schema
 from stream.codec.avro import RecordCodec, SingleObjectCodec, encode_batch
 from stream.codec.columnar import ColumnarBatch, FeatureBagsColumn
 from stream.codec.example_writer import check_labeled_example_schema
-from stream.codec.label_splice import LabelSplicer
+from stream.codec.stored_example import StoredExamples, scan_stored, splice_labels
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
-from stream.consumers.example_builder import add_scores, unlabeled_examples
+from stream.consumers.example_builder import JoinTimeScores, join_time_scores, unlabeled_examples
 from stream.consumers.impressions import ImpressionRow, impression_rows
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.errors import InvalidValueError
@@ -140,7 +140,7 @@ class ExampleJoin:
             j.early_positives,
         )
         self._stored = SingleObjectCodec(load_schema("LabeledExample"))
-        self._splicer = LabelSplicer(self._stored.schema)
+        self.coordinates = list(settings.model.coordinates)
         self.indexer = ExampleIndexer(settings.model, self._stored)
 
     def join(
@@ -178,35 +178,105 @@ class ExampleJoin:
         batch.close_windows(idle)
         return batch
 
+    def emitted(
+        self, emissions: Sequence[Emission], model: GlobalModel | None, tables: Mapping[str, EntityTable]
+    ) -> LabeledBatch:
+        """The emitted examples as columns: labels, and every coordinate's margin under the current models.
+
+        Without a model (a bootstrap's history) nothing is scored.
+        """
+        emissions = list(emissions)
+        n = len(emissions)
+        stored = scan_stored([e.example for e in emissions], len(self._stored.header()), self.coordinates)
+        scores = None
+        if model is not None and n:
+            coordinates = {
+                name: (
+                    stored.dense(c, tables[name].dim),
+                    _texts(stored.strings(stored.entity_ids[:, c])),
+                    np.ones(n, bool),
+                )
+                for c, name in enumerate(self.coordinates)
+                if name in tables
+            }
+            scores = join_time_scores(n, stored.global_rows(), coordinates, model, tables)
+        return LabeledBatch(
+            emissions,
+            stored,
+            np.array([e.label for e in emissions], dtype=np.float64),
+            np.array([e.label_time for e in emissions], dtype=np.int64),
+            np.array([e.types for e in emissions], dtype=np.int64),
+            scores,
+        )
+
     def labeled(
         self, emissions: Iterable[Emission], model: GlobalModel | None, tables: Mapping[str, EntityTable]
     ) -> list[dict[str, Any]]:
-        """The emitted examples with their labels, and every coordinate's margin under the current models."""
-        emissions = list(emissions)
-        examples = [self._stored.decode(e.example) for e in emissions]
-        for example, emission in zip(examples, emissions):
-            example["label"] = emission.label
-            example["label_time"] = emission.label_time
-            example["interaction_types"] = label_types(emission.types, self.type_symbols)
-        if model is not None:
-            add_scores(examples, model, tables)
+        """The emitted examples as records, labeled and scored (:meth:`emitted`), for in-process readers (the replay)."""
+        return self.records(self.emitted(list(emissions), model, tables))
+
+    def records(self, batch: LabeledBatch) -> list[dict[str, Any]]:
+        """``batch`` as ``LabeledExample`` records, each with its ``entity_history`` when scored."""
+        examples = [self._stored.decode(e.example) for e in batch.emissions]
+        for i, example in enumerate(examples):
+            example["label"] = float(batch.labels[i])
+            example["label_time"] = int(batch.label_times[i])
+            example["interaction_types"] = label_types(int(batch.types[i]), self.type_symbols)
+            if batch.scores is not None:
+                example["scores"] = dict(zip(batch.scores.names, batch.scores.scores[i].tolist()))
+                example["model_versions"] = dict(zip(batch.scores.names, batch.scores.versions[i].tolist()))
+                example["entity_history"] = {name: int(h[i]) for name, h in batch.scores.history.items()}
         return examples
 
-    def encoded(
-        self, emissions: Sequence[Emission], examples: Sequence[dict[str, Any]], codec: RecordCodec
-    ) -> list[bytes]:
-        """``examples`` (:meth:`labeled` of ``emissions``) as ``codec`` values.
+    def encoded(self, batch: LabeledBatch, codec: RecordCodec) -> list[bytes]:
+        """``batch`` as ``codec`` values.
 
         When ``codec`` writes the join state's own schema, each value is the stored bytes
-        with the label spliced in (:mod:`stream.codec.label_splice`), not a second encoding.
+        with the label part spliced in (:func:`~stream.codec.stored_example.splice_labels`), not a second encoding.
         """
-        if codec.schema.fingerprint != self._splicer.fingerprint:
-            return encode_batch(codec, examples)
-        header, stored_header = codec.header(), len(self._stored.header())
-        return [
-            header + self._splicer.body(emission.example, stored_header, example)
-            for emission, example in zip(emissions, examples)
-        ]
+        if codec.schema.fingerprint != self._stored.schema.fingerprint:
+            return encode_batch(codec, self.records(batch))
+        n = len(batch.emissions)
+        names: tuple[str, ...] = ()
+        scores, versions = np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64)
+        if batch.scores is not None:
+            names, scores, versions = batch.scores.names, batch.scores.scores, batch.scores.versions
+        return splice_labels(
+            batch.stored, codec.header(), batch.labels, batch.label_times, batch.types, self.type_symbols,
+            names, scores, versions,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LabeledBatch:
+    """Emitted examples as columns: where each stored example's fields lie, its label, and its join-time scores."""
+
+    emissions: list[Emission]
+    stored: StoredExamples
+    labels: np.ndarray
+    label_times: np.ndarray
+    types: np.ndarray
+    scores: JoinTimeScores | None
+
+    def __len__(self) -> int:
+        return len(self.emissions)
+
+    def example_ids(self) -> list[str]:
+        """Each example's id (its impression's)."""
+        return _texts(self.stored.strings(self.stored.ids[:, 0]))
+
+    def entity_keys(self, coordinate: int) -> list[bytes]:
+        """Each example's entity id of the ``coordinate``-th configured coordinate, as message key bytes."""
+        return self.stored.strings(self.stored.entity_ids[:, coordinate])
+
+    def has_types(self, symbols: Sequence[str]) -> np.ndarray:
+        """(N, T) whether each example had each interaction type."""
+        codes = np.arange(len(symbols), dtype=np.int64)
+        return (self.types[:, None] >> codes & 1).astype(bool)
+
+
+def _texts(raw: list[bytes]) -> list[str]:
+    return [value.decode() for value in raw]
 
 
 def unlabeled_records(

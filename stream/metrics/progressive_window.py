@@ -73,24 +73,38 @@ class ProgressiveWindow:
         self._lock = threading.Lock()  # the joiner adds while a scrape or the demo reads
 
     def add(self, examples: Sequence[Mapping]) -> None:
-        """Append emitted examples (their ``label``, ``scores``, ``offset`` and ``interaction_types``)."""
+        """Append emitted example records (their ``label``, ``scores``, ``offset`` and ``interaction_types``)."""
         if not examples:
             return
         examples = examples[-self.capacity :]
-        n = len(examples)
-        margins = variant_margins(examples, self.coordinates)
-        labels = [e["label"] for e in examples]
-        has_type = [[t in e["interaction_types"] for t in self.types] for e in examples]
-        segments = [segment_value(e, self.segment_by) for e in examples] if self.segment_by else None
-        history = [[e.get("entity_history", {}).get(c, 0) for c in self.coordinates] for e in examples]
+        self.add_columns(
+            np.array([e["label"] for e in examples], dtype=np.float64),
+            variant_margins(examples, self.coordinates),
+            np.array([[t in e["interaction_types"] for t in self.types] for e in examples], dtype=bool),
+            np.array([[e.get("entity_history", {}).get(c, 0) for c in self.coordinates] for e in examples]),
+            [segment_value(e, self.segment_by) for e in examples] if self.segment_by else None,
+        )
+
+    def add_columns(
+        self,
+        labels: np.ndarray,
+        margins: np.ndarray,
+        has_type: np.ndarray,
+        history: np.ndarray,
+        segments: Sequence[str] | None = None,
+    ) -> None:
+        """Append N emitted examples as columns: labels, (N, variants) margins, (N, types), (N, coordinates) history."""
+        n = min(len(labels), self.capacity)
+        if n == 0:
+            return
         with self._lock:
             slots = (self._next + np.arange(n)) % self.capacity
-            self._labels[slots] = labels
-            self._margins[slots] = margins
-            self._has_type[slots] = has_type
-            self._history[slots] = history
+            self._labels[slots] = labels[-n:]
+            self._margins[slots] = margins[-n:]
+            self._has_type[slots] = has_type[-n:].reshape(n, len(self.types))
+            self._history[slots] = history[-n:].reshape(n, len(self.coordinates))
             if segments is not None:
-                self._segments[slots] = segments
+                self._segments[slots] = list(segments)[-n:]
             self._next = (self._next + n) % self.capacity
             self.size = min(self.size + n, self.capacity)
 

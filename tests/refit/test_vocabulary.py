@@ -8,17 +8,20 @@ import numpy as np
 
 from stream.codec.feature_bags import decode_bags
 from stream.config import load_settings
-from stream.consumers.example_builder import add_scores, unlabeled_examples
+from stream.codec import SingleObjectCodec, load_schema
+from stream.consumers.example_builder import add_scores
+from stream.consumers.impressions import impression_rows
+from stream.consumers.labeling import ExampleIndexer
 from stream.model.export import initial_global_model_record
 from stream.refit.vocabulary import VocabularyCounter, growable_coordinates
-from stream.tables.indexing import FeatureResolver
 from stream.tables.models import GlobalModel, GlobalModelTable
 
 SETTINGS = load_settings(overrides={"model.coordinates.member.max_features": "4"})
 
 
 def _impression(i: int, member_skills: list[str], job_title: str) -> dict:
-    return {"impression_id": f"i{i}", "member_id": f"m{i % 3}", "item_id": f"j{i % 5}", "event_time": i,
+    return {"impression_id": f"i{i}", "request_id": f"r{i}", "member_id": f"m{i % 3}", "item_id": f"j{i % 5}",
+            "position": 0, "event_time": i,
             "features": {"member_skills": [{"name": "member_skill", "term": s, "value": 1.0} for s in member_skills],
                          "job_title": [{"name": "job_title", "term": job_title, "value": 1.0}]}}
 
@@ -30,7 +33,13 @@ def _model(impressions: list[dict]) -> GlobalModel:
 
 
 def _examples(model: GlobalModel, impressions: list[dict], counts: dict | None = None) -> list[dict]:
-    return unlabeled_examples(impressions, model, FeatureResolver(model, SETTINGS.model), SETTINGS.model, counts)
+    """The joiner's unlabeled examples of ``impressions``; ``counts`` gains what the indexes could not place."""
+    codec = SingleObjectCodec(load_schema("LabeledExample"))
+    indexer = ExampleIndexer(SETTINGS.model, codec)
+    encoded = indexer.examples([row for row in impression_rows(impressions) if not isinstance(row, str)], model)
+    if counts is not None:
+        counts.update(indexer.unindexed_features)
+    return [codec.decode(value) for value in encoded]
 
 
 def test_the_joiner_packs_and_counts_what_each_index_could_not_place():
