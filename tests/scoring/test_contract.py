@@ -84,8 +84,9 @@ def served(request, kafka_broker, kafka_bootstrap, unique_name, tmp_path) -> Ite
 def test_the_served_spec_and_the_server_agree_under_every_schemathesis_check(served, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
+    # Deterministic generation: the same cases every run (schemathesis then uses no seed and no example database).
     command = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{served}/openapi.json", "--checks", "all",
-               "--max-examples", "100", "--seed", "28", "--generation-deterministic", "--workers", "1",
+               "--max-examples", "50", "--generation-deterministic", "--workers", "1",
                "--no-color", "--report", "junit",
                "--report-dir", str(tmp_path / "report")]
     run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
