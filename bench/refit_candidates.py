@@ -3,8 +3,8 @@
 Reproduce: python bench/refit_candidates.py   (about 5 minutes on 2 cores)
 
 Prints one JSON line per world and ``refit.candidates`` setting (none = no refits): the published fits, and the
-progressive AUC of the global model alone and of the full model, eight refits at 1 s latency, with the settings of
-``tests/backtest/test_backtest.py``. These are the README's refit-candidates table.
+progressive AUC of the global model alone and of the full model (and of members' first examples), eight refits at
+1 s latency, with the settings of ``tests/backtest/test_backtest.py``. These are the README's refit-candidates table.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ WORLDS = {
 }
 
 
+def _rounded(auc: float | None) -> float | None:
+    return None if auc is None else round(auc, 4)
+
+
 def main() -> None:
     for name, (spec, join) in WORLDS.items():
         with tempfile.TemporaryDirectory() as directory:
@@ -41,10 +45,15 @@ def main() -> None:
                 options = BacktestOptions(latency_ms=1000) if candidates == "none" else _eight_refits(log)
                 report = Backtest(settings, options).run(log.events).report
                 published = Counter(r["candidate"] for r in report["refits"] if r["status"] == "published")
+                first_history = report["entity_history"]["member"][0]  # members' first examples: the cold start
+                first = first_history["variants"]
                 print(json.dumps({"bench": "refit-candidates", "world": name, "candidates": candidates,
                                   "published": dict(published),
                                   "global_only_auc": round(report["variants"]["global"]["auc"], 4),
                                   "full_auc": round(report["variants"]["global+member+job"]["auc"], 4),
+                                  "first_member_examples": {"history": first_history["history"],
+                                                            "global_only_auc": _rounded(first["global"]["auc"]),
+                                                            "full_auc": _rounded(first["global+member+job"]["auc"])},
                                   "reproduce": REPRODUCE}), flush=True)
 
 

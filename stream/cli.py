@@ -299,7 +299,7 @@ def cmd_refit(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "kafka.bootstrap_servers", "glmix refit reads and publishes models on Kafka: --bootstrap-servers"
         )
-    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers, show_progress=sys.stderr.isatty())
+    refit = GlobalRefit(settings, settings.kafka.bootstrap_servers, show_progress=True)
     stop = _stop_event()
     metrics = None
     if args.every is not None and settings.metrics.enabled:
@@ -414,6 +414,7 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     """Build the first feature indexes and a fitted global model from history; publish them (or write them to a file)."""
     from stream.backtest.events import writer_schema_name
     from stream.codec.container import write_container
+    from stream.progress import Progress
     from stream.refit.bootstrap import PhotonBagRules, PhotonHistory, bootstrap_record, publish_first_model
 
     photon = [p for p in args.from_files or [] if writer_schema_name(p) == "TrainingExampleAvro"]
@@ -427,7 +428,9 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         if args.photon_bag:
             raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
         log = _event_log(args, settings)
-        record = bootstrap_record(settings, log.events)
+        progress = Progress("bootstrap: labeling the history", total=len(log), unit="events")
+        record = bootstrap_record(settings, log.events, progress)
+        progress.finish()
         read = {"events": len(log), "invalid_events": log.invalid}
     if args.output:
         write_container(args.output, "GlobalModel", [record])
@@ -452,17 +455,23 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
     """The event log the command names: container files, or a time range of the input topics."""
     from stream.backtest.events import EventLog
+    from stream.progress import Progress
 
     if not args.from_topics:
         if args.since is not None or args.until is not None:
             raise ConfigError("--since", "--since and --until select events of --from-topics, not of files")
-        return EventLog.from_paths(args.from_files)
-    if not settings.kafka.bootstrap_servers:
-        raise ConfigError("kafka.bootstrap_servers", "--from-topics reads the input topics: --bootstrap-servers")
-    if args.since is None:
-        raise ConfigError("--since", "--from-topics needs the first event time of the range")
-    until = args.until if args.until is not None else int(time.time() * 1000)
-    return EventLog.from_topics(settings, args.since, until)
+        progress = Progress("reading the event log", unit="records")
+        log = EventLog.from_paths(args.from_files, progress)
+    else:
+        if not settings.kafka.bootstrap_servers:
+            raise ConfigError("kafka.bootstrap_servers", "--from-topics reads the input topics: --bootstrap-servers")
+        if args.since is None:
+            raise ConfigError("--since", "--from-topics needs the first event time of the range")
+        until = args.until if args.until is not None else int(time.time() * 1000)
+        progress = Progress("reading the event log", unit="events")
+        log = EventLog.from_topics(settings, args.since, until, progress=progress)
+    progress.finish()
+    return log
 
 
 def cmd_import_photon(args: argparse.Namespace, settings: Settings) -> int:
@@ -488,6 +497,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     """Replay an event log through the live join and update code; print the progressive report as JSON."""
     from stream.backtest.replay import Backtest, BacktestOptions
     from stream.codec.container import read_container
+    from stream.progress import Progress
 
     log = _event_log(args, settings)
     model = None
@@ -498,7 +508,9 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     options = BacktestOptions(
         latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000), windows=args.windows
     )
-    result = Backtest(settings, options, model).run(log.events)
+    progress = Progress("backtest", total=len(log), unit="events")
+    result = Backtest(settings, options, model).run(log.events, progress)
+    progress.finish()
     report = {"invalid_events": log.invalid, **result.report}
     text = json.dumps(report, indent=1)
     if args.report:
@@ -511,12 +523,15 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     """Choose every coordinate's prior and the global L2 by backtest on the log before the split; judge them after it."""
     from stream.backtest.replay import BacktestOptions
     from stream.backtest.tune import tune
+    from stream.progress import Progress
 
     if not 0 < args.split < 1:
         raise ConfigError("--split", f"must be a share of the log's impressions in (0, 1), got {args.split}")
     log = _event_log(args, settings)
     options = BacktestOptions(latency_ms=int(args.latency * 1000), refit_every_ms=int((args.refit_every or 0) * 1000))
-    result = tune(settings, log.events, options, args.split)
+    progress = Progress("tune", unit="events")  # its total is the tune's: every trial's events
+    result = tune(settings, log.events, options, args.split, progress=progress)
+    progress.finish()
     print(
         json.dumps(
             {

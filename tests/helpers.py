@@ -1,7 +1,12 @@
-"""Small test helpers: bounded waiting instead of bare sleeps."""
+"""Small test helpers: bounded waiting instead of bare sleeps, reading a topic, glmix on a terminal and piped."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -55,3 +60,73 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> l
         return messages
     finally:
         consumer.close()
+
+
+def _glmix(args: list[str], stderr: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stream", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=stderr)
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: every writer of the terminal has closed it
+            return
+        if not data:
+            return
+        into.append(data)
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal shows after ``raw``: each line as its last redraw (after its last ``\\r``) left it."""
+    text = raw.replace("\r\n", "\n").replace("\x1b[K", "")
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1]]
+
+
+def glmix_on_a_terminal_and_piped(terminal_args: list[str], piped_args: list[str] | None = None,
+                                   concurrently: bool = True, timeout_s: float = 120.0) -> tuple[list[str], str, str]:
+    """Run ``glmix`` with standard error on a pseudo-terminal, and again with it on a pipe (standard output is a
+    pipe in both; ``piped_args`` default to the same arguments; at once unless ``concurrently`` is false, then the
+    piped run first). Returns what the terminal showed (:func:`screen_lines`), the piped run's standard error, and
+    its standard output; both runs must exit 0."""
+    piped = _glmix(terminal_args if piped_args is None else piped_args, subprocess.PIPE)
+    if not concurrently:
+        out, err = piped.communicate(timeout=timeout_s)
+    main, replica = os.openpty()
+    on_terminal = _glmix(terminal_args, replica)
+    os.close(replica)
+    shown: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(main, shown), daemon=True)
+    reader.start()
+    try:
+        if concurrently:
+            out, err = piped.communicate(timeout=timeout_s)
+        on_terminal.communicate(timeout=timeout_s)
+    finally:
+        for process in (piped, on_terminal):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    reader.join(10)
+    os.close(main)
+    screen = screen_lines(b"".join(shown).decode())
+    assert piped.returncode == 0, err.decode()[-3000:]
+    assert on_terminal.returncode == 0, "\n".join(screen)[-3000:]
+    return screen, err.decode(), out.decode()
+
+
+def progress_done(label: str, unit: str) -> str:
+    """The pattern of a progress line's final form (``label: 1,234 unit in 0.8 s, 1,543/s``); group 1 is the count."""
+    return rf"{re.escape(label)}: ([\d,]+) {re.escape(unit)} in \d+\.\d s, [\d,]+/s"
+
+
+def assert_screen(screen: list[str], patterns: list[str]) -> list[int]:
+    """The terminal showed exactly one line per pattern, in order; returns each line's count (group 1)."""
+    assert len(screen) == len(patterns), screen
+    counts = []
+    for line, pattern in zip(screen, patterns):
+        match = re.fullmatch(pattern, line)
+        assert match, (line, pattern)
+        counts.append(int(match.group(1).replace(",", "")))
+    return counts

@@ -21,8 +21,9 @@ from stream.consumers.impressions import impression_rows
 from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
 from stream.errors import GlmixError
 from stream.kafka.topic_reader import TopicReader
+from stream.progress import Progress
 
-_IMPRESSION_CHUNK = 4096
+_IMPRESSION_CHUNK = 4096  # impressions decoded into columns at a time (and counted by the progress line)
 
 
 class EventLogError(GlmixError):
@@ -38,24 +39,40 @@ class EventLog:
     sources: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_files(cls, impressions: Sequence[str | Path], interactions: Sequence[str | Path]) -> EventLog:
-        """Read every file (Impression, then Interaction container files) and order the events by event time."""
+    def from_files(
+        cls,
+        impressions: Sequence[str | Path],
+        interactions: Sequence[str | Path],
+        progress: Progress | None = None,
+    ) -> EventLog:
+        """Read every file (Impression, then Interaction container files) and order the events by event time.
+
+        ``progress`` counts the records read; the caller owns it.
+        """
         log = cls([], 0, [str(p) for p in [*impressions, *interactions]])
         for kind, schema, paths in (
             (IMPRESSION, "Impression", impressions),
             (INTERACTION, "Interaction", interactions),
         ):
             for path in paths:
-                log._add(kind, _records(path, schema))
+                log._add(kind, _records(path, schema), progress)
         log.events = replay_order(log.events)
         return log
 
     @classmethod
-    def from_topics(cls, settings: Settings, since_ms: int, until_ms: int, timeout_s: float = 300.0) -> EventLog:
+    def from_topics(
+        cls,
+        settings: Settings,
+        since_ms: int,
+        until_ms: int,
+        timeout_s: float = 300.0,
+        progress: Progress | None = None,
+    ) -> EventLog:
         """The events of the impressions and interactions topics with ``since_ms <= event_time < until_ms``.
 
         Reading starts at the first record produced at ``since_ms`` (an event is produced
-        after it happens) and ends at each partition's end when the read began.
+        after it happens) and ends at each partition's end when the read began. ``progress``
+        counts the events kept.
         """
         if until_ms <= since_ms:
             raise EventLogError(f"an empty time range: --until ({until_ms}) must be after --since ({since_ms})")
@@ -77,31 +94,30 @@ class EventLog:
             try:
                 for batch in reader.read_to_end(stall_timeout_s=timeout_s):
                     log.invalid += len(batch.failures)
-                    log._add(kind, (r for r in batch.records if since_ms <= r["event_time"] < until_ms))
+                    log._add(kind, (r for r in batch.records if since_ms <= r["event_time"] < until_ms), progress)
             finally:
                 reader.close()
         log.events = replay_order(log.events)
         return log
 
-    def _add(self, kind: str, records: Iterable[Mapping]) -> None:
-        if kind == INTERACTION:
-            for record in records:
-                if interaction_problem(record) is None:
-                    self.events.append(JoinInput(kind, record))
-                else:
-                    self.invalid += 1
-            return
+    def _add(self, kind: str, records: Iterable[Mapping], progress: Progress | None = None) -> None:
         listed = list(records)
-        for start in range(0, len(listed), _IMPRESSION_CHUNK):  # decoded into columns once, for every replay
+        for start in range(0, len(listed), _IMPRESSION_CHUNK):
             chunk = listed[start : start + _IMPRESSION_CHUNK]
-            for record, row in zip(chunk, impression_rows(chunk)):
+            if kind == INTERACTION:
+                rows: list = [interaction_problem(record) or None for record in chunk]
+            else:  # decoded into columns once, for every replay
+                rows = impression_rows(chunk)
+            for record, row in zip(chunk, rows):
                 if isinstance(row, str):
                     self.invalid += 1
                 else:
                     self.events.append(JoinInput(kind, record, columns=row))
+            if progress is not None:
+                progress.advance(len(chunk))
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | Path]) -> EventLog:
+    def from_paths(cls, paths: Sequence[str | Path], progress: Progress | None = None) -> EventLog:
         """Like :meth:`from_files`, each file's kind read from the schema it was written with."""
         impressions, interactions = [], []
         for path in paths:
@@ -112,7 +128,7 @@ class EventLog:
                 interactions.append(path)
             else:
                 raise EventLogError(f"{path}: holds {name} records; expected Impression or Interaction container files")
-        return cls.from_files(impressions, interactions)
+        return cls.from_files(impressions, interactions, progress)
 
     def __len__(self) -> int:
         return len(self.events)

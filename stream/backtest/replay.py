@@ -43,6 +43,7 @@ from stream.gc_pause import cyclic_gc_paused
 from stream.model.export import initial_global_model_record
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
+from stream.progress import Progress
 from stream.refit.job import GlobalRefit, RefitError
 from stream.refit.schedule import next_refit_due
 from stream.state.partition_store import PartitionStore, open_or_wipe
@@ -124,8 +125,11 @@ class Backtest:
         self._model_record = model_record
         self._join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
 
-    def run(self, events: Sequence[JoinInput]) -> BacktestResult:
-        """Replay ``events`` (in event-time order) and report what a live deployment would have scored."""
+    def run(self, events: Sequence[JoinInput], progress: Progress | None = None) -> BacktestResult:
+        """Replay ``events`` (in event-time order) and report what a live deployment would have scored.
+
+        ``progress`` counts the events replayed; the caller owns it (a tune counts many replays on one line).
+        """
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
             run = _Run(
@@ -136,7 +140,7 @@ class Backtest:
                 self._model_record,
             )
             try:
-                run.replay(events)
+                run.replay(events, progress)
             finally:
                 gc.unfreeze()
                 run.close()
@@ -211,7 +215,7 @@ class _Run:
     def _take_model(self, record: dict[str, Any]) -> None:
         self.model.apply([record])
 
-    def replay(self, events: Sequence[JoinInput]) -> None:
+    def replay(self, events: Sequence[JoinInput], progress: Progress | None) -> None:
         times = np.fromiter((e.record["event_time"] for e in events), dtype=np.int64, count=len(events))
         bounds = _micro_batches(times, self.options.latency_ms)
         every = self.options.refit_every_ms
@@ -220,6 +224,8 @@ class _Run:
             with cyclic_gc_paused():
                 self._micro_batch(events[start:end], frozenset())
             gc.freeze()  # what the replay keeps (its examples) leaves the collector's scans; run() unfreezes
+            if progress is not None:
+                progress.advance(int(end - start))
             now = int(times[end - 1])
             if next_refit is not None and now >= next_refit:
                 skipped = not self._refit_now(now)

@@ -25,6 +25,7 @@ from stream.consumers.labeling import IMPRESSION, JoinInput
 from stream.errors import GlmixError
 from stream.evaluation.progressive import collect, progressive_report
 from stream.model.losses import get_loss
+from stream.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,15 @@ def with_setting(settings: Settings, key: str, value: Any) -> Settings:
     return dataclasses.replace(settings, model=dataclasses.replace(settings.model, coordinates=coordinates))
 
 
-def _auc(settings: Settings, options: BacktestOptions, events: Sequence[JoinInput], from_ms: int) -> float:
+def _auc(
+    settings: Settings,
+    options: BacktestOptions,
+    events: Sequence[JoinInput],
+    from_ms: int,
+    progress: Progress | None = None,
+) -> float:
     """Full-model progressive AUC of the examples at or after ``from_ms`` in a backtest of ``events``."""
-    examples = [e for e in Backtest(settings, options).run(events).examples if e["event_time"] >= from_ms]
+    examples = [e for e in Backtest(settings, options).run(events, progress).examples if e["event_time"] >= from_ms]
     report = progressive_report(
         collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss), windows=1
     )
@@ -92,8 +99,12 @@ def tune(
     options: BacktestOptions,
     split: float = 0.7,
     min_gain: float = 0.002,
+    progress: Progress | None = None,
 ) -> TuneResult:
-    """Choose settings on the log before ``split`` (a share of its impressions, in time order); judge them after it."""
+    """Choose settings on the log before ``split`` (a share of its impressions, in time order); judge them after it.
+
+    ``progress`` counts the events of every backtest, its total set here (the grid fixes how many run).
+    """
     impression_times = [e.record["event_time"] for e in events if e.kind == IMPRESSION]
     if len(impression_times) < 2:
         raise TuneError("the event log needs impressions on both sides of the split")
@@ -101,9 +112,20 @@ def tune(
     validation = [e for e in events if e.record["event_time"] < split_ms]
     judged_from = int(first + 0.5 * (split_ms - first))  # validation AUC leaves out the cold start of the replay
     trials: list[dict[str, Any]] = []
+    axes: list[tuple[str, Sequence[Any]]] = [
+        (f"model.coordinates.{name}.{setting}", values)
+        for name in settings.model.coordinates
+        for setting, values in COORDINATE_GRID.items()
+    ] + [(GLOBAL_L2, GLOBAL_GRID)]
+    # Each setting is tried once, on top of the settings before it, so how many trials run is known now.
+    searched = 1 + sum(sum(v != _current(settings, key) for v in values) for key, values in axes)
+    if progress is not None:
+        progress.total = searched * len(validation) + 2 * len(events)
 
     def score(candidate: Settings, label: dict[str, Any]) -> float:
-        auc = _auc(candidate, options, validation, judged_from)
+        if progress is not None:
+            progress.relabel(f"tune: trial {len(trials) + 1} of {searched}")
+        auc = _auc(candidate, options, validation, judged_from, progress)
         trials.append({**label, "validation_auc": round(auc, 5)})
         log.info("tune: %s -> validation AUC %.4f", label, auc)
         return auc
@@ -111,11 +133,6 @@ def tune(
     best, best_auc = settings, score(settings, {"defaults": True})
     default_auc = best_auc
     chosen: dict[str, Any] = {}
-    axes: list[tuple[str, Sequence[Any]]] = [
-        (f"model.coordinates.{name}.{setting}", values)
-        for name in settings.model.coordinates
-        for setting, values in COORDINATE_GRID.items()
-    ] + [(GLOBAL_L2, GLOBAL_GRID)]
     for key, values in axes:
         current = _current(best, key)
         for value in values:
@@ -125,7 +142,13 @@ def tune(
             auc = score(candidate, {**chosen, key: value})
             if auc > best_auc + min_gain:
                 best, best_auc, chosen[key] = candidate, auc, value
-    evaluation = {"defaults": _auc(settings, options, events, split_ms), "tuned": _auc(best, options, events, split_ms)}
+    evaluation = {}
+    for name, candidate in (("defaults", settings), ("tuned", best)):
+        if progress is not None:
+            progress.relabel(f"tune: judging the {name} after the split")
+        evaluation[name] = _auc(candidate, options, events, split_ms, progress)
+    if progress is not None:
+        progress.relabel("tune")
     return TuneResult(chosen, {"defaults": default_auc, "tuned": best_auc}, evaluation, split_ms, trials)
 
 

@@ -77,7 +77,9 @@ class StoredExamples:
         """Every example's global features as COO: (row, column, value)."""
         refs = self.global_features
         if ((refs[1] % 4) != 0).any() or (refs[1] != refs[3]).any():
-            raise DecodeError("LabeledExample: a stored example's global indices and values are not int32/float32 pairs")
+            raise DecodeError(
+                "LabeledExample: a stored example's global indices and values are not int32/float32 pairs"
+            )
         counts = refs[1] // 4
         rows = np.repeat(np.arange(len(self)), counts)
         columns = _gather(self.data, self.global_features[0], self.global_features[1]).view("<i4")

@@ -159,11 +159,13 @@ def fit_global_blocks(
     start: np.ndarray | None = None,
     max_iterations: int = 500,
     tolerance: float = 1e-8,
+    on_iteration: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS over rows in blocks.
 
     ``blocks()`` yields the rows afresh for every evaluation, so the data may live on disk
     (the refit reads its spilled chunks one at a time) and memory stays one block plus the model.
+    ``on_iteration`` is called after every L-BFGS iteration (a progress line counts them).
     """
     penalty = l2_precision_diagonal(dim, spec.l2, spec.intercept_l2, spec.intercept_column if dim else None)
 
@@ -182,6 +184,7 @@ def fit_global_blocks(
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": max_iterations, "ftol": tolerance, "gtol": tolerance},
+        callback=None if on_iteration is None else lambda _: on_iteration(),
     )
     if not result.success:
         log.warning("global L-BFGS stopped after %d iterations: %s", result.nit, result.message)

@@ -34,6 +34,7 @@ from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
 from stream.errors import GlmixError
 from stream.model.export import fitted_global_model_record, initial_global_model_record
+from stream.progress import Progress
 from stream.state.partition_store import open_or_wipe
 from stream.tables.models import GlobalModel, GlobalModelTable
 
@@ -44,8 +45,13 @@ class BootstrapError(GlmixError):
     """No first model can be built or published: say why."""
 
 
-def labels_of_history(settings: Settings, events: Sequence[JoinInput]) -> dict[str, float]:
-    """Each impression's label under the live join rule, by impression id (impressions whose window never closed: none)."""
+def labels_of_history(
+    settings: Settings, events: Sequence[JoinInput], progress: Progress | None = None
+) -> dict[str, float]:
+    """Each impression's label under the live join rule, by impression id (impressions whose window never closed: none).
+
+    ``progress`` counts the events joined; the caller owns it.
+    """
     impressions = [e.record for e in events if e.kind == IMPRESSION]
     table = GlobalModelTable(settings.model)
     table.apply([initial_global_model_record(impressions[:1], settings.model)])  # any index: only labels are kept
@@ -55,7 +61,10 @@ def labels_of_history(settings: Settings, events: Sequence[JoinInput]) -> dict[s
         store, _ = open_or_wipe(Path(workdir) / "join")
         try:
             for start in range(0, len(events), _CHUNK):
-                _label(join, store, events[start : start + _CHUNK], table, labels, frozenset())
+                chunk = events[start : start + _CHUNK]
+                _label(join, store, chunk, table, labels, frozenset())
+                if progress is not None:
+                    progress.advance(len(chunk))
             _label(join, store, [], table, labels, frozenset({IMPRESSIONS, INTERACTIONS}))
         finally:
             store.close()
@@ -71,12 +80,17 @@ def _label(
     batch.write({})
 
 
-def bootstrap_record(settings: Settings, events: Sequence[JoinInput]) -> dict[str, Any]:
-    """Version 1 of the global model: indexes from every impression of ``events``, coefficients fitted on their labels."""
+def bootstrap_record(
+    settings: Settings, events: Sequence[JoinInput], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Version 1 of the global model: indexes from every impression of ``events``, coefficients fitted on their labels.
+
+    ``progress`` counts the events labeled.
+    """
     impressions = [e.record for e in events if e.kind == IMPRESSION]
     if not impressions:
         raise BootstrapError("the history holds no impressions")
-    labels = labels_of_history(settings, events)
+    labels = labels_of_history(settings, events, progress)
     labeled = [imp for imp in impressions if imp["impression_id"] in labels]
     if not labeled:
         return initial_global_model_record(impressions, settings.model)

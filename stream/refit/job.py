@@ -199,7 +199,10 @@ class GlobalRefit:
         show_progress: bool = False,
         publish: Callable[[dict], None] | None = None,
     ) -> None:
-        """``publish`` takes each new ``GlobalModel`` record: by default to ``model.global``; a backtest keeps it."""
+        """``publish`` takes each new ``GlobalModel`` record: by default to ``model.global``; a backtest keeps it.
+
+        ``show_progress``: a command's run, whose reading and fitting draw a progress line on a terminal.
+        """
         self.settings = settings
         self._publish = publish or self._publish_to_kafka
         self._show_progress = show_progress
@@ -235,7 +238,7 @@ class GlobalRefit:
         return pick(r["event_time"] for f in self.archive.files(hour_ms) for r in self.archive.read(f))
 
     def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
-        progress = Progress("refit: reading the archive") if self._show_progress else None
+        progress = Progress("refit: reading the archive", unit="examples") if self._show_progress else None
         batch: list[dict] = []
         for record in self.archive.examples_between(window.start_ms, window.end_ms):
             batch.append(record)
@@ -436,7 +439,8 @@ class GlobalRefit:
         examples' own offsets alone (``standalone``).
         """
         column = CANDIDATE_OFFSETS[candidate]
-        return fit_global_blocks(
+        progress = Progress(f"refit: fitting {candidate}", unit="L-BFGS iterations") if self._show_progress else None
+        coefficients = fit_global_blocks(
             lambda: train.blocks(column),
             train.dim,
             self.spec(intercept),
@@ -444,7 +448,11 @@ class GlobalRefit:
             start=start.copy(),
             max_iterations=self.refit.max_iterations,
             tolerance=1e-9,
+            on_iteration=None if progress is None else progress.advance,
         )
+        if progress is not None:
+            progress.finish()
+        return coefficients
 
     def _holdout_views(self, holdout: SpilledExamples, stacked: np.ndarray) -> list[dict[str, float]]:
         """Per column of ``stacked``: the holdout metrics of the full model, and (``global_only_``) of it alone."""

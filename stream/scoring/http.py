@@ -4,7 +4,7 @@
     GET  /healthz      the process is up
     GET  /readyz       200 once the models are caught up with their topics, else 503
     GET  /metrics      Prometheus metrics of this service
-    GET  /openapi.json the API's OpenAPI 3 description
+    GET  /openapi.json the API's OpenAPI 3 description, as this server's settings make it
 
 Every request problem is a 4xx with a JSON body naming the field (``{"error": ...,
 "field": ...}``); bodies over ``serving.max_body_bytes`` are refused before they are
@@ -17,6 +17,7 @@ cleanup closes the Kafka readers.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -41,6 +42,31 @@ from stream.scoring.workers import METRICS_DIR_ENV
 log = logging.getLogger(__name__)
 
 OPENAPI = json.loads(resources.files("stream.scoring").joinpath("openapi.json").read_text())
+"""The API as the package describes it; a server serves :func:`openapi_spec` of its own settings."""
+
+EXPLORATION_OFF = {
+    "nullable": True,
+    "enum": [None],
+    "description": "This server runs without exploration (serving.exploration = false): only null, as if left out.",
+}
+
+
+def openapi_spec(limits: ServingSettings) -> dict:
+    """The OpenAPI description of a server with ``limits``: a request the spec allows is one the server serves.
+
+    The package's spec with this server's candidate and feature limits as ``maxItems``, and, on a
+    server without exploration, ``exploration`` allowed only as null, so a client (or a contract
+    test) reading ``/openapi.json`` learns the 413s and the refused exploration before it sends them.
+    """
+    spec = copy.deepcopy(OPENAPI)
+    request = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    fields = request["properties"]
+    fields["candidates"]["maxItems"] = limits.max_candidates
+    for bags in (fields["member_features"], fields["candidates"]["items"]["properties"]["features"]):
+        bags["additionalProperties"]["maxItems"] = limits.max_features_per_bag
+    if not limits.exploration:
+        fields["exploration"] = dict(EXPLORATION_OFF)
+    return spec
 
 
 @dataclass
@@ -86,6 +112,7 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 def build_app(service: ScoringService) -> web.Application:
     """The aiohttp application of ``service`` (used by ``glmix serve`` and the tests)."""
     metrics = _Metrics()
+    spec = openapi_spec(service.limits)
     app = web.Application(client_max_size=service.limits.max_body_bytes)
 
     async def score(request: web.Request) -> web.Response:
@@ -154,7 +181,7 @@ def build_app(service: ScoringService) -> web.Application:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
+        return web.json_response(spec)
 
     async def follow_models(_: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:

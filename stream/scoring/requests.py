@@ -1,4 +1,8 @@
-"""Checking a JSON score request before it reaches the scorer: every problem is a 400 naming the field."""
+"""Checking a JSON score request before it reaches the scorer: every problem is a 400 naming the field.
+
+The rules are the served OpenAPI description's (:func:`stream.scoring.http.openapi_spec`): an optional
+field given as null is as if left out; the limits over which a request gets a 413 are its ``maxItems``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from stream.scoring.scorer import Exploration
 
 MAX_ID_CHARS = 256
 MAX_VALUE = 1e12  # larger feature values would only turn margins into inf
+MAX_WIDTH = 1000.0  # UCB widths are a few standard deviations; far larger ones would only overflow margins
 
 
 class InvalidRequest(GlmixError):
@@ -124,7 +129,9 @@ def parse_score_request(body: Any, limits: ServingSettings) -> ScoreRequest:
         if type(item_id) is not str or not 0 < len(item_id) <= MAX_ID_CHARS:
             _string(item_id, f"$.candidates[{i}].item_id")
         _bags(candidate.get("features"), limits, i)  # absent: the item's features from the items topic
-    context = body.get("context") or {}
+    context = body.get("context")
+    if context is None:
+        context = {}
     if not isinstance(context, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()
     ):
@@ -146,14 +153,16 @@ def _exploration(value: Any, limits: ServingSettings) -> Exploration | None:
     if value is None:
         return None
     if not limits.exploration:
-        raise InvalidRequest("$.exploration", "exploration is off on this server (serving.exploration)")
+        raise InvalidRequest("$.exploration", "exploration is off on this server (serving.exploration): leave it out")
     if not isinstance(value, Mapping) or set(value) - {"policy", "seed", "width"}:
         raise InvalidRequest("$.exploration", "must be an object {policy, seed, width}")
-    seed, width = value.get("seed"), value.get("width", 1.0)
+    seed, width = value.get("seed"), value.get("width")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InvalidRequest("$.exploration.seed", "must be an integer in [0, 2^63)")
-    if isinstance(width, bool) or not isinstance(width, (int, float)):
-        raise InvalidRequest("$.exploration.width", "must be a number")
+    if width is None:
+        width = 1.0
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 <= width <= MAX_WIDTH:
+        raise InvalidRequest("$.exploration.width", f"must be a number in [0, {MAX_WIDTH:g}]")
     try:
         return Exploration(value.get("policy"), seed, float(width))  # type: ignore[arg-type]  # checked by Exploration
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 
@@ -24,7 +25,7 @@ from stream.synthetic.examples import joined_examples
 from stream.synthetic.world import job_feature_keys, member_feature_keys
 from stream.tables.follower import ModelFollower
 from stream.tables.models import CoefficientTable, GlobalModelTable
-from tests.helpers import wait_for
+from tests.helpers import assert_screen, glmix_on_a_terminal_and_piped, progress_done, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -144,6 +145,31 @@ def test_refit_improves_holdout_auc_publishes_reruns_safely_and_refuses_a_worse_
     follower.refresh(0.5)
     assert follower.global_model.current.version == 2
     follower.close()
+
+
+def test_glmix_refit_shows_progress_on_a_terminal_and_nothing_when_piped(kafka_broker, kafka_bootstrap, tmp_path,
+                                                                       unique_name):
+    if kafka_broker.kind == "mock":
+        pytest.skip("process-level test: it runs once, on the broker-process tier (the mock adds nothing here)")
+    sets = {"kafka.group_prefix": unique_name, "state_dir": str(tmp_path), "topics.model_global": f"global-{unique_name}",
+            "topics.coefficients_prefix": f"coef-{unique_name}-", "topics.partitions": "1",
+            "refit.holdout_fraction": "0.25", "log_level": "ERROR"}
+    settings = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap, **sets})
+    world = World(WorldSpec(seed=11, members=60, jobs=30, requests=800))
+    labeled = labeled_impressions(world)
+    record = initial_global_model_record([li.impression for li in labeled], settings.model)
+    truth = _truth_records(settings, world, record)
+    _publish(settings, record, truth)
+    archived = _archive(settings, labeled, record, truth)
+    refit = ["refit", "--bootstrap-servers", kafka_bootstrap, *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
+    # One after the other (the piped run first): two refits publishing at once would race for version 2.
+    screen, piped_err, piped_out = glmix_on_a_terminal_and_piped(refit, concurrently=False)
+    assert piped_err == ""  # piped: not one byte more than before there was a progress line
+    read, _, _ = assert_screen(screen, [progress_done("refit: reading the archive", "examples"),
+                                        progress_done("refit: fitting residual", "L-BFGS iterations"),
+                                        progress_done("refit: fitting standalone", "L-BFGS iterations")])
+    result = json.loads(piped_out)
+    assert read == archived == result["train_examples"] + result["holdout_examples"] and result["status"] == "published"
 
 
 def test_refit_without_an_archive_or_a_model_says_what_to_do(kafka_bootstrap, tmp_path, unique_name):

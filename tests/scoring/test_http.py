@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stream.config import ServingSettings, load_settings
 from stream.model.export import initial_global_model_record
-from stream.scoring.http import OPENAPI, BackgroundServer, ScoringService, build_app
+from stream.scoring.http import OPENAPI, BackgroundServer, ScoringService, build_app, openapi_spec
 from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.models import CoefficientTable, GlobalModelTable
@@ -53,6 +53,7 @@ def server(world):
     running = BackgroundServer(build_app(service))
     running.refreshes = refreshes
     running.scorer = service.scorer
+    running.limits = limits
     yield running
     running.close()
 
@@ -135,6 +136,8 @@ def test_term_and_value_default_to_empty_and_one(server, world):
     (b"{" + b" " * (70 * 1024) + b"}", 413, None),
     (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "exploration": {"policy": "ucb"}}).encode(), 400,
      "$.exploration"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "context": ""}).encode(), 400, "$.context"),
+    (json.dumps({"member_id": "m", "candidates": [{"item_id": "j"}], "context": []}).encode(), 400, "$.context"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, body, status, field):
     got, raw = _request(server, "/v1/score", body)
@@ -147,7 +150,7 @@ def test_health_readiness_metrics_and_the_openapi_spec(server):
     assert _request(server, "/healthz")[0] == 200
     assert _request(server, "/readyz")[0] == 200
     status, raw = _request(server, "/openapi.json")
-    assert status == 200 and json.loads(raw) == OPENAPI and "/v1/score" in OPENAPI["paths"]
+    assert status == 200 and json.loads(raw) == openapi_spec(server.limits) and "/v1/score" in OPENAPI["paths"]
     status, raw = _request(server, "/metrics")
     assert status == 200 and b"glmix_scoring_requests_total" in raw and b"glmix_scoring_latency_seconds_bucket" in raw
 
@@ -176,6 +179,34 @@ def test_no_request_body_gets_a_5xx(server, body):
     assert status < 500, raw
 
 
+def test_an_optional_field_given_as_null_is_as_if_left_out(server, world):
+    body = _body(world[:3])
+    left_out = {"member_id": body["member_id"], "candidates": [{"item_id": body["candidates"][0]["item_id"]},
+                                                               *body["candidates"][1:]]}
+    nulls = {**left_out, "member_features": None, "context": None, "top_k": None, "exploration": None,
+             "candidates": [{**left_out["candidates"][0], "features": None}, *left_out["candidates"][1:]]}
+    (status, raw), (status_nulls, raw_nulls) = (_request(server, "/v1/score", json.dumps(b).encode())
+                                                for b in (left_out, nulls))
+    assert status == status_nulls == 200, raw_nulls
+    assert json.loads(raw_nulls) == json.loads(raw)
+
+
+def _request_schema(spec: dict) -> dict:
+    return spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+
+def test_the_served_spec_is_the_servers_own():
+    """Its limits are the maxItems; a server without exploration allows exploration only as null."""
+    fields = _request_schema(openapi_spec(ServingSettings(max_candidates=7, max_features_per_bag=3)))
+    assert fields["candidates"]["maxItems"] == 7
+    assert fields["member_features"]["additionalProperties"]["maxItems"] == 3
+    assert fields["candidates"]["items"]["properties"]["features"]["additionalProperties"]["maxItems"] == 3
+    assert fields["exploration"]["enum"] == [None] and fields["exploration"]["nullable"]
+    packaged = _request_schema(OPENAPI)
+    assert _request_schema(openapi_spec(ServingSettings(exploration=True)))["exploration"] == packaged["exploration"]
+    assert packaged["candidates"]["maxItems"] == 1000 and "enum" not in packaged["exploration"]  # left as it was
+
+
 def test_an_exploration_request_is_checked_when_the_server_explores():
     from stream.scoring.requests import InvalidRequest, parse_score_request
     from stream.scoring.scorer import Exploration
@@ -184,7 +215,8 @@ def test_an_exploration_request_is_checked_when_the_server_explores():
     body = {"member_id": "m", "candidates": [{"item_id": "j"}], "exploration": {"policy": "thompson", "seed": 3}}
     assert parse_score_request(body, limits).exploration == Exploration("thompson", 3, 1.0)
     for bad, field in (({"policy": "greedy"}, "$.exploration"), ({"policy": "ucb", "seed": -1}, "$.exploration.seed"),
-                       ({"policy": "ucb", "width": "wide"}, "$.exploration.width"), ([], "$.exploration")):
+                       ({"policy": "ucb", "width": "wide"}, "$.exploration.width"),
+                       ({"policy": "ucb", "width": 1001}, "$.exploration.width"), ([], "$.exploration")):
         with pytest.raises(InvalidRequest) as error:
             parse_score_request({**body, "exploration": bad}, limits)
         assert error.value.field == field
