@@ -155,12 +155,13 @@ def game_input_events(paths: Sequence[str | Path], settings: Settings) -> list[J
     for kind, label in settings.joiner.labels.items():
         label_types.setdefault(label, kind)
     events: list[JoinInput] = []
-    weighted = 0
+    weighted = records = 0
     for path in paths:
         rows = read_game_rows([path], mapping, require_response=True, require_time=True)
         weighted += int(np.count_nonzero((rows.weight_array != 1.0) | (rows.offset_array != 0.0)))
         for row, response, event_time in zip(rows.rows, rows.responses, rows.event_times):
-            impression_id = f"game-input-{len(events)}"
+            impression_id = f"game-input-{records}"
+            records += 1
             member_id, item_id = row["member_id"] or impression_id, row["item_id"] or impression_id
             impression = {
                 "impression_id": impression_id,
