@@ -293,7 +293,8 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     assert "no Photon-ML feature maps to a feature bag of the model (most frequent names: browser)" in (
         capsys.readouterr().err)
     assert main(["bootstrap", "--from", str(photon), *emerging_log.sources[:1], "--no-publish"]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert "give one kind of history: event files, Photon-ML TrainingExampleAvro files or GAME input files" in (
+        capsys.readouterr().err)
 
 
 def test_a_backtest_of_game_input_equals_the_backtest_of_the_same_impressions_and_clicks(tmp_path, capsys):
