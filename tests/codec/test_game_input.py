@@ -80,7 +80,7 @@ def test_the_mapping_renames_bags_ids_and_fields(tmp_path):
     (lambda fields: [f if f["name"] != "songFeatures" else {"name": "songFeatures", "type": {"type": "array", "items": {
         "type": "record", "name": "Bare", "fields": [{"name": "name", "type": "string"}]}}} for f in fields],
      "the items of field 'songFeatures' have no int or long or float or double 'value'"),
-])
+], ids=["no-response", "no-bag", "no-id-nor-map", "string-response", "map-bag", "valueless-items"])
 def test_glmix_train_refuses_a_schema_without_a_configured_field_in_one_line(tmp_path, capsys, schema_change, named):
     schema = game_schema()
     schema["fields"] = schema_change(schema["fields"])
