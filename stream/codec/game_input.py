@@ -34,6 +34,7 @@ import numpy as np
 
 from stream.codec.exceptions import CodecError
 from stream.config import Settings
+from stream.model.dataset import entity_of
 from stream.progress import Progress
 
 NUMERIC = ("int", "long", "float", "double")
@@ -87,13 +88,7 @@ class GameInputMapping:
 
     def id_tags(self, row: Mapping[str, Any]) -> dict[str, str]:
         """A row's entity ids by id field (Photon-ML's id tags: ``{"userId": "17", ...}``)."""
-        return {ids.id_field: _row_entity(row, ids.entity_field) for ids in self.ids}
-
-
-def _row_entity(row: Mapping[str, Any], entity_field: str) -> str:
-    if entity_field.startswith("context:"):
-        return str(row["context"][entity_field.removeprefix("context:")])
-    return str(row[entity_field])
+        return {ids.id_field: entity_of(row, ids.entity_field) for ids in self.ids}
 
 
 @dataclass

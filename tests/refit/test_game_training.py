@@ -17,16 +17,19 @@ import scipy.sparse as sp
 from stream.cli import main
 from stream.codec.photon_game import read_game_model
 from stream.model.game import CoordinateSpec, GameDataset, RandomEffectData, train_game
-from tests.game_inputs import COORDINATES, ratings_world, write_config, write_records
+from tests.game_inputs import COORDINATES, game_schema, ratings_world, write_config, write_records
 
 INTERCEPT = ("(INTERCEPT)", "")
 
 
-def _files(tmp_path: Path, loss: str, seed: int = 5, records: int = 6000):
+def _files(tmp_path: Path, loss: str, seed: int = 5, records: int = 6000, offsets: np.ndarray | None = None):
     world = ratings_world(seed=seed, loss=loss, records=records)
     cut = int(0.8 * records)
-    train = write_records(tmp_path / "train.avro", world.records(np.arange(cut)))
-    validate = write_records(tmp_path / "validate.avro", world.records(np.arange(cut, records)))
+    schema = game_schema(offset=offsets is not None)
+    train = write_records(tmp_path / "train.avro",
+                          world.records(np.arange(cut), None if offsets is None else offsets[:cut]), schema)
+    validate = write_records(tmp_path / "validate.avro",
+                             world.records(np.arange(cut, records), None if offsets is None else offsets[cut:]), schema)
     return world, train, validate
 
 
@@ -35,7 +38,7 @@ def _printed(out: str) -> tuple[list[dict], dict]:
     return lines[:-1], lines[-1]
 
 
-def _direct_dataset(world, rows: np.ndarray, global_keys: list, coordinate_keys: dict) -> GameDataset:
+def _direct_dataset(world, rows: np.ndarray, global_keys: list, coordinate_keys: dict, offsets: np.ndarray) -> GameDataset:
     """The records' dataset built straight from the world's arrays, columns in the order the model files list them."""
     column = {key: i for i, key in enumerate(global_keys)}
     data, indices, indptr = [], [], [0]
@@ -60,11 +63,12 @@ def _direct_dataset(world, rows: np.ndarray, global_keys: list, coordinate_keys:
             dense[:, keys.index((prefix, str(k)))] = source[rows, k]
         effects[name] = RandomEffectData(ids[name], dense)
     return GameDataset(sp.csr_matrix((data, indices, indptr), shape=(len(rows), len(global_keys))),
-                       world.responses[rows], effects)
+                       world.responses[rows], effects, offsets=offsets[rows])
 
 
 def test_glmix_train_lowers_validation_rmse_with_every_coordinate_and_matches_train_game(tmp_path, capsys):
-    world, train, validate = _files(tmp_path, "linear")
+    offsets = np.random.default_rng(9).normal(scale=0.5, size=6000)  # a prior model's scores, as Photon-ML takes them
+    world, train, validate = _files(tmp_path, "linear", offsets=offsets)
     config = write_config(tmp_path / "glmix.toml", "linear")
     assert main(["train", "--config", str(config), "--from", str(train), "--validate", str(validate),
                  "--output", str(tmp_path / "model"), "--passes", "2"]) == 0
@@ -84,8 +88,8 @@ def test_glmix_train_lowers_validation_rmse_with_every_coordinate_and_matches_tr
     assert {name: (e.entity_field, e.shard) for name, e in effects.items()} == COORDINATES
     keys = {name: list(effect.models[0].keys) for name, effect in effects.items()}
     specs = {"global": CoordinateSpec(1.0, 0.0, 0), **{name: CoordinateSpec(1.0, 1.0, 0) for name in COORDINATES}}
-    direct = train_game(_direct_dataset(world, np.arange(4800), list(fixed.model.keys), keys),
-                        _direct_dataset(world, np.arange(4800, 6000), list(fixed.model.keys), keys),
+    direct = train_game(_direct_dataset(world, np.arange(4800), list(fixed.model.keys), keys, offsets),
+                        _direct_dataset(world, np.arange(4800, 6000), list(fixed.model.keys), keys, offsets),
                         specs, loss="linear", passes=2)
     np.testing.assert_allclose([s["validation_rmse"] for s in steps], [h.value for h in direct.history], atol=1e-9)
     assert summary["best"]["validation_rmse"] == pytest.approx(direct.history[direct.best_step].value, abs=1e-9)
