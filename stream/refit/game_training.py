@@ -44,8 +44,6 @@ from stream.model.transforms import FeatureTransforms
 from stream.progress import Progress
 from stream.refit.game_models import IMPORTED_VERSION, CoordinateImport, PhotonImport, game_model_files
 
-DEFAULT_PASSES = 2
-
 
 @dataclass(frozen=True)
 class TrainedGame:
@@ -96,8 +94,8 @@ def game_dataset(
 def train_rows(
     settings: Settings,
     train: GameRows,
-    validation: GameRows | None = None,
-    passes: int = DEFAULT_PASSES,
+    validation: GameRows | None,
+    passes: int,
     on_step: Callable[[TrainingStep], None] | None = None,
 ) -> TrainedGame:
     """Fit the configured GAME model on ``train``; with ``validation``, keep the best coordinate update on it."""

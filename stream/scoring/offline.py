@@ -5,8 +5,9 @@ push the results to a key-value store. Input records are ``Impression``s (ids, f
 bags, context); output is ``ScoredCandidate`` (margin, probability, per-coordinate
 breakdown and versions) or Photon-ML's ``ScoringResultAvro``. Photon-ML GAME input
 records (:mod:`stream.codec.game_input`) are scored into ``ScoringResultAvro`` as
-Photon-ML's scoring driver scores them, with its evaluation when they carry a response. Records stream through in
-batches, so memory stays bounded whatever the file size; progress goes to stderr.
+Photon-ML's scoring driver scores them, with its evaluation when they carry a response.
+Records stream through in batches, so memory stays bounded whatever the file size;
+progress goes to stderr.
 """
 
 from __future__ import annotations
