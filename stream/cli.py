@@ -38,6 +38,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["kafka.bootstrap_servers"] = args.bootstrap_servers
     if getattr(args, "workers", None) is not None:
         overrides["serving.workers"] = str(args.workers)
+    if getattr(args, "loss", None):
+        overrides["model.loss"] = args.loss
     return load_settings(args.config, env=os.environ, overrides=overrides)
 
 
@@ -216,26 +218,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    """Score a container file of Impressions with the models on Kafka into a container file of scores."""
+    """Score container files of Impressions (or, with --format photon, Photon-ML GAME input records) offline."""
+    from stream.backtest.events import writer_schema_name
+    from stream.codec.game_input import GameInputMapping
     from stream.progress import Progress
-    from stream.scoring.offline import score_file
+    from stream.scoring.offline import score_file, score_game_files
     from stream.scoring.scorer import Scorer
     from stream.tables.follower import ModelFollower
 
     if not settings.kafka.bootstrap_servers:
         raise ConfigError("kafka.bootstrap_servers", "glmix score reads the models from Kafka: --bootstrap-servers")
-    if not args.input.is_file():
-        raise ConfigError("--input", f"no such file: {args.input}")
+    for path in args.input:
+        if not path.is_file():
+            raise ConfigError("--input", f"no such file: {path}")
+    impressions = [writer_schema_name(path) == "Impression" for path in args.input]
+    if any(impressions) and not all(impressions):
+        raise ConfigError("--input", "give Impression files or Photon-ML GAME input files, not both")
+    game = not impressions[0]
+    if game and args.format != "photon":
+        raise ConfigError("--format", f"{args.input[0]} holds GAME input records: they are scored with --format photon")
     follower = ModelFollower(
         settings, settings.kafka.bootstrap_servers, client_id=settings.kafka.group_id("offline-scorer")
     )
+    progress = Progress(f"scoring {', '.join(map(str, args.input))}")
     try:
         follower.catch_up(timeout_s=args.timeout)
         scorer = Scorer.following(settings.model, follower)
-        count = score_file(scorer, args.input, args.output, args.format, progress=Progress(f"scoring {args.input}"))
+        if game:
+            mapping = GameInputMapping.of(settings)
+            scoring = score_game_files(scorer, args.input, args.output, mapping, settings.model.loss, progress=progress)
+            outcome = {"scored": scoring.scored, "labeled": scoring.labeled, **scoring.metrics}
+        else:
+            outcome = {"scored": score_file(scorer, args.input, args.output, args.format, progress=progress)}
     finally:
         follower.close()
-    print(json.dumps({"scored": count, "output": str(args.output), "format": args.format}))
+    print(json.dumps({**outcome, "output": str(args.output), "format": args.format}))
     return 0
 
 
@@ -417,10 +434,27 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     from stream.progress import Progress
     from stream.refit.bootstrap import PhotonBagRules, PhotonHistory, bootstrap_record, publish_first_model
 
-    photon = [p for p in args.from_files or [] if writer_schema_name(p) == "TrainingExampleAvro"]
-    if photon:
-        if len(photon) != len(args.from_files):
-            raise ConfigError("--from", "give either Photon-ML TrainingExampleAvro files or event files, not both")
+    kinds = {path: writer_schema_name(path) for path in args.from_files or []}
+    photon = [p for p, kind in kinds.items() if kind == "TrainingExampleAvro"]
+    game = [p for p, kind in kinds.items() if kind not in ("TrainingExampleAvro", "Impression", "Interaction")]
+    if (photon or game) and len(photon or game) != len(kinds):
+        raise ConfigError(
+            "--from", "give one kind of history: event files, Photon-ML TrainingExampleAvro files or GAME input files"
+        )
+    plan = None
+    if game:
+        from stream.refit.game_training import read_training_rows, train_rows, trained_import
+
+        if args.photon_bag:
+            raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
+        rows = read_training_rows(settings, game)
+        plan = trained_import(settings, train_rows(settings, rows, None, GAME_PASSES))
+        record = plan.record
+        read = {
+            "game_records": len(rows),
+            "entities": {name: len(c.entity_ids) for name, c in plan.coordinates.items()},
+        }
+    elif photon:
         history = PhotonHistory.read(photon, PhotonBagRules.parse(args.photon_bag or []), settings.model)
         record = history.model_record(settings.model)
         read = {"photon_records": len(history.impressions), "unmapped_features": dict(history.unmapped.most_common(10))}
@@ -435,7 +469,12 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         write_container(args.output, "GlobalModel", [record])
     if not args.no_publish:
-        publish_first_model(settings, record)
+        if plan is not None:
+            from stream.refit.game_models import publish_import
+
+            publish_import(settings, plan)
+        else:
+            publish_first_model(settings, record)
     print(
         json.dumps(
             {
@@ -461,7 +500,7 @@ def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
         if args.since is not None or args.until is not None:
             raise ConfigError("--since", "--since and --until select events of --from-topics, not of files")
         progress = Progress("reading the event log", unit="records")
-        log = EventLog.from_paths(args.from_files, progress)
+        log = EventLog.from_paths(args.from_files, settings, progress)
     else:
         if not settings.kafka.bootstrap_servers:
             raise ConfigError("kafka.bootstrap_servers", "--from-topics reads the input topics: --bootstrap-servers")
@@ -472,6 +511,56 @@ def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
         log = EventLog.from_topics(settings, args.since, until, progress=progress)
     progress.finish()
     return log
+
+
+GAME_PASSES = 2  # coordinate-descent passes of glmix train (--passes) and of glmix bootstrap from GAME input
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Batch GAME by coordinate descent on Photon-ML GAME input files; validation metrics; a GAME model directory."""
+    from stream.codec.photon_game import check_writable, write_game_model
+    from stream.progress import Progress
+    from stream.refit.game_models import optimization_configurations
+    from stream.refit.game_training import read_training_rows, step_json, train_rows, trained_game_files
+
+    if args.passes < 1:
+        raise ConfigError("--passes", f"must be >= 1, got {args.passes}")
+    if args.output is not None:
+        check_writable(args.output)
+    progress = Progress("reading GAME input") if sys.stderr.isatty() else None
+    train = read_training_rows(settings, args.from_files, progress)
+    validation = read_training_rows(settings, args.validate, progress) if args.validate else None
+    if progress is not None:
+        progress.finish()
+    trained = train_rows(
+        settings, train, validation, args.passes, lambda step: print(json.dumps(step_json(step)), flush=True)
+    )
+    if args.output is not None:
+        write_game_model(args.output, trained_game_files(settings, trained), optimization_configurations(settings))
+    result = trained.result
+    print(
+        json.dumps(
+            {
+                "train_records": len(train),
+                "validation_records": 0 if validation is None else len(validation),
+                "loss": settings.model.loss,
+                "passes": args.passes,
+                "global_features": trained.global_index.dim,
+                "coordinates": {
+                    name: {
+                        "entities": len(result.model.random_effects[name].entity_ids)
+                        if name in result.model.random_effects
+                        else 0,
+                        "features": index.dim,
+                    }
+                    for name, index in trained.coordinate_indices.items()
+                },
+                "best": step_json(result.history[result.best_step]) if result.history else None,
+                "output": None if args.output is None else str(args.output),
+            }
+        )
+    )
+    return 0
 
 
 def cmd_import_photon(args: argparse.Namespace, settings: Settings) -> int:
@@ -652,13 +741,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     score = sub.add_parser("score", parents=[common], help="score a file of candidates offline")
-    score.add_argument("--input", type=Path, required=True, help="Avro container file of Impression records")
+    score.add_argument(
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="Avro container files of Impression records, or (with --format photon) Photon-ML GAME input records",
+    )
     score.add_argument("--output", type=Path, required=True, help="Avro container file to write")
     score.add_argument(
         "--format",
         choices=("glmix", "photon"),
         default="glmix",
-        help="ScoredCandidate records, or Photon-ML ScoringResultAvro",
+        help="ScoredCandidate records, or Photon-ML ScoringResultAvro (with RMSE, or AUC and log loss, of"
+        " GAME inputs that carry a response)",
     )
     score.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     score.set_defaults(handler=cmd_score)
@@ -709,8 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap = sub.add_parser(
         "bootstrap",
         parents=[common, event_log],
-        help="first feature indexes and a fitted global model from history (event files, a topic range, or Photon-ML"
-        " TrainingExampleAvro files), published as version 1",
+        help="first feature indexes and a fitted global model from history (event files, a topic range, Photon-ML"
+        " TrainingExampleAvro files, or Photon-ML GAME input files: random effects too), published as version 1",
     )
     bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
     bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")
@@ -749,6 +846,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the log's impressions, in time order, used to choose (the rest judges the choice; default 0.7)",
     )
     tune_parser.set_defaults(handler=cmd_tune)
+
+    train_parser = sub.add_parser(
+        "train",
+        parents=[common],
+        help="batch GAME by coordinate descent on Photon-ML GAME input files, written as a GAME model directory",
+    )
+    train_parser.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="GAME input container files to train on (fields mapped by the [game_input] settings)",
+    )
+    train_parser.add_argument(
+        "--validate",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="GAME input files to score every coordinate update on (AUC for logistic, RMSE otherwise); the best"
+        " update is the model written",
+    )
+    train_parser.add_argument("--output", type=Path, help="GAME model directory to write (new or empty)")
+    train_parser.add_argument(
+        "--loss", choices=("logistic", "linear", "poisson"), help="the model's loss (overrides model.loss)"
+    )
+    train_parser.add_argument(
+        "--passes", type=int, default=GAME_PASSES, help=f"coordinate-descent passes (default {GAME_PASSES})"
+    )
+    train_parser.set_defaults(handler=cmd_train)
 
     import_parser = sub.add_parser("import", help="bring a model made elsewhere onto the model topics")
     import_sub = import_parser.add_subparsers(dest="format", required=True, metavar="FORMAT")

@@ -1,5 +1,8 @@
 """A time-ordered event log for a backtest: Impression and Interaction records from Avro container files or topics.
 
+Photon-ML GAME input files that carry an event time are read as such events too
+(:func:`game_input_events`).
+
 Events are replayed in event-time order (impressions before interactions at the same
 millisecond, file or topic order otherwise), which is what a live deployment sees when
 its inputs keep up. Records the live joiner would dead-letter are counted and left out here.
@@ -7,14 +10,17 @@ its inputs keep up. Records the live joiner would dead-letter are counted and le
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fastavro
+import numpy as np
 
 from stream.codec import make_codec
 from stream.codec.container import read_container
+from stream.codec.game_input import GameInputMapping, read_game_rows
 from stream.codec.validation import interaction_problem
 from stream.config import Settings
 from stream.consumers.impressions import impression_rows
@@ -22,6 +28,8 @@ from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
 from stream.errors import GlmixError
 from stream.kafka.topic_reader import TopicReader
 from stream.progress import Progress
+
+log = logging.getLogger(__name__)
 
 _IMPRESSION_CHUNK = 4096  # impressions decoded into columns at a time (and counted by the progress line)
 
@@ -117,24 +125,106 @@ class EventLog:
                 progress.advance(len(chunk))
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | Path], progress: Progress | None = None) -> EventLog:
-        """Like :meth:`from_files`, each file's kind read from the schema it was written with."""
-        impressions, interactions = [], []
+    def from_paths(
+        cls, paths: Sequence[str | Path], settings: Settings | None = None, progress: Progress | None = None
+    ) -> EventLog:
+        """Like :meth:`from_files`, each file's kind read from the schema it was written with.
+
+        With ``settings``, a file of any other schema is read as Photon-ML GAME input
+        records (:func:`game_input_events`) by ``settings.game_input``.
+        """
+        impressions, interactions, game_inputs = [], [], []
         for path in paths:
             name = writer_schema_name(path)
             if name == "Impression":
                 impressions.append(path)
             elif name == "Interaction":
                 interactions.append(path)
+            elif settings is not None:
+                game_inputs.append(path)
             else:
                 raise EventLogError(f"{path}: holds {name} records; expected Impression or Interaction container files")
-        return cls.from_files(impressions, interactions, progress)
+        log = cls.from_files(impressions, interactions, progress)
+        if game_inputs:
+            assert settings is not None
+            log._add_events(game_input_events(game_inputs, settings))
+            log.sources += [str(p) for p in game_inputs]
+            log.events = replay_order(log.events)
+        return log
+
+    def _add_events(self, events: Iterable[JoinInput]) -> None:
+        listed = list(events)
+        for kind in (IMPRESSION, INTERACTION):
+            self._add(kind, [event.record for event in listed if event.kind == kind])
 
     def __len__(self) -> int:
         return len(self.events)
 
     def __iter__(self) -> Iterator[JoinInput]:
         return iter(self.events)
+
+
+def game_input_events(paths: Sequence[str | Path], settings: Settings) -> list[JoinInput]:
+    """Photon-ML GAME input records as the events the live join labels them from.
+
+    Each record is an impression at its event time (``game_input.event_time``) with the
+    model's bags and the coordinates' ids, and — unless its response is 0, which the
+    join gives an impression nobody answered — an interaction at the same time whose
+    type's label in ``joiner.labels`` is the response (the first such type). The join
+    needs a ``member_id`` and an ``item_id``: a record whose coordinates key on neither
+    gets its impression id in their place (the model reads the coordinates' ids only).
+    The live join gives every example weight 1 and no offset, so records' weights and
+    offsets are not replayed (a warning says how many had any).
+    """
+    mapping = GameInputMapping.of(settings)
+    label_types: dict[float, str] = {}
+    for kind, label in settings.joiner.labels.items():
+        label_types.setdefault(label, kind)
+    events: list[JoinInput] = []
+    weighted = records = 0
+    for path in paths:
+        rows = read_game_rows([path], mapping, require_response=True, require_time=True)
+        weighted += int(np.count_nonzero((rows.weight_array != 1.0) | (rows.offset_array != 0.0)))
+        for row, response, event_time in zip(rows.rows, rows.responses, rows.event_times):
+            impression_id = f"game-input-{records}"
+            records += 1
+            member_id, item_id = row["member_id"] or impression_id, row["item_id"] or impression_id
+            impression = {
+                "impression_id": impression_id,
+                "request_id": impression_id,
+                "member_id": member_id,
+                "item_id": item_id,
+                "position": 0,
+                "event_time": event_time,
+                "random_bucket": False,
+                "features": row["features"],
+                "context": row["context"],
+            }
+            events.append(JoinInput(IMPRESSION, impression))
+            if response == 0.0:
+                continue
+            interaction_type = label_types.get(response)
+            if interaction_type is None:
+                raise EventLogError(
+                    f"{path}: a response of {response:g} has no interaction type in joiner.labels giving it "
+                    f"(labels: {dict(settings.joiner.labels)}); a replay labels a record through the join"
+                )
+            events.append(
+                JoinInput(
+                    INTERACTION,
+                    {
+                        "interaction_id": f"{impression_id}:response",
+                        "impression_id": impression_id,
+                        "member_id": member_id,
+                        "item_id": item_id,
+                        "type": interaction_type,
+                        "event_time": event_time,
+                    },
+                )
+            )
+    if weighted:
+        log.warning("%d GAME input records have a weight or an offset, which a replay through the join drops", weighted)
+    return events
 
 
 def replay_order(events: Sequence[JoinInput]) -> list[JoinInput]:

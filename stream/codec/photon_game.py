@@ -164,8 +164,7 @@ def write_game_model(
     half a model. Random effects go ``records_per_file`` entities to a part file.
     """
     target = Path(directory)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise GameLayoutError(f"{target}: exists and is not an empty directory; a model is never written over another")
+    check_writable(target)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -184,6 +183,13 @@ def write_game_model(
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Refuse a model directory that exists and is not empty: a model is never written over another."""
+    target = Path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise GameLayoutError(f"{target}: exists and is not an empty directory; a model is never written over another")
 
 
 def _write_metadata(root: Path, model: GameModelFiles, configurations: Mapping[str, Mapping[str, Any]]) -> None:

@@ -4,6 +4,7 @@ from stream.config.exceptions import ConfigError
 from stream.config.settings import (
     ArchiveSettings,
     CoordinateSettings,
+    GameInputSettings,
     JoinerSettings,
     KafkaSettings,
     MetricsSettings,
@@ -20,6 +21,7 @@ __all__ = [
     "ArchiveSettings",
     "ConfigError",
     "CoordinateSettings",
+    "GameInputSettings",
     "JoinerSettings",
     "KafkaSettings",
     "MetricsSettings",

@@ -471,6 +471,50 @@ class RefitSettings:
 
 
 @dataclass(frozen=True)
+class GameInputSettings:
+    """How Photon-ML GAME input records map onto the model (``glmix train``, ``bootstrap``, ``score``, ``backtest``).
+
+    GAME input is any Avro record schema with name–term–value bags (arrays of records
+    with ``name``, ``term`` and ``value``), a response, optional weight, offset and uid,
+    and entity ids at top level or in a map of strings. The field names default to
+    Photon-ML's own (``InputColumnsNames``): ``response``, ``weight``, ``offset``,
+    ``uid``, ``metadataMap``. Which bags feed which coordinate is the model's own
+    ``model.global_feature_bags`` and ``model.coordinates.<name>.feature_bags``, the same
+    keys the stream scores with; ``bags`` says which record field holds a model bag
+    (``bags.member_skills = "userFeatures"``; default: the field of the bag's own name).
+    ``ids`` names the field holding a coordinate's entity id, looked up at top level
+    first, then as a key of the ``metadata_map`` field, as Photon-ML looks up a random-effect
+    type (default: the coordinate's ``entity_field``, or its key for ``context:<key>``).
+    ``event_time`` names the field (top level or map key) with each record's event time in
+    epoch milliseconds, which ``glmix backtest`` and ``glmix tune`` replay by; empty: none.
+    """
+
+    response: str = "response"
+    weight: str = "weight"
+    offset: str = "offset"
+    uid: str = "uid"
+    metadata_map: str = "metadataMap"
+    event_time: str = ""
+    bags: Mapping[str, str] = field(default_factory=dict)
+    ids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("response", "weight", "offset", "uid", "metadata_map"):
+            _check(bool(getattr(self, name).strip()), name, "must name a field")
+        for table in ("bags", "ids"):
+            for key, value in getattr(self, table).items():
+                _check(bool(value.strip()), f"{table}.{key}", "must name a field")
+
+    def bag_field(self, bag: str) -> str:
+        """The record field that holds model bag ``bag``."""
+        return self.bags.get(bag, bag)
+
+    def id_field(self, coordinate: str, settings: CoordinateSettings) -> str:
+        """The record field (or map key) that holds ``coordinate``'s entity id."""
+        return self.ids.get(coordinate, settings.entity_field.removeprefix("context:"))
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """``/metrics`` of pipeline processes (``glmix run``, ``glmix refit --every``, the demo).
 
@@ -540,6 +584,7 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     refit: RefitSettings = field(default_factory=RefitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    game_input: GameInputSettings = field(default_factory=GameInputSettings)
     state_dir: str = "./state"
     state_write_ahead_log: bool = True
     restore_max_records_per_s: int = 0
@@ -547,6 +592,19 @@ class Settings:
     batching: Literal["natural", "fixed"] = "natural"
 
     def __post_init__(self) -> None:
+        bags = set(self.model.global_feature_bags).union(*(c.feature_bags for c in self.model.coordinates.values()))
+        for bag in self.game_input.bags:
+            _check(
+                bag in bags,
+                f"game_input.bags.{bag}",
+                f"is not a bag of the model (its bags: {', '.join(sorted(bags))})",
+            )
+        for coordinate in self.game_input.ids:
+            _check(
+                coordinate in self.model.coordinates,
+                f"game_input.ids.{coordinate}",
+                f"is not a configured coordinate ({', '.join(self.model.coordinates)})",
+            )
         _check(
             self.restore_max_records_per_s >= 0,
             "restore_max_records_per_s",

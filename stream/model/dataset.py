@@ -31,8 +31,11 @@ def build_dataset(
     coordinates: Mapping[str, tuple[str, FeatureIndex]],
     weights: np.ndarray | None = None,
     transforms: FeatureTransforms | None = None,
+    offsets: np.ndarray | None = None,
 ) -> GameDataset:
-    """Index ``records``' feature bags (after ``transforms``) for the global coordinate and each ``(entity_field, index)``."""
+    """Index ``records``' feature bags (after ``transforms``) for the global coordinate and each ``(entity_field, index)``.
+
+    ``weights`` and ``offsets`` are per record (default 1 and 0)."""
     bags: Sequence[Mapping[str, Sequence[Any]]] = [r["features"] for r in records]
     if transforms is not None:
         bags = transforms.apply_rows(bags)
@@ -48,4 +51,5 @@ def build_dataset(
         labels=np.asarray(labels, dtype=np.float64),
         random_effects=effects,
         weights=weights,
+        offsets=offsets,
     )

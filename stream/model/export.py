@@ -9,13 +9,13 @@ every coefficient by (name, term), with variances from the posterior precisions.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from stream.codec.photon import INTERCEPT_NAME, PhotonModel
-from stream.config import ModelSettings
+from stream.config import CoordinateSettings, ModelSettings
 from stream.errors import InvalidValueError
 from stream.model.dataset import build_dataset
 from stream.model.features import INTERCEPT_KEY, FeatureIndex
@@ -84,6 +84,16 @@ def initial_global_model_record(
     This lets a fresh deployment start streaming before any refit: random effects learn
     from the first events, and the periodic refit replaces the global coefficients.
     """
+    global_index, indices = indexes_from_history(impressions, model, version)
+    empty = GameModel(model.loss, np.zeros(global_index.dim))
+    return global_model_record(empty, global_index, indices, version, model_name)
+
+
+def indexes_from_history(
+    impressions: Sequence[Mapping[str, Any]], model: ModelSettings, version: int = 1
+) -> tuple[FeatureIndex, dict[str, FeatureIndex]]:
+    """The first global and coordinate indexes: every (transformed) feature of ``impressions`` the coordinate reads,
+    most frequent first, each random-effect index up to its ``max_features``."""
     bags = FeatureTransforms.from_settings(model).apply_rows([imp["features"] for imp in impressions])
     global_index = FeatureIndex.from_data(bags, model.global_feature_bags, version=version)
     indices = {
@@ -92,8 +102,21 @@ def initial_global_model_record(
         )
         for name, c in model.coordinates.items()
     }
-    empty = GameModel(model.loss, np.zeros(global_index.dim))
-    return global_model_record(empty, global_index, indices, version, model_name)
+    return global_index, indices
+
+
+def global_coordinate_spec(model: ModelSettings, intercept: bool = True) -> CoordinateSpec:
+    """The global coordinate's penalty in a batch fit: ``model.global_l2`` on every feature, none on the intercept."""
+    return CoordinateSpec(l2=model.global_l2, intercept_l2=0.0, intercept_column=0 if intercept else None)
+
+
+def random_effect_spec(coordinate: CoordinateSettings) -> CoordinateSpec:
+    """A random-effect coordinate's penalty in a batch fit: its ``l2``, and ``intercept_l2`` on the intercept."""
+    return CoordinateSpec(
+        l2=coordinate.l2,
+        intercept_l2=coordinate.intercept_l2,
+        intercept_column=0 if coordinate.intercept else None,
+    )
 
 
 def fitted_global_model_record(
@@ -123,7 +146,7 @@ def fitted_global_model_record(
         labels,
         np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64),
         np.zeros(len(labels)) if offsets is None else np.asarray(offsets, dtype=np.float64),
-        CoordinateSpec(l2=model.global_l2, intercept_l2=0.0),
+        global_coordinate_spec(model),
         get_loss(model.loss),
     ).tolist()
     return record

@@ -278,11 +278,13 @@ def train_game(
     passes: int = 2,
     order: Sequence[str] | None = None,
     initial: GameModel | None = None,
+    on_step: Callable[[TrainingStep], None] | None = None,
 ) -> GameTrainingResult:
     """Block coordinate descent over ``coordinates`` (``global`` and random-effect names).
 
     ``order`` is the update order within a pass (default: global first, then the random
-    effects as given). With a validation set, the model after the best update is returned.
+    effects as given). With a validation set, the model after the best update is returned,
+    and ``on_step`` is called with each update's validation metric as soon as it is known.
     """
     loss_fn = get_loss(loss)
     order = list(order or ([GLOBAL] if GLOBAL in coordinates else []) + [c for c in coordinates if c != GLOBAL])
@@ -313,6 +315,8 @@ def train_game(
             if validation is not None:
                 name, value, higher_better = _validation_metric(loss_fn, validation.labels, model.margins(validation))
                 history.append(TrainingStep(iteration, coordinate, name, value))
+                if on_step is not None:
+                    on_step(history[-1])
                 key = value if higher_better else -value
                 if best is None or key > best[0]:
                     best = (key, step, model)

@@ -117,7 +117,7 @@ def plan_import(settings: Settings, directory: str | Path) -> PhotonImport:
     if fixed is not None:
         _check_shard(f"fixed effect {fixed.name!r}", fixed.shard, model.global_feature_bags, model)
     for effect in game.random_effects:
-        _check_random_effect(effect, model)
+        _check_random_effect(effect, settings)
     by_name = {effect.name: effect for effect in game.random_effects}
     coordinates = {name: _coordinate_import(settings, name, by_name.get(name)) for name in model.coordinates}
     global_index, coefficients = _global_coefficients(fixed, model)
@@ -150,15 +150,25 @@ def _check_model_losses(coordinate: str, models: Sequence[PhotonModel], loss: st
         )
 
 
-def _check_random_effect(effect: RandomEffect, model: ModelSettings) -> None:
-    """Refuse a random effect whose coordinate is not configured, or whose id field or shard differs."""
+def _check_random_effect(effect: RandomEffect, settings: Settings) -> None:
+    """Refuse a random effect whose coordinate is not configured, or whose id field or shard differs.
+
+    The id field (Photon-ML's random-effect type) may be the ``entity_field``, its key for
+    ``context:<key>``, or the GAME input field ``game_input.ids`` names for the coordinate.
+    """
+    model = settings.model
     configured = model.coordinates.get(effect.name)
     if configured is None:
         raise PhotonModelMismatchError(
             f"random-effect coordinate {effect.name!r} is not configured (model.coordinates: "
             f"{', '.join(model.coordinates)})"
         )
-    if effect.entity_field not in (configured.entity_field, configured.entity_field.removeprefix("context:")):
+    known = (
+        configured.entity_field,
+        configured.entity_field.removeprefix("context:"),
+        settings.game_input.id_field(effect.name, configured),
+    )
+    if effect.entity_field not in known:
         raise PhotonModelMismatchError(
             f"random-effect coordinate {effect.name!r}: entity id field {effect.entity_field!r}, "
             f"configured entity_field = {configured.entity_field!r}"
@@ -344,29 +354,67 @@ def export_game_model(settings: Settings, output: str | Path) -> dict[str, Any]:
     model = published_global_model(settings, "export")
     if model is None:
         raise BootstrapError(f"no global model on {settings.topics.model_global} to export")
+    entities = {}
+    for name in settings.model.coordinates:
+        records = latest_entity_models(settings, name)
+        entities[name] = (
+            [r["entity_id"] for r in records],
+            [r["means"] for r in records],
+            [_variances(r) for r in records],
+        )
+    game = game_model_files(settings, model.coefficients, model.global_index, model.coordinate_indices, entities)
+    write_game_model(output, game, optimization_configurations(settings))
+    return {
+        "output": str(output),
+        "global_version": model.version,
+        "coordinates": {effect.name: len(effect.models) for effect in game.random_effects},
+    }
+
+
+def game_model_files(
+    settings: Settings,
+    coefficients: np.ndarray,
+    global_index: FeatureIndex,
+    coordinate_indices: Mapping[str, FeatureIndex],
+    entities: Mapping[str, tuple[Sequence[str], Sequence[Sequence[float]], Sequence[Sequence[float] | None]]],
+) -> GameModelFiles:
+    """A model as GAME files: the global coefficients over ``global_index``, and per coordinate its entities'
+    ``(ids, means, variances)`` over its index (entries past the index's columns are left out; a coordinate
+    ``entities`` does not name is written without entities).
+
+    Each random effect's ``id-info`` names the field its ids are read from in GAME input
+    (Photon-ML's random-effect type: ``game_input.ids``, by default the ``entity_field``
+    or its ``context:`` key); each shard is named by its bags joined with ``+``.
+    """
     loss = settings.model.loss
     fixed = FixedEffect(
         GLOBAL,
         "+".join(settings.model.global_feature_bags),
         PhotonModel(
-            FIXED_EFFECT, [photon_key(k) for k in model.global_index.keys], model.coefficients.tolist(), None, loss
+            FIXED_EFFECT, [photon_key(k) for k in global_index.keys], [float(c) for c in coefficients], None, loss
         ),
     )
-    random = [
-        RandomEffect(
-            name,
-            configured.entity_field,
-            "+".join(configured.feature_bags),
-            [_entity_model(r, model.coordinate_indices[name], loss) for r in latest_entity_models(settings, name)],
+    random = []
+    for name, configured in settings.model.coordinates.items():
+        index = coordinate_indices[name]
+        keys = [photon_key(k) for k in index.keys]
+        ids, means, variances = entities.get(name, ([], [], []))
+        models = [
+            PhotonModel(
+                str(entity),
+                keys,
+                [float(m) for m in mean[: index.dim]],
+                None if variance is None else [float(v) for v in variance[: index.dim]],
+                loss,
+            )
+            for entity, mean, variance in zip(ids, means, variances)
+        ]
+        random.append(
+            RandomEffect(
+                name, settings.game_input.id_field(name, configured), "+".join(configured.feature_bags), models
+            )
         )
-        for name, configured in settings.model.coordinates.items()
-    ]
-    write_game_model(output, GameModelFiles(TASK_TYPES[loss], [fixed], random), _configurations(settings))
-    return {
-        "output": str(output),
-        "global_version": model.version,
-        "coordinates": {effect.name: len(effect.models) for effect in random},
-    }
+    return GameModelFiles(TASK_TYPES[loss], [fixed], random)
 
 
 def latest_entity_models(settings: Settings, coordinate: str) -> list[dict[str, Any]]:
@@ -394,22 +442,18 @@ def latest_entity_models(settings: Settings, coordinate: str) -> list[dict[str, 
     return [latest[entity] for entity in sorted(latest)]
 
 
-def _entity_model(record: Mapping[str, Any], index: FeatureIndex, loss: str) -> PhotonModel:
-    """One entity as a Photon-ML model over ``index``: its means, and variances from its precision when usable."""
+def _variances(record: Mapping[str, Any]) -> list[float] | None:
+    """An entity's variances from its precision (the diagonal of its inverse), None when it has no precision."""
     dim = len(record["means"])
     matrix = precision_matrix(record["precision_kind"], record["precision"], dim)
-    variances = None
-    if matrix is not None:
-        with np.errstate(divide="ignore"):
-            diagonal = (
-                1.0 / np.diag(matrix) if record["precision_kind"] == "DIAGONAL" else np.diag(np.linalg.inv(matrix))
-            )
-        variances = diagonal[: index.dim].tolist()
-    keys = [photon_key(k) for k in index.keys]
-    return PhotonModel(record["entity_id"], keys, list(record["means"][: index.dim]), variances, loss)
+    if matrix is None:
+        return None
+    with np.errstate(divide="ignore"):
+        diagonal = 1.0 / np.diag(matrix) if record["precision_kind"] == "DIAGONAL" else np.diag(np.linalg.inv(matrix))
+    return [float(v) for v in diagonal]
 
 
-def _configurations(settings: Settings) -> dict[str, dict[str, Any]]:
+def optimization_configurations(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each coordinate's optimization configuration in Photon-ML's metadata form (L2 weights, Newton or L-BFGS)."""
     l2 = {"regularizationType": "L2", "elasticNetParam": None}
     configurations: dict[str, dict[str, Any]] = {

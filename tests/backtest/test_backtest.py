@@ -293,4 +293,71 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     assert "no Photon-ML feature maps to a feature bag of the model (most frequent names: browser)" in (
         capsys.readouterr().err)
     assert main(["bootstrap", "--from", str(photon), *emerging_log.sources[:1], "--no-publish"]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert "give one kind of history: event files, Photon-ML TrainingExampleAvro files or GAME input files" in (
+        capsys.readouterr().err)
+
+
+def test_a_backtest_of_game_input_equals_the_backtest_of_the_same_impressions_and_clicks(tmp_path, capsys):
+    """GAME records with an event time replay as an impression each and, for a response of 1, a click at that time."""
+    from stream.codec.container import write_container
+    from tests.game_inputs import ratings_world, write_config, write_records
+
+    world = ratings_world(seed=8, loss="logistic", records=1000)
+    records = world.records(np.arange(1000))
+    write_records(tmp_path / "game.avro", records)
+    config = ["--config", str(write_config(tmp_path / "glmix.toml", "logistic")),
+              "--set", "joiner.attribution_window_ms=2000", "--set", "joiner.allowed_lateness_ms=0",
+              "--set", "joiner.bootstrap_impressions=300", "--latency", "20s"]
+    assert main(["backtest", "--from", str(tmp_path / "game.avro"), "--set", "game_input.event_time=timestamp",
+                 *config]) == 0
+    from_game = json.loads(capsys.readouterr().out)
+
+    impressions, clicks = [], []
+    for n, r in enumerate(records):
+        uid = f"game-input-{n}"
+        impressions.append({
+            "impression_id": uid, "request_id": uid, "member_id": uid, "item_id": uid, "position": 0,
+            "event_time": r["timestamp"], "random_bucket": False,
+            "features": {bag: [{**f, "term": f["term"] or ""} for f in r[bag]]
+                         for bag in ("features", "userFeatures", "songFeatures")},
+            "context": {"userId": str(r["userId"]), "songId": str(r["songId"]),
+                        "artistId": r["metadataMap"]["artistId"]}})
+        if r["response"] == 1.0:
+            clicks.append({"interaction_id": f"{uid}:response", "impression_id": uid, "member_id": uid,
+                           "item_id": uid, "type": "CLICK", "event_time": r["timestamp"]})
+    write_container(tmp_path / "impressions.avro", "Impression", impressions)
+    write_container(tmp_path / "interactions.avro", "Interaction", clicks)
+    assert main(["backtest", "--from", str(tmp_path / "impressions.avro"), str(tmp_path / "interactions.avro"),
+                 *config]) == 0
+    from_events = json.loads(capsys.readouterr().out)
+    for report in (from_game, from_events):
+        for timing in ("seconds", "events_per_s"):
+            report.pop(timing)
+    assert from_game == from_events
+    assert from_game["join"]["impressions"] == 1000 and from_game["join"]["interactions"] == len(clicks)
+    closed = int(np.sum(world.times + 2000 <= world.times.max()))  # windows still open when the log ends are not
+    assert from_game["examples"] == closed
+    assert from_game["variants"]["global+per-user+per-song+per-artist"]["auc"] > 0.6
+
+
+def test_game_input_without_an_event_time_setting_is_refused_by_a_backtest(tmp_path, capsys):
+    from tests.game_inputs import ratings_world, write_config, write_records
+
+    world = ratings_world(records=10, loss="logistic")
+    write_records(tmp_path / "game.avro", world.records(np.arange(10)))
+    assert main(["backtest", "--config", str(write_config(tmp_path / "glmix.toml", "logistic")),
+                 "--from", str(tmp_path / "game.avro")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["glmix: error: GAME input records are replayed by their event time: set game_input.event_time to "
+                   "the field that holds it"]
+
+
+def test_a_response_no_interaction_type_gives_is_refused_by_a_backtest(tmp_path, capsys):
+    from tests.game_inputs import ratings_world, write_config, write_records
+
+    world = ratings_world(records=10, loss="linear")
+    write_records(tmp_path / "game.avro", world.records(np.arange(10)))
+    assert main(["backtest", "--config", str(write_config(tmp_path / "glmix.toml", "linear")),
+                 "--from", str(tmp_path / "game.avro"), "--set", "game_input.event_time=timestamp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"game.avro: a response of {world.responses[0]:g} has no interaction type" in err[0]

@@ -245,3 +245,22 @@ def test_an_entity_with_two_models_is_refused(tmp_path):
     write_container(part, "BayesianLinearModelAvro", [_record("m1", [(INTERCEPT, 0.9)])])
     with pytest.raises(PhotonModelMismatchError, match="entity 'm1' has more than one model"):
         plan_import(load_settings(overrides={}), tmp_path)
+
+
+def test_the_game_input_id_field_is_the_random_effect_type_both_ways(tmp_path):
+    """With game_input.ids.member = userId, a random effect typed userId imports, and export writes userId."""
+    from stream.model.features import FeatureIndex
+    from stream.refit.game_models import game_model_files
+
+    _write_game(tmp_path, {"m1": ([(INTERCEPT, 0.5)], None)}, {"j1": ([(INTERCEPT, 0.1)], None)}, [(INTERCEPT, 1.0)],
+                {"member": "userId", "job": "item_id"})
+    with pytest.raises(PhotonModelMismatchError, match="entity id field 'userId'"):
+        plan_import(load_settings(overrides={}), tmp_path)
+    settings = load_settings(overrides={"game_input.ids.member": "userId"})
+    plan = plan_import(settings, tmp_path)
+    assert plan.coordinates["member"].entity_ids == ["m1"]
+    indices = {name: FeatureIndex(c.feature_bags, capacity=c.max_features) for name, c in settings.model.coordinates.items()}
+    written = game_model_files(settings, np.zeros(1), FeatureIndex(settings.model.global_feature_bags), indices,
+                               {"member": (["m1"], [[0.5]], [None])})
+    assert {e.name: (e.entity_field, len(e.models)) for e in written.random_effects} == {
+        "member": ("userId", 1), "job": ("item_id", 0)}
