@@ -638,11 +638,13 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
-    """Compile the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    """Compile the joiner's and the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    from stream.consumers.labeling import warm_up_join_kernels
     from stream.model.losses import get_loss
     from stream.updaters.state_update import CoordinateMath
 
     started = time.monotonic()
+    warm_up_join_kernels(settings)
     for coordinate in settings.model.coordinates.values():
         CoordinateMath.of(coordinate, get_loss(settings.model.loss)).warm_up()
     print(f"compiled kernels ready in {time.monotonic() - started:.1f} s")
@@ -710,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser = sub.add_parser(
         "compile",
         parents=[common],
-        help="compile the Newton solver into numba's cache (else the first stage start does, ~15 s)",
+        help="compile the join's and the Newton solver's kernels into numba's cache (else the first stage start does, ~15 s)",
     )
     compile_parser.set_defaults(handler=cmd_compile)
 

@@ -318,3 +318,27 @@ def interaction_types(interaction_schema: Mapping[str, Any]) -> list[str]:
     """The symbols of the Interaction ``type`` enum; a symbol's position is its type code."""
     field_type = next(f["type"] for f in interaction_schema["fields"] if f["name"] == "type")
     return list(field_type["symbols"])
+
+
+def warm_up_join_kernels(settings: Settings) -> None:
+    """Compile the join's numba kernels (decode, lookup, example writer, scan, splice) into numba's disk cache.
+
+    One made-up impression goes through the columnar path, so a stage's first batch does not pay the compile.
+    """
+    from stream.model.export import initial_global_model_record
+    from stream.tables.models import GlobalModelTable
+
+    bag = (settings.model.global_feature_bags or ["warm_up"])[0]
+    impression = {
+        "impression_id": "warm-up", "request_id": "warm-up", "member_id": "m", "item_id": "j", "position": 0,
+        "event_time": 1, "random_bucket": False, "features": {bag: [{"name": "n", "term": "t", "value": 1.0}]},
+        "context": {"surface": "warm-up"},
+    }  # fmt: skip
+    table = GlobalModelTable(settings.model)
+    table.apply([initial_global_model_record([impression], settings.model)])
+    model = table.current
+    assert model is not None
+    join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
+    [stored] = join.indexer.examples(_rows_of([JoinInput(IMPRESSION, impression)]), model)
+    batch = join.emitted([Emission(stored, 1.0, 1, 2, False)], model, {})
+    join.encoded(batch, join._stored)
