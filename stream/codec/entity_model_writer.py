@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from numba import njit
 
-from stream.codec.columnar.writer import MAX_VARINT, write_bytes, write_long
+from stream.codec.columnar.writer import MAX_VARINT, split_values, write_bytes, write_long
 from stream.codec.exceptions import EncodeError
 from stream.codec.schemas import AvroSchema
 
@@ -109,8 +109,7 @@ def encode_entity_models(
     )
     if not finite:
         raise NonFiniteCoefficientsError("refusing to publish non-finite coefficients")
-    data = buffer.tobytes()
-    return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
+    return split_values(buffer, offsets)
 
 
 class NonFiniteCoefficientsError(EncodeError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from stream.codec.columnar.writer import MAX_VARINT, write_bytes, write_long, write_raw
+from stream.codec.columnar.writer import MAX_VARINT, split_values, write_bytes, write_long, write_raw
 from stream.codec.exceptions import EncodeError
 from stream.codec.schemas import AvroSchema
 
@@ -130,8 +130,7 @@ def encode_unlabeled_examples(header: bytes, columns: UnlabeledColumns) -> list[
         np.ascontiguousarray(columns.unindexed, dtype=np.int64),
         capacity,
     )
-    data = buffer.tobytes()
-    return [data[offsets[i] : offsets[i + 1]] for i in range(n)]
+    return split_values(buffer, offsets)
 
 
 @njit(nogil=True, cache=True)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from stream.codec.columnar.kernel import read_long, same_range
-from stream.codec.columnar.writer import MAX_VARINT, write_bytes, write_long, write_raw
+from stream.codec.columnar.writer import MAX_VARINT, split_values, write_bytes, write_long, write_raw
 from stream.codec.exceptions import DecodeError
 
 _OK, _NOT_UNLABELED, _OTHER_COORDINATES, _TRUNCATED = 0, 1, 2, 3
@@ -236,8 +236,7 @@ def splice_labels(
         np.ascontiguousarray(versions, dtype=np.int64).reshape(n, len(names)),
         capacity,
     )
-    data = out.tobytes()
-    return [data[offsets[i] : offsets[i + 1]] for i in range(n)]
+    return split_values(out, offsets)
 
 
 @njit(nogil=True, cache=True)

@@ -143,9 +143,9 @@ class FeatureColumns:
     def _missed(self, where: np.ndarray, rows: np.ndarray, lacking: np.ndarray) -> MissedFeatures:
         f = self.features
         keys = [
-            (_text(f.data, f.bag_offsets[e], f.bag_lengths[e]),
-             _text(f.data, f.name_offsets[e], f.name_lengths[e]),
-             _text(f.data, f.term_offsets[e], f.term_lengths[e]))
+            (f.text(f.bag_offsets[e], f.bag_lengths[e]),
+             f.text(f.name_offsets[e], f.name_lengths[e]),
+             f.text(f.term_offsets[e], f.term_lengths[e]))
             for e in where.tolist()
         ]  # fmt: skip
         return MissedFeatures(rows[where], keys, f.values[where], lacking.sum(axis=1))
@@ -234,11 +234,6 @@ class FeatureLookup:
         )  # fmt: skip
         rows = np.repeat(np.arange(len(features.row_offsets) - 1), np.diff(features.row_offsets))
         return FeatureColumns(features, columns, lacking, rows)
-
-
-def _text(data: bytes, offset: np.integer, length: np.integer) -> str:
-    start = int(offset)
-    return data[start : start + int(length)].decode()
 
 
 @njit(nogil=True, cache=True)

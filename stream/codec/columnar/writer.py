@@ -8,6 +8,8 @@ returns the next position.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from stream.codec.columnar.kernel import leaf
@@ -41,3 +43,10 @@ def write_bytes(buffer, pos, data, start, stop):
     """Avro bytes or string: the length, then ``data[start:stop]``; returns the next position."""
     pos = write_long(buffer, pos, np.int64(stop - start))
     return write_raw(buffer, pos, data, start, stop)
+
+
+def split_values(buffer: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+    """The values a batch writer wrote back to back into ``buffer``: value ``i`` is ``offsets[i]:offsets[i + 1]``."""
+    data = buffer.tobytes()
+    bounds = offsets.tolist()
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
