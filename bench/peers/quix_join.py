@@ -22,7 +22,7 @@ most ``attribution_window_ms`` after its impression's; the labels come from the 
 none is 0); one example per impression (duplicates land in its windows and are dropped there), with the joiner's
 label time (the window's end). The watermark is the partition's largest event time over both topics (the joiner's
 is the smaller input's), so windows near the end of the input close that the joiner keeps open. An event below the
-watermark minus the grace is dropped as late (counted); sessions without an impression (orphans) emit nothing.
+watermark minus the grace is dropped as late (counted); windows without an impression (orphans) emit nothing.
 Early positives (off by default in the joiner) are not offered. Nothing is indexed or scored, nor dead-lettered.
 """
 
@@ -98,7 +98,7 @@ def main() -> None:
     symbols = interactions.symbols("type")
     rules = Rules.parse(args.rules, symbols)
     if rules.early_positives:
-        sys.exit("quix: early positives are not offered (a session window emits at its close)")
+        sys.exit("quix: early positives are not offered (a window emits at its close)")
     if args.guarantee == "none":
         sys.exit("quix: choose at-least-once or exactly-once")
     progress = Progress(args.expect)
