@@ -329,6 +329,7 @@ def main() -> None:
               "broker": "Tansu process", "attribution_window_ms": int(JOIN_SETTINGS["joiner.attribution_window_ms"]),
               "allowed_lateness_ms": int(JOIN_SETTINGS["joiner.allowed_lateness_ms"])}
     rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     failed = False
     with BrokerProcess() as broker:
         reference: dict[str, float] = {}
@@ -347,6 +348,7 @@ def main() -> None:
                 failed = True
                 continue
             rates[contender] = len(events) / line["seconds"]
+            cpu[contender] = line["cpu_s_per_million_events"]
             print(json.dumps({**common, **line, "events_per_s": round(rates[contender]), "reproduce": REPRODUCE}),
                   flush=True)
     peers = {c: r for c, r in rates.items() if c != "joiner"}
@@ -356,6 +358,7 @@ def main() -> None:
                           "joiner_events_per_s": round(rates["joiner"]), "fastest_peer": fastest,
                           "fastest_peer_events_per_s": round(peers[fastest]),
                           "joiner_over_fastest_peer": round(rates["joiner"] / peers[fastest], 2),
+                          "fastest_peer_cpu_over_joiner_cpu": round(cpu[fastest] / cpu["joiner"], 2),
                           "aim_joiner_over_fastest_peer": 3.0, "reproduce": REPRODUCE}), flush=True)
     sys.exit(1 if failed else 0)
 
