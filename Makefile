@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/river_peer.py
+	$(BIN)/python bench/join_peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

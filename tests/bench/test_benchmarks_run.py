@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("freshness.py", ["--quick"], None),
     ("river_peer.py", ["--quick"], None),
     ("soak.py", ["--quick"], None),
+    ("join_peers.py", ["--quick"], None),  # builds bench/.peers-venv on first use (PyPI)
 ])
 def test_benchmark_prints_json_lines(script, args, rate_key):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True, timeout=600).stdout
