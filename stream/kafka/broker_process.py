@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -123,6 +124,88 @@ class BrokerProcess:
 
     def close(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class S3Storage:
+    """moto's S3 server on a loopback port with one bucket: storage for a :class:`BrokerProcess` that outlives it.
+
+    With ``BrokerProcess(storage_engine=s3.storage_engine, environment=s3.environment)``
+    the broker's topics, records and committed offsets live in this server's process, so
+    the broker can be killed and started again with its data kept. moto (``moto[server]``,
+    a test dependency) answers S3's conditional writes (``If-None-Match``, ``If-Match``),
+    which Tansu's object store relies on. ``log`` receives the server's output.
+    """
+
+    BUCKET = "tansu"
+    _KEY = "tansu"
+
+    def __init__(self, log: Path, timeout_s: float = 30.0) -> None:
+        try:
+            import boto3
+            import moto.server  # noqa: F401 - only checked for: the server runs in a process of its own
+        except ImportError as exc:
+            raise BrokerUnavailableError(f"no S3 server for the broker: pip install 'moto[server]' ({exc})") from exc
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self._KEY,
+            aws_secret_access_key=self._KEY,
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                self.close()
+                raise BrokerUnavailableError(f"the S3 server exited with {self.process.returncode}; see {log}")
+            try:
+                client.create_bucket(Bucket=self.BUCKET)
+                return
+            except Exception as exc:  # botocore raises several kinds while nothing listens yet
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise BrokerUnavailableError(f"the S3 server at {self.url} did not answer: {exc}") from exc
+                time.sleep(0.2)
+
+    @property
+    def storage_engine(self) -> str:
+        """Tansu's ``--storage-engine`` for the bucket."""
+        return f"s3://{self.BUCKET}/"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What Tansu needs to reach the server (its object store's ``AWS_*`` settings)."""
+        return {
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": self._KEY,
+            "AWS_SECRET_ACCESS_KEY": self._KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def close(self) -> None:
+        """Stop the server (its data goes with it)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:

@@ -55,4 +55,4 @@ def test_run_all_killed_at_random_ends_as_one_uninterrupted_run(kafka_broker, ka
     finally:
         pipelines.stop()
     assert alive, pipelines.log.read_text()[-3000:]
-    assert check.exact
+    assert check.exact, str(check)
