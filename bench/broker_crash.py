@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.kafka.broker_process import BrokerProcess, S3Storage, tansu_binary
 from stream.kafka.messages import fetched_end
@@ -78,10 +79,8 @@ def run_mode(mode: str, kills: int, seconds: float, work: Path) -> dict:
     with S3Storage(work / f"{mode}-s3.log") as storage:
         broker = BrokerProcess(storage_engine=storage.storage_engine, environment=storage.environment)
         try:
-            from confluent_kafka.admin import AdminClient, NewTopic
-
-            for future in AdminClient({"bootstrap.servers": broker.bootstrap_servers}).create_topics(
-                    [NewTopic(TOPIC, PARTITIONS, 1)]).values():
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})  # kept alive until the topic is
+            for future in admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)]).values():
                 future.result(15)
             producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "acks": "all", "linger.ms": 5,
                                  "enable.idempotence": idempotent, "on_delivery": delivered})
