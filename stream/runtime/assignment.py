@@ -19,6 +19,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from stream.errors import GlmixError
 from stream.kafka.messages import source_of
 from stream.runtime.retention import RetentionWatch
 from stream.runtime.stage import Stage
@@ -186,14 +187,20 @@ class Assignment:
         return sum(store.size_bytes() for store in list(self.stores.values()))
 
     def close(self) -> None:
-        """Close every store."""
+        """Close every store, also when one fails to (a full disk); then raise the first failure."""
+        failure: GlmixError | None = None
         for store in [
             *self.stores.values(),
             *self._to_close,
             *(r.store for r in self.restoring.values() if r.store is not None),
         ]:
-            store.close()
+            try:
+                store.close()
+            except GlmixError as exc:
+                failure = failure or exc
         self.stores.clear()
         self.restoring.clear()
         self._to_close.clear()
         self.ready.clear()
+        if failure is not None:
+            raise failure

@@ -15,10 +15,13 @@ made durable no longer holds the records it rejected (an orphan interaction); a 
 dead-letter a record twice, never lose one. Offsets only go forward: a checkpoint that
 would commit an offset below one already committed in this assignment is a bug, and raises.
 
-Every produce waits for room in a full local queue and every flush is bounded by
-``wait_s`` (half of ``max.poll.interval.ms``, see
-:func:`stream.kafka.clients.producer_wait_seconds`): a burst of records never fails a
-batch, a broker that delivers nothing for that long does, naming what was waited for.
+Every wait is bounded by ``wait_s`` (half of ``max.poll.interval.ms``, see
+:func:`stream.kafka.clients.producer_wait_seconds`) and fails naming what it waited for:
+a produce into a full local queue waits while the queue drains (a burst of records never
+fails a batch; a queue that drains nothing for that long does), each flush waits for
+the records still undelivered, and the offset commit waits for the group coordinator
+(librdkafka's own synchronous commit would wait as long as a stalled broker stays
+stalled). A broker stopped for less than that costs only the wait.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class Checkpoint:
         for output in self._outputs:
             self._produce(output)
         self._flush("dead-letter and output" if self._dead_letters and not self._logged else "output")
-        accepted = commit_processed(consumer, self._consumed, self.who)
+        accepted = commit_processed(consumer, self._consumed, self.who, self.wait_s)
         if accepted:
             self.committed.update(self._consumed)
         for w in self._writes:

@@ -188,6 +188,23 @@ class StageRunner:
         """Size of the local state of every ready partition (RocksDB's estimate)."""
         return self.assignment.size_bytes()
 
+    def abandon(self) -> None:
+        """After a failed batch: leave the group, release the stores and the stage, and commit nothing more.
+
+        The failed batch was not committed, so the next owner replays it; a last checkpoint
+        now (the archive's buffers, say) could commit input the failed batch never made
+        durable. What fails here (a store that cannot write its memtables on a full disk) is
+        logged, not raised: the batch's own error is the one to report.
+        """
+        releases = [("closing its stores", self.assignment.close), ("closing the stage", self.stage.close)]
+        if self._clients is not None:
+            releases.insert(0, ("leaving the group", self._clients.consumer.close))
+        for what, release in releases:
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 - the first failure is the one raised; these are only logged
+                log.warning("%s: %s after the failed batch failed too: %s", self.stage.group_id, what, exc)
+
     def close(self) -> None:
         """Checkpoint what the stage still holds, leave the group (revoking every partition), close stores and stage."""
         try:

@@ -25,6 +25,7 @@ from typing import cast
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
+from stream.errors import DiskFullError, GlmixError, is_disk_full
 from stream.state.exceptions import StateError, StoreOwnedError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ class PartitionStore:
 
     def __init__(self, path: str | Path, write_ahead_log: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._failed(exc, "the state store's directory") from exc
         self._write_options = WriteOptions()
         self._write_options.disable_wal = not write_ahead_log  # type: ignore[method-assign,assignment]  # a property; the stub says method
         self._db: Rdict | None = self._open()
@@ -72,12 +76,21 @@ class PartitionStore:
             raise StateError(f"the state store {self.path} is closed")
         return self._db
 
+    def _failed(self, exc: Exception, writing: str) -> GlmixError:
+        """The error for a failed write: a full disk says so (it is not corruption: the store must not be wiped for
+        it), anything else is a :class:`StateError`; both name the store and what it was ``writing``."""
+        if is_disk_full(exc):
+            return DiskFullError(self.path, writing, exc)
+        return StateError(f"writing {writing} at {self.path} failed: {exc}")
+
     def _open(self) -> Rdict:
         try:
             return Rdict(str(self.path), _options())
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
             if "lock" in str(exc).lower():
                 raise StoreOwnedError(f"{self.path} is already open by another owner: {exc}") from exc
+            if is_disk_full(exc):
+                raise self._failed(exc, "the log and manifest of the state store (on open)") from exc
             raise StateError(f"cannot open the state store {self.path}: {exc}") from exc
 
     def processed_offset(self, source: str = "input") -> int:
@@ -92,7 +105,7 @@ class PartitionStore:
         try:
             return cast(list[bytes | None], self._open_db.get(list(keys)))
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
-            raise StateError(f"reading {len(keys)} keys from {self.path} failed: {exc}") from exc
+            raise StateError(f"reading {len(keys)} keys from the state store {self.path} failed: {exc}") from exc
 
     def commit(
         self,
@@ -108,7 +121,7 @@ class PartitionStore:
             batch.put(key, value)
         for key, value in offset_items(offsets or {}):
             batch.put(key, value)
-        self._write(batch)
+        self._write(batch, f"a write batch of {len(batch)} changes to the state store")
 
     def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offsets: Mapping[str, int] | None = None) -> None:
         """Write ``changes`` in their order (a None value deletes the key) and ``offsets``: one WriteBatch."""
@@ -120,13 +133,13 @@ class PartitionStore:
                 batch.put(key, value)
         for key, value in offset_items(offsets or {}):
             batch.put(key, value)
-        self._write(batch)
+        self._write(batch, f"a write batch of {len(batch)} changelog changes to the state store")
 
-    def _write(self, batch: WriteBatch) -> None:
+    def _write(self, batch: WriteBatch, what: str) -> None:
         try:
             self._open_db.write(batch, self._write_options)
         except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status (disk full, I/O error)
-            raise StateError(f"writing to the state store {self.path} failed: {exc}") from exc
+            raise self._failed(exc, what) from exc
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Items with ``start <= key < stop``, in key order."""
@@ -151,13 +164,24 @@ class PartitionStore:
 
     def flush(self) -> None:
         """Write memtables to disk files (for size measurements and clean shutdown)."""
-        self._open_db.flush()
+        try:
+            self._open_db.flush()
+        except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
+            raise self._failed(exc, "the memtables of the state store") from exc
 
     def close(self) -> None:
-        """Release the store (and its lock); safe to call twice."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Release the store (and its lock); safe to call twice.
+
+        Without the write-ahead log RocksDB writes its memtables on close; when that fails
+        (a full disk) the store is released all the same and the error raised: the lost
+        writes are behind the changelog, which the next owner restores from.
+        """
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception as exc:  # rocksdict raises plain Exception for every RocksDB status
+                raise self._failed(exc, "the memtables of the state store (on close)") from exc
 
     def wipe(self) -> None:
         """Delete everything (a corrupt or unusable store) and start empty."""

@@ -88,3 +88,26 @@ def test_every_example_is_archived_once_even_when_the_commit_is_lost(kafka_boots
     again = [e for h in files.hours() for f in files.files(h) for e in files.read(f)]
     assert len(again) == len(sent)
     assert second.stats.skipped_replays == len(sent) and second.stats.archived == 0
+
+
+def test_an_archive_file_that_finds_the_disk_full_is_not_left_half_written(tmp_path):
+    """The partial dot-file is deleted (it holds the space a retry needs) and the error names the file."""
+    import os
+
+    from stream.archive.files import ArchiveFiles
+    from stream.errors import DiskFullError
+    from tests.faults.harness import SmallFilesystem
+
+    if os.geteuid() != 0:
+        pytest.skip("filling a real small filesystem needs a tmpfs mounted, which needs root (CI runs as root)")
+    filesystem = SmallFilesystem(tmp_path / "small", 1 << 20)
+    try:
+        files = ArchiveFiles(str(filesystem.path / "archive"))
+        filesystem.fill(leave_bytes=64 << 10)
+        with pytest.raises(DiskFullError, match=r"while writing the archive file part-00003-0+7-0+9\.avro "
+                                                r"\(partition 3, offsets 7-9\)"):
+            files.write(START, 3, 7, 9, [example(i, START + i) for i in range(20_000)])
+        assert [p.name for p in (filesystem.path / "archive").rglob("*") if p.is_file()] == []
+        assert files.files(START) == []
+    finally:
+        filesystem.close()

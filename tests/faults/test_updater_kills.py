@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.codec import make_codec
-from stream.config import Settings, load_settings
+from stream.config import load_settings
 from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
 from stream.runtime.runner import StageRunner
@@ -32,7 +31,7 @@ from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from stream.tables.models import GlobalModelTable
 from stream.updaters.updater import CoordinateUpdater
-from tests.helpers import read_topic
+from tests.faults.harness import differing, latest_coefficients, start_glmix_run
 
 pytestmark = pytest.mark.kafka
 
@@ -47,26 +46,8 @@ def _overrides(prefix: str, state_dir: Path, examples_topic: str) -> dict[str, s
     }
 
 
-def _latest(bootstrap: str, settings: Settings) -> dict[str, tuple[int, np.ndarray]]:
-    codec = make_codec("EntityModel", "any")
-    latest: dict[str, tuple[int, np.ndarray]] = {}
-    for message in read_topic(bootstrap, settings.topics.coefficients("member"), timeout_s=20):
-        record = codec.decode(message.value())
-        if record["version"] > latest.get(record["entity_id"], (0, None))[0]:
-            latest[record["entity_id"]] = (record["version"], np.array(record["means"]))
-    return latest
-
-
-def _differing(got: dict, expected: dict) -> list[str]:
-    return [e for e, (_, means) in expected.items()
-            if e not in got or not np.allclose(got[e][1], means, rtol=1e-7, atol=1e-9)]
-
-
 def _start(bootstrap: str, overrides: dict[str, str], log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "stream", "run", "updater", "--coordinate", "member", "--bootstrap-servers", bootstrap]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
-    return subprocess.Popen(args, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    return start_glmix_run(bootstrap, overrides, log, "updater", ("--coordinate", "member"))
 
 
 @pytest.mark.parametrize(("processes", "kills"), [
@@ -130,21 +111,21 @@ def test_updaters_killed_at_random_end_with_the_uninterrupted_coefficients(kafka
             reference.step()
     finally:
         reference.close()
-    expected = _latest(kafka_bootstrap, reference_settings)
+    expected = latest_coefficients(kafka_bootstrap, reference_settings, "member")
     assert len(expected) == len({e["member_id"] for e in examples})
     try:
         deadline = time.monotonic() + 120
-        while _differing(got := _latest(kafka_bootstrap, settings), expected) and time.monotonic() < deadline:
+        while differing(got := latest_coefficients(kafka_bootstrap, settings, "member"), expected) and time.monotonic() < deadline:
             time.sleep(2)
     finally:
         for process in running.values():
             process.send_signal(signal.SIGTERM)
         for process in running.values():
             process.wait(30)
-    differing = _differing(got, expected)
+    wrong = differing(got, expected)
     text = log.read_text()
     print(f"\n{processes} process(es), {kills} kills, {wipes} state wipes: {len(examples)} examples, "
-          f"{len(differing)} of {len(expected)} entities differ; {time.monotonic() - started:.0f} s; "
+          f"{len(wrong)} of {len(expected)} entities differ; {time.monotonic() - started:.0f} s; "
           f"{text.count('refused by a rebalance')} commits refused by rebalances")
-    assert not differing
+    assert not wrong
     assert "Traceback" not in text  # no process died of anything but SIGKILL

@@ -99,7 +99,7 @@ def test_a_commit_refused_by_a_rebalance_is_reported_not_raised(kafka_bootstrap,
     last = {(taken[-1].topic(), taken[-1].partition()): taken[-1].offset()}
     try:
         with caplog.at_level("WARNING", logger="stream.kafka.messages"):
-            committed = commit_processed(first, last, "test-stage")
+            committed = commit_processed(first, last, "test-stage", timeout_s=30)
     finally:
         second.close()
         first.close()

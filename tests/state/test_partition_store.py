@@ -75,3 +75,41 @@ def test_without_the_write_ahead_log_a_closed_store_keeps_everything(tmp_path):
     reopened = PartitionStore(tmp_path / "s")
     assert reopened.get_many([b"k"]) == [b"v"] and reopened.processed_offset() == 7
     reopened.close()
+
+
+@pytest.fixture
+def full_filesystem(tmp_path):
+    """A 4 MB tmpfs (mounting needs root; CI runs as root)."""
+    import os
+
+    from tests.faults.harness import SmallFilesystem
+
+    if os.geteuid() != 0:
+        pytest.skip("filling a real small filesystem needs a tmpfs mounted, which needs root (CI runs as root)")
+    filesystem = SmallFilesystem(tmp_path / "small", 4 << 20)
+    yield filesystem
+    filesystem.close()
+
+
+def test_a_full_disk_fails_in_one_line_naming_the_store_and_never_wipes_it(full_filesystem):
+    """A store that cannot write or open for want of space is not corrupt: once space is back it opens with its data."""
+    from stream.errors import DiskFullError, GlmixError
+
+    path = full_filesystem.path / "p3"
+    store = PartitionStore(path)
+    store.commit([(b"kept", b"v")], offsets={"input": 7})
+    full_filesystem.fill(leave_bytes=0)
+    with pytest.raises(DiskFullError, match=rf"^no space left on the filesystem of {path} \(0 bytes free of "
+                                            r"4,194,304\) while writing a write batch of 2 changes to the state store: "
+                                            r"IO error: No space left on device") as failed:
+        store.commit([(b"lost", b"x" * 100_000)], offsets={"input": 8})
+    assert "\n" not in str(failed.value)
+    with pytest.raises(GlmixError):  # RocksDB keeps the failed write's error: "Writer has previous error"
+        store.close()
+    with pytest.raises(DiskFullError, match="while writing the log and manifest of the state store"):
+        open_or_wipe(path)
+    full_filesystem.free()
+    reopened, wiped = open_or_wipe(path)
+    assert not wiped
+    assert reopened.get_many([b"kept", b"lost"]) == [b"v", None] and reopened.processed_offset() == 7
+    reopened.close()
