@@ -5,6 +5,7 @@ import json
 import pytest
 
 from stream.codec.container import write_container
+from stream.codec import DecodeError
 from stream.codec.photon import PhotonModel
 from stream.codec.photon_game import (
     FixedEffect,
@@ -101,3 +102,28 @@ def test_a_damaged_directory_is_refused_naming_the_file(tmp_path, damage, messag
     else:
         with pytest.raises(GameLayoutError, match=message):
             read_game_model(tmp_path)
+
+
+@pytest.mark.parametrize("task_type, model_class, loss", [
+    ("LOGISTIC_REGRESSION", "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel", "logistic"),
+    ("LINEAR_REGRESSION", "com.linkedin.photon.ml.supervised.regression.LinearRegressionModel", "linear"),
+    ("POISSON_REGRESSION", "com.linkedin.photon.ml.supervised.regression.PoissonRegressionModel", "poisson"),
+    ("SMOOTHED_HINGE_LOSS_LINEAR_SVM",
+     "com.linkedin.photon.ml.supervised.classification.SmoothedHingeLossLinearSVMModel", None),
+])
+def test_each_of_photons_task_types_gives_its_loss_from_the_metadata_and_from_the_model_class(
+        tmp_path, task_type, model_class, loss):
+    """Photon-ML's four TaskTypes: the loss comes from modelType and, where lossFunction is empty, from modelClass
+    alone; the smoothed-hinge SVM has no loss here and is refused naming it, both ways."""
+    _photon_directory(tmp_path)
+    metadata = tmp_path / "model-metadata.json"
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "modelType": task_type}))
+    record = {"modelId": "m", "modelClass": model_class, "lossFunction": "", "means": [], "variances": None}
+    if loss is None:
+        with pytest.raises(GameLayoutError, match=task_type):
+            read_game_model(tmp_path).loss
+        with pytest.raises(DecodeError, match="SmoothedHingeLossLinearSVMModel"):
+            PhotonModel.from_record(record)
+    else:
+        assert read_game_model(tmp_path).loss == loss
+        assert PhotonModel.from_record(record).loss == loss
