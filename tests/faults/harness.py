@@ -73,10 +73,15 @@ class JoinerInput:
         bounds = [len(events) * i // chunks for i in range(chunks + 1)]
         return cls(settings, producer, [events[a:b] for a, b in zip(bounds, bounds[1:])], len(events), len(labeled))
 
-    def produce(self, chunk: int) -> None:
-        """Produce one chunk of events to the input topics and wait for it."""
-        produce_to_kafka(self.chunks[chunk], self.producer, *event_topics_and_codecs(self.settings))
-        self.producer.flush(30)
+    def produce(self, chunk: int, slices: int = 1, pause_s: float = 0.0) -> None:
+        """Produce one chunk of events to the input topics and wait for it; in ``slices`` parts ``pause_s`` apart."""
+        records = self.chunks[chunk]
+        bounds = [len(records) * i // slices for i in range(slices + 1)]
+        for n, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            if n:
+                time.sleep(pause_s)
+            produce_to_kafka(records[a:b], self.producer, *event_topics_and_codecs(self.settings))
+            self.producer.flush(30)
 
     def reference(self, bootstrap: str, state_dir: Path, prefix: str) -> dict[str, Counter]:
         """Example ids (and counts) one uninterrupted joiner emits over this input, keyed by the run's topics."""
