@@ -46,6 +46,7 @@ from stream.codec import decode_batch, make_codec
 from stream.config import KafkaSettings, Settings, load_settings
 from stream.kafka import EmbeddedBroker, consumer_config, producer_config
 from stream.kafka.clients import prepare_topics
+from stream.kafka.producing import produce_bounded
 from stream.kafka.topic_reader import TopicReader
 from stream.model.export import initial_global_model_record
 from stream.model.losses import get_loss
@@ -325,9 +326,15 @@ def bench_freshness(bootstrap: str, rate_per_s: float, seconds: float) -> dict:
             "reproduce": REPRODUCE}
 
 
-def produce_live(bootstrap: str, impressions_topic: str, interactions_topic: str, rate_per_s: float,
-                 seconds: float) -> dict:
-    """Impressions at ``rate_per_s`` with event time = now, and a click right after 20% of them."""
+def produce_live(bootstrap: str, impressions_topic: str, interactions_topic: str, rate_per_s: float | list[float],
+                 seconds: float | list[float]) -> dict:
+    """Impressions at ``rate_per_s`` with event time = now, and a click right after 20% of them.
+
+    Lists of rates and durations are phases run one after the other (an overload, then a recovery), with
+    impression ids running on across them.
+    """
+    rates = rate_per_s if isinstance(rate_per_s, list) else [rate_per_s]
+    durations = seconds if isinstance(seconds, list) else [seconds]
     _, labeled = world_events(2000)
     producer = Producer(producer_config(KafkaSettings(bootstrap_servers=bootstrap), **{"linger.ms": 2}))
     imp_codec, int_codec = make_codec("Impression", impressions_topic), make_codec("Interaction", interactions_topic)
@@ -335,22 +342,24 @@ def produce_live(bootstrap: str, impressions_topic: str, interactions_topic: str
     sent = clicks = 0
     for topic in (impressions_topic, interactions_topic):
         producer.list_topics(topic, timeout=10)
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        li = labeled[sent % len(labeled)]
-        now = int(time.time() * 1000)
-        imp = dict(li.impression, impression_id=f"live-{sent}", event_time=now)
-        producer.produce(impressions_topic, key=imp["member_id"].encode(), value=imp_codec.encode(imp))
-        if rng.random() < 0.2:
-            producer.produce(interactions_topic, key=imp["member_id"].encode(), value=int_codec.encode({
-                "interaction_id": f"c{sent}", "impression_id": imp["impression_id"], "member_id": imp["member_id"],
-                "item_id": imp["item_id"], "type": "CLICK", "event_time": now}))
-            clicks += 1
-        producer.poll(0)
-        sent += 1
-        pause = started + sent / rate_per_s - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+    for rate, duration in zip(rates, durations):
+        started, sent_before = time.monotonic(), sent
+        while time.monotonic() - started < duration:
+            li = labeled[sent % len(labeled)]
+            now = int(time.time() * 1000)
+            imp = dict(li.impression, impression_id=f"live-{sent}", event_time=now)
+            produce_bounded(producer, impressions_topic, imp["member_id"].encode(), imp_codec.encode(imp),
+                            stall_timeout_s=30)
+            if rng.random() < 0.2:
+                produce_bounded(producer, interactions_topic, imp["member_id"].encode(), int_codec.encode({
+                    "interaction_id": f"c{sent}", "impression_id": imp["impression_id"], "member_id": imp["member_id"],
+                    "item_id": imp["item_id"], "type": "CLICK", "event_time": now}), stall_timeout_s=30)
+                clicks += 1
+            producer.poll(0)
+            sent += 1
+            pause = started + (sent - sent_before) / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
     producer.flush()
     return {"impressions": sent, "clicks": clicks}
 
@@ -362,8 +371,9 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.produce_live:
-        b, imp, inter, rate, secs = args.produce_live
-        print(json.dumps(produce_live(b, imp, inter, float(rate), float(secs))), flush=True)
+        b, imp, inter, rates, secs = args.produce_live  # RATE and SECONDS: comma-separated phases
+        print(json.dumps(produce_live(b, imp, inter, [float(r) for r in rates.split(",")],
+                                      [float(x) for x in secs.split(",")])), flush=True)
         return
     with EmbeddedBroker() as broker:
         b = broker.bootstrap_servers

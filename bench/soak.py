@@ -25,6 +25,11 @@ warm-up of a 12-minute run, and reports the state bytes per retained impression 
 stores after the processes stop) and per entity (the updaters' entity keys), from which any retention's state size
 follows. The synthetic world has 500 members and 300 jobs, so the updaters' entity count stops growing early.
 
+``--overload`` (issue 27 item 2): the input at twice the target rate for ``--overload-minutes`` (5), then at half
+of it for the rest of ``--minutes``; the target is the measured maximum (``--load 1``) or ``--rate``. An ``overload``
+line per process and phase gives its RSS peak, the lag's peak and end, the loop p99 at the phase's end, and for
+the recovery how long the lag took to fall below a tenth of its peak (``drained_after_s``).
+
 Lines: ``max`` (unless --rate), ``soak-sample`` per process and sample (--verbose only), ``soak`` per process (the
 slopes and the figures at the end), ``soak-state`` per stage store, and ``soak-run`` (the run's parameters, the
 rate produced, the machine's 1-minute load average at start and end).
@@ -154,6 +159,28 @@ def summary(process: Watched, warmup_s: float, mode: str) -> dict:
     return {**line, "reproduce": REPRODUCE}
 
 
+def overload_lines(process: Watched, overload_s: float) -> Iterator[dict]:
+    """The ``overload`` lines of a process: per phase (overload, recovery) its RSS peak, the lag's peak and end, the
+    loop p99 at the end, and how long after the overload the lag fell below a tenth of its peak."""
+    phases = {"overload": [s for s in process.samples if s["t_s"] <= overload_s],
+              "recovery": [s for s in process.samples if s["t_s"] > overload_s]}
+    lag_peak = max((s.get("lag_messages") or 0 for s in process.samples), default=0)
+    for phase, samples in phases.items():
+        if not samples:
+            continue
+        line: dict = {"bench": "overload", "process": process.name, "phase": phase,
+                      "from_s": samples[0]["t_s"], "to_s": samples[-1]["t_s"],
+                      "rss_mb_peak": round(max(s["rss_bytes"] for s in samples) / MB, 1),
+                      "rss_mb_end": round(samples[-1]["rss_bytes"] / MB, 1)}
+        if process.metrics_port is not None:
+            line.update(lag_max_messages=max(s.get("lag_messages") or 0 for s in samples),
+                        lag_end_messages=samples[-1].get("lag_messages"), loop_p99_ms_end=samples[-1]["loop_p99_ms"])
+            if phase == "recovery":
+                drained = [s["t_s"] for s in samples if (s.get("lag_messages") or 0) <= lag_peak / 10]
+                line["drained_after_s"] = round(drained[0] - overload_s, 1) if drained else None
+        yield {**line, "reproduce": REPRODUCE + " --overload"}
+
+
 def stage_stores(state_dir: Path) -> Iterator[tuple[str, Path]]:
     """(stage directory name, store path) of every partition store under a process's state directory."""
     for stage in sorted(p for p in state_dir.iterdir() if p.is_dir() and p.name != ARCHIVE_DIR):
@@ -225,22 +252,23 @@ def stop(popens: list[subprocess.Popen], grace_s: float = 60.0) -> None:
             p.wait()
 
 
-def soak(broker: BrokerProcess, events_per_s: float, seconds: float, warmup_s: float, split: bool,
-         retention_ms: int, verbose: bool) -> tuple[list[Watched], dict]:
-    """Run the processes at ``events_per_s`` for ``seconds``, sampling each every 10 s; returns them and the rate.
+def soak(broker: BrokerProcess, phases: list[tuple[float, float]], split: bool, retention_ms: int,
+         verbose: bool) -> tuple[list[Watched], dict]:
+    """Run the processes through ``phases`` ((events/s, seconds) each), sampling each every 10 s; returns them and
+    what was produced.
 
     Every process started is stopped and the state directories removed, also when the run fails or is interrupted.
     """
     root = Path(tempfile.mkdtemp(prefix="glmix-bench-soak-"))
     try:
-        watched, produced = loaded_run(broker, root, events_per_s, seconds, split, retention_ms, verbose)
+        watched, produced = loaded_run(broker, root, phases, split, retention_ms, verbose)
         lines = list(state_lines([w for w in watched if w.state_dir is not None], "split" if split else "all"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return watched, {"produced": produced, "state_lines": lines}
 
 
-def loaded_run(broker: BrokerProcess, root: Path, events_per_s: float, seconds: float, split: bool,
+def loaded_run(broker: BrokerProcess, root: Path, phases: list[tuple[float, float]], split: bool,
                retention_ms: int, verbose: bool) -> tuple[list[Watched], dict]:
     """The processes under ``root`` with the live producer and the follower; the samples and what was produced."""
     bootstrap = broker.bootstrap_servers
@@ -259,9 +287,11 @@ def loaded_run(broker: BrokerProcess, root: Path, events_per_s: float, seconds: 
         popens, watched, logs = start_processes(values, root, split, list(settings.model.coordinates))
         run_all.wait_until_settled(logs)
         watched.append(Watched("broker", broker.process.pid))
+        seconds = sum(duration for _, duration in phases)
         live = subprocess.Popen([sys.executable, pipeline.__file__, "--produce-live", bootstrap,
                                  settings.topics.impressions, settings.topics.interactions,
-                                 str(events_per_s / 1.2), str(seconds)], stdout=subprocess.PIPE, text=True)
+                                 ",".join(str(rate / 1.2) for rate, _ in phases),  # 1.2 events per impression
+                                 ",".join(str(duration) for _, duration in phases)], stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
         next_sample = started
         window: list[float] = []
@@ -295,6 +325,9 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="a joiner and one updater per coordinate as processes")
     parser.add_argument("--retention-minutes", type=float, default=2.0,
                         help="joiner.emitted_retention_ms for the soak, in minutes (default 2; the setting's is 60)")
+    parser.add_argument("--overload", action="store_true",
+                        help="twice the target for --overload-minutes, then half of it for the rest of --minutes")
+    parser.add_argument("--overload-minutes", type=float, default=5.0, help="the overload phase (default 5)")
     parser.add_argument("--verbose", action="store_true", help="also print every sample")
     args = parser.parse_args()
     minutes = 3.0 if args.quick else args.minutes
@@ -310,16 +343,22 @@ def main() -> None:
                                  partitions=4, one_process=not args.split, batching="natural")
             print(json.dumps({**result, "bench": "max", "broker": "process"}), flush=True)
             maximum, target = result["events_per_s"], args.load * result["events_per_s"]
-        watched, outcome = soak(broker, target, seconds, warmup_s, args.split, int(args.retention_minutes * 60_000),
-                                args.verbose)
+        overload_s = min(args.overload_minutes * 60, seconds) if args.overload else 0.0
+        phases = [(2 * target, overload_s), (target / 2, seconds - overload_s)] if args.overload else [(target, seconds)]
+        watched, outcome = soak(broker, [(rate, s) for rate, s in phases if s > 0], args.split,
+                                int(args.retention_minutes * 60_000), args.verbose)
     for process in watched:
         print(json.dumps(summary(process, warmup_s, mode)), flush=True)
+        if args.overload:
+            for line in overload_lines(process, overload_s):
+                print(json.dumps(line), flush=True)
     for line in outcome["state_lines"]:
         print(json.dumps(line), flush=True)
     produced = outcome["produced"]
     print(json.dumps({"bench": "soak-run", "mode": mode, "broker": "process", "minutes": minutes,
                       "warmup_ms": int(warmup_s * 1000), "sample_every_ms": int(SAMPLE_EVERY_S * 1000),
                       "load": None if args.rate else args.load, "max_events_per_s": maximum,
+                      "overload_ms": int(overload_s * 1000) if args.overload else None,
                       "target_events_per_s": round(target),
                       "events_per_s": round((produced["impressions"] + produced["clicks"]) / seconds),
                       "impressions": produced["impressions"], "clicks": produced["clicks"],
