@@ -160,11 +160,13 @@ def _request(body: Any, limits: ServingSettings) -> ScoreRequest:
 def _explained(body: bytes | Any, refused: msgspec.ValidationError, limits: ServingSettings) -> InvalidRequest:
     """The first problem of a body the Structs refused, in the API's words; msgspec's own if the walk finds none."""
     try:
-        _explain(msgspec.json.decode(body) if isinstance(body, bytes) else body, limits)
+        plain = msgspec.json.decode(body) if isinstance(body, bytes) else body
+    except msgspec.DecodeError as exc:  # the typed decode stopped at a wrong type before reaching invalid JSON
+        return InvalidRequest(None, f"body is not valid JSON: {exc}")
+    try:
+        _explain(plain, limits)
     except InvalidRequest as problem:
         return problem
-    except msgspec.DecodeError:
-        pass  # valid JSON only to the typed decoder (a number too large for any float): msgspec's words say why
     message, _, at = str(refused).rpartition(" - at `")
     return InvalidRequest(at.rstrip("`") if message else "$", message or str(refused))
 
@@ -233,7 +235,7 @@ def _explain_feature(item: Any, here: str) -> None:
     number = item.get("value", 1.0)
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise InvalidRequest(f"{here}.value", "must be a number")
-    if not math.isfinite(number) or abs(number) > MAX_VALUE:
+    if abs(number) > MAX_VALUE or not math.isfinite(number):  # an int too large for a float compares exactly
         raise InvalidRequest(f"{here}.value", f"must be finite and at most {MAX_VALUE:g} in size")
     _string(item.get("name"), f"{here}.name")
     _string(item.get("term", ""), f"{here}.term", allow_empty=True)

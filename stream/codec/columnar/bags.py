@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from stream.codec.columnar.kernel import FNV_OFFSET, fnv1a, fnv1a_separator
 
 END = "\x00"  # ends every string in the joined text; a string holding it is measured one by one instead
 _END_BYTE = 0
+_values = methodcaller("values")
 
 
 def field_values(records: Sequence[Any], field: str, default: Any) -> list[Any]:
@@ -40,21 +41,19 @@ def bags_column(rows: Sequence[Mapping[str, Sequence[Any]]]) -> FeatureBagsColum
     ``term`` defaults to "" and ``value`` to 1.0, as in the API. Strings are UTF-8 (lone
     surrogates kept as such, so they hash and miss instead of failing).
     """
-    keys = [bag for bags in rows for bag in bags]
-    bag_lists = [items for bags in rows for items in bags.values()]
+    keys = list(chain.from_iterable(rows))
+    bag_lists = list(chain.from_iterable(map(_values, rows)))
     features = list(chain.from_iterable(bag_lists))
-    names = field_values(features, "name", None)
-    terms = field_values(features, "term", "")
-    strings = [*keys, *names, *terms]
-    text = END.join(strings)
-    data = (text + END).encode("utf-8", "surrogatepass") if strings else b""
+    count = len(keys) + 2 * len(features)
+    text = END.join(chain(keys, field_values(features, "name", None), field_values(features, "term", "")))
+    data = (text + END).encode("utf-8", "surrogatepass") if count else b""
     buffer = np.frombuffer(data, dtype=np.uint8)
-    starts = _string_starts(buffer, len(strings))
+    starts = _string_starts(buffer, count)
     if starts[-1] != len(data):  # some string holds END itself: measure each one
-        lengths = [len(s.encode("utf-8", "surrogatepass")) + 1 for s in strings]
-        starts = np.zeros(len(strings) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
-        data = END.encode().join(s.encode("utf-8", "surrogatepass") for s in strings) + END.encode()
+        strings = [*keys, *field_values(features, "name", None), *field_values(features, "term", "")]
+        encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+        starts = _offsets([len(s) + 1 for s in encoded])
+        data = END.encode().join(encoded) + END.encode()
         buffer = np.frombuffer(data, dtype=np.uint8)
     bag_row_offsets = _offsets(list(map(len, rows)))
     bag_feature_offsets = _offsets(list(map(len, bag_lists)))
