@@ -143,8 +143,10 @@ class Scorer:
         def entity_ids(field: str) -> list[str]:
             return [entity_of(r, field) for r in rows] if field.startswith("context:") else [r[field] for r in rows]
 
-        item_ids = field_values(rows, "item_id", None)
-        return self._breakdown(entity_ids, item_ids, field_values(rows, "features", None), shared_features, exploration)
+        item_ids = list(field_values(rows, "item_id", None))
+        return self._breakdown(
+            entity_ids, item_ids, list(field_values(rows, "features", None)), shared_features, exploration
+        )
 
     def _breakdown(
         self,
@@ -154,7 +156,8 @@ class Scorer:
         shared_features: Bags | None,
         exploration: Exploration | None,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Margins and versions of rows: ``entity_ids(field)`` are the rows' ids of a coordinate's entity field."""
+        """Margins and versions of rows: ``entity_ids(field)`` are the rows' ids of a coordinate's entity field,
+        or one id that is every row's (a request's member: its coefficients are looked up once, not per candidate)."""
         model = self.global_models.current
         if model is None:
             raise ModelNotReadyError("no global model has been published yet")
@@ -173,7 +176,11 @@ class Scorer:
         variance = np.zeros(n)
         for slot, name in enumerate(self._settings.coordinates, start=1):
             ids = entity_ids(self._settings.coordinates[name].entity_field)
+            if exploration is not None and len(ids) != n:  # draws and variances are per row
+                ids = [ids[0]] * n
             means, versions[name] = self.tables[name].lookup(ids)
+            if len(ids) != n:  # one entity for every row (the member): (1, d) means count for all of them
+                versions[name] = np.repeat(versions[name], n)
             if exploration is not None:
                 unique, inverse = np.unique(np.array(ids, dtype=object).astype(str), return_inverse=True)
                 entity_means, precisions, known = self.tables[name].posteriors(list(unique))
@@ -213,13 +220,13 @@ class Scorer:
         """
         if not candidates:
             return []
-        item_ids = field_values(candidates, "item_id", None)
+        item_ids = list(field_values(candidates, "item_id", None))
         constant = {"member_id": member_id, "context": dict(context or {})}
 
         def entity_ids(field: str) -> Sequence[str]:
-            return item_ids if field == "item_id" else [entity_of(constant, field)] * len(item_ids)
+            return item_ids if field == "item_id" else [entity_of(constant, field)]
 
-        features = field_values(candidates, "features", None)
+        features = list(field_values(candidates, "features", None))
         with cyclic_gc_paused():  # the rows are freed before the collector is back, so it never scans them
             margins, versions = self._breakdown(entity_ids, item_ids, features, member_features, exploration)
         total: np.ndarray = sum(margins.values(), np.zeros(len(candidates)))

@@ -9,7 +9,7 @@ the joined text and hashing (bag, name, term) is compiled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from operator import attrgetter, methodcaller
 from typing import Any
@@ -25,13 +25,14 @@ _END_BYTE = 0
 _values = methodcaller("values")
 
 
-def field_values(records: Sequence[Any], field: str, default: Any) -> list[Any]:
-    """``field`` of every record: attributes of typed records (msgspec Structs), keys of mappings (``default`` if absent).
+def field_values(records: Sequence[Any], field: str, default: Any) -> Iterable[Any]:
+    """``field`` of every record, in order: attributes of typed records (msgspec Structs), keys of mappings (``default``
+    if absent).
 
     The records of one call are of one kind, as a parsed request's or a decoded record's are.
     """
     if records and not isinstance(records[0], Mapping):
-        return list(map(attrgetter(field), records))
+        return map(attrgetter(field), records)
     return [record.get(field, default) for record in records]
 
 
@@ -50,13 +51,13 @@ def bags_column(rows: Sequence[Mapping[str, Sequence[Any]]]) -> FeatureBagsColum
     buffer = np.frombuffer(data, dtype=np.uint8)
     starts = _string_starts(buffer, count)
     if starts[-1] != len(data):  # some string holds END itself: measure each one
-        strings = [*keys, *field_values(features, "name", None), *field_values(features, "term", "")]
+        strings = chain(keys, field_values(features, "name", None), field_values(features, "term", ""))
         encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
-        starts = _offsets([len(s) + 1 for s in encoded])
+        starts = _offsets(map(len, encoded), count, extra=1)
         data = END.encode().join(encoded) + END.encode()
         buffer = np.frombuffer(data, dtype=np.uint8)
-    bag_row_offsets = _offsets(list(map(len, rows)))
-    bag_feature_offsets = _offsets(list(map(len, bag_lists)))
+    bag_row_offsets = _offsets(map(len, rows), len(rows))
+    bag_feature_offsets = _offsets(map(len, bag_lists), len(bag_lists))
     bags, names_at, terms_at, hashes, key_offsets, key_lengths = _assemble(
         buffer, starts, len(keys), bag_feature_offsets
     )
@@ -69,7 +70,7 @@ def bags_column(rows: Sequence[Mapping[str, Sequence[Any]]]) -> FeatureBagsColum
         name_lengths=names_at[1],
         term_offsets=terms_at[0],
         term_lengths=terms_at[1],
-        values=np.array(field_values(features, "value", 1.0), dtype=np.float64),
+        values=np.fromiter(field_values(features, "value", 1.0), dtype=np.float64, count=len(features)),
         hashes=hashes,
         bag_row_offsets=bag_row_offsets,
         bag_key_offsets=key_offsets,
@@ -83,9 +84,10 @@ def warm_up() -> None:
     bags_column([{"warm-up": [{"name": "n", "term": "t", "value": 1.0}]}, {"warm-up\x00": [{"name": "n\x00"}]}])
 
 
-def _offsets(counts: list[int]) -> np.ndarray:
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+def _offsets(counts: Iterable[int], n: int, extra: int = 0) -> np.ndarray:
+    """[0, c0, c0 + c1, ...] of ``n`` counts, each plus ``extra``."""
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(counts, dtype=np.int64, count=n) + extra, out=offsets[1:])
     return offsets
 
 
