@@ -638,13 +638,15 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
-    """Compile the joiner's and the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    """Compile the joiner's, the scorer's and the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    from stream.codec.columnar import bags
     from stream.consumers.labeling import warm_up_join_kernels
     from stream.model.losses import get_loss
     from stream.updaters.state_update import CoordinateMath
 
     started = time.monotonic()
     warm_up_join_kernels(settings)
+    bags.warm_up()  # the scorer's request features into the join's lookup
     for coordinate in settings.model.coordinates.values():
         CoordinateMath.of(coordinate, get_loss(settings.model.loss)).warm_up()
     print(f"compiled kernels ready in {time.monotonic() - started:.1f} s")

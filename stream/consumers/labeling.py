@@ -29,7 +29,7 @@ from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEv
 from stream.errors import InvalidValueError
 from stream.model.game import GLOBAL
 from stream.state.partition_store import PartitionStore
-from stream.tables.hash_index import FeatureColumns, FeatureLookup
+from stream.tables.hash_index import FeatureColumns, FeatureLookup, model_indexer
 from stream.tables.indexing import FeatureResolver, IndexedRows
 from stream.tables.models import EntityTable, GlobalModel
 
@@ -98,10 +98,9 @@ class ExampleIndexer:
             return
         self._version, self.index_version = model.version, model.index_version
         self._resolved.clear()
-        if self._settings.transforms:
-            self._resolver, self._lookup = FeatureResolver(model, self._settings), None
-        else:
-            self._resolver, self._lookup = None, FeatureLookup.for_model(model, self._settings)
+        indexer = model_indexer(model, self._settings)
+        self._resolver = indexer if isinstance(indexer, FeatureResolver) else None
+        self._lookup = indexer if isinstance(indexer, FeatureLookup) else None
         self.index_columns = {
             GLOBAL: model.global_index.dim,
             **{name: index.dim for name, index in model.coordinate_indices.items()},

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import math
 import os
@@ -26,23 +25,19 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from importlib import resources
 
-import orjson
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from stream.config import ServingSettings
 from stream.gc_pause import cyclic_gc_paused, freeze_long_lived
-from stream.scoring.requests import InvalidRequest, parse_score_request
+from stream.scoring.requests import OPENAPI, InvalidRequest, decode_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
 from stream.scoring.workers import METRICS_DIR_ENV
 
 log = logging.getLogger(__name__)
-
-OPENAPI = json.loads(resources.files("stream.scoring").joinpath("openapi.json").read_text())
-"""The API as the package describes it; a server serves :func:`openapi_spec` of its own settings."""
 
 EXPLORATION_OFF = {
     "nullable": True,
@@ -135,11 +130,7 @@ def build_app(service: ScoringService) -> web.Application:
 
     def _answer(raw: bytes) -> web.Response:
         try:
-            body = orjson.loads(raw)  # strict JSON: UTF-8, no NaN or Infinity literals
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        try:
-            checked = parse_score_request(body, service.limits)
+            checked = decode_score_request(raw, service.limits)
         except InvalidRequest as exc:
             return _error(exc.status, exc.problem, exc.field)
         try:
@@ -168,7 +159,7 @@ def build_app(service: ScoringService) -> web.Application:
                 for s in scored
             ]
         }
-        return web.Response(body=orjson.dumps(scored_json), content_type="application/json")
+        return web.Response(body=msgspec.json.encode(scored_json), content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -5,19 +5,21 @@
 Each candidate gets its per-coordinate margins and the model versions they came from —
 interpretability is a GLMix selling point — and an entity without a model contributes 0.
 Features are name–term–value bags: the member's bags apply to every candidate, each
-candidate adds its own. Indexing is per candidate (that is decoding NTV); the scoring
-itself is one sparse product and one einsum per coordinate for all candidates.
+candidate adds its own. All candidates' features are indexed in one compiled pass (the
+joiner's lookup, :mod:`stream.tables.hash_index`); the scoring itself is one sparse
+product per coordinate for all candidates.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from stream.codec.columnar.bags import field_values
 from stream.config import ModelSettings
 from stream.errors import GlmixError, InvalidValueError
 from stream.gc_pause import cyclic_gc_paused
@@ -26,7 +28,8 @@ from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.model.uncertainty import covariance, thompson_samples
 from stream.tables.follower import ModelFollower
-from stream.tables.indexing import FeatureResolver, IndexedRows
+from stream.tables.hash_index import model_indexer
+from stream.tables.indexing import FeatureResolver, IndexedRows, ItemRows
 from stream.tables.models import EntityTable, GlobalModel, GlobalModelTable
 
 Bags = Mapping[str, Sequence[Any]]
@@ -82,7 +85,7 @@ class Scorer:
         self._loss = get_loss(model.loss)
         self.global_models = global_models
         self.tables = tables
-        self._features: FeatureResolver | None = None
+        self._features: ModelFeatures | None = None
         self._catalog: dict[str, Bags] = {}
 
     @classmethod
@@ -101,31 +104,31 @@ class Scorer:
         """
         self._catalog.update(items)
         if self._features is not None:
-            self._features.forget_items(items)
+            self._features.items.forget(items)
 
     def _own_features(
-        self, resolver: FeatureResolver, rows: Sequence[Mapping[str, Any]], shared_features: Bags | None
+        self, features: ModelFeatures, item_ids: Sequence[str], row_features: Sequence[Bags | None], shared: Bags | None
     ) -> tuple[IndexedRows, Bags | None]:
         """Each row's own indexed features (its ``features``, else its item's catalog entry) and the shared bags left."""
-        from_catalog = [r.get("features") is None and r["item_id"] in self._catalog for r in rows]
+        from_catalog = [f is None and i in self._catalog for i, f in zip(item_ids, row_features)]
         row_bags = [
-            self._catalog[r["item_id"]] if cataloged else (r.get("features") or {})
-            for r, cataloged in zip(rows, from_catalog)
+            self._catalog[i] if cataloged else (f or {})
+            for i, f, cataloged in zip(item_ids, row_features, from_catalog)
         ]
-        if shared_features and resolver.combines_features:  # a product may pair a shared feature with a row's own
-            return resolver.index([_merged_bags(shared_features, bags) for bags in row_bags]), None
+        if shared and features.combines_features:  # a product may pair a shared feature with a row's own
+            return features.index([_merged_bags(shared, bags) for bags in row_bags]), None
         if not any(from_catalog):
-            return resolver.index(row_bags), shared_features
+            return features.index(row_bags), shared
         listed = np.flatnonzero(~np.array(from_catalog))
         cataloged = np.flatnonzero(from_catalog)
-        parts = [(cataloged, resolver.index_items([rows[int(i)]["item_id"] for i in cataloged], self._catalog))]
+        parts = [(cataloged, features.items.indexed([item_ids[int(i)] for i in cataloged], self._catalog))]
         if len(listed):
-            parts.append((listed, resolver.index([row_bags[i] for i in listed])))
-        return IndexedRows.merged(parts), shared_features
+            parts.append((listed, features.index([row_bags[i] for i in listed])))
+        return IndexedRows.merged(parts), shared
 
-    def _resolver(self, model: GlobalModel) -> FeatureResolver:
+    def _model_features(self, model: GlobalModel) -> ModelFeatures:
         if self._features is None or self._features.version != model.version:
-            self._features = FeatureResolver(model, self._settings)
+            self._features = ModelFeatures(model, self._settings)
         return self._features
 
     def rows_breakdown(
@@ -136,14 +139,33 @@ class Scorer:
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Margins and versions of rows that each name their entities (``member_id``, ``item_id``, ``context``)
         and carry their ``features``; ``shared_features`` count for every row."""
+
+        def entity_ids(field: str) -> list[str]:
+            return [entity_of(r, field) for r in rows] if field.startswith("context:") else [r[field] for r in rows]
+
+        item_ids = list(field_values(rows, "item_id", None))
+        return self._breakdown(
+            entity_ids, item_ids, list(field_values(rows, "features", None)), shared_features, exploration
+        )
+
+    def _breakdown(
+        self,
+        entity_ids: Callable[[str], Sequence[str]],
+        item_ids: Sequence[str],
+        row_features: Sequence[Bags | None],
+        shared_features: Bags | None,
+        exploration: Exploration | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Margins and versions of rows: ``entity_ids(field)`` are the rows' ids of a coordinate's entity field,
+        or one id that is every row's (a request's member: its coefficients are looked up once, not per candidate)."""
         model = self.global_models.current
         if model is None:
             raise ModelNotReadyError("no global model has been published yet")
-        resolver = self._resolver(model)
-        n = len(rows)
-        own, shared_features = self._own_features(resolver, rows, shared_features)
-        shared = resolver.index([shared_features or {}])
-        intercepts = resolver.intercepts()
+        features = self._model_features(model)
+        n = len(item_ids)
+        own, shared_features = self._own_features(features, item_ids, row_features, shared_features)
+        shared = features.index([shared_features or {}])
+        intercepts = features.intercepts
         margins = {
             GLOBAL: _margins(
                 np.broadcast_to(model.coefficients, (1, len(model.coefficients))), shared, own, 0, intercepts[0], n
@@ -152,10 +174,13 @@ class Scorer:
         versions = {GLOBAL: np.full(n, model.version, dtype=np.int64)}
         rng = np.random.default_rng(exploration.seed) if exploration is not None else None
         variance = np.zeros(n)
-        for slot, name in enumerate(resolver.coordinates, start=1):
-            field = self._settings.coordinates[name].entity_field
-            ids = [entity_of(r, field) for r in rows] if field.startswith("context:") else [r[field] for r in rows]
+        for slot, name in enumerate(self._settings.coordinates, start=1):
+            ids = entity_ids(self._settings.coordinates[name].entity_field)
+            if exploration is not None and len(ids) != n:  # draws and variances are per row
+                ids = [ids[0]] * n
             means, versions[name] = self.tables[name].lookup(ids)
+            if len(ids) != n:  # one entity for every row (the member): (1, d) means count for all of them
+                versions[name] = np.repeat(versions[name], n)
             if exploration is not None:
                 unique, inverse = np.unique(np.array(ids, dtype=object).astype(str), return_inverse=True)
                 entity_means, precisions, known = self.tables[name].posteriors(list(unique))
@@ -166,11 +191,11 @@ class Scorer:
                         drawn[known] = thompson_samples(entity_means[known], precisions[known], rng)
                     means = drawn[inverse]
                 else:
-                    features = _dense(shared, own, slot, intercepts[slot], n, means.shape[1])
+                    dense = _dense(shared, own, slot, intercepts[slot], n, means.shape[1])
                     covariances = np.zeros_like(precisions)
                     if known.any():
                         covariances[known] = covariance(precisions[known])
-                    variance += np.einsum("nd,nde,ne->n", features, covariances[inverse], features)
+                    variance += np.einsum("nd,nde,ne->n", dense, covariances[inverse], dense)
             margins[name] = _margins(means, shared, own, slot, intercepts[slot], n)
         if exploration is not None and exploration.policy == "ucb":
             margins[EXPLORATION] = exploration.width * np.sqrt(np.maximum(variance, 0.0))
@@ -195,8 +220,15 @@ class Scorer:
         """
         if not candidates:
             return []
+        item_ids = list(field_values(candidates, "item_id", None))
+        constant = {"member_id": member_id, "context": dict(context or {})}
+
+        def entity_ids(field: str) -> Sequence[str]:
+            return item_ids if field == "item_id" else [entity_of(constant, field)]
+
+        features = list(field_values(candidates, "features", None))
         with cyclic_gc_paused():  # the rows are freed before the collector is back, so it never scans them
-            margins, versions = self._candidate_margins(member_id, member_features, candidates, context, exploration)
+            margins, versions = self._breakdown(entity_ids, item_ids, features, member_features, exploration)
         total: np.ndarray = sum(margins.values(), np.zeros(len(candidates)))
         probability = self._loss.mean(total)
         order = np.argsort(-total, kind="stable") if top_k is not None else np.arange(len(candidates))
@@ -204,7 +236,7 @@ class Scorer:
             order = order[:top_k]
         return [
             CandidateScore(
-                item_id=str(candidates[i]["item_id"]),
+                item_id=str(item_ids[i]),
                 margin=float(total[i]),
                 probability=float(probability[i]),
                 breakdown={name: float(m[i]) for name, m in margins.items()},
@@ -213,24 +245,22 @@ class Scorer:
             for i in order
         ]
 
-    def _candidate_margins(
-        self,
-        member_id: str,
-        member_features: Bags,
-        candidates: Sequence[Mapping[str, Any]],
-        context: Mapping[str, str] | None,
-        exploration: Exploration | None,
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        rows = [
-            {
-                "member_id": member_id,
-                "item_id": c["item_id"],
-                "context": dict(context or {}),
-                "features": c.get("features"),
-            }
-            for c in candidates
-        ]
-        return self.rows_breakdown(rows, member_features, exploration)
+
+class ModelFeatures:
+    """How the scorer indexes features under one global model version, and the catalog items' rows indexed so.
+
+    The compiled lookup the joiner uses, or the resolver when the spec has transforms
+    (:func:`~stream.tables.hash_index.model_indexer`, the joiner's choice too).
+    """
+
+    def __init__(self, model: GlobalModel, settings: ModelSettings) -> None:
+        self.version = model.version
+        indexer = model_indexer(model, settings)
+        self.index: Callable[[Sequence[Bags]], IndexedRows] = indexer.index
+        self.combines_features = isinstance(indexer, FeatureResolver) and indexer.combines_features
+        indexes = [model.global_index] + [model.coordinate_indices[c] for c in settings.coordinates]
+        self.intercepts = [index.intercept for index in indexes]
+        self.items = ItemRows(len(indexes), self.index)
 
 
 def _merged_bags(shared: Bags, own: Bags) -> dict[str, list[Any]]:

@@ -24,11 +24,12 @@ import numpy as np
 from numba import njit
 
 from stream.codec.columnar import FeatureBagsColumn
+from stream.codec.columnar.bags import bags_column
 from stream.codec.columnar.kernel import FNV_OFFSET, fnv1a, fnv1a_separator, leaf, same_range
 from stream.config import ModelSettings
 from stream.errors import InvalidValueError
 from stream.model.features import FeatureIndex
-from stream.tables.indexing import IndexedRows, MissedFeatures
+from stream.tables.indexing import Bags, FeatureResolver, IndexedRows, MissedFeatures
 from stream.tables.models import GlobalModel
 
 SEPARATOR = b"\xff"  # never occurs in UTF-8, so the three strings of a key split unambiguously
@@ -119,6 +120,15 @@ class FeatureColumns:
         """Slot ``slot``'s placed features as COO (row, column, value), in feature order as the resolver gives them."""
         placed = self.columns[slot] >= 0
         return self.rows[placed], self.columns[slot, placed], self.features.values[placed]
+
+    def placed(self) -> IndexedRows:
+        """Every row's placed features as the resolver indexes them, without the missed ones (scoring needs no more)."""
+        slots = [self.coo(slot) for slot in range(self.columns.shape[0])]
+        return IndexedRows(
+            rows=[rows for rows, _, _ in slots],
+            columns=[columns for _, columns, _ in slots],
+            values=[values for _, _, values in slots],
+        )
 
     def missed_features(self) -> MissedFeatures:
         """The missed features as the resolver lists them, keys decoded to strings (the joiner packs and counts these)."""
@@ -216,6 +226,11 @@ class FeatureLookup:
         """Number of slots, the global one included."""
         return int(self.columns.shape[1])
 
+    def index(self, bag_rows: Sequence[Bags]) -> IndexedRows:
+        """Bags already in Python (a scoring request's) indexed through this lookup: what
+        :meth:`~stream.tables.indexing.FeatureResolver.index` gives for a spec without transforms."""
+        return self.lookup(bags_column(bag_rows)).placed()
+
     def lookup(self, features: FeatureBagsColumn) -> FeatureColumns:
         """Every slot's column of every feature of a decoded batch, in one compiled pass."""
         t, b = self.table, self.bags
@@ -234,6 +249,15 @@ class FeatureLookup:
         )  # fmt: skip
         rows = np.repeat(np.arange(len(features.row_offsets) - 1), np.diff(features.row_offsets))
         return FeatureColumns(features, columns, lacking, rows)
+
+
+def model_indexer(model: GlobalModel, settings: ModelSettings) -> FeatureLookup | FeatureResolver:
+    """How features are indexed under ``model``: the compiled lookup, or the resolver when the spec has transforms.
+
+    Transforms (buckets, splines, products) make features the lookup's raw keys do not
+    hold; the joiner and the scorer choose here, so they index alike.
+    """
+    return FeatureResolver(model, settings) if settings.transforms else FeatureLookup.for_model(model, settings)
 
 
 @njit(nogil=True, cache=True)

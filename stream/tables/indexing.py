@@ -9,7 +9,7 @@ once and shared by every candidate, and each candidate adds only its own feature
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,10 +74,6 @@ class FeatureResolver:
         ]
         self._bags = [set(index.bag_names) for index in self._indexes]
         self._ids: dict[tuple[str, str, str], int] = {}
-        self._item_rows: dict[str, int] = {}
-        self._item_csr = [
-            (np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in self._indexes
-        ]
         self._columns = np.full((len(self._indexes), 1024), -1, dtype=np.int64)
         self._missing = np.zeros((len(self._indexes), 1024), dtype=bool)  # slot uses the key's bag but lacks it
         self._transforms = FeatureTransforms.from_settings(settings)
@@ -147,18 +143,36 @@ class FeatureResolver:
             missed = MissedFeatures(rows[where], [keys[i] for i in where], values[where], misses.sum(axis=1))
         return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals, missed=missed)
 
-    def index_items(self, item_ids: Sequence[str], catalog: Mapping[str, Bags]) -> IndexedRows:
-        """COO arrays per slot for rows whose features are ``catalog[item_id]``.
+    @property
+    def combines_features(self) -> bool:
+        """Whether rows must be indexed whole (a product transform may pair a shared feature with a row's own)."""
+        return self._transforms.combines_features
 
-        Items are indexed once per model version into per-slot CSR arrays; a request then
-        only gathers its items' rows with numpy.
-        """
-        new = [i for i in dict.fromkeys(item_ids) if i not in self._item_rows]
+    def intercepts(self) -> list[bool]:
+        """Whether each slot's index has an intercept column (column 0)."""
+        return [index.intercept for index in self._indexes]
+
+
+class ItemRows:
+    """Indexed features of catalog items (``glmix serve``'s items topic), kept per model version as CSR per slot.
+
+    Items are indexed once, with ``index`` (the model version's lookup or resolver), the
+    first time a request names them; a request then only gathers its items' rows with numpy.
+    """
+
+    def __init__(self, slots: int, index: Callable[[Sequence[Bags]], IndexedRows]) -> None:
+        self._index = index
+        self._rows: dict[str, int] = {}
+        self._csr = [(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in range(slots)]
+
+    def indexed(self, item_ids: Sequence[str], catalog: Mapping[str, Bags]) -> IndexedRows:
+        """COO arrays per slot for rows whose features are ``catalog[item_id]``."""
+        new = [i for i in dict.fromkeys(item_ids) if i not in self._rows]
         if new:
-            self._append_items(new, catalog)
-        picked = np.fromiter((self._item_rows[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+            self._append(new, catalog)
+        picked = np.fromiter((self._rows[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
         out_rows, out_cols, out_vals = [], [], []
-        for indptr, columns, values in self._item_csr:
+        for indptr, columns, values in self._csr:
             starts = indptr[picked]
             lengths = indptr[picked + 1] - starts
             firsts = np.cumsum(lengths) - lengths
@@ -168,30 +182,21 @@ class FeatureResolver:
             out_vals.append(values[gather])
         return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals)
 
-    def _append_items(self, item_ids: list[str], catalog: Mapping[str, Bags]) -> None:
-        indexed = self.index([catalog[i] for i in item_ids])
-        first = len(self._item_csr[0][0]) - 1
-        for slot, (indptr, columns, values) in enumerate(self._item_csr):
+    def _append(self, item_ids: list[str], catalog: Mapping[str, Bags]) -> None:
+        indexed = self._index([catalog[i] for i in item_ids])
+        first = len(self._csr[0][0]) - 1
+        for slot, (indptr, columns, values) in enumerate(self._csr):
             counts = np.bincount(indexed.rows[slot], minlength=len(item_ids))
             order = np.argsort(indexed.rows[slot], kind="stable")
-            self._item_csr[slot] = (
+            self._csr[slot] = (
                 np.concatenate([indptr, indptr[-1] + np.cumsum(counts)]),
                 np.concatenate([columns, indexed.columns[slot][order]]),
                 np.concatenate([values, indexed.values[slot][order]]),
             )
         for offset, item_id in enumerate(item_ids):
-            self._item_rows[item_id] = first + offset
+            self._rows[item_id] = first + offset
 
-    def forget_items(self, item_ids: Iterable[str]) -> None:
+    def forget(self, item_ids: Iterable[str]) -> None:
         """Drop the indexed rows of items whose catalog features changed (they are indexed again when next used)."""
         for item_id in item_ids:
-            self._item_rows.pop(item_id, None)
-
-    @property
-    def combines_features(self) -> bool:
-        """Whether rows must be indexed whole (a product transform may pair a shared feature with a row's own)."""
-        return self._transforms.combines_features
-
-    def intercepts(self) -> list[bool]:
-        """Whether each slot's index has an intercept column (column 0)."""
-        return [index.intercept for index in self._indexes]
+            self._rows.pop(item_id, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -127,7 +128,7 @@ class CoefficientTable:
 
     def lookup(self, entity_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) means (zeros for unknown entities) and (N,) versions (0: unknown)."""
-        rows = np.fromiter((self._rows.get(e, -1) for e in entity_ids), dtype=np.int64, count=len(entity_ids))
+        rows = np.fromiter(map(self._rows.get, entity_ids, repeat(-1)), dtype=np.int64, count=len(entity_ids))
         known = rows >= 0
         means = np.zeros((len(rows), self.dim))
         means[known] = self._means[rows[known]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.config import ConfigError, TransformSettings, load_settings
+from stream.config import ConfigError, ServingSettings, TransformSettings, load_settings
 from stream.consumers.example_builder import add_scores
 from stream.consumers.labeling import unlabeled_records
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
 from stream.model.transforms import FeatureTransforms
+from stream.scoring.requests import decode_score_request
 from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.indexing import FeatureResolver
@@ -125,6 +127,11 @@ def test_joiner_scorer_and_batch_trainer_see_identical_features():
         member = {b: v for b, v in imp["features"].items() if b in MEMBER_BAGS}
         item = {b: v for b, v in imp["features"].items() if b not in MEMBER_BAGS}
         [scored] = scorer.score(imp["member_id"], member, [{"item_id": imp["item_id"], "features": item}])
+        body = {"member_id": imp["member_id"], "member_features": member,
+                "candidates": [{"item_id": imp["item_id"], "features": item}]}
+        request = decode_score_request(json.dumps(body).encode(), ServingSettings())  # the HTTP service's Structs
+        [served] = scorer.score(request.member_id, request.member_features, request.candidates)
         for name in ("global", "member", "job"):
             assert joined[i]["scores"][name] == pytest.approx(batch[name][i], abs=1e-4)  # float32 on the wire
             assert scored.breakdown[name] == pytest.approx(batch[name][i], abs=1e-9)
+            assert served.breakdown[name] == scored.breakdown[name]

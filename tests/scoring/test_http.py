@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -220,3 +221,30 @@ def test_an_exploration_request_is_checked_when_the_server_explores():
         with pytest.raises(InvalidRequest) as error:
             parse_score_request({**body, "exploration": bad}, limits)
         assert error.value.field == field
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=near_valid, explores=st.booleans())
+def test_the_structs_refuse_exactly_what_the_explanation_names(body, explores):
+    """One pass decides (msgspec's Structs); a refused body's problem is named by walking it: both must agree, so
+    every 4xx names its field in the API's own words (a msgspec path would read ``$.candidates[0].features[...]``)."""
+    from stream.scoring.requests import InvalidRequest, _explain, decode_score_request
+
+    limits = ServingSettings(max_candidates=3, max_features_per_bag=2, exploration=explores)
+    raw = json.dumps(body).encode()
+    try:
+        decode_score_request(raw, limits)
+        refused = None
+    except InvalidRequest as exc:
+        refused = exc
+    try:
+        _explain(msgspec.json.decode(raw), limits)
+        explained = None
+    except InvalidRequest as exc:
+        explained = exc
+    except msgspec.DecodeError:  # not JSON to the server's parser (a lone surrogate): refused as such
+        assert refused is not None and refused.field is None
+        return
+    assert (refused is None) == (explained is None), (refused, explained)
+    if refused is not None:
+        assert explained is not None and (refused.field, refused.status) == (explained.field, explained.status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.codec import make_codec
-from stream.config import load_settings
+from stream.config import ServingSettings, load_settings
 from stream.kafka import producer_config
 from stream.model.dataset import build_dataset
 from stream.model.export import initial_global_model_record
 from stream.model.game import GameModel, RandomEffectModel
+from stream.scoring.requests import decode_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.follower import ModelFollower
@@ -69,6 +71,21 @@ def test_scores_equal_the_math_cores_for_the_same_coefficients():
     member_features, candidate = _split(next(li.impression for li in labeled if li.impression["member_id"] == unknown))
     [scored] = scorer.score(unknown, member_features, [candidate])
     assert scored.breakdown["member"] == 0.0 and scored.versions["member"] == 0 and scored.versions["global"] == 1
+    by_member: dict[str, list[int]] = {}
+    for i, impression in enumerate(impressions):
+        by_member.setdefault(impression["member_id"], []).append(i)
+    limits = ServingSettings(max_candidates=len(impressions))
+    for member, rows in by_member.items():  # one request per member, as the HTTP service decodes it: the member's
+        member_features = _split(impressions[rows[0]])[0]  # coefficients are looked up once for all candidates
+        body = {"member_id": member, "member_features": member_features,
+                "candidates": [_split(impressions[i])[1] for i in rows]}
+        request = decode_score_request(json.dumps(body).encode(), limits)
+        scored = scorer.score(request.member_id, request.member_features, request.candidates)
+        assert [s.item_id for s in scored] == [impressions[i]["item_id"] for i in rows]
+        for s, i in zip(scored, rows):
+            for name in ("global", "member", "job"):
+                assert s.breakdown[name] == pytest.approx(expected[name][i], abs=1e-9)
+            assert s.versions["member"] == tables["member"].version(member) and s.versions["job"] == tables["job"].version(s.item_id)
 
 
 def test_top_k_ranks_by_margin_and_an_empty_model_is_an_error():

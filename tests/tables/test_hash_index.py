@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from stream.codec import load_schema, make_codec
 from stream.codec.columnar import ColumnarDecoder, FeatureBagsColumn, feature_hash
+from stream.codec.columnar.bags import bags_column
 from stream.config import load_settings
 from stream.errors import InvalidValueError
 from stream.model.export import initial_global_model_record
 from stream.model.features import FeatureIndex
+from stream.scoring.requests import Feature
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.hash_index import FeatureLookup, KeyArrays
 from stream.tables.indexing import FeatureResolver
@@ -151,3 +153,37 @@ def test_random_key_sets_resolve_as_the_feature_indexes_say(specs, bags, hash_ma
         assert got.missed[e] == any(lacking) and got.rows[e] == row
         per_slot += lacking
     assert got.per_slot.tolist() == per_slot.tolist()
+
+
+def _as_request_features(rows_of_bags: list[dict[str, Any]]) -> list[dict[str, list[Feature]]]:
+    return [{bag: [Feature(**item) for item in items] for bag, items in bags.items()} for bags in rows_of_bags]
+
+
+@pytest.mark.parametrize("kind", ["dicts", "request Structs"])
+def test_bags_in_python_index_through_the_lookup_as_the_resolver_indexes_them(world, kind):
+    """A scoring request's bags (plain dicts, or the Structs msgspec decodes) give the decoder's column and the resolver's columns."""
+    impressions, model, spec = world
+    rows = [imp["features"] for imp in impressions]
+    column = bags_column(rows if kind == "dicts" else _as_request_features(rows))
+    want = decoded(impressions)
+    for name in ("row_offsets", "bag_row_offsets", "bag_feature_offsets", "values", "hashes", "name_lengths", "term_lengths"):
+        assert getattr(column, name).tolist() == getattr(want, name).tolist(), name
+    assert [column.value(i) for i in range(len(rows))] == [want.value(i) for i in range(len(rows))]
+    assert_as_resolver(FeatureLookup.for_model(model, spec), column, world)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows, st.booleans())
+def test_any_bags_make_the_decoders_column(bags, as_structs):
+    """Empty bags and strings, non-ASCII, and the NUL byte that ends each string in the joined text (measured apart)."""
+    column = bags_column(_as_request_features(bags) if as_structs else bags)
+    want = decoded([{**EMPTY_IMPRESSION, "features": row} for row in bags])
+    assert [column.value(i) for i in range(len(bags))] == [want.value(i) for i in range(len(bags))]
+    assert column.hashes.tolist() == want.hashes.tolist()
+    assert column.row_offsets.tolist() == want.row_offsets.tolist()
+
+
+def test_defaults_of_left_out_terms_and_values():
+    column = bags_column([{"b": [{"name": "n"}, {"name": "m", "term": "t"}]}])
+    assert column.value(0) == {"b": [ntv("n", ""), ntv("m", "t")]}
+    assert column.hashes.tolist() == [feature_hash("b", "n", ""), feature_hash("b", "m", "t")]
