@@ -11,7 +11,8 @@ Stages join their consumer group and restore their partitions before the data ar
   entities with ~10 events each per micro-batch; cold: 120k entities, ~1 event each per
   micro-batch (produced in rounds, because the mock broker keeps only ~5 MiB a partition);
   cold again with ``state_write_ahead_log = false`` (``write_ahead_log``: false).
-  Beside each: the raw ceiling, consume + ``decode_batch`` of the same messages (best of three reads), and
+  Beside each: the raw ceiling, consume + compiled decode of the same messages into the arrays the update reads
+  (``ExampleReader``, best of three reads), and
   their ratio; entity updates/s; RocksDB bytes per entity after a flush.
 * ``joiner``: synthetic impressions and interactions (~13 name-term-value features each)
   through the Joiner (decode, index, RocksDB join, produce examples for two coordinates),
@@ -53,6 +54,7 @@ from stream.model.losses import get_loss
 from stream.runtime.runner import StageRunner
 from stream.state.partition_store import PartitionStore
 from stream.synthetic import World, WorldSpec, labeled_impressions
+from stream.updaters.examples import ExampleReader
 from stream.updaters.state_update import CoordinateMath
 from stream.updaters.updater import CoordinateUpdater
 
@@ -99,11 +101,24 @@ def example_values(settings: Settings, entities: np.ndarray, rng: np.random.Gene
 
 
 def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> float:
-    """Consume + batch-decode ``count`` messages of ``topic`` from the beginning, events/s."""
+    """Consume + batch-decode ``count`` messages of ``topic`` from the beginning, events/s.
+
+    LabeledExamples are decoded as the updater reads them (the compiled scan into the member coordinate's arrays,
+    ``ExampleReader``); other schemas with ``decode_batch``.
+    """
     consumer = Consumer(consumer_config(settings.kafka, group_id=f"raw-{uuid.uuid4().hex[:6]}"))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     codec = make_codec(schema, topic)
+    if schema == "LabeledExample":
+        reader = ExampleReader(codec, "member", D)
+
+        def decoded(messages: list) -> int:
+            offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+            return len(reader.read([m.value() for m in messages], offsets).rows)
+    else:
+        def decoded(messages: list) -> int:
+            return len(decode_batch(codec, messages).records)
     seen, started = 0, None
     deadline = time.monotonic() + 120
     while seen < count and time.monotonic() < deadline:
@@ -111,7 +126,7 @@ def raw_ceiling(settings: Settings, topic: str, count: int, schema: str) -> floa
         messages = consumer.consume(5000, timeout=0.5)
         if messages and started is None:
             started = before
-        seen += len(decode_batch(codec, [m for m in messages if m.error() is None]).records)
+        seen += decoded([m for m in messages if m.error() is None])
     elapsed = time.perf_counter() - started
     consumer.close()
     return seen / elapsed

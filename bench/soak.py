@@ -61,7 +61,7 @@ from stream.kafka.broker_process import BrokerProcess, free_port
 from stream.kafka.clients import prepare_topics
 from stream.kafka.topic_reader import TopicReader
 from stream.state.partition_store import PartitionStore
-from stream.updaters.updater import ENTITY_PREFIX
+from stream.updaters.entity_updates import ENTITY_PREFIX
 
 REPRODUCE = "python bench/soak.py"
 SAMPLE_EVERY_S = 10.0

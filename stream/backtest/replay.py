@@ -4,7 +4,8 @@ What a live deployment would have scored (progressive validation: every example 
 scored by the models current when it is emitted, then learned from) and what freshness
 is worth on a user's own data (DESIGN §9). The replay calls the live stages' own
 functions — :class:`~stream.consumers.labeling.ExampleJoin` over a RocksDB partition
-store, :func:`~stream.updaters.state_update.apply_batch` over RocksDB entity states, the
+store, the updater's reader of the emitted values (:class:`~stream.updaters.examples.ExampleReader`)
+and its store glue (:func:`~stream.updaters.entity_updates.update_entities`), the
 global refit with its vocabulary growth — so there is no second implementation to drift.
 
 Time is the events' time. Micro-batches are cut every ``latency_ms`` of event time (0:
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from stream.archive.files import ArchiveFiles, hour_of
+from stream.codec.avro import SingleObjectCodec
 from stream.codec.schemas import load_schema
 from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinCounts
@@ -48,8 +50,9 @@ from stream.refit.job import GlobalRefit, RefitError
 from stream.refit.schedule import next_refit_due
 from stream.state.partition_store import PartitionStore, open_or_wipe
 from stream.tables.models import CoefficientTable, GlobalModelTable
-from stream.updaters.examples import example_problem, valid_entity_batch
-from stream.updaters.state_update import CoordinateMath, apply_batch
+from stream.updaters.entity_updates import update_entities
+from stream.updaters.examples import ExampleReader, valid_entity_batch
+from stream.updaters.state_update import CoordinateMath
 
 log = logging.getLogger(__name__)
 
@@ -82,33 +85,32 @@ class _CoordinateReplay:
         self.math = CoordinateMath.of(coordinate, get_loss(settings.model.loss))
         self.store, _ = open_or_wipe(directory / f"states-{name}")
         self.table = CoefficientTable(name, coordinate.max_features)
+        self.reader = ExampleReader(SingleObjectCodec(load_schema("LabeledExample")), name, self.math.layout.dim)
         self._next_offset = 0
         self.entity_updates = 0
         self.widened_entities = 0
         self.reset_entities = 0
 
-    def absorb(self, examples: Sequence[dict[str, Any]]) -> None:
-        """Update every entity the examples touch, as the coordinate's updater does with one micro-batch."""
-        layout = self.math.layout
-        records = [e for e in examples if example_problem(e, self.name, layout.dim) is None]
-        if not records:
+    def absorb(self, values: Sequence[bytes]) -> None:
+        """Update every entity the examples (``LabeledExample`` values, as the joiner emits them) touch.
+
+        As the coordinate's updater does with one micro-batch: the same reader, grouping and store glue.
+        """
+        offsets = np.arange(self._next_offset, self._next_offset + len(values))
+        self._next_offset += len(values)
+        read = self.reader.read(values, offsets)
+        if not len(read.rows):
             return
-        offsets = np.arange(self._next_offset, self._next_offset + len(records))
-        self._next_offset += len(records)
-        batch, _ = valid_entity_batch(records, offsets.tolist(), self.name, layout.dim)
-        keys = [entity.encode() for entity in batch.entity_ids]
-        states, _ = layout.decode(self.store.get_many(keys), self.math.new_entity_precision)
-        outcome = apply_batch(self.math, states, batch)
-        changed = np.flatnonzero(outcome.changed)
-        new = outcome.states[changed]
-        self.store.commit(zip([keys[i] for i in changed], layout.encode(new)), offsets={"input": int(offsets[-1])})
+        batch, _ = valid_entity_batch(read.examples)
+        update = update_entities(self.store, self.math, batch)
+        self.store.commit(update.writes, offsets={"input": int(offsets[-1])})
         self.table.apply(
             {"entity_id": e, "version": v, "means": m}
-            for e, v, m in zip(batch.entity_ids[changed], new["version"], new["mean"])
+            for e, v, m in zip(update.entity_ids, update.states["version"], update.states["mean"])
         )
-        self.entity_updates += len(changed)
-        self.widened_entities += outcome.widened_entities
-        self.reset_entities += outcome.reset_entities
+        self.entity_updates += len(update.entity_ids)
+        self.widened_entities += update.outcome.widened_entities
+        self.reset_entities += update.outcome.reset_entities
 
     def close(self) -> None:
         self.store.close()
@@ -205,6 +207,7 @@ class _Run:
         self.refit = GlobalRefit(settings, publish=self._take_model)
         self.archive = ArchiveFiles(settings.archive_path)
         self.examples: list[dict[str, Any]] = []
+        self._stored = SingleObjectCodec(load_schema("LabeledExample"))
         self._unarchived = 0
         self.join_counts = JoinCounts()
         self.micro_batches = 0
@@ -239,14 +242,16 @@ class _Run:
             if self.model.current is None:
                 return
         batch = self.join.join(self.store, events, self.model.current, idle)
-        examples = self.join.labeled(batch.result.emissions, self.model.current, self.tables)
+        labeled = self.join.emitted(batch.result.emissions, self.model.current, self.tables)
+        examples = self.join.records(labeled)
         batch.write({})
         self.join_counts.add(batch.result.counts)
         self.micro_batches += 1
         if examples:
             self.examples.extend(examples)
+            values = self.join.encoded(labeled, self._stored)
             for coordinate in self.coordinates:
-                coordinate.absorb(examples)
+                coordinate.absorb(values)
         self._note_vocabulary()
 
     def _warm_up(self, events: Sequence[JoinInput]) -> list[JoinInput]:

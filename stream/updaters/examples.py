@@ -1,18 +1,23 @@
-"""Labeled examples as one coordinate's updater sees them: arrays, then padded per entity.
+"""Labeled examples as one coordinate's updater sees them: values read into arrays, then padded per entity.
 
-The joiner ships each coordinate's features already indexed (DESIGN §8), so turning a
-micro-batch of decoded ``LabeledExample`` records into arrays is one ``np.frombuffer``
-over the joined packed vectors. The offset of an example for coordinate c is its fixed
-offset plus every *other* coordinate's score at join time (GLMix coordinate descent).
+The joiner ships each coordinate's features already indexed (DESIGN §8), so a micro-batch
+of ``LabeledExample`` values becomes arrays in one compiled scan, with no record dicts
+(:class:`ExampleReader`). The offset of an example for coordinate c is its fixed offset
+plus every *other* coordinate's score at join time (GLMix coordinate descent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from stream.codec.avro import SINGLE_OBJECT_MAGIC, RecordCodec, SingleObjectCodec
+from stream.codec.columnar.plan import Status
+from stream.codec.exceptions import DecodeError, EncodeError
+from stream.codec.labeled_example import LabeledColumns, scan_labeled
+from stream.codec.schemas import load_schema
 
 
 @dataclass(frozen=True)
@@ -37,18 +42,6 @@ class CoordinateExamples:
         return CoordinateExamples(**{name: values[rows] for name, values in self.__dict__.items()})
 
 
-def example_problem(record: Mapping[str, Any], coordinate: str, dim: int) -> str | None:
-    """Why ``record`` cannot feed ``coordinate`` by its shape (None when it can); values are checked in batch."""
-    features = record.get("coordinates", {}).get(coordinate)
-    if features is None:
-        return f"no features for coordinate {coordinate!r}"
-    if not features["entity_id"]:
-        return f"empty entity id for coordinate {coordinate!r}"
-    if len(features["dense"]) != 4 * dim:
-        return f"coordinate {coordinate!r} has {len(features['dense']) // 4} features, expected {dim}"
-    return None
-
-
 def invalid_values(examples: CoordinateExamples) -> np.ndarray:
     """(N,) mask of examples with a non-finite feature, label, weight or offset, or a negative weight."""
     with np.errstate(invalid="ignore"):
@@ -58,29 +51,109 @@ def invalid_values(examples: CoordinateExamples) -> np.ndarray:
     return ~ok
 
 
-def coordinate_examples(
-    records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str, dim: int
-) -> CoordinateExamples:
-    """Arrays of ``records`` (shapes checked by :func:`example_problem`; values by :func:`invalid_values`)."""
-    parts = [r["coordinates"][coordinate] for r in records]
-    n = len(records)
-    features = np.frombuffer(b"".join(p["dense"] for p in parts), dtype="<f4").reshape(n, dim).astype(np.float64)
-    others = np.fromiter(
-        (r["offset"] + sum(v for k, v in r["scores"].items() if k != coordinate) for r in records),
-        dtype=np.float64,
-        count=n,
-    )
-    return CoordinateExamples(
-        entity_ids=np.array([p["entity_id"] for p in parts], dtype=object),
-        features=features,
-        labels=np.fromiter((r["label"] for r in records), dtype=np.float64, count=n),
-        offsets=others,
-        weights=np.fromiter((r["weight"] for r in records), dtype=np.float64, count=n),
-        event_times=np.fromiter((r["event_time"] for r in records), dtype=np.int64, count=n),
-        label_times=np.fromiter((r["label_time"] for r in records), dtype=np.int64, count=n),
-        input_offsets=np.asarray(input_offsets, dtype=np.int64),
-        index_versions=np.fromiter((r["index_version"] for r in records), dtype=np.int64, count=n),
-    )
+@dataclass(frozen=True)
+class ReadExamples:
+    """What :class:`ExampleReader` made of a batch of values: the examples of the values in ``rows``, and the rest.
+
+    ``examples`` holds, in input order, one example per value of ``rows``; ``problems``
+    pairs each other value's position with the one-line reason it must be dead-lettered.
+    """
+
+    examples: CoordinateExamples
+    rows: np.ndarray
+    problems: list[tuple[int, str]]
+
+
+class ExampleReader:
+    """Reads batches of ``LabeledExample`` values, framed as ``codec`` frames them, into one coordinate's examples.
+
+    Values of the shipped writer schema are read by the compiled scan
+    (:func:`~stream.codec.labeled_example.scan_labeled`); any other writer schema is
+    decoded by ``codec`` (fastavro, which fetches a registry schema it has not seen),
+    encoded again with the shipped schema and scanned with the rest, so one path builds
+    every example. A value that cannot feed the coordinate gets its reason; its batch goes on.
+    """
+
+    def __init__(self, codec: RecordCodec, coordinate: str, dim: int) -> None:
+        self._codec = codec
+        self._reader = SingleObjectCodec(load_schema("LabeledExample"))
+        self.coordinate = coordinate
+        self.dim = dim
+
+    def _headers(self) -> list[bytes]:
+        shipped = self._reader.schema.fingerprint
+        return [h for h, writer in self._codec.writers().items() if writer.fingerprint == shipped]
+
+    def read(self, values: Sequence[bytes | None], input_offsets: np.ndarray) -> ReadExamples:
+        """The examples of ``values``, ``input_offsets[i]`` being value ``i``'s offset in its input."""
+        offsets = np.asarray(input_offsets, dtype=np.int64)
+        columns = scan_labeled(values, self._codec.magic, self._headers(), self.coordinate, self.dim)
+        problems: dict[int, str] = {}
+        everything = np.arange(len(values))
+        parts = [self._sort_out(columns, everything, offsets, problems, fallback=True)]
+        others = np.flatnonzero(columns.status == Status.UNKNOWN_WRITER_SCHEMA).tolist()
+        if others:
+            again, positions = [], []
+            for row in others:
+                try:
+                    again.append(self._reader.encode(self._codec.decode(values[row])))  # type: ignore[arg-type]
+                    positions.append(row)
+                except (DecodeError, EncodeError) as exc:
+                    problems[row] = str(exc)
+            rescanned = scan_labeled(again, SINGLE_OBJECT_MAGIC, [self._reader.header()], self.coordinate, self.dim)
+            parts.append(self._sort_out(rescanned, np.array(positions, dtype=np.int64), offsets, problems))
+        rows = np.concatenate([p[1] for p in parts])
+        order = np.argsort(rows, kind="stable")
+        examples = CoordinateExamples(
+            **{name: np.concatenate([getattr(p[0], name) for p in parts])[order] for name in _FIELDS}
+        )
+        return ReadExamples(examples, rows[order], sorted(problems.items()))
+
+    def _sort_out(
+        self,
+        columns: LabeledColumns,
+        positions: np.ndarray,
+        offsets: np.ndarray,
+        problems: dict[int, str],
+        fallback: bool = False,
+    ) -> tuple[CoordinateExamples, np.ndarray]:
+        """The examples of the usable rows of ``columns`` (value ``positions[i]`` is row i); the others' reasons.
+
+        With ``fallback``, rows of an unknown writer schema are left to the caller.
+        """
+        c, dim = self.coordinate, self.dim
+        undecoded = ~columns.ok
+        if fallback:
+            undecoded &= columns.status != Status.UNKNOWN_WRITER_SCHEMA
+        for row in np.flatnonzero(undecoded).tolist():
+            problems[int(positions[row])] = columns.reason(row)
+        usable = columns.ok.copy()
+        wrong_width = columns.dense[1] != 4 * dim
+        for mask, reason in (
+            (~columns.found, f"no features for coordinate {c!r}"),
+            (columns.entity[1] == 0, f"empty entity id for coordinate {c!r}"),
+            (wrong_width, ""),
+        ):
+            for row in np.flatnonzero(usable & mask).tolist():
+                width = int(columns.dense[1, row]) // 4
+                problems[int(positions[row])] = reason or f"coordinate {c!r} has {width} features, expected {dim}"
+            usable &= ~mask
+        rows = np.flatnonzero(usable)
+        examples = CoordinateExamples(
+            entity_ids=np.array(columns.entity_ids(rows), dtype=object),
+            features=columns.features(rows),
+            labels=columns.label[rows],
+            offsets=columns.margin[rows],
+            weights=columns.weight[rows],
+            event_times=columns.event_time[rows],
+            label_times=columns.label_time[rows],
+            input_offsets=offsets[positions[rows]],
+            index_versions=columns.index_version[rows],
+        )
+        return examples, positions[rows]
+
+
+_FIELDS = tuple(f.name for f in fields(CoordinateExamples))
 
 
 @dataclass(frozen=True)
@@ -134,14 +207,11 @@ def group_by_entity(examples: CoordinateExamples) -> EntityBatch:
     )
 
 
-def valid_entity_batch(
-    records: Sequence[Mapping[str, Any]], input_offsets: Sequence[int], coordinate: str, dim: int
-) -> tuple[EntityBatch, np.ndarray]:
-    """The records' examples of ``coordinate`` grouped by entity, and the rows left out for invalid values.
+def valid_entity_batch(examples: CoordinateExamples) -> tuple[EntityBatch, np.ndarray]:
+    """``examples`` grouped by entity, and the positions of those left out for invalid values.
 
-    The one way from decoded records to an update's input: the live updater (which
-    dead-letters the rows left out) and the backtest both call it.
+    The one way from read examples to an update's input: the live updater (which
+    dead-letters the examples left out) and the backtest both call it.
     """
-    examples = coordinate_examples(records, input_offsets, coordinate, dim)
     invalid = invalid_values(examples)
     return group_by_entity(examples.take(~invalid) if invalid.any() else examples), np.flatnonzero(invalid)

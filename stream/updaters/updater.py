@@ -1,8 +1,9 @@
 """The updater of one random-effect coordinate: a stage over its examples topic (run by the stage runtime).
 
-Each micro-batch (at most ``batch_size`` examples or ``batch_time_ms``) is decoded at
-once, split by input partition, grouped by entity, read from the partition's store with
-one multi-get, updated by one call of the compiled Newton solver (:mod:`stream.updaters.state_update`),
+Each micro-batch (at most ``batch_size`` examples or ``batch_time_ms``) is read into arrays
+at once (one compiled scan, :class:`~stream.updaters.examples.ExampleReader`), split by input
+partition, grouped by entity, read from the partition's store with one multi-get, updated by
+one call of the compiled Newton solver (:func:`~stream.updaters.entity_updates.update_entities`),
 and handed to the runtime's Checkpoint, which publishes, commits and writes in DESIGN §5's
 order: produce coefficients -> flush -> commit input offsets -> write the batch (states + offset).
 
@@ -26,10 +27,9 @@ import numpy as np
 from confluent_kafka import Message
 
 from stream.codec import make_codec
-from stream.codec.avro import decode_batch
 from stream.config import ConfigError, Settings
 from stream.kafka.clients import producer_wait_seconds
-from stream.kafka.messages import last_offsets, source_of
+from stream.kafka.messages import last_offsets
 from stream.kafka.topic_reader import TopicReader
 from stream.metrics.families import MetricFamilies
 from stream.metrics.histogram import FRESHNESS_SECONDS_BUCKETS, NEWTON_ITERATIONS_BUCKETS, CumulativeHistogram
@@ -41,12 +41,12 @@ from stream.state.changelog import entity_model_values, states_from_records
 from stream.state.exceptions import StateLayoutError
 from stream.state.partition_store import NO_OFFSET, PartitionStore
 from stream.state.store_changelog import throttle
-from stream.updaters.examples import example_problem, valid_entity_batch
-from stream.updaters.state_update import CoordinateMath, apply_batch
+from stream.updaters.entity_updates import entity_key, update_entities
+from stream.updaters.examples import CoordinateExamples, ExampleReader, valid_entity_batch
+from stream.updaters.state_update import CoordinateMath
 
 log = logging.getLogger(__name__)
 
-ENTITY_PREFIX = b"e"
 _FRESHNESS_SAMPLES = 100_000
 
 
@@ -93,10 +93,6 @@ class UpdaterStats(StageStats):
         families.histogram("glmix_newton_iterations", c, self.newton_iterations)
 
 
-def _entity_key(entity_id: str) -> bytes:
-    return ENTITY_PREFIX + entity_id.encode()
-
-
 class CoordinateUpdater(Stage):
     """Keeps one coordinate's per-entity models up to date from its examples topic."""
 
@@ -119,6 +115,7 @@ class CoordinateUpdater(Stage):
         registry = settings.kafka.schema_registry_url
         self._examples_codec = make_codec("LabeledExample", self.topic, registry, settings.kafka.schema_registry)
         self._model_codec = make_codec("EntityModel", self.coefficients_topic, registry, settings.kafka.schema_registry)
+        self._reader = ExampleReader(self._examples_codec, coordinate, self.math.layout.dim)
 
     def subscription(self) -> list[str]:
         """The coordinate's examples topic."""
@@ -178,7 +175,7 @@ class CoordinateUpdater(Stage):
         finally:
             reader.close()
         records = list(latest.values())
-        keys = [_entity_key(r["entity_id"]) for r in records]
+        keys = [entity_key(r["entity_id"]) for r in records]
         local, found = self.math.layout.decode(store.get_many(keys), self.math.new_entity_precision)
         restored = states_from_records(records, self.math.layout, self.math.new_entity_precision)
         newer = ~found | (restored["version"] > local["version"])
@@ -205,52 +202,49 @@ class CoordinateUpdater(Stage):
     # ------------------------------------------------------------------ the batch function
 
     def process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
-        """Decode, update and publish one micro-batch; the checkpoint commits it and writes the states."""
+        """Read, update and publish one micro-batch; the checkpoint commits it and writes the states."""
         if not messages:
             return
         stores, dead_letters = self.clients.stores, self.clients.dead_letters
-        decoded = decode_batch(self._examples_codec, messages)
-        for message, error in decoded.failures:
-            dead_letters.send(checkpoint, message, error.reason)
-        by_partition: dict[int, tuple[list, list]] = {}
-        coordinate, dim = self.coordinate, self.math.layout.dim
-        for record, message in zip(decoded.records, decoded.messages):
-            problem = example_problem(record, coordinate, dim)
-            if problem is not None:
-                dead_letters.send(checkpoint, message, problem)
-                continue
-            records, kept = by_partition.setdefault(source_of(message)[1], ([], []))
-            records.append(record)
-            kept.append(message)
-        writes = {
-            p: self._update_partition(stores[p], p, records, kept, checkpoint)
-            for p, (records, kept) in by_partition.items()
-        }
+        offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+        read = self._reader.read([m.value() for m in messages], offsets)
+        for row, reason in read.problems:
+            dead_letters.send(checkpoint, messages[row], reason)
+        partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=len(messages))[read.rows]
+        writes = {}
+        for partition in np.unique(partitions).tolist():
+            mine = partitions == partition
+            kept = [messages[row] for row in read.rows[mine].tolist()]
+            writes[partition] = self._update_partition(
+                stores[partition], partition, read.examples.take(mine), kept, checkpoint
+            )
         last = last_offsets(messages)
         checkpoint.consumed_through(last)
         for (_, partition), offset in last.items():
             checkpoint.write(stores[partition], writes.get(partition, ()), offsets={"input": offset})
 
     def _update_partition(
-        self, store: PartitionStore, partition: int, records: list, messages: list, checkpoint: Checkpoint
+        self,
+        store: PartitionStore,
+        partition: int,
+        examples: CoordinateExamples,
+        messages: list[Message],
+        checkpoint: Checkpoint,
     ) -> list[tuple[bytes, bytes]]:
         """Update one partition's entities and publish them; returns the store writes (key, state)."""
         layout = self.math.layout
-        batch, invalid_rows = valid_entity_batch(records, [m.offset() for m in messages], self.coordinate, layout.dim)
-        for row in invalid_rows:
+        batch, invalid_rows = valid_entity_batch(examples)
+        for row in invalid_rows.tolist():
             self.clients.dead_letters.send(
                 checkpoint, messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
             )
         self.stats.examples += int(batch.mask.sum())
-        keys = [_entity_key(e) for e in batch.entity_ids]
-        states, _ = layout.decode(store.get_many(keys), self.math.new_entity_precision)
-        outcome = apply_batch(self.math, states, batch)
-        changed = np.flatnonzero(outcome.changed)
-        entity_ids = batch.entity_ids[changed].tolist()
+        update = update_entities(store, self.math, batch)
+        outcome = update.outcome
         values = entity_model_values(
-            self._model_codec, self.coordinate, entity_ids, outcome.states[changed], layout, partition
+            self._model_codec, self.coordinate, update.entity_ids, update.states, layout, partition
         )
-        for entity_id, value in zip(entity_ids, values):
+        for entity_id, value in zip(update.entity_ids, values):
             checkpoint.produce(self.coefficients_topic, entity_id.encode(), value, partition)
         now_ms = int(time.time() * 1000)
         positive = batch.mask & (batch.labels > 0) & outcome.changed[:, None]
@@ -260,9 +254,9 @@ class CoordinateUpdater(Stage):
         if outcome.update is not None:
             self.stats.newton_iterations.observe_many(outcome.update.iterations)
             self.stats.unconverged_updates += int((~outcome.update.converged).sum())
-        self.stats.entity_updates += len(changed)
-        self.stats.failed_updates += int(outcome.solved.sum()) - len(changed)
+        self.stats.entity_updates += len(update.entity_ids)
+        self.stats.failed_updates += int(outcome.solved.sum()) - len(update.entity_ids)
         self.stats.replayed_events += outcome.replayed_events
         self.stats.widened_entities += outcome.widened_entities
         self.stats.reset_entities += outcome.reset_entities
-        return list(zip((keys[i] for i in changed), layout.encode(outcome.states[changed])))
+        return update.writes

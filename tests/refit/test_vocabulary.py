@@ -112,7 +112,8 @@ def test_joiner_updaters_and_scorer_give_the_same_margins_across_a_version_chang
     from stream.synthetic import World, WorldSpec, labeled_impressions
     from stream.synthetic.examples import joined_examples
     from stream.tables.models import CoefficientTable
-    from stream.updaters.examples import coordinate_examples
+    from stream.codec import make_codec
+    from stream.updaters.examples import ExampleReader
 
     settings = load_settings()
     labeled = labeled_impressions(World(WorldSpec(seed=9, members=40, jobs=30, requests=200)))
@@ -151,7 +152,10 @@ def test_joiner_updaters_and_scorer_give_the_same_margins_across_a_version_chang
         if name != GLOBAL:
             dim = settings.model.coordinates[name].max_features
             for examples in (joined_v1, joined_v2):  # what an updater computes: features . the entity's mean
-                arrays = coordinate_examples(examples, np.arange(len(examples)), name, dim)
+                codec = make_codec("LabeledExample", "examples")
+                read = ExampleReader(codec, name, dim).read([codec.encode(e) for e in examples], np.arange(len(examples)))
+                assert not read.problems
+                arrays = read.examples
                 means, _ = tables[name].lookup(list(arrays.entity_ids))
                 assert np.allclose(np.einsum("nd,nd->n", arrays.features, means), by_v1, rtol=1e-5, atol=1e-6)
     for model in (v1, v2):
