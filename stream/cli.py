@@ -453,19 +453,14 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "refit.engine", "Photon-ML training and GAME input files are bootstrapped by the local engine"
         )
-    plan = None
     if game:
         from stream.refit.game_training import read_training_rows, train_rows, trained_import
 
         if args.photon_bag:
             raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
         rows = read_training_rows(settings, game)
-        plan = trained_import(settings, train_rows(settings, rows, None, GAME_PASSES))
-        model = BootstrapModel(plan.record)
-        read: dict = {
-            "game_records": len(rows),
-            "entities": {name: len(c.entity_ids) for name, c in plan.coordinates.items()},
-        }
+        model = BootstrapModel.of_import(trained_import(settings, train_rows(settings, rows, None, GAME_PASSES)))
+        read: dict = {"game_records": len(rows)}
     elif photon:
         history = PhotonHistory.read(photon, PhotonBagRules.parse(args.photon_bag or []), settings.model)
         model = BootstrapModel(history.model_record(settings.model))
@@ -492,12 +487,7 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         write_container(args.output, "GlobalModel", [record])
     if not args.no_publish:
-        if plan is not None:
-            from stream.refit.game_models import publish_import
-
-            publish_import(settings, plan)
-        else:
-            publish_bootstrap(settings, model)
+        publish_bootstrap(settings, model)
     print(
         json.dumps(
             {

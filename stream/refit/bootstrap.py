@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,6 +52,9 @@ from stream.progress import Progress
 from stream.refit.examples import ExampleSplit, MemoryExamples, RowBatch
 from stream.state.partition_store import open_or_wipe
 from stream.tables.models import GlobalModel, GlobalModelTable
+
+if TYPE_CHECKING:
+    from stream.refit.game_models import PhotonImport
 
 _CHUNK = 20_000
 
@@ -102,6 +105,17 @@ class BootstrapModel:
     record: dict[str, Any]
     random_effects: Mapping[str, RandomEffectModel] = field(default_factory=dict)
 
+    @classmethod
+    def of_import(cls, plan: PhotonImport) -> BootstrapModel:
+        """A GAME model trained from history (``glmix bootstrap`` of GAME input files) as a first model."""
+        return cls(
+            plan.record,
+            {
+                name: RandomEffectModel(np.asarray(c.entity_ids, dtype=str), c.means, c.precisions)
+                for name, c in plan.coordinates.items()
+            },
+        )
+
     def entity_models(self) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
         """Per coordinate, (entity ids, means, precision diagonals) as the entity publisher takes them."""
         return {
@@ -130,15 +144,10 @@ class MemoryHistory(HistoryRows):
     def __init__(
         self, settings: Settings, record: Mapping[str, Any], impressions: Sequence[Mapping], labels: np.ndarray
     ):
-        model = GlobalModel.from_record(record, settings.model)
-        coordinates = {
-            name: (c.entity_field, model.coordinate_indices[name]) for name, c in settings.model.coordinates.items()
-        }
-        transforms = FeatureTransforms.from_settings(settings.model)
-        self.data = build_dataset(impressions, labels, model.global_index, coordinates, transforms=transforms)
+        self.data = history_dataset(settings, record, impressions, labels)
         self._split = MemoryExamples.of(
             global_rows(self.data.global_features, self.data.labels, np.zeros(len(labels))),
-            model.global_index.dim,
+            self.data.global_features.shape[1],
             settings.refit.chunk_rows,
         )
 
@@ -368,11 +377,9 @@ def refuse_published_model(settings: Settings, client: str) -> None:
 
 def publish_bootstrap(settings: Settings, model: BootstrapModel) -> None:
     """Every coordinate's fitted entities, then the global model as version 1 (refused when a model is published)."""
-    from stream.refit.game_models import publish_entity_models
+    from stream.refit.game_models import publish_first_models
 
-    refuse_published_model(settings, "bootstrap")
-    publish_entity_models(settings, model.entity_models(), model.record["index_version"])
-    publish_first_model(settings, model.record)
+    publish_first_models(settings, model.record, model.entity_models(), "bootstrap")
 
 
 def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:

@@ -272,15 +272,31 @@ def entity_partitions(entity_ids: Sequence[str], partitions: int) -> np.ndarray:
 
 def publish_import(settings: Settings, plan: PhotonImport) -> None:
     """Publish every coordinate's entities, then the global model as version 1 (refused when a model is published)."""
+    publish_first_models(
+        settings,
+        plan.record,
+        {name: (c.entity_ids, c.means, c.precisions) for name, c in plan.coordinates.items()},
+        "import",
+    )
+
+
+def publish_first_models(
+    settings: Settings,
+    record: dict[str, Any],
+    coordinates: Mapping[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
+    client: str,
+) -> None:
+    """A first model: every coordinate's entities (:func:`publish_entity_models`), then ``record`` as version 1.
+
+    Refused before anything is written when ``model.global`` already holds a model; the
+    global model goes out only once every entity was delivered. ``client`` names the
+    command in errors (``import``, ``bootstrap``).
+    """
     from stream.refit.bootstrap import publish_first_model, refuse_published_model
 
-    refuse_published_model(settings, "import")
-    publish_entity_models(
-        settings,
-        {name: (c.entity_ids, c.means, c.precisions) for name, c in plan.coordinates.items()},
-        plan.record["index_version"],
-    )
-    publish_first_model(settings, plan.record)
+    refuse_published_model(settings, client)
+    publish_entity_models(settings, coordinates, record["index_version"])
+    publish_first_model(settings, record)
 
 
 def publish_entity_models(
