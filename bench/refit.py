@@ -118,8 +118,8 @@ def run_contender(name: str, directory: Path) -> dict:
     from stream.model.export import global_model_record
     from stream.model.features import FeatureIndex
     from stream.model.game import GameModel
-    from stream.refit.job import GlobalRefit, RefitWindow
-    from stream.refit.spill import SpillDirectory
+    from stream.refit.job import GlobalRefit
+    from stream.refit.window import RefitWindow
     from stream.tables.models import GlobalModel
 
     meta = json.loads((directory / "meta.json").read_text())

@@ -47,10 +47,10 @@ def spark():
     session.stop()
 
 
-def _settings(tmp_path, engine, chunk_rows):
+def _settings(tmp_path, engine, chunk_rows, max_iterations):
     return load_settings(overrides={
         "state_dir": str(tmp_path / engine), "archive.path": str(tmp_path / "archive"), "refit.holdout_fraction": "0.25",
-        "refit.chunk_rows": str(chunk_rows), "refit.max_iterations": "30", "refit.engine": engine,
+        "refit.chunk_rows": str(chunk_rows), "refit.max_iterations": str(max_iterations), "refit.engine": engine,
     })
 
 
@@ -70,12 +70,14 @@ def _archive(settings, requests, first_index_from=24):
     return table.current
 
 
-def test_the_spark_refit_fits_gates_and_grows_as_the_local_refit_does(spark, tmp_path):
+# Every L-BFGS evaluation is one Spark job (about a second on a busy 2-core machine): the default suite fits a small
+# window for a few iterations; the slow suite a larger one further.
+@pytest.mark.parametrize("requests, max_iterations", [(1200, 8), pytest.param(3000, 30, marks=pytest.mark.slow)])
+def test_the_spark_refit_fits_gates_and_grows_as_the_local_refit_does(spark, tmp_path, requests, max_iterations):
     results, published = {}, {}
-    requests = 3000
     chunk_rows = requests * 5 // 6  # about 4 training chunks, cut across archive files
     for engine in ("local", "spark"):
-        settings = _settings(tmp_path, engine, chunk_rows)
+        settings = _settings(tmp_path, engine, chunk_rows, max_iterations)
         model = _archive(settings, requests) if engine == "local" else model
         published[engine] = []
         refit = GlobalRefit(settings, publish=published[engine].append)
