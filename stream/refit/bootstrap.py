@@ -35,7 +35,7 @@ from stream.codec.container import read_container
 from stream.codec.photon import INTERCEPT_NAME
 from stream.codec.schemas import load_schema
 from stream.config import ConfigError, ModelSettings, Settings
-from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS
+from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types
 from stream.errors import GlmixError
 from stream.model.dataset import build_dataset
@@ -64,11 +64,16 @@ class BootstrapError(GlmixError):
 
 
 def labels_of_history(
-    settings: Settings, events: Sequence[JoinInput], progress: Progress | None = None
+    settings: Settings, events: Sequence[JoinInput], progress: Progress | None = None, history_end_ms: int | None = None
 ) -> dict[str, float]:
     """Each impression's label under the live join rule, by impression id (impressions whose window never closed: none).
 
-    ``progress`` counts the events joined; the caller owns it.
+    ``progress`` counts the events joined; the caller owns it. ``history_end_ms`` is the
+    newest event time of the whole history when ``events`` are only part of it (the
+    impression ids of one Spark partition): their last windows then close as the whole
+    history's do, not at their own newest event. Before the end, windows close by the
+    part's own watermark, which labels as the whole history does unless an interaction
+    comes more than the allowed lateness before its impression in event time.
     """
     impressions = [e.record for e in events if e.kind == IMPRESSION]
     table = GlobalModelTable(settings.model)
@@ -83,16 +88,27 @@ def labels_of_history(
                 _label(join, store, chunk, table, labels, frozenset())
                 if progress is not None:
                     progress.advance(len(chunk))
-            _label(join, store, [], table, labels, frozenset({IMPRESSIONS, INTERACTIONS}))
+            through = None if history_end_ms is None else history_end_ms - join.rules.lateness_ms
+            _label(join, store, [], table, labels, frozenset({IMPRESSIONS, INTERACTIONS}), through)
         finally:
             store.close()
     return labels
 
 
 def _label(
-    join: ExampleJoin, store, events, table: GlobalModelTable, labels: dict[str, float], idle: frozenset[str]
+    join: ExampleJoin,
+    store,
+    events,
+    table: GlobalModelTable,
+    labels: dict[str, float],
+    idle: frozenset[str],
+    through: int | None = None,
 ) -> None:
-    batch = join.join(store, events, table.current, idle)
+    if through is None:
+        batch = join.join(store, events, table.current, idle)
+    else:  # the end of a part of the history: close what the whole history's watermark closes
+        batch = JoinBatch(store, join.rules, ())
+        batch.close_windows(idle, through)
     for example in join.labeled(batch.result.emissions, None, {}):
         labels[example["example_id"]] = example["label"]
     batch.write({})

@@ -112,10 +112,12 @@ def test_partials_of_many_chunks_are_added_in_groups_on_executors_in_the_order_t
     assert np.array_equal(remote.margins(beta), local.margins(beta))
 
 
-@pytest.mark.slow  # 19-28 s: with it the module passes the default suite's ~60 s budget for one module
-def test_the_spark_bootstrap_fits_the_global_model_and_random_effects_the_local_bootstrap_fits(spark, tmp_path):
-    requests = 700
-    world = World(WorldSpec(seed=6, members=80, jobs=150, requests=requests, mean_request_gap_ms=200,
+# The small world failed before each partition's last windows closed at the history's end: one of its two
+# partitions of impression ids ended 56 s before the history and lost 68 of 1,250 labels.
+@pytest.mark.parametrize("requests, members, jobs", [(250, 40, 60), pytest.param(700, 80, 150, marks=pytest.mark.slow)])
+def test_the_spark_bootstrap_fits_the_global_model_and_random_effects_the_local_bootstrap_fits(spark, tmp_path, requests,
+                                                                                               members, jobs):
+    world = World(WorldSpec(seed=6, members=members, jobs=jobs, requests=requests, mean_request_gap_ms=200,
                             attribution_window_ms=60_000))  # duplicates, late and out-of-order events included
     write_avro_files(event_stream(world), tmp_path)
     paths = [tmp_path / "impressions.avro", tmp_path / "interactions.avro"]
@@ -132,7 +134,7 @@ def test_the_spark_bootstrap_fits_the_global_model_and_random_effects_the_local_
     assert set(local.random_effects) == {"member", "job"} == set(remote.random_effects)
     for name, effect in local.random_effects.items():
         other = remote.random_effects[name]
-        assert len(effect.entity_ids) > 40 and np.array_equal(other.entity_ids, effect.entity_ids), name
+        assert len(effect.entity_ids) > min(members, jobs) / 2 and np.array_equal(other.entity_ids, effect.entity_ids)
         assert np.abs(effect.means).max() > 0.1
         np.testing.assert_allclose(other.means, effect.means, rtol=1e-6, atol=1e-9 * np.abs(effect.means).max())
         np.testing.assert_allclose(other.precisions, effect.precisions, rtol=1e-6)
