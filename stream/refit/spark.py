@@ -492,7 +492,9 @@ class SparkHistory(HistoryRows):
 
         context = events.context
         partitions = max(2, context.defaultParallelism)
-        labeled = events.partitionBy(partitions).mapPartitions(lambda items: _labeled_rows(items, settings, record, history_end_ms))
+        labeled = events.partitionBy(partitions).mapPartitions(
+            lambda items: _labeled_rows(items, settings, record, history_end_ms)
+        )
         ranked = (
             labeled.sortByKey(numPartitions=partitions)
             .zipWithIndex()
