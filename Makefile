@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,spark]'
 	$(BIN)/glmix compile
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
@@ -33,12 +33,12 @@ test-mock: $(STAMP)
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m kafka
 
 test-slow: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,spark,bench]'
 	$(BIN)/python -m pytest -q $(XDIST) --run-slow -m "not alone"
 	$(BIN)/python -m pytest -q --run-slow -m alone
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,spark,bench]'
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/newton.py
 	$(BIN)/python bench/pipeline.py

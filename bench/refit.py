@@ -9,7 +9,14 @@ refit reads in production) and as CSR arrays (what scikit-learn is given). Each
 contender runs in its own process, so its peak resident memory is its own:
 
 * ``glmix-refit``: the real refit path — archive files -> spilled chunks -> L-BFGS over
-  chunks (``GlobalRefit.spill_window`` + ``GlobalRefit.fit``); time includes reading Avro.
+  chunks (``GlobalRefit.read_window`` + ``GlobalRefit.fit``); time includes reading Avro.
+* ``glmix-refit-spark``: the same refit on the Spark engine (``refit.engine = "spark"``,
+  ``local[2]``): executors read the Avro files and sum the partials; ``spark_start_s`` is
+  the JVM and session start, outside ``fit_total_s``. Its coefficients must equal the
+  local refit's (``max_rel_diff_vs_local``).
+* ``glmix-refit-neg-R``: the local refit with ``refit.negative_sample_rate = R`` (0.3, 0.1):
+  fewer training rows, importance-weighted; ``holdout_auc`` and ``holdout_observed_expected``
+  say what it costs (the full refit's are on its own line).
 * ``glmix-in-memory``: the same L-BFGS on the CSR matrix held in memory.
 * ``sklearn-lbfgs``: ``LogisticRegression(C=1/l2, solver="lbfgs", fit_intercept=True)``.
 * ``baseline``: the interpreter with numpy, scipy, scikit-learn and glmix imported.
@@ -32,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-REPRODUCE = "pip install -e '.[bench]' && python bench/refit.py"
+REPRODUCE = "pip install -e '.[bench,spark]' && python bench/refit.py"
+SAMPLE_RATES = (0.3, 0.1)
 L2 = 1.0
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 SPAN_MS = 10 * 3_600_000
@@ -110,28 +118,47 @@ def run_contender(name: str, directory: Path) -> dict:
     from stream.model.export import global_model_record
     from stream.model.features import FeatureIndex
     from stream.model.game import GameModel
-    from stream.refit.job import GlobalRefit, RefitWindow
-    from stream.refit.spill import SpillDirectory
+    from stream.refit.job import GlobalRefit
+    from stream.refit.window import RefitWindow
     from stream.tables.models import GlobalModel
 
     meta = json.loads((directory / "meta.json").read_text())
     p = meta["p"]
     started = time.perf_counter()
     out: dict = {"contender": name}
-    if name == "glmix-refit":
+    if name.startswith("glmix-refit"):
+        from contextlib import ExitStack
+
+        from stream.model.losses import get_loss
+        from stream.refit.gate import holdout_metrics
+
+        rate = name.removeprefix("glmix-refit-neg-") if name.startswith("glmix-refit-neg-") else "1"
+        engine = "spark" if name == "glmix-refit-spark" else "local"
         settings = load_settings(overrides={"archive.path": str(directory / "archive"), "model.global_l2": L2,
                                             "refit.max_iterations": 1000, "model.coordinates.member.feature_bags": "b",
-                                            "model.coordinates.job.feature_bags": "b", "model.global_feature_bags": "b"})
+                                            "model.coordinates.job.feature_bags": "b", "model.global_feature_bags": "b",
+                                            "refit.negative_sample_rate": rate, "refit.engine": engine,
+                                            "refit.spark_master": "local[2]", "refit.spark.spark.ui.enabled": "false",
+                                            "refit.spark.spark.driver.memory": "4g"})
         index = FeatureIndex(["b"], [(f"f{j}", "") for j in range(1, p)], version=1)
         record = global_model_record(GameModel("logistic", np.zeros(p)), index,
                                      {"member": FeatureIndex(["b"], version=1), "job": FeatureIndex(["b"], version=1)}, 1)
         model = GlobalModel.from_record(record, settings.model)
         refit = GlobalRefit(settings)
+        if engine == "spark":
+            refit.engine.session.sparkContext.setLogLevel("ERROR")
+            out["spark_start_s"] = time.perf_counter() - started
+            started = time.perf_counter()
         window = RefitWindow(T0, T0 + int(SPAN_MS * (1 - HOLDOUT_FRACTION)), T0 + SPAN_MS)
-        with SpillDirectory(str(directory)) as spill:
-            inputs = refit.spill_window(spill, window, model, {})
+        with ExitStack() as scope:
+            inputs = refit.read_window(scope, window, model, {})
             out["spill_s"] = time.perf_counter() - started
             beta = refit.fit(inputs.train, np.zeros(p))
+            out["train_rows"] = inputs.train.rows
+            out["fit_total_s"] = time.perf_counter() - started
+            holdout = holdout_metrics(inputs.holdout.column("labels"), inputs.holdout.column("weights"),
+                                      inputs.holdout.margins(beta), get_loss("logistic"))
+        out["holdout_auc"], out["holdout_observed_expected"] = holdout["auc"], holdout["observed_expected"]
     elif name == "glmix-in-memory":
         from stream.model.game import CoordinateSpec, fit_global
         from stream.model.losses import get_loss
@@ -147,7 +174,7 @@ def run_contender(name: str, directory: Path) -> dict:
         beta = np.concatenate([fitted.intercept_, fitted.coef_[0]])
     else:
         beta = None
-    out["fit_total_s"] = time.perf_counter() - started
+    out.setdefault("fit_total_s", time.perf_counter() - started)
     out["peak_rss_bytes"] = peak_rss_bytes()
     if beta is not None:
         out["beta"] = beta.tolist()
@@ -161,6 +188,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=1000)
     parser.add_argument("--nnz", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="20k examples, 200 features (smoke run)")
+    parser.add_argument("--no-spark", action="store_true", help="leave out the Spark engine (no pyspark or Java)")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,7 +197,7 @@ def main() -> None:
         return
     if args.quick:
         args.examples, args.features = 20_000, 200
-    reproduce = REPRODUCE + (" --quick" if args.quick else "")
+    reproduce = REPRODUCE + "".join(f" {a}" for a in sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="glmix-bench-refit-") as tmp:
         directory = Path(tmp)
         started = time.perf_counter()
@@ -178,7 +206,9 @@ def main() -> None:
         x, y = _train_matrix(directory)
         archive_bytes = sum(f.stat().st_size for f in (directory / "archive").rglob("*.avro"))
         results = {}
-        for name in ("baseline", "glmix-refit", "glmix-in-memory", "sklearn-lbfgs"):
+        names = ["baseline", "glmix-refit", *(f"glmix-refit-neg-{r}" for r in SAMPLE_RATES)]
+        names += [] if args.no_spark else ["glmix-refit-spark"]
+        for name in [*names, "glmix-in-memory", "sklearn-lbfgs"]:
             done = subprocess.run([sys.executable, __file__, "--contender", name, "--data", str(directory)],
                                   check=True, capture_output=True, text=True)
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -192,6 +222,12 @@ def main() -> None:
                 line["peak_rss_over_baseline_bytes"] = result["peak_rss_bytes"] - results["baseline"]["peak_rss_bytes"]
             if "spill_s" in result:
                 line["read_and_spill_s"] = round(result["spill_s"], 2)
+            for key in ("spark_start_s", "holdout_auc", "holdout_observed_expected", "train_rows"):
+                if key in result:
+                    line[key] = round(result[key], 4) if isinstance(result[key], float) else result[key]
+            if name == "glmix-refit-spark":
+                local = np.array(results["glmix-refit"]["beta"])
+                line["max_rel_diff_vs_local"] = float(np.abs(np.array(result["beta"]) - local).max() / np.abs(local).max())
             if "beta" in result:
                 reached = objective(x, y, np.array(result["beta"]))
                 line["objective"] = reached

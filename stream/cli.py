@@ -40,6 +40,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["serving.workers"] = str(args.workers)
     if getattr(args, "loss", None):
         overrides["model.loss"] = args.loss
+    if getattr(args, "engine", None):
+        overrides["refit.engine"] = args.engine
     return load_settings(args.config, env=os.environ, overrides=overrides)
 
 
@@ -428,11 +430,17 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
-    """Build the first feature indexes and a fitted global model from history; publish them (or write them to a file)."""
+    """Build the first feature indexes, a fitted global model and random effects from history; publish them."""
     from stream.backtest.events import writer_schema_name
     from stream.codec.container import write_container
     from stream.progress import Progress
-    from stream.refit.bootstrap import PhotonBagRules, PhotonHistory, bootstrap_record, publish_first_model
+    from stream.refit.bootstrap import (
+        BootstrapModel,
+        PhotonBagRules,
+        PhotonHistory,
+        bootstrap_model,
+        publish_bootstrap,
+    )
 
     kinds = {path: writer_schema_name(path) for path in args.from_files or []}
     photon = [p for p, kind in kinds.items() if kind == "TrainingExampleAvro"]
@@ -441,40 +449,45 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "--from", "give one kind of history: event files, Photon-ML TrainingExampleAvro files or GAME input files"
         )
-    plan = None
+    if (photon or game) and settings.refit.engine == "spark":
+        raise ConfigError(
+            "refit.engine", "Photon-ML training and GAME input files are bootstrapped by the local engine"
+        )
     if game:
         from stream.refit.game_training import read_training_rows, train_rows, trained_import
 
         if args.photon_bag:
             raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
         rows = read_training_rows(settings, game)
-        plan = trained_import(settings, train_rows(settings, rows, None, GAME_PASSES))
-        record = plan.record
-        read = {
-            "game_records": len(rows),
-            "entities": {name: len(c.entity_ids) for name, c in plan.coordinates.items()},
-        }
+        model = BootstrapModel.of_import(trained_import(settings, train_rows(settings, rows, None, GAME_PASSES)))
+        read: dict = {"game_records": len(rows)}
     elif photon:
         history = PhotonHistory.read(photon, PhotonBagRules.parse(args.photon_bag or []), settings.model)
-        record = history.model_record(settings.model)
-        read = {"photon_records": len(history.impressions), "unmapped_features": dict(history.unmapped.most_common(10))}
+        model = BootstrapModel(history.model_record(settings.model))
+        read = {
+            "photon_records": len(history.impressions),
+            "unmapped_features": dict(history.unmapped.most_common(10)),
+        }
     else:
         if args.photon_bag:
             raise ConfigError("--photon-bag", "maps the features of Photon-ML TrainingExampleAvro files only")
-        log = _event_log(args, settings)
-        progress = Progress("bootstrap: labeling the history", total=len(log), unit="events")
-        record = bootstrap_record(settings, log.events, progress)
-        progress.finish()
-        read = {"events": len(log), "invalid_events": log.invalid}
+        if settings.refit.engine == "spark":
+            from stream.refit.spark import spark_bootstrap_model
+
+            if args.from_topics:
+                raise ConfigError("--from-topics", "the spark engine's executors read history files: give --from FILE")
+            model, read = spark_bootstrap_model(settings, args.from_files)
+        else:
+            log = _event_log(args, settings)
+            progress = Progress("bootstrap: labeling the history", total=len(log), unit="events")
+            model = bootstrap_model(settings, log.events, progress)
+            progress.finish()
+            read = {"events": len(log), "invalid_events": log.invalid}
+    record = model.record
     if args.output:
         write_container(args.output, "GlobalModel", [record])
     if not args.no_publish:
-        if plan is not None:
-            from stream.refit.game_models import publish_import
-
-            publish_import(settings, plan)
-        else:
-            publish_first_model(settings, record)
+        publish_bootstrap(settings, model)
     print(
         json.dumps(
             {
@@ -483,6 +496,8 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
                 "index_version": record["index_version"],
                 "global_features": len(record["features"]),
                 "coordinate_features": {k: len(v) for k, v in record["coordinate_indices"].items()},
+                "entities": {k: len(e.entity_ids) for k, e in model.random_effects.items()},
+                "engine": settings.refit.engine,
                 "published_to": None if args.no_publish else settings.topics.model_global,
                 "output": str(args.output) if args.output else None,
             }
@@ -764,7 +779,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the models to load")
     score.set_defaults(handler=cmd_score)
 
-    refit = sub.add_parser("refit", parents=[common], help="refit the global model on archived examples (gated)")
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        help="where the examples are read and the model fitted: this process, or Spark (overrides refit.engine)",
+    )
+    refit = sub.add_parser(
+        "refit", parents=[common, engine], help="refit the global model on archived examples (gated)"
+    )
     refit.add_argument(
         "--from",
         dest="from_ms",
@@ -809,9 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bootstrap = sub.add_parser(
         "bootstrap",
-        parents=[common, event_log],
-        help="first feature indexes and a fitted global model from history (event files, a topic range, Photon-ML"
-        " TrainingExampleAvro files, or Photon-ML GAME input files: random effects too), published as version 1",
+        parents=[common, event_log, engine],
+        help="first feature indexes, a fitted global model and random effects from history (event files, a topic"
+        " range, Photon-ML TrainingExampleAvro files, or Photon-ML GAME input files), published as version 1",
     )
     bootstrap.add_argument("--output", type=Path, help="also write the GlobalModel record to this container file")
     bootstrap.add_argument("--no-publish", action="store_true", help="do not publish to model.global (with --output)")

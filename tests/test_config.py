@@ -29,6 +29,16 @@ def test_librdkafka_settings_pass_through_unchanged(tmp_path):
                               "socket.keepalive.enable": True, "sasl.username": "svc"}
 
 
+def test_spark_properties_pass_through_unchanged(tmp_path):
+    path = tmp_path / "glmix.toml"
+    path.write_text('[refit]\nengine = "spark"\nspark_master = "local[2]"\n[refit.spark]\n"spark.executor.memory" = "4g"\n')
+    s = load_settings(path, env={"GLMIX_REFIT__SPARK__SPARK_SQL_SHUFFLE_PARTITIONS": "8"},
+                      overrides={"refit.spark.spark.ui.enabled": "false"})
+    assert (s.refit.engine, s.refit.spark_master) == ("spark", "local[2]")
+    assert s.refit.spark == {"spark.executor.memory": "4g", "spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false"}
+    assert load_settings().refit.engine == "local" and load_settings().refit.negative_sample_rate == 1.0
+
+
 def test_coordinates_file_defines_the_set_and_new_ones_need_their_keys(tmp_path):
     path = tmp_path / "glmix.toml"
     path.write_text('[model.coordinates.member]\nl2 = 10\n[model.coordinates.company]\nentity_field = "context:company"\nfeature_bags = ["member_skills"]\n')
@@ -51,6 +61,11 @@ def test_coordinates_file_defines_the_set_and_new_ones_need_their_keys(tmp_path)
         ({"topics.partitions": "four"}, "topics.partitions"),
         ({"topics.dead_letter": " "}, "topics.dead_letter"),
         ({"model.coordinates.member.precision": "sparse"}, "model.coordinates.member.precision"),
+        ({"refit.engine": "flink"}, "refit.engine"),
+        ({"refit.engine": "spark", "refit.offsets": "current"}, "refit.engine"),
+        ({"refit.negative_sample_rate": "0"}, "refit.negative_sample_rate"),
+        ({"refit.negative_sample_rate": "1.5"}, "refit.negative_sample_rate"),
+        ({"refit.spark.executor.memory": "4g"}, "refit.spark.executor.memory"),
     ],
 )
 def test_bad_values_fail_naming_the_key(overrides, key):

@@ -11,7 +11,7 @@ its inputs keep up. Records the live joiner would dead-letter are counted and le
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 from stream.codec import make_codec
 from stream.codec.container import read_container
 from stream.codec.game_input import GameInputMapping, read_game_rows
-from stream.codec.validation import interaction_problem
+from stream.codec.validation import impression_problem, interaction_problem
 from stream.config import Settings
 from stream.consumers.impressions import impression_rows
 from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
@@ -30,6 +30,11 @@ from stream.kafka.topic_reader import TopicReader
 from stream.progress import Progress
 
 log = logging.getLogger(__name__)
+
+_PROBLEMS: dict[str, Callable[[Mapping], str | None]] = {
+    IMPRESSION: impression_problem,
+    INTERACTION: interaction_problem,
+}
 
 _IMPRESSION_CHUNK = 4096  # impressions decoded into columns at a time (and counted by the progress line)
 
@@ -63,7 +68,7 @@ class EventLog:
             (INTERACTION, "Interaction", interactions),
         ):
             for path in paths:
-                log._add(kind, _records(path, schema), progress)
+                log._add(kind, read_events(path, schema), progress)
         log.events = replay_order(log.events)
         return log
 
@@ -227,9 +232,19 @@ def game_input_events(paths: Sequence[str | Path], settings: Settings) -> list[J
     return events
 
 
+def valid_event(kind: str, record: Mapping) -> bool:
+    """Whether the live joiner would take ``record`` (an ``impression`` or ``interaction``) rather than dead-letter it."""
+    return _PROBLEMS[kind](record) is None
+
+
+def replay_key(kind: str, event_time: int) -> tuple[int, bool]:
+    """Where an event goes in replay order: by event time, impressions first at the same millisecond."""
+    return event_time, kind != IMPRESSION
+
+
 def replay_order(events: Sequence[JoinInput]) -> list[JoinInput]:
     """``events`` by event time; impressions before interactions at the same millisecond; given order otherwise."""
-    return sorted(events, key=lambda e: (e.record["event_time"], e.kind != IMPRESSION))
+    return sorted(events, key=lambda e: replay_key(e.kind, e.record["event_time"]))
 
 
 def writer_schema_name(path: str | Path) -> str:
@@ -244,7 +259,8 @@ def writer_schema_name(path: str | Path) -> str:
     return str(schema.get("name", "?")).rsplit(".", 1)[-1] if isinstance(schema, dict) else "?"
 
 
-def _records(path: str | Path, schema: str) -> Iterator[dict]:
+def read_events(path: str | Path, schema: str) -> Iterator[dict]:
+    """The records of one event file (``Impression`` or ``Interaction``), failing with one line when it cannot be read."""
     if not Path(path).is_file():
         raise EventLogError(f"{path}: no such file (expected an Avro container file of {schema} records)")
     try:

@@ -401,6 +401,7 @@ GateMetric = Literal["auc", "log_loss"]
 RefitOffsets = Literal["current", "join_time"]
 RefitCandidates = Literal["residual", "standalone", "both"]
 TrainingExamples = Literal["all", "random_bucket"]
+RefitEngine = Literal["local", "spark"]
 
 
 @dataclass(frozen=True)
@@ -443,6 +444,18 @@ class RefitSettings:
     whose ranking was randomized only (free of the serving model's position and
     selection bias, as feed relevance teams train); the holdout keeps every example, the
     traffic the model will serve.
+
+    ``negative_sample_rate`` below 1 keeps that fraction of the training window's
+    negatives (label 0), chosen by a hash of the example id so every run and engine keeps
+    the same ones, each kept negative weighted ``1 / rate`` (an importance weight: the
+    fitted model stays calibrated); the holdout keeps every example.
+
+    ``engine`` says where the refit (and ``glmix bootstrap``) reads and fits: ``local``,
+    in this process over spilled chunks, or ``spark``, on Spark executors
+    (:mod:`stream.refit.spark`; needs the ``spark`` extra and Java), with the same result.
+    ``spark_master`` is the master URL (``local[4]``, ``spark://host:7077``, ``yarn``);
+    empty means the one ``spark-submit`` gives, else ``local[*]``. ``[refit.spark]`` passes
+    Spark properties (``"spark.executor.memory" = "8g"``) to the session unchanged.
     """
 
     window_hours: float = 24.0
@@ -460,9 +473,26 @@ class RefitSettings:
     vocabulary_min_count: int = 5
     training_examples: TrainingExamples = "all"
     candidates: RefitCandidates = "both"
+    negative_sample_rate: float = 1.0
+    engine: RefitEngine = "local"
+    spark_master: str = ""
+    spark: Mapping[str, ClientValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_positive(self.window_hours, "window_hours")
+        _check(
+            0 < self.negative_sample_rate <= 1,
+            "negative_sample_rate",
+            f"must be in (0, 1] (1 keeps every negative), got {self.negative_sample_rate}",
+        )
+        _check(
+            not (self.engine == "spark" and self.offsets == "current"),
+            "engine",
+            "the spark engine fits around join-time offsets (refit.offsets = join_time); current offsets need "
+            "every coefficient table in one process",
+        )
+        for key in self.spark:
+            _check(key.startswith("spark."), f"spark.{key}", "Spark properties start with 'spark.'")
         _check(0 < self.holdout_fraction < 1, "holdout_fraction", f"must be in (0, 1), got {self.holdout_fraction}")
         _check_non_negative(self.gate_tolerance, "gate_tolerance")
         for name in ("max_iterations", "chunk_rows", "min_examples", "vocabulary_min_count"):
@@ -671,18 +701,20 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) == 3 and parts[0] == "kafka" and parts[1] in _CLIENT_MAPS:
+        if len(parts) == 3 and tuple(parts[:2]) in _PASSTHROUGH_MAPS:
             parts[2] = parts[2].replace("_", ".")
         _merge(nested, _dotted_to_nested(".".join(parts), value, origin=name))
     return nested
 
 
 _CLIENT_MAPS = {"client", "producer", "consumer", "admin", "schema_registry"}
+# Maps whose keys are dotted property names passed on unchanged: librdkafka's, and Spark's ([refit.spark]).
+_PASSTHROUGH_MAPS = {("kafka", name) for name in _CLIENT_MAPS} | {("refit", "spark")}
 
 
 def _dotted_to_nested(key: str, value: Any, origin: str | None = None) -> dict[str, Any]:
     parts = key.split(".")
-    if parts[:1] == ["kafka"] and len(parts) > 3 and parts[1] in _CLIENT_MAPS:
+    if len(parts) > 3 and tuple(parts[:2]) in _PASSTHROUGH_MAPS:
         parts = parts[:2] + [".".join(parts[2:])]
     if not all(parts):
         raise ConfigError(origin or key, "malformed key")
@@ -769,7 +801,7 @@ def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
 def _coerce_client_value(value: Any, key: str) -> ClientValue:
     if isinstance(value, (str, int, float, bool)):
         return value
-    raise ConfigError(key, f"librdkafka values are strings, numbers or booleans, got {value!r}")
+    raise ConfigError(key, f"passed-through values (librdkafka, Spark) are strings, numbers or booleans, got {value!r}")
 
 
 def _coerce_scalar(hint: type, value: Any, key: str) -> Any:

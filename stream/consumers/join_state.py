@@ -301,12 +301,15 @@ class JoinBatch:
 
     # ------------------------------------------------------------------ closing windows
 
-    def close_windows(self, idle: frozenset[str] = frozenset()) -> None:
+    def close_windows(self, idle: frozenset[str] = frozenset(), through: int | None = None) -> None:
         """Emit every pending impression whose window closed, forget old markers, give up on held orphans.
 
         ``idle`` names the inputs (``impressions``, ``interactions``) that are idle (see :meth:`watermark`).
+        ``through`` is a watermark known to have been reached by events this state never saw: a
+        part of a history labeled apart from the rest closes its windows as the whole history does.
         """
-        limit = _DEADLINE + _DEADLINE_TIME.pack(max(self.watermark(idle), -_TIME_BIAS) + _TIME_BIAS)
+        watermark = self.watermark(idle) if through is None else max(self.watermark(idle), through)
+        limit = _DEADLINE + _DEADLINE_TIME.pack(max(watermark, -_TIME_BIAS) + _TIME_BIAS)
         stored = [k for k, _ in self._store.scan(self._scan_from, limit) if k not in self._deleted_deadlines]
         self._scan_from = limit
         due = sorted(set(stored) | {k for k in self._new_deadlines if k < limit})

@@ -9,7 +9,8 @@ every coefficient by (name, term), with variances from the posterior precisions.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from stream.codec.photon import INTERCEPT_NAME, PhotonModel
 from stream.config import CoordinateSettings, ModelSettings
 from stream.errors import InvalidValueError
 from stream.model.dataset import build_dataset
-from stream.model.features import INTERCEPT_KEY, FeatureIndex
+from stream.model.features import INTERCEPT_KEY, FeatureIndex, FeatureKey, feature_counts
 from stream.model.game import GLOBAL, CoordinateSpec, GameModel, RandomEffectModel, fit_global
 from stream.model.losses import get_loss
 from stream.model.transforms import FeatureTransforms
@@ -76,6 +77,40 @@ def _entity_models(name: str, effect: RandomEffectModel, index: FeatureIndex, lo
         yield PhotonModel(f"{name}:{entity}", keys, means.tolist(), var.tolist(), loss)
 
 
+def index_counts(impressions: Iterable[Mapping[str, Any]], model: ModelSettings) -> dict[str, Counter[FeatureKey]]:
+    """Per coordinate (``global`` and each random effect), how often each (transformed) feature occurs in ``impressions``.
+
+    What the first indexes are ranked by; counts of parts of a history add up
+    (:func:`stream.refit.spark` counts on executors).
+    """
+    bags = FeatureTransforms.from_settings(model).apply_rows([imp["features"] for imp in impressions])
+    coordinates = {GLOBAL: model.global_feature_bags, **{n: c.feature_bags for n, c in model.coordinates.items()}}
+    return {name: feature_counts(bags, bag_names) for name, bag_names in coordinates.items()}
+
+
+def indexes_from_counts(
+    counts: Mapping[str, Mapping[FeatureKey, int]], model: ModelSettings, version: int = 1
+) -> tuple[FeatureIndex, dict[str, FeatureIndex]]:
+    """The global and every coordinate's index over the features :func:`index_counts` counted, most frequent first."""
+    global_index = FeatureIndex.from_counts(counts[GLOBAL], model.global_feature_bags, version=version)
+    indices = {
+        name: FeatureIndex.from_counts(
+            counts[name], c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version
+        )
+        for name, c in model.coordinates.items()
+    }
+    return global_index, indices
+
+
+def record_from_counts(
+    counts: Mapping[str, Mapping[FeatureKey, int]], model: ModelSettings, version: int = 1, model_name: str = "glmix"
+) -> dict[str, Any]:
+    """A first ``GlobalModel`` with zero coefficients over the indexes :func:`index_counts` ranks."""
+    global_index, indices = indexes_from_counts(counts, model, version)
+    empty = GameModel(model.loss, np.zeros(global_index.dim))
+    return global_model_record(empty, global_index, indices, version, model_name)
+
+
 def initial_global_model_record(
     impressions: list[Mapping[str, Any]], model: ModelSettings, version: int = 1, model_name: str = "glmix"
 ) -> dict[str, Any]:
@@ -84,9 +119,7 @@ def initial_global_model_record(
     This lets a fresh deployment start streaming before any refit: random effects learn
     from the first events, and the periodic refit replaces the global coefficients.
     """
-    global_index, indices = indexes_from_history(impressions, model, version)
-    empty = GameModel(model.loss, np.zeros(global_index.dim))
-    return global_model_record(empty, global_index, indices, version, model_name)
+    return record_from_counts(index_counts(impressions, model), model, version, model_name)
 
 
 def indexes_from_history(
@@ -94,15 +127,7 @@ def indexes_from_history(
 ) -> tuple[FeatureIndex, dict[str, FeatureIndex]]:
     """The first global and coordinate indexes: every (transformed) feature of ``impressions`` the coordinate reads,
     most frequent first, each random-effect index up to its ``max_features``."""
-    bags = FeatureTransforms.from_settings(model).apply_rows([imp["features"] for imp in impressions])
-    global_index = FeatureIndex.from_data(bags, model.global_feature_bags, version=version)
-    indices = {
-        name: FeatureIndex.from_data(
-            bags, c.feature_bags, intercept=c.intercept, capacity=c.max_features, version=version
-        )
-        for name, c in model.coordinates.items()
-    }
-    return global_index, indices
+    return indexes_from_counts(index_counts(impressions, model), model, version)
 
 
 def global_coordinate_spec(model: ModelSettings, intercept: bool = True) -> CoordinateSpec:
@@ -111,7 +136,8 @@ def global_coordinate_spec(model: ModelSettings, intercept: bool = True) -> Coor
 
 
 def random_effect_spec(coordinate: CoordinateSettings) -> CoordinateSpec:
-    """A random-effect coordinate's penalty in a batch fit: its ``l2``, and ``intercept_l2`` on the intercept."""
+    """A random-effect coordinate's penalty in a batch fit (its new-entity prior): ``l2``, and ``intercept_l2`` on
+    the intercept."""
     return CoordinateSpec(
         l2=coordinate.l2,
         intercept_l2=coordinate.intercept_l2,

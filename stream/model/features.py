@@ -25,6 +25,14 @@ FeatureKey = tuple[str, str]
 Bags = Mapping[str, Sequence[Any]]
 
 
+def feature_counts(rows: Iterable[Bags], bag_names: Sequence[str]) -> Counter[FeatureKey]:
+    """How many times each (name, term) of ``bag_names`` occurs in ``rows``."""
+    counts: Counter[FeatureKey] = Counter()
+    for bags in rows:
+        counts.update((n, t) for n, t, _ in _triples(bags, bag_names))
+    return counts
+
+
 def _triples(bags: Bags, bag_names: Sequence[str]) -> Iterable[tuple[str, str, float]]:
     """(name, term, value) of the named bags; bags are Avro NTV dicts or plain tuples."""
     for bag in bag_names:
@@ -82,9 +90,22 @@ class FeatureIndex:
         version: int = 0,
     ) -> FeatureIndex:
         """An index of the most frequent features in ``rows`` (ties broken by key), up to ``capacity``."""
-        counts: Counter = Counter()
-        for bags in rows:
-            counts.update((n, t) for n, t, _ in _triples(bags, bag_names))
+        return cls.from_counts(
+            feature_counts(rows, bag_names), bag_names, intercept, capacity, min_count, unseen, version
+        )
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[FeatureKey, int],
+        bag_names: Sequence[str],
+        intercept: bool = True,
+        capacity: int | None = None,
+        min_count: int = 1,
+        unseen: str = "drop",
+        version: int = 0,
+    ) -> FeatureIndex:
+        """:meth:`from_data` of features already counted (:func:`feature_counts`, added up over parts of the rows)."""
         ranked = sorted(
             (k for k, c in counts.items() if c >= min_count and k != INTERCEPT_KEY), key=lambda k: (-counts[k], k)
         )

@@ -14,8 +14,9 @@ learning is compared with.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -151,8 +152,20 @@ class GlobalBlock:
     offsets: np.ndarray
 
 
+def global_partial(block: GlobalBlock, beta: np.ndarray, loss: Loss) -> np.ndarray:
+    """``[sum w loss, X' (w loss')]`` of one block's rows at ``beta``: a partial of the objective and its gradient.
+
+    No BLAS reductions (their result depends on the thread count, which differs between a
+    driver and a Spark executor): the same rows give the same bits in any process.
+    """
+    margins = block.offsets + block.features @ beta
+    first, _ = loss.derivatives(block.labels, margins)
+    value = np.sum(block.weights * loss.value(block.labels, margins))
+    return np.concatenate([[value], block.features.T @ (block.weights * first)])
+
+
 def fit_global_blocks(
-    blocks: Callable[[], Iterable[GlobalBlock]],
+    summed: Callable[[Callable[[GlobalBlock], np.ndarray]], np.ndarray],
     dim: int,
     spec: CoordinateSpec,
     loss: Loss,
@@ -163,20 +176,16 @@ def fit_global_blocks(
 ) -> np.ndarray:
     """Minimize ``sum w loss(y, o + X beta) + 1/2 beta' diag(l2) beta`` with L-BFGS over rows in blocks.
 
-    ``blocks()`` yields the rows afresh for every evaluation, so the data may live on disk
-    (the refit reads its spilled chunks one at a time) and memory stays one block plus the model.
+    ``summed(partial)`` is the sum of ``partial(block)`` over every block of rows, so the
+    data may live on disk (the refit reads its spilled chunks one at a time) or on Spark
+    executors (:mod:`stream.refit.spark`), and the process holds one block plus the model.
     ``on_iteration`` is called after every L-BFGS iteration (a progress line counts them).
     """
     penalty = l2_precision_diagonal(dim, spec.l2, spec.intercept_l2, spec.intercept_column if dim else None)
 
     def value_and_gradient(beta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = 0.5 * float(beta @ (penalty * beta)), penalty * beta
-        for block in blocks():
-            margins = block.offsets + block.features @ beta
-            first, _ = loss.derivatives(block.labels, margins)
-            value += float(block.weights @ loss.value(block.labels, margins))
-            gradient += block.features.T @ (block.weights * first)
-        return value, gradient
+        total = summed(functools.partial(global_partial, beta=beta, loss=loss))
+        return float(total[0]) + 0.5 * float(beta @ (penalty * beta)), total[1:] + penalty * beta
 
     result = minimize(
         value_and_gradient,
@@ -204,7 +213,9 @@ def fit_global(
 ) -> np.ndarray:
     """:func:`fit_global_blocks` on rows held in memory."""
     block = GlobalBlock(features, labels, weights, offsets)
-    return fit_global_blocks(lambda: (block,), features.shape[1], spec, loss, start, max_iterations, tolerance)
+    return fit_global_blocks(
+        lambda partial: partial(block), features.shape[1], spec, loss, start, max_iterations, tolerance
+    )
 
 
 def _buckets(counts: np.ndarray, max_cells: int) -> list[np.ndarray]:

@@ -272,20 +272,56 @@ def entity_partitions(entity_ids: Sequence[str], partitions: int) -> np.ndarray:
 
 def publish_import(settings: Settings, plan: PhotonImport) -> None:
     """Publish every coordinate's entities, then the global model as version 1 (refused when a model is published)."""
+    publish_first_models(
+        settings,
+        plan.record,
+        {name: (c.entity_ids, c.means, c.precisions) for name, c in plan.coordinates.items()},
+        "import",
+    )
+
+
+def publish_first_models(
+    settings: Settings,
+    record: dict[str, Any],
+    coordinates: Mapping[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
+    client: str,
+) -> None:
+    """A first model: every coordinate's entities (:func:`publish_entity_models`), then ``record`` as version 1.
+
+    Refused before anything is written when ``model.global`` already holds a model; the
+    global model goes out only once every entity was delivered. ``client`` names the
+    command in errors (``import``, ``bootstrap``).
+    """
+    from stream.refit.bootstrap import publish_first_model, refuse_published_model
+
+    refuse_published_model(settings, client)
+    publish_entity_models(settings, coordinates, record["index_version"])
+    publish_first_model(settings, record)
+
+
+def publish_entity_models(
+    settings: Settings,
+    coordinates: Mapping[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
+    index_version: int,
+) -> None:
+    """Every coordinate's (entity ids, means, precision diagonals) as ``EntityModel`` version 1, placed as updaters read.
+
+    Each entity goes to the partition of its coefficients topic that its examples land on
+    (librdkafka's default partitioner), so an updater restores it as its state.
+    """
     from confluent_kafka import Producer
 
     from stream.codec import make_codec
     from stream.kafka.clients import max_poll_interval_s, producer_config
     from stream.kafka.producing import produce_bounded
-    from stream.refit.bootstrap import BootstrapError, publish_first_model, refuse_published_model
+    from stream.refit.bootstrap import BootstrapError
     from stream.state.changelog import entity_model_values
 
-    refuse_published_model(settings, "import")
     config = producer_config(settings.kafka, settings.kafka.bootstrap_servers)
     partitioner = config.get("partitioner", CRC32_PARTITIONERS[0])
     if partitioner not in CRC32_PARTITIONERS:
         raise BootstrapError(
-            f"kafka.producer partitioner = {partitioner!r}: an import places entities as {', '.join(CRC32_PARTITIONERS)} do"
+            f"kafka.producer partitioner = {partitioner!r}: entities are placed as {', '.join(CRC32_PARTITIONERS)} do"
         )
     producer = Producer(config)
     failures: list[str] = []
@@ -294,27 +330,26 @@ def publish_import(settings: Settings, plan: PhotonImport) -> None:
         if error is not None:
             failures.append(str(error))
 
-    for name, coordinate in plan.coordinates.items():
+    for name, (entity_ids, means, precisions) in coordinates.items():
         configured = settings.model.coordinates[name]
         math = CoordinateMath.of(configured, get_loss(settings.model.loss))
-        partitions = _partitions(producer, settings.topics.examples(name, configured.entity_field), coordinate.topic)
-        states = math.layout.new_states(len(coordinate.entity_ids), math.new_entity_precision)
-        states["mean"] = coordinate.means
-        states["precision"] = math.layout.pack_precision(coordinate.precisions)
+        topic = settings.topics.coefficients(name)
+        partitions = _partitions(producer, settings.topics.examples(name, configured.entity_field), topic)
+        states = math.layout.new_states(len(entity_ids), math.new_entity_precision)
+        states["mean"] = means
+        states["precision"] = math.layout.pack_precision(precisions)
         states["version"] = IMPORTED_VERSION
-        states["index_version"] = plan.record["index_version"]
-        codec = make_codec(
-            "EntityModel", coordinate.topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry
-        )
-        placed = entity_partitions(coordinate.entity_ids, partitions)
+        states["index_version"] = index_version
+        codec = make_codec("EntityModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
+        placed = entity_partitions(entity_ids, partitions)
         for partition in np.unique(placed):
             rows = np.flatnonzero(placed == partition)
-            ids = [coordinate.entity_ids[i] for i in rows]
+            ids = [entity_ids[int(i)] for i in rows]
             values = entity_model_values(codec, name, ids, states[rows], math.layout, int(partition))
             for entity, value in zip(ids, values):
                 produce_bounded(
                     producer,
-                    coordinate.topic,
+                    topic,
                     entity.encode(),
                     value,
                     partition=int(partition),
@@ -323,10 +358,9 @@ def publish_import(settings: Settings, plan: PhotonImport) -> None:
                 )
     if producer.flush(max_poll_interval_s(settings.kafka)) or failures:
         raise BootstrapError(
-            f"imported coefficients not all delivered ({len(producer)} waiting, {len(failures)} failed"
+            f"entity coefficients not all delivered ({len(producer)} waiting, {len(failures)} failed"
             f"{': ' + failures[0] if failures else ''}); the global model was not published"
         )
-    publish_first_model(settings, plan.record)
 
 
 def _partitions(producer: Any, examples_topic: str, coefficients_topic: str) -> int:

@@ -1,7 +1,8 @@
 """``glmix refit``: refit the global coordinate on archived examples and publish it if the gate passes.
 
 One run: read the current global model and every coordinate's coefficients from Kafka;
-stream a time window of archived examples into on-disk chunks — the earlier part for
+have the engine (:class:`RefitEngine`: this process, or Spark executors) read a time window
+of archived examples into chunks — the earlier part for
 training, the final ``holdout_fraction`` of the window as a holdout — with the random
 effects' scores as offsets (current coefficients or join-time scores for training;
 always join-time scores for the holdout, which the current coefficients have already
@@ -18,8 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,6 @@ from stream.codec import make_codec
 from stream.codec.container import write_container
 from stream.codec.photon import PhotonModel, write_models
 from stream.config import Settings
-from stream.consumers.example_builder import add_scores
 from stream.errors import GlmixError
 from stream.kafka.clients import prepare_topics, producer_config
 from stream.kafka.topic_reader import TopicReader
@@ -41,9 +43,11 @@ from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_bloc
 from stream.model.losses import get_loss
 from stream.model.priors import l2_precision_diagonal
 from stream.progress import Progress
+from stream.refit.examples import ExampleSplit
 from stream.refit.gate import STEPS, GateDecision, choose_trial, gate, holdout_metrics
-from stream.refit.spill import SpillDirectory, SpilledExamples, packed_global_features
+from stream.refit.spill import SpillDirectory
 from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
+from stream.refit.window import RefitWindow, split_records
 from stream.tables.follower import ModelFollower
 from stream.tables.models import CoefficientTable, GlobalModel, GlobalModelTable
 from stream.tables.stored_table import StoredCoefficientTable
@@ -55,27 +59,6 @@ RESIDUAL, STANDALONE = "residual", "standalone"
 # What each candidate fit is fitted around (a column of the spilled training split).
 CANDIDATE_OFFSETS = {RESIDUAL: "offsets", STANDALONE: "fixed_offsets"}
 UNCHANGED = 1e-3  # relative change ||new - old|| / ||new|| below which a rerun publishes nothing
-
-
-def _random_effect_offsets(records: list[dict]) -> np.ndarray:
-    """Each example's fixed offset plus every random-effect coordinate's recorded score."""
-    return np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in records])
-
-
-def _with_rows(
-    first: tuple[np.ndarray, np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two sets of per-row (lengths, columns, values) of the same rows as one, each row's entries together."""
-    (len_a, col_a, val_a), (len_b, col_b, val_b) = first, second
-    if not len(col_b):
-        return first
-    rows = np.concatenate([np.repeat(np.arange(len(len_a)), len_a), np.repeat(np.arange(len(len_b)), len_b)])
-    order = np.argsort(rows, kind="stable")
-    return (
-        len_a + len_b,
-        np.concatenate([col_a, col_b])[order],
-        np.concatenate([val_a.astype(np.float32), val_b.astype(np.float32)])[order],
-    )
 
 
 def _trial_name(candidate: str, step: float) -> str:
@@ -156,22 +139,13 @@ class RefitResult:
 
 
 @dataclass(frozen=True)
-class RefitWindow:
-    """The training window ``[start_ms, holdout_ms)`` and the holdout ``[holdout_ms, end_ms)``."""
-
-    start_ms: int
-    holdout_ms: int
-    end_ms: int
-
-
-@dataclass(frozen=True)
 class RefitInputs:
     """What a refit starts from: the current global model and the window's spilled splits."""
 
     model: GlobalModel
     window: RefitWindow
-    train: SpilledExamples
-    holdout: SpilledExamples
+    train: ExampleSplit
+    holdout: ExampleSplit
     dropped: int
     growth: Growth
 
@@ -187,6 +161,94 @@ class RefitInputs:
             dropped_examples=self.dropped,
             admitted_features=dict(self.growth.admitted),
         )
+
+
+class RefitEngine(ABC):
+    """Where a refit's examples are read and its sums are computed: the one seam between ``local`` and ``spark``.
+
+    An engine turns a window of the archive into the train and holdout splits
+    (:class:`~stream.refit.examples.ExampleSplit`) and the grown vocabulary; everything
+    after (the fits, the gate, publishing) is the same code for every engine.
+    """
+
+    @abstractmethod
+    def read(
+        self,
+        scope: ExitStack,
+        window: RefitWindow,
+        model: GlobalModel,
+        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
+    ) -> RefitInputs:
+        """``window``'s examples as splits in the columns of the grown index; what they hold lives until ``scope`` closes."""
+
+
+class LocalEngine(RefitEngine):
+    """This process streams the archive into chunks spilled to a temporary directory (:mod:`stream.refit.spill`)."""
+
+    def __init__(self, settings: Settings, show_progress: bool = False) -> None:
+        self.settings = settings
+        self.archive = ArchiveFiles(settings.archive_path)
+        self.loss = get_loss(settings.model.loss)
+        self._show_progress = show_progress
+
+    def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
+        progress = Progress("refit: reading the archive", unit="examples") if self._show_progress else None
+        batch: list[dict] = []
+        for record in self.archive.examples_between(window.start_ms, window.end_ms):
+            batch.append(record)
+            if len(batch) >= READ_BATCH:
+                if progress is not None:
+                    progress.advance(len(batch))
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        if progress is not None:
+            progress.advance(len(batch))
+            progress.finish()
+
+    def read(
+        self,
+        scope: ExitStack,
+        window: RefitWindow,
+        model: GlobalModel,
+        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
+    ) -> RefitInputs:
+        """The splits spilled to disk as the archive streams by; the vocabulary grows in the same read."""
+        refit = self.settings.refit
+        spill = scope.enter_context(SpillDirectory())
+        dim = model.global_index.dim
+        train = spill.split("train", dim, refit.chunk_rows)
+        holdout = spill.split("holdout", dim, refit.chunk_rows)
+        vocabulary = VocabularyCounter(model, growable_vocabulary(self.settings))
+        dropped = 0
+        for records in self._batches(window):
+            train_rows, holdout_rows, lost = split_records(records, model, tables, window, refit, self.loss, vocabulary)
+            train.add(*train_rows)
+            holdout.add(*holdout_rows)
+            dropped += lost
+        train.flush()
+        holdout.flush()
+        growth = vocabulary.grow(refit.vocabulary_min_count)
+        for split in (train, holdout):
+            split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
+        return RefitInputs(growth.model, window, train, holdout, dropped, growth)
+
+
+def growable_vocabulary(settings: Settings) -> list[str]:
+    """The coordinates whose index this refit grows (none without ``refit.grow_vocabulary``)."""
+    if not settings.refit.grow_vocabulary:
+        return []
+    return growable_coordinates(settings.model, settings.refit.grow_global_vocabulary)
+
+
+def make_engine(settings: Settings, show_progress: bool = False) -> RefitEngine:
+    """The engine ``refit.engine`` names (Spark only when asked for: pyspark is an optional extra)."""
+    if settings.refit.engine == "spark":
+        from stream.refit.spark import SparkEngine
+
+        return SparkEngine(settings)
+    return LocalEngine(settings, show_progress)
 
 
 class GlobalRefit:
@@ -210,6 +272,7 @@ class GlobalRefit:
         self.loss = get_loss(settings.model.loss)
         self.stats = RefitStats()
         self.archive = ArchiveFiles(settings.archive_path)
+        self.engine = make_engine(settings, show_progress)
         self._bootstrap = bootstrap_servers
         topic = settings.topics.model_global
         self._codec = make_codec(
@@ -237,80 +300,6 @@ class GlobalRefit:
     def _event_time(self, hour_ms: int, pick) -> int:
         return pick(r["event_time"] for f in self.archive.files(hour_ms) for r in self.archive.read(f))
 
-    def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
-        progress = Progress("refit: reading the archive", unit="examples") if self._show_progress else None
-        batch: list[dict] = []
-        for record in self.archive.examples_between(window.start_ms, window.end_ms):
-            batch.append(record)
-            if len(batch) >= READ_BATCH:
-                if progress is not None:
-                    progress.advance(len(batch))
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-        if progress is not None:
-            progress.advance(len(batch))
-            progress.finish()
-
-    def _spill(
-        self,
-        batches: Iterable[list[dict]],
-        model: GlobalModel,
-        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
-        window: RefitWindow,
-        train: SpilledExamples,
-        holdout: SpilledExamples,
-        vocabulary: VocabularyCounter,
-    ) -> int:
-        """Write usable examples to the splits with their offsets and count unindexed features; returns the dropped.
-
-        Indexes only append columns, so examples of every index version up to ``model``'s
-        are used; each example's unindexed global features are spilled under the columns
-        ``vocabulary`` gives them.
-        """
-        dropped = 0
-        for records in batches:
-            usable = [r for r in records if r["index_version"] <= model.index_version]
-            dropped += len(records) - len(usable)
-            if not usable:
-                continue
-            times = np.array([r["event_time"] for r in usable], dtype=np.int64)
-            offsets = _random_effect_offsets(usable)
-            fixed = np.array([r["offset"] for r in usable], dtype=np.float64)
-            if self.refit.offsets == "current":
-                add_scores(usable, model, tables)
-                offsets = np.where(times < window.holdout_ms, _random_effect_offsets(usable), offsets)
-            labels = np.array([r["label"] for r in usable])
-            weights = np.array([r["weight"] for r in usable])
-            lengths, indices, values = packed_global_features(usable)
-            rows = np.repeat(np.arange(len(usable)), lengths)
-            bad_rows = rows[(indices < 0) | (indices >= model.global_index.dim) | ~np.isfinite(values)]
-            ok = np.isfinite(offsets) & np.isfinite(labels) & np.isfinite(weights) & (weights >= 0)
-            ok &= self.loss.valid_labels(labels)
-            ok[bad_rows] = False
-            dropped += int((~ok).sum())
-            trainable = ok & (times < window.holdout_ms)
-            unindexed = vocabulary.global_columns(usable, trainable)
-            lengths, indices, values = _with_rows((lengths, indices, values), unindexed)
-            if self.refit.training_examples == "random_bucket":
-                trainable &= np.array([bool(r.get("random_bucket")) for r in usable])
-            for split, rows_in in ((train, trainable), (holdout, ok & (times >= window.holdout_ms))):
-                keep = np.repeat(rows_in, lengths)
-                split.add(
-                    labels[rows_in],
-                    weights[rows_in],
-                    offsets[rows_in],
-                    fixed[rows_in],
-                    times[rows_in],
-                    lengths[rows_in],
-                    indices[keep],
-                    values[keep],
-                )
-        train.flush()
-        holdout.flush()
-        return dropped
-
     # ------------------------------------------------------------------ the run
 
     def _current_global_model(self) -> GlobalModel:
@@ -335,14 +324,14 @@ class GlobalRefit:
             )
         return table.current
 
-    def prepare(self, spill: SpillDirectory, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
-        """The current global model and the window's examples spilled into ``spill`` as train and holdout splits.
+    def prepare(self, scope: ExitStack, from_ms: int | None = None, to_ms: int | None = None) -> RefitInputs:
+        """The current global model and the window's examples as train and holdout splits, held until ``scope`` closes.
 
         Every coordinate's coefficients are read too, but only for ``offsets = "current"``.
         """
         window = self.window(from_ms, to_ms)
         if self.refit.offsets == "join_time":
-            return self.spill_window(spill, window, self._current_global_model(), {})
+            return self.read_window(scope, window, self._current_global_model(), {})
         follower = ModelFollower(self.settings, self._bootstrap, client_id=self.settings.kafka.group_id("refit"))
         try:
             follower.catch_up(timeout_s=120)
@@ -351,55 +340,49 @@ class GlobalRefit:
                     f"no global model on {self.settings.topics.model_global}: start the pipeline "
                     "(the joiner bootstraps one) before refitting"
                 )
-            return self.spill_window(spill, window, follower.global_model.current, follower.tables)
+            return self.read_window(scope, window, follower.global_model.current, follower.tables)
         finally:
             follower.close()
 
-    def spill_window(
+    def read_window(
         self,
-        spill: SpillDirectory,
+        scope: ExitStack,
         window: RefitWindow,
         model: GlobalModel,
         tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
     ) -> RefitInputs:
         """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time).
 
-        The vocabulary grows in the same read (:mod:`stream.refit.vocabulary`): the splits
-        come back in the columns of the grown index, and ``RefitInputs.model`` is the grown
-        model (its global coefficients zero on the new columns).
+        The engine reads them (:class:`RefitEngine`). The vocabulary grows in the same read
+        (:mod:`stream.refit.vocabulary`): the splits come back in the columns of the grown
+        index, and ``RefitInputs.model`` is the grown model (its global coefficients zero on
+        the new columns).
         """
-        dim = model.global_index.dim
-        train = spill.split("train", dim, self.refit.chunk_rows)
-        holdout = spill.split("holdout", dim, self.refit.chunk_rows)
-        growable = growable_coordinates(self.settings.model, self.refit.grow_global_vocabulary)
-        vocabulary = VocabularyCounter(model, growable if self.refit.grow_vocabulary else [])
-        dropped = self._spill(self._batches(window), model, tables, window, train, holdout, vocabulary)
-        growth = vocabulary.grow(self.refit.vocabulary_min_count)
-        for split in (train, holdout):
-            split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
+        inputs = self.engine.read(scope, window, model, tables)
         log.info(
-            "refit: %d training and %d holdout examples in [%d, %d) (%d dropped)",
-            train.rows,
-            holdout.rows,
+            "refit (%s): %d training and %d holdout examples in [%d, %d) (%d dropped)",
+            self.refit.engine,
+            inputs.train.rows,
+            inputs.holdout.rows,
             window.start_ms,
             window.end_ms,
-            dropped,
+            inputs.dropped,
         )
-        return RefitInputs(growth.model, window, train, holdout, dropped, growth)
+        return inputs
 
     def run_once(self, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
         """One refit over ``[from_ms, to_ms)`` (default: the last ``window_hours`` of the archive)."""
-        return self._run(lambda spill: self.prepare(spill, from_ms, to_ms))
+        return self._run(lambda scope: self.prepare(scope, from_ms, to_ms))
 
     def run_from(self, model: GlobalModel, from_ms: int | None = None, to_ms: int | None = None) -> RefitResult:
         """One refit of ``model`` (instead of the newest on Kafka) with join-time offsets, as a backtest runs it."""
-        return self._run(lambda spill: self.spill_window(spill, self.window(from_ms, to_ms), model, {}))
+        return self._run(lambda scope: self.read_window(scope, self.window(from_ms, to_ms), model, {}))
 
-    def _run(self, prepare: Callable[[SpillDirectory], RefitInputs]) -> RefitResult:
+    def _run(self, prepare: Callable[[ExitStack], RefitInputs]) -> RefitResult:
         started = time.monotonic()
         self.stats.runs += 1
-        with SpillDirectory() as spill:
-            inputs = prepare(spill)
+        with ExitStack() as scope:
+            inputs = prepare(scope)
             result = inputs.result()
             if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
                 log.warning(
@@ -431,7 +414,7 @@ class GlobalRefit:
         return list(CANDIDATE_OFFSETS) if self.refit.candidates == "both" else [self.refit.candidates]
 
     def fit(
-        self, train: SpilledExamples, start: np.ndarray, intercept: bool = True, candidate: str = RESIDUAL
+        self, train: ExampleSplit, start: np.ndarray, intercept: bool = True, candidate: str = RESIDUAL
     ) -> np.ndarray:
         """The global coefficients minimizing the penalized loss on ``train``, warm-started at ``start``.
 
@@ -441,7 +424,7 @@ class GlobalRefit:
         column = CANDIDATE_OFFSETS[candidate]
         progress = Progress(f"refit: fitting {candidate}", unit="L-BFGS iterations") if self._show_progress else None
         coefficients = fit_global_blocks(
-            lambda: train.blocks(column),
+            lambda partial: train.summed_blocks(partial, column),
             train.dim,
             self.spec(intercept),
             self.loss,
@@ -454,7 +437,7 @@ class GlobalRefit:
             progress.finish()
         return coefficients
 
-    def _holdout_views(self, holdout: SpilledExamples, stacked: np.ndarray) -> list[dict[str, float]]:
+    def _holdout_views(self, holdout: ExampleSplit, stacked: np.ndarray) -> list[dict[str, float]]:
         """Per column of ``stacked``: the holdout metrics of the full model, and (``global_only_``) of it alone."""
         labels, weights = holdout.column("labels"), holdout.column("weights")
         full, alone = holdout.margins(stacked), holdout.margins(stacked, "fixed_offsets")  # one pass for every model
@@ -475,8 +458,8 @@ class GlobalRefit:
         result: RefitResult,
         model: GlobalModel,
         candidates: Mapping[str, np.ndarray],
-        train: SpilledExamples,
-        holdout: SpilledExamples,
+        train: ExampleSplit,
+        holdout: ExampleSplit,
         grew: bool = False,
     ) -> GateDecision:
         """Gate each of ``candidates`` against ``model`` on ``holdout``; publish the best that passes, and write files.
@@ -530,7 +513,7 @@ class GlobalRefit:
         )
         spec = self.spec(model.global_index.intercept)
         penalty = l2_precision_diagonal(len(coefficients), spec.l2, spec.intercept_l2, spec.intercept_column)
-        data = train.hessian_diagonal(coefficients, self.loss.derivatives, CANDIDATE_OFFSETS[result.candidate])
+        data = train.hessian_diagonal(coefficients, self.loss, CANDIDATE_OFFSETS[result.candidate])
         variances = 1.0 / np.maximum(data + penalty, 1e-12)
         photon = PhotonModel(
             GLOBAL,

@@ -114,6 +114,16 @@ class VocabularyCounter:
                         lengths[row] += 1
         return lengths, np.asarray(columns, dtype=np.int32), np.asarray(values, dtype=np.float32)
 
+    @property
+    def provisional_keys(self) -> list[FeatureKey]:
+        """The features given provisional global columns, in column order (``dim + i`` is the i-th)."""
+        return sorted(self._provisional, key=self._provisional.__getitem__)
+
+    def add_counts(self, counts: Mapping[str, Mapping[FeatureKey, int]]) -> None:
+        """Add another counter's :attr:`counts` (Spark executors count their files; the driver adds them up)."""
+        for name, counted in counts.items():
+            self.counts[name].update(counted)
+
     def grow(self, min_count: int) -> Growth:
         """The next index version from the counts, and where each provisional global column went (-1: not admitted)."""
         indexes = dict(self._indexes)

@@ -11,6 +11,7 @@ import pytest
 from stream.backtest.events import EventLog
 from stream.backtest.replay import Backtest, BacktestOptions, BacktestResult
 from stream.cli import main
+from stream.refit.game_models import latest_entity_models
 from stream.codec.container import read_container
 from stream.config import load_settings
 from stream.model.metrics import auc
@@ -140,10 +141,19 @@ def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its
     model_file = tmp_path / "model.avro"
     windows = ["--set", "joiner.attribution_window_ms=60000", "--set", "joiner.allowed_lateness_ms=60000"]
     args = ["--bootstrap-servers", kafka_bootstrap, "--set", f"topics.model_global=global-{unique_name}",
-            "--set", f"kafka.group_prefix={unique_name}", *windows]
+            "--set", f"kafka.group_prefix={unique_name}", "--set", f"topics.coefficients_prefix=coef-{unique_name}-",
+            *windows]
     assert main(["bootstrap", "--from", *paths, "--output", str(model_file), *args]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["events"] == len(history) and summary["published_to"] == f"global-{unique_name}"
+    # Every entity of the history got its first coefficients, published where the updaters restore them from.
+    coefficients = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap,
+                                            "topics.coefficients_prefix": f"coef-{unique_name}-",
+                                            "kafka.group_prefix": unique_name})
+    for name in ("member", "job"):
+        published = latest_entity_models(coefficients, name)
+        assert len(published) == summary["entities"][name] > 50, name
+        assert any(abs(m) > 0.05 for r in published for m in r["means"]), name
     [record] = list(read_container(model_file, "GlobalModel"))
     assert record["version"] == 1 and any(c != 0.0 for c in record["coefficients"][1:])
     settings = load_settings(overrides={"kafka.bootstrap_servers": kafka_bootstrap,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -127,8 +128,8 @@ def test_refit_improves_holdout_auc_publishes_reruns_safely_and_refuses_a_worse_
 
     # A model trained on shuffled labels is refused, counted and logged; version 2 stays.
     rng = np.random.default_rng(0)
-    with SpillDirectory() as spill, caplog.at_level(logging.WARNING, logger="stream.refit.job"):
-        inputs = refit.prepare(spill)
+    with SpillDirectory() as spill, ExitStack() as scope, caplog.at_level(logging.WARNING, logger="stream.refit.job"):
+        inputs = refit.prepare(scope)
         shuffled = spill.split("shuffled", inputs.train.dim, 10_000)
         for block in inputs.train.blocks():
             x = block.features
@@ -195,8 +196,8 @@ def test_current_offsets_come_from_the_published_coefficients_on_either_table(ka
         truth = _truth_records(settings, world, record)
         _publish(settings, record, truth)
         _archive(settings, labeled, record, truth)
-        with SpillDirectory() as spill:
-            inputs = GlobalRefit(settings, kafka_bootstrap).prepare(spill)
+        with ExitStack() as scope:
+            inputs = GlobalRefit(settings, kafka_bootstrap).prepare(scope)
             offsets[(source, table)] = inputs.train.column("offsets")
     reference = offsets[("join_time", "memory")]
     assert np.abs(reference).max() > 0.5
@@ -250,8 +251,8 @@ def test_a_random_bucket_refit_trains_on_exactly_the_random_bucket_examples(kafk
     _publish(settings, record, {})
     _archive(settings, labeled, record)
     refit = GlobalRefit(settings, kafka_bootstrap)
-    with SpillDirectory() as spill:
-        inputs = refit.prepare(spill)
+    with ExitStack() as scope:
+        inputs = refit.prepare(scope)
         holdout_from = inputs.window.holdout_ms
     result = refit.run_once()
     in_training = [li for li in labeled if li.impression["event_time"] < holdout_from]
