@@ -9,6 +9,7 @@ The sources are merged into one nested table that msgspec converts into the froz
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import typing
@@ -80,10 +81,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _nested(key: str, text: str, origin: str | None = None) -> dict[str, Any]:
-    """``("a.b.c", "1")`` -> ``{"a": {"b": {"c": 1}}}``, the text read as the setting's type wants it.
+    """``("metrics.history_edges", "1,5")`` -> ``{"metrics": {"history_edges": ["1", "5"]}}``.
 
-    A librdkafka or Spark property name keeps its dots; a list setting is comma-separated
-    (``--set metrics.history_edges=1,5``); a boolean is true/false, 1/0 or yes/no.
+    The text is read as far as the setting's type needs before msgspec converts it: a list
+    setting is comma-separated, a boolean is true/false, 1/0 or yes/no (any case). A librdkafka
+    or Spark property name keeps its dots (``kafka.client.sasl.mechanism``).
     """
     parts = key.split(".")
     if len(parts) > 3 and tuple(parts[:2]) in _PASSTHROUGH_MAPS:
@@ -117,11 +119,17 @@ def _base(hint: Any) -> Any:
     return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
 
 
+@functools.cache
+def _field_types(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A struct's field types (msgspec resolves the annotations anew at every call)."""
+    return {f.name: f.type for f in msgspec.structs.fields(struct)}
+
+
 def _step(hint: Any, part: str) -> Any:
     """The type one key below ``hint``: a struct's field, or a table's values; None where nothing is."""
     kind = _base(hint)
     if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
-        return next((f.type for f in msgspec.structs.fields(kind) if f.name == part), None)
+        return _field_types(kind).get(part)
     if typing.get_origin(kind) is Mapping:
         return typing.get_args(kind)[1]
     return None
@@ -158,7 +166,7 @@ def _config_error(exc: msgspec.ValidationError, raw: dict[str, Any]) -> ConfigEr
     if isinstance(exc.__cause__, ConfigError):  # a rule of __post_init__, its key relative to the struct
         return ConfigError(".".join([*keys, exc.__cause__.key]), exc.__cause__.problem)
     if unknown := re.fullmatch(r"Object contains unknown field `(.+)`", message):
-        known = ", ".join(sorted(f.name for f in msgspec.structs.fields(_base(hint))))
+        known = ", ".join(sorted(_field_types(_base(hint))))
         return ConfigError(".".join([*keys, unknown[1]]), f"unknown key (known: {known})")
     if missing := re.fullmatch(r"Object missing required field `(.+)`", message):
         return ConfigError(".".join([*keys, missing[1]]), "required: it has no default")
