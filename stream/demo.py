@@ -29,12 +29,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 from confluent_kafka import Producer
+from msgspec.structs import replace
 
 from stream.archive.files import ArchiveFiles
 from stream.codec import make_codec

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from stream.archive.files import ArchiveFiles, hour_of
@@ -178,11 +179,11 @@ def _isolated(settings: Settings, workdir: str) -> Settings:
     A backtest run with a deployment's configuration must neither write into its archive
     nor refit on what is there: those examples may come from after the replayed events.
     """
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         settings,
         state_dir=workdir,
-        archive=dataclasses.replace(settings.archive, path=""),
-        refit=dataclasses.replace(settings.refit, output_dir=""),
+        archive=msgspec.structs.replace(settings.archive, path=""),
+        refit=msgspec.structs.replace(settings.refit, output_dir=""),
     )
 
 

@@ -13,11 +13,12 @@ more settings than these.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec.structs import replace
 
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.config import Settings
@@ -70,11 +71,11 @@ def _toml_value(value: Any) -> str:
 def with_setting(settings: Settings, key: str, value: Any) -> Settings:
     """``settings`` with one dotted setting replaced (``model.global_l2``, ``model.coordinates.member.l2``)."""
     if key == GLOBAL_L2:
-        return dataclasses.replace(settings, model=dataclasses.replace(settings.model, global_l2=value))
+        return replace(settings, model=replace(settings.model, global_l2=value))
     _, _, name, field_name = key.split(".")
     coordinates = dict(settings.model.coordinates)
-    coordinates[name] = dataclasses.replace(coordinates[name], **{field_name: value})
-    return dataclasses.replace(settings, model=dataclasses.replace(settings.model, coordinates=coordinates))
+    coordinates[name] = replace(coordinates[name], **{field_name: value})
+    return replace(settings, model=replace(settings.model, coordinates=coordinates))
 
 
 def _auc(

@@ -1,6 +1,7 @@
 """Typed, validated configuration: one :class:`Settings` object, loaded once."""
 
 from stream.config.exceptions import ConfigError
+from stream.config.loader import load_settings
 from stream.config.settings import (
     ArchiveSettings,
     CoordinateSettings,
@@ -14,7 +15,6 @@ from stream.config.settings import (
     Settings,
     TopicSettings,
     TransformSettings,
-    load_settings,
 )
 
 __all__ = [

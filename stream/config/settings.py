@@ -1,29 +1,24 @@
-"""The one typed configuration object of glmix-stream.
+"""The one typed configuration object of glmix-stream: the schema.
 
-Settings are frozen dataclasses built once at start-up by :func:`load_settings` from, in
-increasing precedence: built-in defaults, a TOML file, ``GLMIX_...`` environment
-variables, and ``--set key=value`` command-line overrides. Every value is checked while
-it is built; an unknown key or a bad value raises :class:`ConfigError` naming the key.
-Nothing else in the package reads the environment.
+Settings are frozen :class:`msgspec.Struct` s built once at start-up by
+:func:`stream.config.loader.load_settings` from, in increasing precedence: built-in
+defaults, a TOML file, ``GLMIX_...`` environment variables, and ``--set key=value``
+command-line overrides. Each bound is declared on its field (``Annotated[int, Meta(ge=1)]``,
+a ``Literal`` of the allowed words) and checked by msgspec while the object is built;
+``__post_init__`` holds only the rules that relate fields. A broken rule raises
+:class:`ConfigError` naming the key. Nothing else in the package reads the environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import sys
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
 
 from stream.config.exceptions import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 Loss = Literal["logistic", "linear", "poisson"]
 PriorKind = Literal["l2", "bayes"]
@@ -33,7 +28,16 @@ ClientValue = str | int | float | bool
 TableKind = Literal["memory", "rocksdb"]
 InputLoss = Literal["skip", "stop"]
 
-ENV_PREFIX = "GLMIX_"
+# Every float setting is finite: the largest float as a bound refuses nan and +-inf, which compare false or beyond it.
+LARGEST = sys.float_info.max
+Finite = Annotated[float, Meta(ge=-LARGEST, le=LARGEST)]
+NonNegative = Annotated[float, Meta(ge=0, le=LARGEST)]
+Positive = Annotated[float, Meta(gt=0, le=LARGEST)]
+Count = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+Name = Annotated[str, Meta(pattern=r"\S", description="a non-blank name")]
+Bags = Annotated[tuple[str, ...], Meta(min_length=1, description="a list of at least one feature bag")]
+Port = Annotated[int, Meta(ge=0, le=65535, description="a TCP port (0: any free port)")]
 
 SEGMENT_FIELDS = ("member_id", "item_id", "random_bucket", "position")
 
@@ -47,44 +51,39 @@ MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_loca
 JOB_BAGS = ("job_title", "job_skills", "job_company", "job_seniority")
 
 
-def _check(condition: bool, key: str, problem: str) -> None:
+class RuleBroken(ConfigError, ValueError):
+    """A rule relating fields is broken: raised by ``__post_init__``, with ``key`` relative to its struct.
+
+    A ``ValueError`` so that msgspec, building a nested struct, keeps it as the cause of its
+    error and the path of the struct, from which the loader names the full dotted key.
+    """
+
+
+def _rule(condition: bool, key: str, problem: str) -> None:
     if not condition:
-        raise ConfigError(key, problem)
+        raise RuleBroken(key, problem)
 
 
-def _check_positive(value: float, key: str) -> None:
-    _check(math.isfinite(value) and value > 0, key, f"must be a finite number > 0, got {value!r}")
+class _Settings(Struct, frozen=True, forbid_unknown_fields=True):
+    """A frozen settings table that refuses keys it does not know."""
 
 
-def _check_non_negative(value: float, key: str) -> None:
-    _check(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TopicSettings:
+class TopicSettings(_Settings, frozen=True):
     """Kafka topic names (DESIGN §3) and how to create them where CreateTopics works."""
 
-    impressions: str = "glmix.impressions"
-    interactions: str = "glmix.interactions"
-    examples_by_member: str = "glmix.examples.by-member"
-    examples_by_job: str = "glmix.examples.by-job"
-    examples_prefix: str = "glmix.examples.by-"
-    coefficients_prefix: str = "glmix.coefficients."
-    model_global: str = "glmix.model.global"
-    dead_letter: str = "glmix.dead-letter"
-    score_requests: str = "glmix.score-requests"
-    score_results: str = "glmix.score-results"
-    items: str = "glmix.items"
-    partitions: int = 4
-    replication_factor: int = 1
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, str):
-                _check(bool(value.strip()), f.name, "topic name must not be empty")
-        _check(self.partitions >= 1, "partitions", f"must be >= 1, got {self.partitions}")
-        _check(self.replication_factor >= 1, "replication_factor", f"must be >= 1, got {self.replication_factor}")
+    impressions: Name = "glmix.impressions"
+    interactions: Name = "glmix.interactions"
+    examples_by_member: Name = "glmix.examples.by-member"
+    examples_by_job: Name = "glmix.examples.by-job"
+    examples_prefix: Name = "glmix.examples.by-"
+    coefficients_prefix: Name = "glmix.coefficients."
+    model_global: Name = "glmix.model.global"
+    dead_letter: Name = "glmix.dead-letter"
+    score_requests: Name = "glmix.score-requests"
+    score_results: Name = "glmix.score-results"
+    items: Name = "glmix.items"
+    partitions: Count = 4
+    replication_factor: Count = 1
 
     def examples(self, coordinate: str, entity_field: str) -> str:
         """The topic of labeled examples keyed by the entity of ``coordinate``."""
@@ -99,8 +98,7 @@ class TopicSettings:
         return f"{self.coefficients_prefix}{coordinate}"
 
 
-@dataclass(frozen=True)
-class KafkaSettings:
+class KafkaSettings(_Settings, frozen=True):
     """How to reach Kafka. Client maps pass to librdkafka unchanged (SASL/SSL included).
 
     An empty ``bootstrap_servers`` means the embedded librdkafka mock cluster. Consumer
@@ -115,16 +113,13 @@ class KafkaSettings:
 
     bootstrap_servers: str = ""
     schema_registry_url: str = ""
-    group_prefix: str = "glmix"
+    group_prefix: Name = "glmix"
     client: Mapping[str, ClientValue] = field(default_factory=dict)
     producer: Mapping[str, ClientValue] = field(default_factory=dict)
     consumer: Mapping[str, ClientValue] = field(default_factory=dict)
     admin: Mapping[str, ClientValue] = field(default_factory=dict)
     schema_registry: Mapping[str, ClientValue] = field(default_factory=dict)
     input_loss: InputLoss = "skip"
-
-    def __post_init__(self) -> None:
-        _check(bool(self.group_prefix.strip()), "group_prefix", "must not be empty")
 
     def group_id(self, stage: str) -> str:
         """The consumer group of a pipeline stage (``joiner``, ``updater-member``, ...)."""
@@ -135,8 +130,12 @@ class KafkaSettings:
         return f"{self.group_id(stage)}-changelog"
 
 
-@dataclass(frozen=True)
-class CoordinateSettings:
+EntityField = Annotated[
+    str, Meta(pattern=r"^(member_id|item_id|context:.+)$", description="member_id, item_id or context:<key>")
+]
+
+
+class CoordinateSettings(_Settings, frozen=True):
     """One random-effect coordinate: whose effect it is, over which features, and its prior.
 
     ``entity_field`` names the impression field that identifies the entity (``member_id``,
@@ -153,48 +152,29 @@ class CoordinateSettings:
     updater reads micro-batches of at most ``batch_size`` examples or ``batch_time_ms``.
     """
 
-    entity_field: str
-    feature_bags: tuple[str, ...]
-    max_features: int = 32
+    entity_field: EntityField
+    feature_bags: Bags
+    max_features: Count = 32
     unseen_features: UnseenFeaturePolicy = "admit"
     intercept: bool = True
     prior: PriorKind = "bayes"
     precision: PrecisionKind = "full"
-    l2: float = 1.0
-    intercept_l2: float = 1.0
-    forgetting: float = 1.0
-    newton_steps: int = 10
-    gradient_tolerance: float = 1e-6
-    window_events: int = 64
-    window_max_age_ms: int = 0
-    batch_size: int = 2000
-    batch_time_ms: int = 200
+    l2: NonNegative = 1.0
+    intercept_l2: NonNegative = 1.0
+    forgetting: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    newton_steps: Count = 10
+    gradient_tolerance: Positive = 1e-6
+    window_events: Count = 64
+    window_max_age_ms: Annotated[int, Meta(ge=0, description=">= 0 (0: no age limit)")] = 0
+    batch_size: Count = 2000
+    batch_time_ms: Count = 200
 
     def __post_init__(self) -> None:
-        ok_field = self.entity_field in ("member_id", "item_id") or (
-            self.entity_field.startswith("context:") and len(self.entity_field) > len("context:")
-        )
-        _check(ok_field, "entity_field", f"must be member_id, item_id or context:<key>, got {self.entity_field!r}")
-        _check(len(self.feature_bags) > 0, "feature_bags", "must name at least one feature bag")
-        _check(self.max_features >= 1, "max_features", f"must be >= 1, got {self.max_features}")
-        _check(
+        _rule(
             not self.intercept or self.max_features >= 2,
             "max_features",
             "must be >= 2 when intercept = true (the intercept takes one column)",
         )
-        _check_non_negative(self.l2, "l2")
-        _check_non_negative(self.intercept_l2, "intercept_l2")
-        _check(0 < self.forgetting <= 1, "forgetting", f"must be in (0, 1], got {self.forgetting}")
-        _check(self.newton_steps >= 1, "newton_steps", f"must be >= 1, got {self.newton_steps}")
-        _check_positive(self.gradient_tolerance, "gradient_tolerance")
-        _check(self.window_events >= 1, "window_events", f"must be >= 1, got {self.window_events}")
-        _check(
-            self.window_max_age_ms >= 0,
-            "window_max_age_ms",
-            f"must be >= 0 (0: no age limit), got {self.window_max_age_ms}",
-        )
-        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
 
 
 def default_coordinates() -> dict[str, CoordinateSettings]:
@@ -213,8 +193,7 @@ def default_coordinates() -> dict[str, CoordinateSettings]:
 TransformKind = Literal["log", "indicator", "bucketize", "spline", "product"]
 
 
-@dataclass(frozen=True)
-class TransformSettings:
+class TransformSettings(_Settings, frozen=True):
     """One feature transform of the feed relevance toolbox, applied on every path (DESIGN §8).
 
     The table key names the feature: for ``log`` (``log1p`` of a count), ``indicator``
@@ -226,7 +205,7 @@ class TransformSettings:
     """
 
     kind: TransformKind
-    boundaries: tuple[float, ...] = ()
+    boundaries: tuple[Finite, ...] = ()
     inputs: tuple[str, ...] = ()
     bag: str = ""
 
@@ -234,35 +213,32 @@ class TransformSettings:
         increasing = all(a < b for a, b in zip(self.boundaries, self.boundaries[1:]))
         if self.kind in ("bucketize", "spline"):
             least = 1 if self.kind == "bucketize" else 2
-            _check(
+            _rule(
                 len(self.boundaries) >= least and increasing,
                 "boundaries",
                 f"{self.kind} needs >= {least} strictly increasing boundaries, got {list(self.boundaries)}",
             )
         else:
-            _check(not self.boundaries, "boundaries", f"{self.kind} takes no boundaries")
+            _rule(not self.boundaries, "boundaries", f"{self.kind} takes no boundaries")
         if self.kind == "product":
-            _check(len(self.inputs) == 2, "inputs", f"product multiplies two feature names, got {list(self.inputs)}")
-            _check(bool(self.bag), "bag", "product needs the bag its feature goes into")
+            _rule(len(self.inputs) == 2, "inputs", f"product multiplies two feature names, got {list(self.inputs)}")
+            _rule(bool(self.bag), "bag", "product needs the bag its feature goes into")
         else:
-            _check(not self.inputs and not self.bag, "inputs", f"{self.kind} transforms the feature it is keyed by")
+            _rule(not self.inputs and not self.bag, "inputs", f"{self.kind} transforms the feature it is keyed by")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(_Settings, frozen=True):
     """The GLMix model spec: link/loss, the global coordinate, the random-effect coordinates, feature transforms."""
 
     loss: Loss = "logistic"
-    global_feature_bags: tuple[str, ...] = MEMBER_BAGS + JOB_BAGS
-    global_l2: float = 1.0
+    global_feature_bags: Bags = MEMBER_BAGS + JOB_BAGS
+    global_l2: NonNegative = 1.0
     coordinates: Mapping[str, CoordinateSettings] = field(default_factory=default_coordinates)
     transforms: Mapping[str, TransformSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_non_negative(self.global_l2, "global_l2")
-        _check(len(self.global_feature_bags) > 0, "global_feature_bags", "must name at least one feature bag")
         for name in self.coordinates:
-            _check(
+            _rule(
                 name.replace("_", "").replace("-", "").isalnum() and name != "global",
                 f"coordinates.{name}",
                 "coordinate names are letters, digits, '-' and '_', and 'global' is reserved",
@@ -274,8 +250,7 @@ def default_labels() -> dict[str, float]:
     return {"CLICK": 1.0, "APPLY": 1.0}
 
 
-@dataclass(frozen=True)
-class JoinerSettings:
+class JoinerSettings(_Settings, frozen=True):
     """How impressions and interactions become labeled examples (DESIGN §2).
 
     An interaction counts when its event time is within ``attribution_window_ms`` after
@@ -298,42 +273,29 @@ class JoinerSettings:
     refit's vocabulary step grows the indexes from there.
     """
 
-    attribution_window_ms: int = 15 * 60 * 1000
-    allowed_lateness_ms: int = 60 * 1000
-    labels: Mapping[str, float] = field(default_factory=default_labels)
-    batch_size: int = 5000
-    batch_time_ms: int = 100
-    idle_input_ms: int = 10_000
+    attribution_window_ms: Count = 15 * 60 * 1000
+    allowed_lateness_ms: NonNegativeInt = 60 * 1000
+    labels: Annotated[
+        Mapping[str, Finite], Meta(min_length=1, description="a table of at least one interaction type")
+    ] = field(default_factory=default_labels)
+    batch_size: Count = 5000
+    batch_time_ms: Count = 100
+    idle_input_ms: NonNegativeInt = 10_000
     emitted_retention_ms: int = 60 * 60 * 1000
     early_positives: bool = False
     bootstrap_model: bool = True
-    bootstrap_impressions: int = 5000
-    bootstrap_wait_ms: int = 60_000
+    bootstrap_impressions: Count = 5000
+    bootstrap_wait_ms: NonNegativeInt = 60_000
 
     def __post_init__(self) -> None:
-        _check(
-            self.attribution_window_ms >= 1, "attribution_window_ms", f"must be >= 1, got {self.attribution_window_ms}"
-        )
-        _check(self.allowed_lateness_ms >= 0, "allowed_lateness_ms", f"must be >= 0, got {self.allowed_lateness_ms}")
-        _check(len(self.labels) > 0, "labels", "must name at least one interaction type")
-        for kind, label in self.labels.items():
-            _check(math.isfinite(label), f"labels.{kind}", f"must be finite, got {label!r}")
-        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.batch_time_ms >= 1, "batch_time_ms", f"must be >= 1, got {self.batch_time_ms}")
-        _check(self.idle_input_ms >= 0, "idle_input_ms", f"must be >= 0, got {self.idle_input_ms}")
-        _check(
-            self.bootstrap_impressions >= 1, "bootstrap_impressions", f"must be >= 1, got {self.bootstrap_impressions}"
-        )
-        _check(self.bootstrap_wait_ms >= 0, "bootstrap_wait_ms", f"must be >= 0, got {self.bootstrap_wait_ms}")
-        _check(
+        _rule(
             self.emitted_retention_ms >= self.attribution_window_ms,
             "emitted_retention_ms",
             f"must be >= attribution_window_ms ({self.attribution_window_ms}), got {self.emitted_retention_ms}",
         )
 
 
-@dataclass(frozen=True)
-class ServingSettings:
+class ServingSettings(_Settings, frozen=True):
     """The scoring HTTP service (``glmix serve``): where it listens and what one request may ask.
 
     ``exploration`` keeps every entity's posterior precision so requests may ask for
@@ -342,34 +304,24 @@ class ServingSettings:
     entity in RAM), or ``rocksdb`` (every entity on local disk under ``state_dir``, the
     ``cache_entities`` most recently used in RAM) for coordinates larger than memory.
     ``workers`` scoring processes share the port (:mod:`stream.scoring.workers`): one per core.
+    ``metrics_dir`` is set by ``glmix serve`` for those workers: the directory where they
+    share their Prometheus metrics (empty: this process's metrics alone).
     """
 
     host: str = "0.0.0.0"
-    port: int = 8080
-    max_candidates: int = 1000
-    max_features_per_bag: int = 1000
-    max_body_bytes: int = 4 * 1024 * 1024
-    refresh_ms: int = 100
+    port: Port = 8080
+    max_candidates: Count = 1000
+    max_features_per_bag: Count = 1000
+    max_body_bytes: Count = 4 * 1024 * 1024
+    refresh_ms: Count = 100
     exploration: bool = False
     table: TableKind = "memory"
-    cache_entities: int = 100_000
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.port <= 65535, "port", f"must be a TCP port, got {self.port}")
-        for name in (
-            "max_candidates",
-            "max_features_per_bag",
-            "max_body_bytes",
-            "refresh_ms",
-            "cache_entities",
-            "workers",
-        ):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+    cache_entities: Count = 100_000
+    workers: Count = 1
+    metrics_dir: str = ""
 
 
-@dataclass(frozen=True)
-class ArchiveSettings:
+class ArchiveSettings(_Settings, frozen=True):
     """Where ``glmix run archive`` keeps labeled examples for the refit and offline evaluation.
 
     ``path`` is a local directory or any fsspec URL (``s3://bucket/prefix`` with s3fs
@@ -381,20 +333,11 @@ class ArchiveSettings:
     """
 
     path: str = ""
-    roll_records: int = 50_000
-    roll_interval_ms: int = 60_000
-    retention_hours: int = 7 * 24
-    batch_size: int = 5000
-    batch_time_ms: int = 200
-
-    def __post_init__(self) -> None:
-        for name in ("roll_records", "roll_interval_ms", "batch_size", "batch_time_ms"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _check(
-            self.retention_hours >= 0,
-            "retention_hours",
-            f"must be >= 0 (0 keeps everything), got {self.retention_hours}",
-        )
+    roll_records: Count = 50_000
+    roll_interval_ms: Count = 60_000
+    retention_hours: Annotated[int, Meta(ge=0, description=">= 0 (0 keeps everything)")] = 7 * 24
+    batch_size: Count = 5000
+    batch_time_ms: Count = 200
 
 
 GateMetric = Literal["auc", "log_loss"]
@@ -404,8 +347,7 @@ TrainingExamples = Literal["all", "random_bucket"]
 RefitEngine = Literal["local", "spark"]
 
 
-@dataclass(frozen=True)
-class RefitSettings:
+class RefitSettings(_Settings, frozen=True):
     """The periodic global refit (``glmix refit``): data window, holdout, gate and outputs.
 
     The refit trains on the archived examples of the last ``window_hours`` (ending at the
@@ -458,50 +400,38 @@ class RefitSettings:
     Spark properties (``"spark.executor.memory" = "8g"``) to the session unchanged.
     """
 
-    window_hours: float = 24.0
-    holdout_fraction: float = 0.1
+    window_hours: Positive = 24.0
+    holdout_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.1
     gate_metric: GateMetric = "auc"
-    gate_tolerance: float = 0.002
+    gate_tolerance: NonNegative = 0.002
     offsets: RefitOffsets = "join_time"
-    max_iterations: int = 200
-    chunk_rows: int = 200_000
-    min_examples: int = 100
+    max_iterations: Count = 200
+    chunk_rows: Count = 200_000
+    min_examples: Count = 100
     output_dir: str = ""
-    model_name: str = "glmix"
+    model_name: Name = "glmix"
     grow_vocabulary: bool = True
     grow_global_vocabulary: bool = True
-    vocabulary_min_count: int = 5
+    vocabulary_min_count: Count = 5
     training_examples: TrainingExamples = "all"
     candidates: RefitCandidates = "both"
-    negative_sample_rate: float = 1.0
+    negative_sample_rate: Annotated[float, Meta(gt=0, le=1, description="in (0, 1] (1 keeps every negative)")] = 1.0
     engine: RefitEngine = "local"
     spark_master: str = ""
     spark: Mapping[str, ClientValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_positive(self.window_hours, "window_hours")
-        _check(
-            0 < self.negative_sample_rate <= 1,
-            "negative_sample_rate",
-            f"must be in (0, 1] (1 keeps every negative), got {self.negative_sample_rate}",
-        )
-        _check(
+        _rule(
             not (self.engine == "spark" and self.offsets == "current"),
             "engine",
             "the spark engine fits around join-time offsets (refit.offsets = join_time); current offsets need "
             "every coefficient table in one process",
         )
         for key in self.spark:
-            _check(key.startswith("spark."), f"spark.{key}", "Spark properties start with 'spark.'")
-        _check(0 < self.holdout_fraction < 1, "holdout_fraction", f"must be in (0, 1), got {self.holdout_fraction}")
-        _check_non_negative(self.gate_tolerance, "gate_tolerance")
-        for name in ("max_iterations", "chunk_rows", "min_examples", "vocabulary_min_count"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _check(bool(self.model_name.strip()), "model_name", "must not be empty")
+            _rule(key.startswith("spark."), f"spark.{key}", "Spark properties start with 'spark.'")
 
 
-@dataclass(frozen=True)
-class GameInputSettings:
+class GameInputSettings(_Settings, frozen=True):
     """How Photon-ML GAME input records map onto the model (``glmix train``, ``bootstrap``, ``score``, ``backtest``).
 
     GAME input is any Avro record schema with name–term–value bags (arrays of records
@@ -519,21 +449,14 @@ class GameInputSettings:
     epoch milliseconds, which ``glmix backtest`` and ``glmix tune`` replay by; empty: none.
     """
 
-    response: str = "response"
-    weight: str = "weight"
-    offset: str = "offset"
-    uid: str = "uid"
-    metadata_map: str = "metadataMap"
+    response: Name = "response"
+    weight: Name = "weight"
+    offset: Name = "offset"
+    uid: Name = "uid"
+    metadata_map: Name = "metadataMap"
     event_time: str = ""
-    bags: Mapping[str, str] = field(default_factory=dict)
-    ids: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("response", "weight", "offset", "uid", "metadata_map"):
-            _check(bool(getattr(self, name).strip()), name, "must name a field")
-        for table in ("bags", "ids"):
-            for key, value in getattr(self, table).items():
-                _check(bool(value.strip()), f"{table}.{key}", "must name a field")
+    bags: Mapping[str, Name] = field(default_factory=dict)
+    ids: Mapping[str, Name] = field(default_factory=dict)
 
     def bag_field(self, bag: str) -> str:
         """The record field that holds model bag ``bag``."""
@@ -544,8 +467,7 @@ class GameInputSettings:
         return self.ids.get(coordinate, settings.entity_field.removeprefix("context:"))
 
 
-@dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(_Settings, frozen=True):
     """``/metrics`` of pipeline processes (``glmix run``, ``glmix refit --every``, the demo).
 
     ``port`` 0 picks a free port (the demo prints it). ``kafka_statistics_interval_ms`` is
@@ -561,36 +483,26 @@ class MetricsSettings:
 
     enabled: bool = True
     host: str = "0.0.0.0"
-    port: int = 9108
-    kafka_statistics_interval_ms: int = 5000
+    port: Port = 9108
+    kafka_statistics_interval_ms: Annotated[int, Meta(ge=100)] = 5000
     segment_by: str = ""
-    segment_values: int = 20
-    history_edges: tuple[int, ...] = (1, 5, 20)
+    segment_values: Count = 20
+    history_edges: Annotated[tuple[Count, ...], Meta(min_length=1)] = (1, 5, 20)
 
     def __post_init__(self) -> None:
-        _check(
-            len(self.history_edges) > 0
-            and self.history_edges[0] >= 1
-            and all(a < b for a, b in zip(self.history_edges, self.history_edges[1:])),
+        _rule(
+            all(a < b for a, b in zip(self.history_edges, self.history_edges[1:])),
             "history_edges",
             f"must be increasing counts >= 1, got {list(self.history_edges)}",
         )
-        _check(
+        _rule(
             not self.segment_by or is_segment_field(self.segment_by),
             "segment_by",
             f"must be one of {', '.join(SEGMENT_FIELDS)} or context:<key>, got {self.segment_by!r}",
         )
-        _check(self.segment_values >= 1, "segment_values", f"must be >= 1, got {self.segment_values}")
-        _check(0 <= self.port <= 65535, "port", f"must be a TCP port (0: any free port), got {self.port}")
-        _check(
-            self.kafka_statistics_interval_ms >= 100,
-            "kafka_statistics_interval_ms",
-            f"must be >= 100, got {self.kafka_statistics_interval_ms}",
-        )
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(_Settings, frozen=True):
     """Everything a glmix process is configured with; built once, passed down.
 
     ``state_write_ahead_log = false`` writes the stages' RocksDB stores without the
@@ -617,29 +529,24 @@ class Settings:
     game_input: GameInputSettings = field(default_factory=GameInputSettings)
     state_dir: str = "./state"
     state_write_ahead_log: bool = True
-    restore_max_records_per_s: int = 0
+    restore_max_records_per_s: Annotated[int, Meta(ge=0, description=">= 0 (0: unlimited)")] = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     batching: Literal["natural", "fixed"] = "natural"
 
     def __post_init__(self) -> None:
         bags = set(self.model.global_feature_bags).union(*(c.feature_bags for c in self.model.coordinates.values()))
         for bag in self.game_input.bags:
-            _check(
+            _rule(
                 bag in bags,
                 f"game_input.bags.{bag}",
                 f"is not a bag of the model (its bags: {', '.join(sorted(bags))})",
             )
         for coordinate in self.game_input.ids:
-            _check(
+            _rule(
                 coordinate in self.model.coordinates,
                 f"game_input.ids.{coordinate}",
                 f"is not a configured coordinate ({', '.join(self.model.coordinates)})",
             )
-        _check(
-            self.restore_max_records_per_s >= 0,
-            "restore_max_records_per_s",
-            f"must be >= 0 (0: unlimited), got {self.restore_max_records_per_s}",
-        )
 
     @property
     def archive_path(self) -> str:
@@ -650,188 +557,3 @@ class Settings:
     def models_dir(self) -> str:
         """Where the refit writes model files: ``refit.output_dir``, or ``<state_dir>/models``."""
         return self.refit.output_dir or str(Path(self.state_dir) / "models")
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_settings(
-    path: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, str] | None = None,
-) -> Settings:
-    """Build :class:`Settings` from defaults < TOML file < ``GLMIX_*`` env < ``overrides``.
-
-    ``env`` is the environment to read (pass ``os.environ``); ``overrides`` maps dotted keys
-    (``kafka.bootstrap_servers``) to string values, as given by ``--set`` on the command line.
-    """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_toml(Path(path))
-    model = raw.setdefault("model", {})
-    if isinstance(model, dict) and "coordinates" not in model:
-        # A file that lists coordinates defines the whole set; otherwise the built-in
-        # member and job coordinates are there for env and --set to adjust.
-        model["coordinates"] = {name: {} for name in default_coordinates()}
-    if env:
-        _merge(raw, _env_overrides(env))
-    for key, value in (overrides or {}).items():
-        _merge(raw, _dotted_to_nested(key, value))
-    return _build(Settings, raw, "")
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError("--config", f"file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``GLMIX_KAFKA__BOOTSTRAP_SERVERS`` -> ``kafka.bootstrap_servers``.
-
-    Inside a librdkafka map (``GLMIX_KAFKA__CLIENT__SASL_MECHANISM``) single underscores
-    become dots, since librdkafka property names are dotted.
-    """
-    nested: dict[str, Any] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) == 3 and tuple(parts[:2]) in _PASSTHROUGH_MAPS:
-            parts[2] = parts[2].replace("_", ".")
-        _merge(nested, _dotted_to_nested(".".join(parts), value, origin=name))
-    return nested
-
-
-_CLIENT_MAPS = {"client", "producer", "consumer", "admin", "schema_registry"}
-# Maps whose keys are dotted property names passed on unchanged: librdkafka's, and Spark's ([refit.spark]).
-_PASSTHROUGH_MAPS = {("kafka", name) for name in _CLIENT_MAPS} | {("refit", "spark")}
-
-
-def _dotted_to_nested(key: str, value: Any, origin: str | None = None) -> dict[str, Any]:
-    parts = key.split(".")
-    if len(parts) > 3 and tuple(parts[:2]) in _PASSTHROUGH_MAPS:
-        parts = parts[:2] + [".".join(parts[2:])]
-    if not all(parts):
-        raise ConfigError(origin or key, "malformed key")
-    nested: dict[str, Any] = {parts[-1]: value}
-    for part in reversed(parts[:-1]):
-        nested = {part: nested}
-    return nested
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            merged = dict(base[key])
-            _merge(merged, value)
-            base[key] = merged
-        else:
-            base[key] = value
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path or "<root>", f"expected a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(_join(path, key), f"unknown key (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], _join(path, f.name), f.name)
-    if cls is CoordinateSettings:
-        kwargs = _with_named_coordinate_defaults(path, kwargs)
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(_join(path, exc.key), exc.problem) from None
-    except TypeError as exc:  # a required key is missing
-        raise ConfigError(path or "<root>", str(exc)) from None
-
-
-def _with_named_coordinate_defaults(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``[model.coordinates.member]`` may override single keys of the built-in coordinate."""
-    name = path.rsplit(".", 1)[-1]
-    builtin = default_coordinates().get(name)
-    if builtin is None:
-        for required in ("entity_field", "feature_bags"):
-            if required not in kwargs:
-                raise ConfigError(_join(path, required), "required for a new coordinate")
-        return kwargs
-    return {**dataclasses.asdict(builtin), **kwargs}
-
-
-def _coerce(hint: Any, value: Any, key: str, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
-        return tuple(_coerce(args[0], item.strip() if isinstance(item, str) else item, key, name) for item in items)
-    if origin in (Mapping, dict) or hint is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a table, got {value!r}")
-        value_hint = args[1]
-        if dataclasses.is_dataclass(value_hint) and isinstance(value_hint, type):
-            return {k: _build(value_hint, v, _join(key, k)) for k, v in value.items()}
-        if value_hint in (float, int, str, bool):
-            return {str(k): _coerce_scalar(value_hint, v, _join(key, str(k))) for k, v in value.items()}
-        return {str(k): _coerce_client_value(v, _join(key, str(k))) for k, v in value.items()}
-    return _coerce_scalar(hint, value, key)
-
-
-def _coerce_client_value(value: Any, key: str) -> ClientValue:
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    raise ConfigError(key, f"passed-through values (librdkafka, Spark) are strings, numbers or booleans, got {value!r}")
-
-
-def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(key, f"must be finite, got {value!r}")
-        return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    raise ConfigError(key, f"unsupported setting type {hint!r}")  # pragma: no cover - programming error

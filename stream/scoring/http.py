@@ -20,7 +20,6 @@ import asyncio
 import copy
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +34,6 @@ from stream.config import ServingSettings
 from stream.gc_pause import cyclic_gc_paused, freeze_long_lived
 from stream.scoring.requests import OPENAPI, InvalidRequest, decode_score_request
 from stream.scoring.scorer import ModelNotReadyError, Scorer
-from stream.scoring.workers import METRICS_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +74,12 @@ class ScoringService:
 
 
 class _Metrics:
-    """The service's metrics; with several workers (:mod:`stream.scoring.workers`), summed over all of them."""
+    """The service's metrics; with several workers (:mod:`stream.scoring.workers`), summed over all of them.
 
-    def __init__(self) -> None:
-        shared = os.environ.get(METRICS_DIR_ENV)
+    ``shared`` is ``serving.metrics_dir``: the workers' shared directory, or empty for one process.
+    """
+
+    def __init__(self, shared: str) -> None:
         self.registry = CollectorRegistry()
         if shared:  # each worker's values are in the shared directory; any worker's page reports them all
             MultiProcessCollector(self.registry, path=shared)
@@ -106,7 +106,7 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 
 def build_app(service: ScoringService) -> web.Application:
     """The aiohttp application of ``service`` (used by ``glmix serve`` and the tests)."""
-    metrics = _Metrics()
+    metrics = _Metrics(service.limits.metrics_dir)
     spec = openapi_spec(service.limits)
     app = web.Application(client_max_size=service.limits.max_body_bytes)
 

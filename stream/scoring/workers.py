@@ -56,8 +56,17 @@ def serve_workers(argv: Sequence[str], limits: ServingSettings) -> int:
     reserved = reserve_port(limits.host, limits.port)
     port = reserved.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="glmix-serve-metrics-")
-    env = {**os.environ, METRICS_DIR_ENV: metrics_dir}
-    command = [sys.executable, "-m", "stream", *argv, WORKER_FLAG, str(port)]
+    env = {**os.environ, METRICS_DIR_ENV: metrics_dir}  # for prometheus_client, which reads it itself
+    command = [
+        sys.executable,
+        "-m",
+        "stream",
+        *argv,
+        "--set",
+        f"serving.metrics_dir={metrics_dir}",
+        WORKER_FLAG,
+        str(port),
+    ]
     workers = [subprocess.Popen(command, env=env) for _ in range(limits.workers)]
     stopping = False
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from confluent_kafka import Producer
@@ -82,7 +82,7 @@ def test_every_example_is_archived_once_even_when_the_commit_is_lost(kafka_boots
     assert first.stats.dead_lettered == 1 and first.stats.files_written > 3
 
     # A crash after the files were written but before the commit: a group with no commits reads from offset 0.
-    second_settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_prefix=f"{unique_name}-2"))
+    second_settings = msgspec.structs.replace(settings, kafka=msgspec.structs.replace(settings.kafka, group_prefix=f"{unique_name}-2"))
     second = StageRunner(Archiver(second_settings), second_settings)
     run_until_consumed(second)
     again = [e for h in files.hours() for f in files.files(h) for e in files.read(f)]

@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
@@ -68,7 +69,7 @@ class _Service:
 def _services(compose: dict, root: Path, bootstrap: str, unique: str) -> list[_Service]:
     """Each glmix service of the compose file as a local process: command, environment, volume directory, port."""
     topics = {f"GLMIX_TOPICS__{f.name.upper()}": f"{getattr(TopicSettings(), f.name)}-{unique}"
-              for f in dataclasses.fields(TopicSettings) if isinstance(getattr(TopicSettings(), f.name), str)}
+              for f in msgspec.structs.fields(TopicSettings) if isinstance(getattr(TopicSettings(), f.name), str)}
     services = []
     for name, service in compose["services"].items():
         if service["image"] != "glmix-stream:latest":

@@ -6,10 +6,10 @@ so a run that lost its state must end with the same coefficients as one that did
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from confluent_kafka import Producer
@@ -134,7 +134,7 @@ def test_replayed_examples_are_absorbed_once(kafka_bootstrap, tmp_path, unique_n
 
     # a crash before any offset commit: a group with no committed offsets restarts from the beginning,
     # with the store intact
-    settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_prefix=f"rewound-{unique_name}"))
+    settings = msgspec.structs.replace(settings, kafka=msgspec.structs.replace(settings.kafka, group_prefix=f"rewound-{unique_name}"))
     again = StageRunner(CoordinateUpdater(settings, "member"), settings)
     _run_until(again, 150)
     again.close()
