@@ -24,6 +24,8 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -297,8 +299,8 @@ class Joiner(Stage):
         log_puts = puts + outbox + [(k, v) for k, v in zip(compensation, values) if v is not None]
         log_deletes = deletes + [k for k, v in zip(compensation, values) if v is None]
         logged = checkpoint.log(self.changelog_topic, partition, batch_records(log_puts, log_deletes, offsets))
-        for record in records:
-            checkpoint.produce(record.topic, record.key, record.value)
+        for topic, group in groupby(records, key=attrgetter("topic")):
+            checkpoint.produce_many(topic, [(r.key, r.value) for r in group])
         checkpoint.write(store, puts, deletes, offsets, logged=logged)
 
     def _decode(self, good: list, checkpoint: Checkpoint) -> dict[int, list[JoinInput]]:
