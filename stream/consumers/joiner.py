@@ -32,10 +32,8 @@ import numpy as np
 from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
-from stream.codec.avro import decode_batch
-from stream.codec.validation import interaction_problem
 from stream.config import Settings
-from stream.consumers.impressions import ImpressionDecoder
+from stream.consumers.impressions import impression_decoder, interaction_decoder
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import (
     IMPRESSION,
@@ -45,6 +43,7 @@ from stream.consumers.labeling import (
     JoinInput,
     LabeledBatch,
     impression_input,
+    interaction_input,
     interaction_types,
     warm_up_complete,
 )
@@ -150,8 +149,9 @@ class Joiner(Stage):
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
-        self._impression_decoder = ImpressionDecoder(self._impression_codec)
+        self._impression_decoder = impression_decoder(self._impression_codec)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
+        self._interaction_decoder = interaction_decoder(self._interaction_codec)
         # Examples topic -> the coordinate whose entity keys it. Coordinates with the same entity field share one
         # topic (each updater reads it in its own group), so every example goes to each topic once.
         self._outputs: dict[str, str] = {}
@@ -306,27 +306,24 @@ class Joiner(Stage):
     def _decode(self, good: list, checkpoint: Checkpoint) -> dict[int, list[JoinInput]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered.
 
-        Impressions are decoded into columns in one compiled pass (DESIGN §8), interactions by fastavro.
+        Both inputs are decoded into columns in one compiled pass each (DESIGN §8); values of
+        a writer schema the compiled decoder has no program for go through fastavro.
         """
         topics = self.settings.topics
         impressions = [m for m in good if m.topic() == topics.impressions]
+        interactions = [m for m in good if m.topic() == topics.interactions]
         decoded: dict[int, JoinInput] = {}
         for message, row in zip(impressions, self._impression_decoder.decode([m.value() for m in impressions])):
             if isinstance(row, str):
                 self.clients.dead_letters.send(checkpoint, message, row)
             else:
                 decoded[id(message)] = impression_input(row, source_of(message)[2], b"", message.key() or b"")
-        result = decode_batch(self._interaction_codec, [m for m in good if m.topic() == topics.interactions])
-        for message, error in result.failures:
-            self.clients.dead_letters.send(checkpoint, message, str(error))
-        for record, message in zip(result.records, result.messages):
-            reason = interaction_problem(record)
-            if reason is not None:
-                self.clients.dead_letters.send(checkpoint, message, reason)
+        values = [m.value() for m in interactions]
+        for message, value, row in zip(interactions, values, self._interaction_decoder.decode(values)):
+            if isinstance(row, str):
+                self.clients.dead_letters.send(checkpoint, message, row)
             else:
-                decoded[id(message)] = JoinInput(
-                    INTERACTION, record, source_of(message)[2], message.value() or b"", message.key() or b""
-                )
+                decoded[id(message)] = interaction_input(row, source_of(message)[2], value or b"", message.key() or b"")
         events: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
