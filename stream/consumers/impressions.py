@@ -32,17 +32,31 @@ class DecodedRow:
     batch: ColumnarBatch
     row: int
 
-    def key_fields(self) -> dict[str, Any]:
-        """The fields the join orders and keys impressions by (impression id, event time)."""
-        ids, times = self.batch.columns["impression_id"], self.batch.columns["event_time"]
-        assert isinstance(ids, StringColumn) and isinstance(times, ScalarColumn)
-        return {"impression_id": ids.value(self.row), "event_time": int(times.values[self.row])}
 
-    def interaction_fields(self) -> dict[str, Any]:
-        """The fields the join reads of an interaction (impression id, event time, type symbol)."""
-        types = self.batch.columns["type"]
-        assert isinstance(types, ScalarColumn) and types.symbols is not None
-        return {**self.key_fields(), "type": types.symbols[int(types.values[self.row])]}
+def join_fields(rows: Sequence[DecodedRow]) -> list[dict[str, Any]]:
+    """What the join reads of each row: impression id and event time, and an interaction's type symbol.
+
+    Read a batch at a time (one slice of the id column, one ``tolist``), not row by row.
+    """
+    out: list[dict[str, Any]] = [{}] * len(rows)
+    by_batch: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_batch.setdefault(id(row.batch), []).append(i)
+    for positions in by_batch.values():
+        batch = rows[positions[0]].batch
+        at = np.array([rows[i].row for i in positions], dtype=np.int64)
+        ids, times, types = (batch.columns.get(name) for name in ("impression_id", "event_time", "type"))
+        assert isinstance(ids, StringColumn) and ids.present is None and isinstance(times, ScalarColumn)
+        data = ids.data
+        texts = [data[o : o + n].decode() for o, n in zip(ids.offsets[at].tolist(), ids.lengths[at].tolist())]
+        fields = [{"impression_id": i, "event_time": t} for i, t in zip(texts, times.values[at].tolist())]
+        if isinstance(types, ScalarColumn) and types.symbols is not None:
+            symbols = types.symbols
+            for record, code in zip(fields, types.values[at].tolist()):
+                record["type"] = symbols[code]
+        for i, record in zip(positions, fields):
+            out[i] = record
+    return out
 
 
 Problems = Callable[[ColumnarBatch], dict[int, str]]

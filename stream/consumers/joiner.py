@@ -33,7 +33,7 @@ from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
 from stream.config import Settings
-from stream.consumers.impressions import impression_decoder, interaction_decoder
+from stream.consumers.impressions import DecodedRow, impression_decoder, interaction_decoder
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import (
     IMPRESSION,
@@ -42,8 +42,7 @@ from stream.consumers.labeling import (
     ExampleJoin,
     JoinInput,
     LabeledBatch,
-    impression_input,
-    interaction_input,
+    decoded_inputs,
     interaction_types,
     warm_up_complete,
 )
@@ -310,26 +309,32 @@ class Joiner(Stage):
         a writer schema the compiled decoder has no program for go through fastavro.
         """
         topics = self.settings.topics
-        impressions = [m for m in good if m.topic() == topics.impressions]
-        interactions = [m for m in good if m.topic() == topics.interactions]
         decoded: dict[int, JoinInput] = {}
-        for message, row in zip(impressions, self._impression_decoder.decode([m.value() for m in impressions])):
-            if isinstance(row, str):
-                self.clients.dead_letters.send(checkpoint, message, row)
-            else:
-                decoded[id(message)] = impression_input(row, source_of(message)[2], b"", message.key() or b"")
-        values = [m.value() for m in interactions]
-        for message, value, row in zip(interactions, values, self._interaction_decoder.decode(values)):
-            if isinstance(row, str):
-                self.clients.dead_letters.send(checkpoint, message, row)
-            else:
-                decoded[id(message)] = interaction_input(row, source_of(message)[2], value or b"", message.key() or b"")
-        events: dict[int, list[JoinInput]] = {}
+        inputs = (
+            (IMPRESSION, topics.impressions, self._impression_decoder),
+            (INTERACTION, topics.interactions, self._interaction_decoder),
+        )
+        for kind, topic, decoder in inputs:
+            messages = [m for m in good if m.topic() == topic]
+            values = [m.value() for m in messages]
+            valid: list[tuple[Message, bytes | None, DecodedRow]] = []
+            for message, value, row in zip(messages, values, decoder.decode(values)):
+                if isinstance(row, str):
+                    self.clients.dead_letters.send(checkpoint, message, row)
+                else:
+                    valid.append((message, value, row))
+            offsets = [source_of(m)[2] for m, _, _ in valid]
+            raws = [value or b"" for _, value, _ in valid]
+            keys = [m.key() or b"" for m, _, _ in valid]
+            events = decoded_inputs(kind, [row for _, _, row in valid], offsets, raws, keys)
+            for (message, _, _), event in zip(valid, events):
+                decoded[id(message)] = event
+        by_partition: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
             if item is not None:
-                events.setdefault(m.partition(), []).append(item)
-        return events
+                by_partition.setdefault(m.partition(), []).append(item)
+        return by_partition
 
     def _warm_up(self, messages: list, checkpoint: Checkpoint) -> None:
         """Hold input until there is a global model; once the warm-up is complete, publish a first one.

@@ -24,7 +24,7 @@ from stream.codec.example_writer import check_labeled_example_schema
 from stream.codec.stored_example import StoredExamples, scan_stored, splice_labels
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import JoinTimeScores, join_time_scores, unlabeled_examples
-from stream.consumers.impressions import DecodedRow, impression_rows
+from stream.consumers.impressions import DecodedRow, impression_rows, join_fields
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.errors import InvalidValueError
 from stream.model.game import GLOBAL
@@ -289,14 +289,17 @@ def unlabeled_records(
     return [codec.decode(value) for value in encoded]
 
 
-def impression_input(row: DecodedRow, offset: int = -1, raw: bytes = b"", key: bytes = b"") -> JoinInput:
-    """The join input of a decoded impression."""
-    return JoinInput(IMPRESSION, row.key_fields(), offset, raw, key, row)
+def decoded_inputs(
+    kind: str, rows: Sequence[DecodedRow], offsets: Sequence[int], raws: Sequence[bytes], keys: Sequence[bytes]
+) -> list[JoinInput]:
+    """The join inputs of decoded impressions or interactions (``kind``), with their offsets, original bytes and keys.
 
-
-def interaction_input(row: DecodedRow, offset: int, raw: bytes, key: bytes) -> JoinInput:
-    """The join input of a decoded interaction, with its original bytes and key (kept if it must wait)."""
-    return JoinInput(INTERACTION, row.interaction_fields(), offset, raw, key)
+    An interaction keeps its bytes and key (it may wait for its impression, or become an orphan dead letter).
+    """
+    fields = join_fields(rows)
+    if kind == IMPRESSION:
+        return [JoinInput(IMPRESSION, f, o, b"", k, row) for f, o, k, row in zip(fields, offsets, keys, rows)]
+    return [JoinInput(INTERACTION, f, o, raw, k) for f, o, raw, k in zip(fields, offsets, raws, keys)]
 
 
 def _rows_of(impressions: Sequence[JoinInput]) -> list[DecodedRow]:

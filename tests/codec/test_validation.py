@@ -27,7 +27,7 @@ def test_each_problem_is_named():
 
 def test_decoded_interactions_match_fastavro_and_the_record_rule_and_bad_values_get_a_reason():
     from stream.codec import make_codec
-    from stream.consumers.impressions import interaction_decoder
+    from stream.consumers.impressions import interaction_decoder, join_fields
 
     codec = make_codec("Interaction", "interactions")
     records = [{"interaction_id": f"c{i}", "impression_id": "" if i == 3 else f"i{i}", "member_id": "" if i == 5 else "mé",
@@ -42,7 +42,7 @@ def test_decoded_interactions_match_fastavro_and_the_record_rule_and_bad_values_
             assert row == problem
         else:
             assert not isinstance(row, str) and row.batch.record(row.row) == codec.decode(codec.encode(record))
-            assert row.interaction_fields() == {k: record[k] for k in ("impression_id", "event_time", "type")}
+            assert join_fields([row]) == [{k: record[k] for k in ("impression_id", "event_time", "type")}]
     assert [r for r in rows[:8] if isinstance(r, str)] == ["Interaction has an empty impression_id",
                                                            "Interaction has an empty member_id"]
     assert all(isinstance(r, str) and r.startswith("io.glmix.Interaction: ") for r in rows[8:]), rows[8:]
