@@ -35,12 +35,30 @@ def _impression_codec() -> tuple[SingleObjectCodec, ColumnarDecoder]:
     return codec, ColumnarDecoder.of_codec(codec)
 
 
+_INTERACTION_IDS = ("impression_id", "member_id")  # an Interaction without one of these cannot be joined
+
+
 def interaction_problem(record: Mapping[str, Any]) -> str | None:
-    """Why an Interaction is invalid (missing ids), or ``None``."""
-    for key in ("impression_id", "member_id"):
+    """Why an Interaction record is invalid (missing ids), or ``None``."""
+    for key in _INTERACTION_IDS:
         if not record.get(key):
-            return f"Interaction has an empty {key}"
+            return _empty_interaction_id(key)
     return None
+
+
+def interaction_problems(batch: ColumnarBatch) -> dict[int, str]:
+    """:func:`interaction_problem` of every decoded row of a columnar Interaction batch, by row (valid rows absent)."""
+    problems: dict[int, str] = {}
+    for key in _INTERACTION_IDS:
+        column = batch.columns[key]
+        assert isinstance(column, StringColumn)
+        for row in np.flatnonzero(batch.ok & (column.lengths == 0)).tolist():
+            problems.setdefault(row, _empty_interaction_id(key))
+    return problems
+
+
+def _empty_interaction_id(key: str) -> str:
+    return f"Interaction has an empty {key}"
 
 
 def impression_problems(batch: ColumnarBatch) -> dict[int, str]:

@@ -24,16 +24,16 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Message, TopicPartition
 
 from stream.codec import make_codec
-from stream.codec.avro import decode_batch
-from stream.codec.validation import interaction_problem
 from stream.config import Settings
-from stream.consumers.impressions import ImpressionDecoder
+from stream.consumers.impressions import DecodedRow, impression_decoder, interaction_decoder
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinBatch, JoinCounts
 from stream.consumers.labeling import (
     IMPRESSION,
@@ -42,7 +42,7 @@ from stream.consumers.labeling import (
     ExampleJoin,
     JoinInput,
     LabeledBatch,
-    impression_input,
+    decoded_inputs,
     interaction_types,
     warm_up_complete,
 )
@@ -148,8 +148,9 @@ class Joiner(Stage):
         topics, kafka = settings.topics, settings.kafka
         registry, registry_settings = kafka.schema_registry_url, kafka.schema_registry
         self._impression_codec = make_codec("Impression", topics.impressions, registry, registry_settings)
-        self._impression_decoder = ImpressionDecoder(self._impression_codec)
+        self._impression_decoder = impression_decoder(self._impression_codec)
         self._interaction_codec = make_codec("Interaction", topics.interactions, registry, registry_settings)
+        self._interaction_decoder = interaction_decoder(self._interaction_codec)
         # Examples topic -> the coordinate whose entity keys it. Coordinates with the same entity field share one
         # topic (each updater reads it in its own group), so every example goes to each topic once.
         self._outputs: dict[str, str] = {}
@@ -297,40 +298,43 @@ class Joiner(Stage):
         log_puts = puts + outbox + [(k, v) for k, v in zip(compensation, values) if v is not None]
         log_deletes = deletes + [k for k, v in zip(compensation, values) if v is None]
         logged = checkpoint.log(self.changelog_topic, partition, batch_records(log_puts, log_deletes, offsets))
-        for record in records:
-            checkpoint.produce(record.topic, record.key, record.value)
+        for topic, group in groupby(records, key=attrgetter("topic")):
+            checkpoint.produce_many(topic, [(r.key, r.value) for r in group])
         checkpoint.write(store, puts, deletes, offsets, logged=logged)
 
     def _decode(self, good: list, checkpoint: Checkpoint) -> dict[int, list[JoinInput]]:
         """Decoded, valid events per partition, in consume order; everything else dead-lettered.
 
-        Impressions are decoded into columns in one compiled pass (DESIGN §8), interactions by fastavro.
+        Both inputs are decoded into columns in one compiled pass each (DESIGN §8); values of
+        a writer schema the compiled decoder has no program for go through fastavro.
         """
         topics = self.settings.topics
-        impressions = [m for m in good if m.topic() == topics.impressions]
         decoded: dict[int, JoinInput] = {}
-        for message, row in zip(impressions, self._impression_decoder.decode([m.value() for m in impressions])):
-            if isinstance(row, str):
-                self.clients.dead_letters.send(checkpoint, message, row)
-            else:
-                decoded[id(message)] = impression_input(row, source_of(message)[2], b"", message.key() or b"")
-        result = decode_batch(self._interaction_codec, [m for m in good if m.topic() == topics.interactions])
-        for message, error in result.failures:
-            self.clients.dead_letters.send(checkpoint, message, str(error))
-        for record, message in zip(result.records, result.messages):
-            reason = interaction_problem(record)
-            if reason is not None:
-                self.clients.dead_letters.send(checkpoint, message, reason)
-            else:
-                decoded[id(message)] = JoinInput(
-                    INTERACTION, record, source_of(message)[2], message.value() or b"", message.key() or b""
-                )
-        events: dict[int, list[JoinInput]] = {}
+        inputs = (
+            (IMPRESSION, topics.impressions, self._impression_decoder),
+            (INTERACTION, topics.interactions, self._interaction_decoder),
+        )
+        for kind, topic, decoder in inputs:
+            messages = [m for m in good if m.topic() == topic]
+            values = [m.value() for m in messages]
+            valid: list[tuple[Message, bytes | None, DecodedRow]] = []
+            for message, value, row in zip(messages, values, decoder.decode(values)):
+                if isinstance(row, str):
+                    self.clients.dead_letters.send(checkpoint, message, row)
+                else:
+                    valid.append((message, value, row))
+            offsets = [source_of(m)[2] for m, _, _ in valid]
+            raws = [value or b"" for _, value, _ in valid]
+            keys = [m.key() or b"" for m, _, _ in valid]
+            events = decoded_inputs(kind, [row for _, _, row in valid], offsets, raws, keys)
+            for (message, _, _), event in zip(valid, events):
+                decoded[id(message)] = event
+        by_partition: dict[int, list[JoinInput]] = {}
         for m in good:
             item = decoded.get(id(m))
             if item is not None:
-                events.setdefault(m.partition(), []).append(item)
-        return events
+                by_partition.setdefault(m.partition(), []).append(item)
+        return by_partition
 
     def _warm_up(self, messages: list, checkpoint: Checkpoint) -> None:
         """Hold input until there is a global model; once the warm-up is complete, publish a first one.

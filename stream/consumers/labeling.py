@@ -24,7 +24,7 @@ from stream.codec.example_writer import check_labeled_example_schema
 from stream.codec.stored_example import StoredExamples, scan_stored, splice_labels
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import JoinTimeScores, join_time_scores, unlabeled_examples
-from stream.consumers.impressions import ImpressionRow, impression_rows
+from stream.consumers.impressions import DecodedRow, impression_rows, join_fields
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.errors import InvalidValueError
 from stream.model.game import GLOBAL
@@ -41,7 +41,8 @@ class JoinInput:
     """One valid input event of a partition, in arrival order; ``raw``, ``key`` and ``offset`` feed dead letters.
 
     An impression carries ``columns``, its row of a decoded batch (what the join indexes),
-    and as ``record`` at least its impression id and event time; an interaction its decoded record.
+    and as ``record`` at least its impression id and event time; an interaction as ``record``
+    at least its impression id, event time and type symbol.
     """
 
     kind: str
@@ -49,7 +50,7 @@ class JoinInput:
     offset: int = -1
     raw: bytes = b""
     key: bytes = b""
-    columns: ImpressionRow | None = None
+    columns: DecodedRow | None = None
 
 
 class ExampleIndexer:
@@ -73,7 +74,7 @@ class ExampleIndexer:
         self.index_columns: dict[str, int] = {}
         self.index_version = 0
 
-    def examples(self, impressions: Sequence[ImpressionRow], model: GlobalModel) -> list[bytes]:
+    def examples(self, impressions: Sequence[DecodedRow], model: GlobalModel) -> list[bytes]:
         """Unlabeled, framed examples of ``impressions`` under ``model``, counting what its indexes could not place."""
         self._use(model)
         by_batch: dict[int, list[int]] = {}
@@ -287,12 +288,20 @@ def unlabeled_records(
     return [codec.decode(value) for value in encoded]
 
 
-def impression_input(row: ImpressionRow, offset: int = -1, raw: bytes = b"", key: bytes = b"") -> JoinInput:
-    """The join input of a decoded impression."""
-    return JoinInput(IMPRESSION, row.key_fields(), offset, raw, key, row)
+def decoded_inputs(
+    kind: str, rows: Sequence[DecodedRow], offsets: Sequence[int], raws: Sequence[bytes], keys: Sequence[bytes]
+) -> list[JoinInput]:
+    """The join inputs of decoded impressions or interactions (``kind``), with their offsets, original bytes and keys.
+
+    An interaction keeps its bytes and key (it may wait for its impression, or become an orphan dead letter).
+    """
+    fields = join_fields(rows)
+    if kind == IMPRESSION:
+        return [JoinInput(IMPRESSION, f, o, b"", k, row) for f, o, k, row in zip(fields, offsets, keys, rows)]
+    return [JoinInput(INTERACTION, f, o, raw, k) for f, o, raw, k in zip(fields, offsets, raws, keys)]
 
 
-def _rows_of(impressions: Sequence[JoinInput]) -> list[ImpressionRow]:
+def _rows_of(impressions: Sequence[JoinInput]) -> list[DecodedRow]:
     """Each impression's row; impressions given only as records (tests, in-process callers) are decoded here."""
     missing = [e.record for e in impressions if e.columns is None]
     decoded = iter(impression_rows(missing) if missing else [])

@@ -11,7 +11,7 @@ up, naming what it was producing, only when nothing drained for ``stall_timeout_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -66,3 +66,26 @@ def produce_bounded(
                     f"{stall_timeout_s:g} s ({len(producer)} records waiting, nothing delivered); is the broker up?"
                 ) from None
             producer.poll(_SERVE_S)
+
+
+def produce_many(
+    producer: Producer,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes | None]],
+    *,
+    stall_timeout_s: float,
+    partition: int | None = None,
+) -> None:
+    """Hand ``items`` (key, value) to ``producer`` in order, to ``partition`` or the partitioner's choice.
+
+    The hot path of a batch's changelog and output records: one positional ``produce``
+    call per record, nothing built per record. A full queue is waited out by
+    :func:`produce_bounded` for the record it refused, with the same bound and error.
+    """
+    produce = producer.produce
+    target = -1 if partition is None else partition  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks
+    for key, value in items:
+        try:
+            produce(topic, value, key, target)
+        except BufferError:
+            produce_bounded(producer, topic, key, value, stall_timeout_s=stall_timeout_s, partition=partition)

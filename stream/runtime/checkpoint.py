@@ -34,7 +34,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from stream.errors import GlmixError
 from stream.kafka.messages import commit_processed, last_offsets, source_of
-from stream.kafka.producing import ProducerStalledError, produce_bounded
+from stream.kafka.producing import ProducerStalledError, produce_bounded, produce_many
 from stream.state.partition_store import PartitionStore
 from stream.state.store_changelog import CHANGELOG
 
@@ -79,6 +79,15 @@ class _Output:
 
 
 @dataclass
+class _Outputs:
+    """Output records to one topic (and partition, or the partitioner's choice), in produce order."""
+
+    topic: str
+    items: Sequence[tuple[bytes | None, bytes | None]]
+    partition: int | None = None
+
+
+@dataclass
 class Checkpoint:
     """What one micro-batch consumed, logs, produces and writes; :meth:`commit` makes it durable in order."""
 
@@ -90,7 +99,7 @@ class Checkpoint:
     _consumed: dict[tuple[str, int], int] = field(default_factory=dict)
     _logged: list[LoggedBatch] = field(default_factory=list)
     _dead_letters: list[_Output] = field(default_factory=list)
-    _outputs: list[_Output] = field(default_factory=list)
+    _outputs: list[_Outputs] = field(default_factory=list)
     _writes: list[_StoreWrite] = field(default_factory=list)
 
     def consumed(self, messages: Sequence[Message]) -> None:
@@ -110,7 +119,14 @@ class Checkpoint:
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """An output record, produced after the changelog is safe and before the input offsets are committed."""
-        self._outputs.append(_Output(topic, key, value, partition))
+        self._outputs.append(_Outputs(topic, [(key, value)], partition))
+
+    def produce_many(
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None]], partition: int | None = None
+    ) -> None:
+        """Output records (key, value) to one topic, in order: :meth:`produce` for a batch of them."""
+        if items:
+            self._outputs.append(_Outputs(topic, items, partition))
 
     def dead_letter(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]]
@@ -143,9 +159,8 @@ class Checkpoint:
         for record in self._dead_letters:
             self._produce(record)
         for batch in self._logged:
-            *changes, (marker_key, marker_value) = batch.records
-            for key, value in changes:
-                self._produce(_Output(batch.topic, key, value, batch.partition))
+            marker_key, marker_value = batch.records[-1]
+            self._produce_many(batch.topic, batch.records[:-1], batch.partition)
             self._produce(_Output(batch.topic, marker_key, marker_value, batch.partition), on_delivery=batch.delivered)
         if self._logged:
             self._flush("dead-letter and changelog")
@@ -155,8 +170,8 @@ class Checkpoint:
                     f"{self.who}: changelog commit marker of {missing[0].topic}[{missing[0].partition}] "
                     "was not delivered"
                 )
-        for output in self._outputs:
-            self._produce(output)
+        for outputs in self._outputs:
+            self._produce_many(outputs.topic, outputs.items, outputs.partition)
         self._flush("dead-letter and output" if self._dead_letters and not self._logged else "output")
         accepted = commit_processed(consumer, self._consumed, self.who, self.wait_s)
         if accepted:
@@ -180,6 +195,14 @@ class Checkpoint:
                 headers=record.headers,
                 on_delivery=on_delivery,
             )
+        except ProducerStalledError as exc:
+            raise CheckpointError(f"{self.who}: {exc}; nothing of this batch was committed") from exc
+
+    def _produce_many(
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None]], partition: int | None
+    ) -> None:
+        try:
+            produce_many(self.producer, topic, items, stall_timeout_s=self.wait_s, partition=partition)
         except ProducerStalledError as exc:
             raise CheckpointError(f"{self.who}: {exc}; nothing of this batch was committed") from exc
 

@@ -109,6 +109,31 @@ def test_a_producer_that_delivers_nothing_fails_the_batch_within_its_bound_namin
     assert 0.3 <= time.monotonic() - started < 5
 
 
+
+def test_a_batch_of_records_larger_than_the_producer_queue_arrives_whole_and_in_order(kafka_bootstrap, unique_name):
+    """produce_many waits out a full queue record by record (as produce_bounded does) and loses or reorders nothing."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from stream.kafka.producing import ProducerStalledError, produce_many
+
+    topic = f"many-{unique_name}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "queue.buffering.max.messages": 5, "linger.ms": 1})
+    producer.list_topics(topic, timeout=10)
+    items = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(300)]
+    produce_many(producer, topic, items, stall_timeout_s=30, partition=0)
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique_name}"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(items) and time.monotonic() < deadline:
+        got += [(m.key(), m.value()) for m in consumer.consume(500, timeout=1) if m.error() is None]
+    consumer.close()
+    assert got == items
+    stalled = Producer({"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 1})
+    with pytest.raises(ProducerStalledError, match=r"could not produce to t: .*stayed full for 0.3 s"):
+        produce_many(stalled, "t", items[:3], stall_timeout_s=0.3)
+
 def test_a_checkpoint_flush_is_bounded_and_says_what_it_waited_for():
     producer = Producer({"bootstrap.servers": "127.0.0.1:1"})
     checkpoint = Checkpoint(producer, "test", committed={}, delivery_errors=[], wait_s=0.5)
