@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -91,7 +92,8 @@ def spark_session(settings: Settings) -> Any:
 
     Under ``spark-submit`` the session it configured is used as it is (an empty
     ``spark_master`` takes the master spark-submit gives); without, pyspark starts a local
-    JVM (``local[*]`` unless ``spark_master`` says otherwise). Python workers run
+    JVM (``local[*]`` unless ``spark_master`` says otherwise), whose driver binds to the
+    loopback address unless ``[refit.spark]`` says otherwise. Python workers run
     ``spark.pyspark.python`` when ``[refit.spark]`` names one, this interpreter on a local
     master, else pyspark's default.
     """
@@ -101,9 +103,16 @@ def spark_session(settings: Settings) -> Any:
         raise SparkEngineError(
             "refit.engine = spark needs pyspark: pip install 'glmix-stream[spark]' (and a Java 17+ runtime)"
         ) from None
+    from pyspark import SparkConf
+
     builder = SparkSession.builder.appName(f"glmix-{settings.refit.model_name}")
     if settings.refit.spark_master:
         builder = builder.master(settings.refit.spark_master)
+    master = settings.refit.spark_master or SparkConf().get("spark.master", "local[*]")
+    if master.startswith("local"):  # one JVM talking to itself: never bind to the machine's network interfaces
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM pyspark is about to start
+        for key in ("spark.driver.host", "spark.driver.bindAddress"):
+            builder = builder.config(key, "127.0.0.1")
     for key, value in settings.refit.spark.items():
         builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
     try:

@@ -7,6 +7,8 @@ the comparison is of the engines alone.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,7 @@ FILE_RECORDS = 1700  # several archive files per hour, so chunks are cut across 
 def spark():
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the tests' JVM talks to itself only
     session = (
         SparkSession.builder.master("local[2]")
         .appName("glmix-tests")
@@ -40,6 +43,8 @@ def spark():
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.default.parallelism", "2")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
