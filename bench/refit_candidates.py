@@ -4,7 +4,7 @@ Reproduce: python bench/refit_candidates.py   (about 5 minutes on 2 cores)
 
 Prints one JSON line per world and ``refit.candidates`` setting (none = no refits): the published fits, and the
 progressive AUC of the global model alone and of the full model (and of members' first examples), eight refits at
-1 s latency, with the settings of ``tests/backtest/test_backtest.py``. These are the README's refit-candidates table.
+1 s latency, with the settings of ``tests/backtest/worlds.py``. These are the README's refit-candidates table.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from stream.backtest.events import EventLog  # noqa: E402
 from stream.backtest.replay import Backtest, BacktestOptions  # noqa: E402
 from stream.synthetic import World, WorldSpec, event_stream, ratings_like  # noqa: E402
 from stream.synthetic.sinks import write_avro_files  # noqa: E402
-from tests.backtest.test_backtest import RATINGS_JOIN, _eight_refits, _settings  # noqa: E402
+from tests.backtest.worlds import RATINGS_JOIN, backtest_settings, eight_refits  # noqa: E402
 
 REPRODUCE = "python bench/refit_candidates.py"
 WORLDS = {
@@ -41,8 +41,8 @@ def main() -> None:
             write_avro_files(event_stream(World(spec)), directory)
             log = EventLog.from_paths([Path(directory) / "impressions.avro", Path(directory) / "interactions.avro"])
             for candidates in ("none", "residual", "standalone", "both"):
-                settings = _settings(**join, **({} if candidates == "none" else {"refit.candidates": candidates}))
-                options = BacktestOptions(latency_ms=1000) if candidates == "none" else _eight_refits(log)
+                settings = backtest_settings(**join, **({} if candidates == "none" else {"refit.candidates": candidates}))
+                options = BacktestOptions(latency_ms=1000) if candidates == "none" else eight_refits(log)
                 report = Backtest(settings, options).run(log.events).report
                 published = Counter(r["candidate"] for r in report["refits"] if r["status"] == "published")
                 first_history = report["entity_history"]["member"][0]  # members' first examples: the cold start

@@ -2,119 +2,35 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
 import pytest
 
 from stream.backtest.events import EventLog
-from stream.backtest.replay import Backtest, BacktestOptions, BacktestResult
+from stream.backtest.replay import Backtest, BacktestOptions
 from stream.cli import main
-from stream.refit.game_models import latest_entity_models
 from stream.codec.container import read_container
 from stream.config import load_settings
-from stream.model.metrics import auc
+from stream.refit.game_models import latest_entity_models
 from stream.synthetic import World, WorldSpec, event_stream, ratings_like
 from stream.synthetic.sinks import write_avro_files
 from stream.tables.follower import ModelFollower
-
-
-@pytest.fixture(scope="module")
-def emerging_log(tmp_path_factory) -> EventLog:
-    """A world whose vocabulary arrives over time: new skills and companies, many jobs with few impressions each."""
-    directory = tmp_path_factory.mktemp("emerging")
-    world = World(WorldSpec(seed=5, members=300, jobs=3000, requests=6000, emerging_terms=20, mean_request_gap_ms=200))
-    write_avro_files(event_stream(world), directory)
-    return EventLog.from_paths([directory / "impressions.avro", directory / "interactions.avro"])
-
-
-def _settings(**extra: str):
-    return load_settings(overrides={
-        "joiner.bootstrap_impressions": "1000", "joiner.attribution_window_ms": "60000",
-        "joiner.allowed_lateness_ms": "60000", "refit.min_examples": "100",
-        "model.coordinates.member.max_features": "64", "model.coordinates.job.max_features": "64",
-        "model.coordinates.member.l2": "10", "model.coordinates.job.l2": "10", **extra})
-
-
-RATINGS_JOIN = {"joiner.attribution_window_ms": "2000", "joiner.allowed_lateness_ms": "0"}  # a rating is its label
-
-
-def _eight_refits(log: EventLog) -> BacktestOptions:
-    span = log.events[-1].record["event_time"] - log.events[0].record["event_time"]
-    return BacktestOptions(latency_ms=1000, refit_every_ms=span // 8)
-
-
-@pytest.fixture(scope="module")
-def emerging_with_refits(emerging_log) -> BacktestResult:
-    return Backtest(_settings(), _eight_refits(emerging_log)).run(emerging_log.events)
-
-
-def test_a_growing_vocabulary_beats_a_frozen_one_and_resets_nobody(emerging_log, emerging_with_refits):
-    grown = emerging_with_refits.report
-    frozen = Backtest(_settings(**{"refit.grow_vocabulary": "false"}), _eight_refits(emerging_log)).run(
-        emerging_log.events).report
-    full = "global+member+job"
-    print(f"\nfull-model progressive AUC: growing {grown['variants'][full]['auc']:.4f}, "
-          f"frozen {frozen['variants'][full]['auc']:.4f}; columns {grown['vocabulary'][0]['columns']} -> "
-          f"{grown['vocabulary'][-1]['columns']}")
-    assert grown["variants"][full]["auc"] > frozen["variants"][full]["auc"] + 0.005
-    last = grown["windows"][-1]["variants"][full]["auc"]
-    assert last > frozen["windows"][-1]["variants"][full]["auc"] + 0.01  # the gap grows as the new terms spread
-    assert grown["vocabulary"][-1]["index_version"] > 1 and frozen["vocabulary"][-1]["index_version"] == 1
-    for name in ("member", "job"):
-        assert grown["vocabulary"][-1]["columns"][name] > grown["vocabulary"][0]["columns"][name]
-        assert grown["widened_entities"][name] > 0 and grown["reset_entities"][name] == 0
-    assert grown["examples"] == frozen["examples"]
-
-
-def _hanley_mcneil_se(auc_value: float, positives: int, negatives: int) -> float:
-    """The standard error of an AUC (Hanley & McNeil, 1982)."""
-    q1, q2 = auc_value / (2 - auc_value), 2 * auc_value**2 / (1 + auc_value)
-    variance = (auc_value * (1 - auc_value) + (positives - 1) * (q1 - auc_value**2)
-                + (negatives - 1) * (q2 - auc_value**2)) / (positives * negatives)
-    return float(np.sqrt(variance))
-
-
-def _global_only_windows(result: BacktestResult, windows: int = 8) -> list[tuple[float, float]]:
-    """Global-only AUC and its standard error in equal-count windows of the examples after the first refit."""
-    first = result.report["refits"][0]["at_event_time"]
-    rows = sorted((e for e in result.examples if e["event_time"] > first), key=lambda e: e["event_time"])
-    out = []
-    for part in np.array_split(np.arange(len(rows)), windows):
-        labels = np.array([rows[i]["label"] > 0 for i in part])
-        margins = np.array([rows[i]["scores"]["global"] + rows[i]["offset"] for i in part])
-        value = auc(labels, margins)
-        out.append((value, _hanley_mcneil_se(value, int(labels.sum()), int((~labels).sum()))))
-    return out
-
-
-def _assert_refits_help_and_global_only_holds(without: BacktestResult, with_refits: BacktestResult) -> None:
-    full = "global+member+job"
-    report = with_refits.report
-    assert any(r["status"] == "published" for r in report["refits"]), report["refits"]
-    assert report["variants"][full]["auc"] >= without.report["variants"][full]["auc"]
-    windows = _global_only_windows(with_refits)
-    print("\nglobal-only AUC by window after the first refit: " + " ".join(f"{a:.3f}+-{se:.3f}" for a, se in windows))
-    assert windows[-1][0] > 0.6, "the published global model must stand on its own"
-    for (before, se_before), (after, se_after) in itertools.pairwise(windows):
-        noise = 3 * np.hypot(se_before, se_after)  # 3 standard errors of the difference of two windows
-        assert after >= before - noise, f"global-only AUC fell {before:.3f} -> {after:.3f} (noise {noise:.3f})"
-
-
-def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_vocabulary_world(
-        emerging_log, emerging_with_refits):
-    without = Backtest(_settings(), BacktestOptions(latency_ms=1000)).run(emerging_log.events)
-    _assert_refits_help_and_global_only_holds(without, emerging_with_refits)
+from tests.backtest.worlds import (
+    RATINGS_JOIN,
+    assert_refits_help_and_global_only_holds,
+    backtest_settings,
+    eight_refits,
+)
 
 
 def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_ratings_like_world(tmp_path):
     write_avro_files(event_stream(World(ratings_like(requests=12_000))), tmp_path)
     log = EventLog.from_paths([tmp_path / "impressions.avro", tmp_path / "interactions.avro"])
-    settings = _settings(**RATINGS_JOIN)
+    settings = backtest_settings(**RATINGS_JOIN)
     without = Backtest(settings, BacktestOptions(latency_ms=1000)).run(log.events)
-    with_refits = Backtest(settings, _eight_refits(log)).run(log.events)
-    _assert_refits_help_and_global_only_holds(without, with_refits)
+    with_refits = Backtest(settings, eight_refits(log)).run(log.events)
+    assert_refits_help_and_global_only_holds(without, with_refits)
     assert {r["candidate"] for r in with_refits.report["refits"]} <= {"residual", "standalone"}
 
 
@@ -124,9 +40,9 @@ def test_a_backtest_neither_writes_into_nor_refits_on_the_configured_archive(tmp
     come from after them), and the archive and model directory stay as they were."""
     write_avro_files(event_stream(World(ratings_like(requests=3_000))), tmp_path / "log")
     log = EventLog.from_paths([tmp_path / "log" / "impressions.avro", tmp_path / "log" / "interactions.avro"])
-    settings = _settings(**RATINGS_JOIN, **{"archive.path": str(tmp_path / "archive"),
+    settings = backtest_settings(**RATINGS_JOIN, **{"archive.path": str(tmp_path / "archive"),
                                             "refit.output_dir": str(tmp_path / "models")})
-    first, second = (Backtest(settings, _eight_refits(log)).run(log.events) for _ in range(2))
+    first, second = (Backtest(settings, eight_refits(log)).run(log.events) for _ in range(2))
     assert first.report["refits"] and first.report["refits"] == second.report["refits"]
     assert not (tmp_path / "archive").exists() and not (tmp_path / "models").exists()
 
@@ -269,7 +185,7 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     from stream.model.export import fitted_global_model_record
     from stream.refit.bootstrap import labels_of_history
 
-    settings = _settings()
+    settings = backtest_settings()
     events = emerging_log.events[: len(emerging_log) // 3]
     labels = labels_of_history(settings, events)
     photon = tmp_path / "train.avro"
