@@ -654,16 +654,24 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     """Compile the joiner's, the scorer's and the updaters' numba kernels into numba's on-disk cache (once per install or upgrade)."""
+    import numpy as np
+
+    from stream.codec.avro import SingleObjectCodec
     from stream.codec.columnar import bags
+    from stream.codec.schemas import load_schema
     from stream.consumers.labeling import warm_up_join_kernels
     from stream.model.losses import get_loss
+    from stream.updaters.examples import ExampleReader
     from stream.updaters.state_update import CoordinateMath
 
     started = time.monotonic()
-    warm_up_join_kernels(settings)
+    examples = warm_up_join_kernels(settings)
     bags.warm_up()  # the scorer's request features into the join's lookup
-    for coordinate in settings.model.coordinates.values():
-        CoordinateMath.of(coordinate, get_loss(settings.model.loss)).warm_up()
+    codec = SingleObjectCodec(load_schema("LabeledExample"))
+    for name, coordinate in settings.model.coordinates.items():
+        math = CoordinateMath.of(coordinate, get_loss(settings.model.loss))
+        math.warm_up()
+        ExampleReader(codec, name, math.layout.dim).read(examples, np.zeros(len(examples), dtype=np.int64))
     print(f"compiled kernels ready in {time.monotonic() - started:.1f} s")
     return 0
 

@@ -328,10 +328,11 @@ def interaction_types(interaction_schema: Mapping[str, Any]) -> list[str]:
     return list(field_type["symbols"])
 
 
-def warm_up_join_kernels(settings: Settings) -> None:
+def warm_up_join_kernels(settings: Settings) -> list[bytes]:
     """Compile the join's numba kernels (decode, lookup, example writer, scan, splice) into numba's disk cache.
 
     One made-up impression goes through the columnar path, so a stage's first batch does not pay the compile.
+    Returns the labeled example value it made (the updaters' reader warms up on it).
     """
     from stream.model.export import initial_global_model_record
     from stream.tables.models import GlobalModelTable
@@ -349,4 +350,4 @@ def warm_up_join_kernels(settings: Settings) -> None:
     join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
     [stored] = join.indexer.examples(_rows_of([JoinInput(IMPRESSION, impression)]), model)
     batch = join.emitted([Emission(stored, 1.0, 1, 2, False)], model, {})
-    join.encoded(batch, join._stored)
+    return join.encoded(batch, join._stored)
