@@ -299,17 +299,35 @@ def _alice_and_annie(
     return out
 
 
-def _wait_until_settled(pipeline: Pipeline, archive_stats, timeout_s: float = 90.0) -> None:
-    """Until the last windows have closed and every example is absorbed and archived."""
+def _wait_until_settled(pipeline: Pipeline, archive_stats, produced: int, timeout_s: float = 90.0) -> None:
+    """Until the joiner has read every produced event and closed the windows it can, and every example is absorbed
+    and archived.
+
+    The last windows close only once both inputs have been idle for ``joiner.idle_input_ms`` (and the cached end
+    offsets, refreshed every statistics interval, say nothing is left), so the example count must stand still for
+    longer than that after the last event was read: on a loaded machine a fixed few seconds saw no window close yet.
+    """
+    settings = pipeline.settings
     joiner = pipeline.stats_of("joiner", JoinerStats)
-    updaters = [pipeline.stats_of(n, UpdaterStats) for n in pipeline.stages if n in pipeline.settings.model.coordinates]
-    deadline, history = time.monotonic() + timeout_s, []
+    updaters = [pipeline.stats_of(n, UpdaterStats) for n in pipeline.stages if n in settings.model.coordinates]
+    still_s = 2.0 + (settings.joiner.idle_input_ms + settings.metrics.kafka_statistics_interval_ms) / 1000
+    deadline, last_change, last_count = time.monotonic() + timeout_s, time.monotonic(), -1
     while time.monotonic() < deadline and not pipeline.errors:
-        history.append(joiner.examples)
-        quiet = len(history) > 6 and len(set(history[-6:])) == 1
-        if quiet and all(s.examples == joiner.examples for s in updaters) and archive_stats.archived == joiner.examples:
+        now = time.monotonic()
+        if joiner.consumed() < produced or joiner.examples != last_count:
+            last_change, last_count = now, joiner.examples
+        absorbed = all(s.examples == joiner.examples for s in updaters) and archive_stats.archived == joiner.examples
+        if now - last_change >= still_s and absorbed:
             return
-        time.sleep(0.5)
+        time.sleep(0.25)
+    if not pipeline.errors:
+        log.warning(
+            "the pipeline had not settled after %.0f s: the joiner read %d of %d events and emitted %d examples",
+            timeout_s,
+            joiner.consumed(),
+            produced,
+            joiner.examples,
+        )
 
 
 def run_demo(
@@ -396,7 +414,7 @@ def _run(
             _stream_live(
                 events, producer, settings, run, pipeline, statistics, out, started_ms + int(options.duration_s * 1000)
             )
-            _wait_until_settled(pipeline, pipeline.stages["archive"].stats)
+            _wait_until_settled(pipeline, pipeline.stages["archive"].stats, run.produced)
             refits.stop()
             try:  # one last refit over everything archived, so every demo shows the gate at work
                 run.refits.append(refit.run_once().to_json())
