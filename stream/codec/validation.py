@@ -7,7 +7,7 @@ dead-lettered, or ``None`` when it is valid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -19,14 +19,20 @@ from stream.codec.schemas import load_schema
 
 
 def impression_problem(record: Mapping[str, Any]) -> str | None:
-    """Why an Impression record is invalid (missing ids, non-finite feature values), or ``None``.
+    """Why an Impression record is invalid (missing ids, non-finite feature values), or ``None``."""
+    return impression_record_problems([record]).get(0)
 
-    The rule is :func:`impression_problems`, which the joiner applies to decoded batches;
-    this applies it to one record (encoded, then decoded like any value).
+
+def impression_record_problems(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Why each invalid Impression record of ``records`` is invalid, by position (valid records absent).
+
+    The rule is :func:`impression_problems`, which the joiner applies to decoded batches; this applies it to
+    records, encoded and then decoded as one batch like any values (a decode per record costs a millisecond).
     """
     codec, decoder = _impression_codec()
-    batch = decoder.decode([codec.encode(record)])
-    return batch.reason(0) or impression_problems(batch).get(0)
+    batch = decoder.decode([codec.encode(record) for record in records])
+    problems = {row: reason for row in range(len(records)) if (reason := batch.reason(row))}
+    return {**impression_problems(batch), **problems}
 
 
 @cache

@@ -10,13 +10,13 @@ values, each at its configured share. Events are yielded in arrival order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from stream.codec.validation import impression_problem, interaction_problem
+from stream.codec.validation import impression_record_problems, interaction_problem
 from stream.synthetic.world import Entity, World
 
 IMPRESSION = "impression"
@@ -29,7 +29,8 @@ class SyntheticEvent:
 
     ``record`` is Avro data (possibly semantically invalid: a NaN feature, an empty id);
     ``raw`` replaces it with bytes that are not Avro at all; ``truncated`` asks the sink to
-    cut the encoded value short. ``kind`` says which topic the event belongs to.
+    cut the encoded value short. ``kind`` says which topic the event belongs to. ``malformed``: whether a correct
+    pipeline must dead-letter the event, by the pipeline's own checks (:func:`event_stream` asks them).
     """
 
     kind: str
@@ -38,14 +39,23 @@ class SyntheticEvent:
     record: dict[str, Any] | None = None
     raw: bytes | None = None
     truncated: bool = False
+    malformed: bool = False
 
-    @property
-    def malformed(self) -> bool:
-        """Whether a correct pipeline must dead-letter this event (by the pipeline's own checks)."""
-        if self.raw is not None or self.truncated or self.record is None:
-            return True
-        problem = impression_problem if self.kind == IMPRESSION else interaction_problem
-        return problem(self.record) is not None
+
+def _malformed_flags(events: Sequence[SyntheticEvent]) -> list[bool]:
+    """Whether a correct pipeline must dead-letter each event, by its own checks (the impressions as one batch)."""
+    flags = [e.raw is not None or e.truncated or e.record is None for e in events]
+    impressions: list[tuple[int, dict[str, Any]]] = []
+    for i, e in enumerate(events):
+        if flags[i] or e.record is None:
+            continue
+        if e.kind == IMPRESSION:
+            impressions.append((i, e.record))
+        else:
+            flags[i] = interaction_problem(e.record) is not None
+    for row in impression_record_problems([record for _, record in impressions]):
+        flags[impressions[row][0]] = True
+    return flags
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ def event_stream(world: World, labeled: list[LabeledImpression] | None = None) -
     for j in range(int(spec.malformed_rate * clean)):
         events.append(_malformed(rng, labeled[int(rng.integers(len(labeled)))].impression, j))
     events.sort(key=lambda e: e.arrival_ms)
-    return iter(events)
+    return iter([replace(e, malformed=bad) for e, bad in zip(events, _malformed_flags(events), strict=True)])
 
 
 def _malformed(rng: np.random.Generator, imp: dict[str, Any], j: int) -> SyntheticEvent:
