@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = dict(getattr(args, "setting_defaults", {}))
+    setting_defaults = getattr(args, "setting_defaults", None)  # a subcommand's own defaults, read when it runs
+    overrides = dict(setting_defaults() if setting_defaults is not None else {})
     overrides.update(_parse_set(item) for item in args.set)
     if getattr(args, "bootstrap_servers", None):
         overrides["kafka.bootstrap_servers"] = args.bootstrap_servers
@@ -677,7 +678,7 @@ def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo_setting_defaults() -> dict[str, str]:
-    from stream.demo import DEMO_SETTINGS
+    from stream.demo import DEMO_SETTINGS  # imported only when the demo runs: the module is heavy (plots, stages)
 
     return dict(DEMO_SETTINGS)
 
@@ -751,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic world (default 7)")
     demo.add_argument("--refit-every", type=_duration_s, default=20.0, help="global refit interval (default 20s)")
     demo.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="where report.json and plots go")
-    demo.set_defaults(handler=cmd_demo, setting_defaults=_demo_setting_defaults())
+    demo.set_defaults(handler=cmd_demo, setting_defaults=_demo_setting_defaults)
 
     run = sub.add_parser("run", parents=[common], help="run pipeline stages until SIGTERM")
     run.add_argument(
