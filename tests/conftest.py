@@ -14,7 +14,9 @@ from hypothesis import settings as hypothesis_settings
 
 from stream.kafka.broker_process import BrokerProcess, free_port, tansu_binary
 
+# Property tests draw 40 examples each in the default suite and 400 with --run-slow (a test may still ask for more).
 hypothesis_settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True)
+hypothesis_settings.register_profile("thorough", deadline=None, max_examples=400, derandomize=True)
 hypothesis_settings.load_profile("ci")
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--run-slow"):
+        hypothesis_settings.load_profile("thorough")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

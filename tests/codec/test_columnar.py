@@ -70,7 +70,7 @@ def assert_same_as_fastavro(decoder: ColumnarDecoder, codec: SingleObjectCodec, 
         assert bits(batch.record(i)) == bits(codec.decode(value))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(impressions, min_size=1, max_size=6))
 def test_every_field_equals_fastavro(records):
     values = [CODEC.encode(r) for r in records]
@@ -207,7 +207,7 @@ extended = impressions.flatmap(lambda record: st.fixed_dictionaries({
 }))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.lists(extended, min_size=1, max_size=4))
 def test_a_field_added_to_the_schema_is_decoded_from_the_schema(records):
     assert_same_as_fastavro(EXTENDED_DECODER, EXTENDED_CODEC, [EXTENDED_CODEC.encode(r) for r in records])
@@ -280,7 +280,7 @@ def _agrees_with_fastavro(values: list[bytes]) -> None:
             assert Status(int(batch.status[i])) in STRICTER_THAN_FASTAVRO, batch.reason(i)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(impressions, st.data())
 def test_corrupted_values_get_a_status_wherever_fastavro_fails(record, data):
     value = bytearray(CODEC.encode(record))
@@ -290,7 +290,7 @@ def test_corrupted_values_get_a_status_wherever_fastavro_fails(record, data):
     _agrees_with_fastavro([bytes(value), bytes(value[:cut]), GOOD])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=80), min_size=1, max_size=4))
 def test_random_bodies_get_a_status_wherever_fastavro_fails(bodies):
     _agrees_with_fastavro([GOOD[:10] + body for body in bodies] + [bytes(b) for b in bodies])

@@ -79,7 +79,7 @@ def assert_row_is(columns, row: int, record: dict[str, Any]) -> None:
             assert np.array_equal(columns.features(np.array([row]))[0], np.frombuffer(mine["dense"], "<f4"), equal_nan=True)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(examples, min_size=1, max_size=5))
 def test_every_field_the_update_reads_equals_fastavro(records):
     values = [CODEC.encode(r) for r in records]
@@ -102,7 +102,7 @@ def _agrees_with_fastavro(values: list[bytes]) -> None:
             assert Status(int(columns.status[row])) in STRICTER_THAN_FASTAVRO, columns.reason(row)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(examples, st.data())
 def test_corrupted_values_get_a_status_wherever_fastavro_fails(record, data):
     good = CODEC.encode(record)
@@ -113,7 +113,7 @@ def test_corrupted_values_get_a_status_wherever_fastavro_fails(record, data):
     _agrees_with_fastavro([bytes(value), bytes(value[:cut]), good, bytes(value) + b"\0"])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=80), min_size=1, max_size=4))
 def test_random_bodies_get_a_status_wherever_fastavro_fails(bodies):
     _agrees_with_fastavro([CODEC.header() + body for body in bodies] + [bytes(b) for b in bodies])

@@ -173,7 +173,7 @@ near_valid = st.fixed_dictionaries({
              "top_k": json_values, "context": json_values})
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(body=near_valid | json_values | st.binary(max_size=64).map(lambda b: {"raw": b.hex()}))
 def test_no_request_body_gets_a_5xx(server, body):
     status, raw = _request(server, "/v1/score", json.dumps(body, allow_nan=True).encode())
@@ -223,7 +223,7 @@ def test_an_exploration_request_is_checked_when_the_server_explores():
         assert error.value.field == field
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(body=near_valid, explores=st.booleans())
 def test_the_structs_refuse_exactly_what_the_explanation_names(body, explores):
     """One pass decides (msgspec's Structs); a refused body's problem is named by walking it: both must agree, so

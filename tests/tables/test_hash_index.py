@@ -128,7 +128,7 @@ index_specs = st.tuples(
 rows = st.lists(st.dictionaries(bag_names, st.lists(st.builds(ntv, text, text), max_size=6), max_size=4), max_size=5)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(st.lists(index_specs, min_size=1, max_size=3), rows, st.sampled_from([None, 0, 3]))
 def test_random_key_sets_resolve_as_the_feature_indexes_say(specs, bags, hash_mask):
     """Each feature gets, per index, ``index.column`` when its bag is the index's (the resolver's rule), else -1."""
@@ -172,7 +172,7 @@ def test_bags_in_python_index_through_the_lookup_as_the_resolver_indexes_them(wo
     assert_as_resolver(FeatureLookup.for_model(model, spec), column, world)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(rows, st.booleans())
 def test_any_bags_make_the_decoders_column(bags, as_structs):
     """Empty bags and strings, non-ASCII, and the NUL byte that ends each string in the joined text (measured apart)."""
