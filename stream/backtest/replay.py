@@ -27,7 +27,7 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,9 @@ from stream.archive.files import ArchiveFiles, hour_of
 from stream.codec.avro import SingleObjectCodec
 from stream.codec.schemas import load_schema
 from stream.config import Settings
-from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, JoinCounts
+from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, Emission, JoinCounts
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types, warm_up_complete
+from stream.errors import GlmixError
 from stream.evaluation.progressive import collect, progressive_report
 from stream.gc_pause import cyclic_gc_paused
 from stream.model.export import initial_global_model_record
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 _ENDED = frozenset({IMPRESSIONS, INTERACTIONS})
 
 
+class BacktestError(GlmixError):
+    """A replay asked of what it cannot replay (a joined log under settings that join differently)."""
+
+
 @dataclass(frozen=True)
 class BacktestOptions:
     """How the replay runs: the update latency, the refit schedule (event time) and the report's time windows."""
@@ -67,6 +72,47 @@ class BacktestOptions:
     latency_ms: int = 1000
     refit_every_ms: int = 0
     windows: int = 10
+
+
+@dataclass(frozen=True)
+class JoinedLog:
+    """An event log's join, done once to be learned from many times (:meth:`Backtest.joined`).
+
+    The join does not depend on what the models learn while no refit changes the indexes: the labels, the
+    indexed features and the micro-batches are the same under any prior. ``emissions`` holds each micro-batch's
+    emitted examples from the first one after the warm-up on, empty ones included; ``model_record`` is the
+    warm-up's model that indexed them.
+    """
+
+    settings: Settings
+    options: BacktestOptions
+    model_record: dict[str, Any] | None
+    emissions: list[list[Emission]] = field(repr=False)
+    counts: JoinCounts
+    micro_batches: int
+    events: int
+
+
+# What a replay of a JoinedLog may change: the settings of learning, none of joining or indexing.
+LEARNING_SETTINGS = ("l2", "intercept_l2", "forgetting", "precision")
+
+
+def same_join(a: Settings, b: Settings) -> bool:
+    """Whether ``a`` and ``b`` join and index an event log alike (they may differ in :data:`LEARNING_SETTINGS` and
+    in ``model.global_l2``, which only a refit reads)."""
+
+    def joining(settings: Settings) -> Settings:
+        coordinates = {
+            name: msgspec.structs.replace(
+                c, **{key: getattr(a.model.coordinates[name], key) for key in LEARNING_SETTINGS}
+            )
+            for name, c in settings.model.coordinates.items()
+            if name in a.model.coordinates
+        }
+        model = msgspec.structs.replace(settings.model, global_l2=a.model.global_l2, coordinates=coordinates)
+        return msgspec.structs.replace(settings, model=model)
+
+    return a.model.coordinates.keys() == b.model.coordinates.keys() and joining(a) == joining(b)
 
 
 @dataclass
@@ -133,17 +179,56 @@ class Backtest:
 
         ``progress`` counts the events replayed; the caller owns it (a tune counts many replays on one line).
         """
+        return self._replay(len(events), lambda run: run.replay(events, progress), self._model_record)
+
+    def joined(self, events: Sequence[JoinInput]) -> JoinedLog:
+        """Join ``events`` once, for replays that differ only in how the models learn (:meth:`run_joined`).
+
+        Only without refits: a refit changes the indexes, and with them the join's output.
+        """
+        if self.options.refit_every_ms:
+            raise BacktestError("a joined log is replayed without refits (refit_every_ms 0): a refit changes the join")
+        with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
+            run = _Run(_isolated(self.settings, workdir), self.options, self._join, Path(workdir), self._model_record)
+            try:
+                emissions = run.join_all(events)
+            finally:
+                gc.unfreeze()
+                run.close()
+        return JoinedLog(
+            self.settings, self.options, run.model_record, emissions, run.join_counts, run.micro_batches, len(events)
+        )
+
+    def run_joined(self, joined: JoinedLog, progress: Progress | None = None) -> BacktestResult:
+        """Learn from ``joined`` under these settings: the report :meth:`run` gives for the same events.
+
+        These settings must join as ``joined``'s did (:func:`same_join`), with the same options.
+        """
+        if joined.options != self.options or not same_join(joined.settings, self.settings):
+            raise BacktestError(
+                "a joined log is replayed only under settings that join alike (they may differ in "
+                f"{', '.join(LEARNING_SETTINGS)} and model.global_l2) and the options it was joined with"
+            )
+
+        def learn(run: _Run) -> None:
+            run.join_counts, run.micro_batches = joined.counts, joined.micro_batches
+            for emissions in joined.emissions:
+                with cyclic_gc_paused():
+                    run.learn(emissions)
+                gc.freeze()  # as in a replay: what the run keeps leaves the collector's scans
+            if progress is not None:
+                progress.advance(joined.events)
+
+        return self._replay(joined.events, learn, joined.model_record)
+
+    def _replay(
+        self, events: int, replay: Callable[[_Run], None], model_record: dict[str, Any] | None
+    ) -> BacktestResult:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="glmix-backtest-") as workdir:
-            run = _Run(
-                _isolated(self.settings, workdir),
-                self.options,
-                self._join,
-                Path(workdir),
-                self._model_record,
-            )
+            run = _Run(_isolated(self.settings, workdir), self.options, self._join, Path(workdir), model_record)
             try:
-                run.replay(events, progress)
+                replay(run)
             finally:
                 gc.unfreeze()
                 run.close()
@@ -157,9 +242,9 @@ class Backtest:
         )
         report.update(
             {
-                "events": len(events),
+                "events": events,
                 "seconds": round(seconds, 3),
-                "events_per_s": round(len(events) / seconds) if seconds > 0 else None,
+                "events_per_s": round(events / seconds) if seconds > 0 else None,
                 "latency_ms": self.options.latency_ms,
                 "micro_batches": run.micro_batches,
                 "join": dataclasses.asdict(run.join_counts),
@@ -203,6 +288,7 @@ class _Run:
         self.coordinates = [_CoordinateReplay(settings, name, workdir) for name in settings.model.coordinates]
         self.tables = {c.name: c.table for c in self.coordinates}
         self.model = GlobalModelTable(settings.model)
+        self.model_record = model_record  # the model the join indexes with (a warm-up's, when it starts without one)
         if model_record is not None:
             self.model.apply([model_record])
         self.refit = GlobalRefit(settings, publish=self._take_model)
@@ -237,17 +323,41 @@ class _Run:
                 next_refit = int(next_refit_due(next_refit, every, now, skipped=skipped, retry=retry))
         self._micro_batch([], _ENDED)  # the inputs ended: every window the watermark has passed closes
 
+    def join_all(self, events: Sequence[JoinInput]) -> list[list[Emission]]:
+        """Join every micro-batch of ``events`` without learning: each one's emissions once the warm-up is over."""
+        times = np.fromiter((e.record["event_time"] for e in events), dtype=np.int64, count=len(events))
+        out = []
+        for start, end in itertools.pairwise(_micro_batches(times, self.options.latency_ms)):
+            with cyclic_gc_paused():
+                emissions = self._join_step(events[start:end], frozenset())
+            if emissions is not None:
+                out.append(emissions)
+        final = self._join_step([], _ENDED)
+        if final is not None:
+            out.append(final)
+        return out
+
     def _micro_batch(self, events: Sequence[JoinInput], idle: frozenset[str]) -> None:
+        emissions = self._join_step(events, idle)
+        if emissions is not None:
+            self.learn(emissions)
+
+    def _join_step(self, events: Sequence[JoinInput], idle: frozenset[str]) -> list[Emission] | None:
+        """Join one micro-batch into the state; its emissions, or None while the warm-up holds the events."""
         if self.model.current is None:
             events = self._warm_up(events)
             if self.model.current is None:
-                return
+                return None
         batch = self.join.join(self.store, events, self.model.current, idle)
-        labeled = self.join.emitted(batch.result.emissions, self.model.current, self.tables)
-        examples = self.join.records(labeled)
         batch.write({})
         self.join_counts.add(batch.result.counts)
         self.micro_batches += 1
+        return batch.result.emissions
+
+    def learn(self, emissions: list[Emission]) -> None:
+        """Score one micro-batch's emitted examples with the models as they are, then let every coordinate absorb them."""
+        labeled = self.join.emitted(emissions, self.model.current, self.tables)
+        examples = self.join.records(labeled)
         if examples:
             self.examples.extend(examples)
             values = self.join.encoded(labeled, self._stored)
@@ -262,7 +372,8 @@ class _Run:
         span = self._held[-1].record["event_time"] - self._held[0].record["event_time"] if self._held else 0
         if not warm_up_complete(len(impressions), span, self.settings.joiner):
             return []
-        self.model.apply([initial_global_model_record(impressions, self.settings.model)])
+        self.model_record = initial_global_model_record(impressions, self.settings.model)
+        self.model.apply([self.model_record])
         held, self._held = self._held, []
         return held
 

@@ -8,7 +8,8 @@ setting at a time (coordinate-wise, in a fixed order, each setting keeping the b
 found so far, and changing only for a validation gain of at least ``min_gain``, so
 noise in a small validation period does not pick settings): a few dozen backtests,
 deterministic, and no new dependency — a Bayesian optimizer would pay off only with far
-more settings than these.
+more settings than these. The global L2 is searched only with refits (``--refit-every``): nothing else fits the
+global model. Without refits each log is joined once and every trial replays only the learning.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from stream.backtest.replay import Backtest, BacktestOptions
+from stream.backtest.replay import Backtest, BacktestOptions, BacktestResult, JoinedLog
 from stream.config import Settings
 from stream.consumers.labeling import IMPRESSION, JoinInput
 from stream.errors import GlmixError
@@ -78,15 +79,24 @@ def with_setting(settings: Settings, key: str, value: Any) -> Settings:
     return replace(settings, model=replace(settings.model, coordinates=coordinates))
 
 
-def _auc(
-    settings: Settings,
-    options: BacktestOptions,
-    events: Sequence[JoinInput],
-    from_ms: int,
-    progress: Progress | None = None,
-) -> float:
-    """Full-model progressive AUC of the examples at or after ``from_ms`` in a backtest of ``events``."""
-    examples = [e for e in Backtest(settings, options).run(events, progress).examples if e["event_time"] >= from_ms]
+class _Replays:
+    """Backtests of one event log under many settings; without refits the log is joined once and learned from
+    under each (:meth:`~stream.backtest.replay.Backtest.joined`), which leaves each trial its learning only."""
+
+    def __init__(self, settings: Settings, options: BacktestOptions, events: Sequence[JoinInput]) -> None:
+        self.options, self.events = options, events
+        self.joined: JoinedLog | None = None if options.refit_every_ms else Backtest(settings, options).joined(events)
+
+    def run(self, settings: Settings, progress: Progress | None) -> BacktestResult:
+        backtest = Backtest(settings, self.options)
+        if self.joined is not None:
+            return backtest.run_joined(self.joined, progress)
+        return backtest.run(self.events, progress)
+
+
+def _auc(settings: Settings, replays: _Replays, from_ms: int, progress: Progress | None = None) -> float:
+    """Full-model progressive AUC of the examples at or after ``from_ms`` in a backtest of the replayed log."""
+    examples = [e for e in replays.run(settings, progress).examples if e["event_time"] >= from_ms]
     report = progressive_report(
         collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss), windows=1
     )
@@ -117,7 +127,9 @@ def tune(
         (f"model.coordinates.{name}.{setting}", values)
         for name in settings.model.coordinates
         for setting, values in COORDINATE_GRID.items()
-    ] + [(GLOBAL_L2, GLOBAL_GRID)]
+    ]
+    if options.refit_every_ms:  # only a refit fits the global model: without one its L2 changes nothing
+        axes.append((GLOBAL_L2, GLOBAL_GRID))
     # Each setting is tried once, on top of the settings before it, so how many trials run is known now.
     searched = 1 + sum(sum(v != _current(settings, key) for v in values) for key, values in axes)
     if progress is not None:
@@ -126,11 +138,14 @@ def tune(
     def score(candidate: Settings, label: dict[str, Any]) -> float:
         if progress is not None:
             progress.relabel(f"tune: trial {len(trials) + 1} of {searched}")
-        auc = _auc(candidate, options, validation, judged_from, progress)
+        auc = _auc(candidate, validating, judged_from, progress)
         trials.append({**label, "validation_auc": round(auc, 5)})
         log.info("tune: %s -> validation AUC %.4f", label, auc)
         return auc
 
+    if progress is not None:
+        progress.relabel("tune: joining the validation period")
+    validating = _Replays(settings, options, validation)
     best, best_auc = settings, score(settings, {"defaults": True})
     default_auc = best_auc
     chosen: dict[str, Any] = {}
@@ -144,10 +159,13 @@ def tune(
             if auc > best_auc + min_gain:
                 best, best_auc, chosen[key] = candidate, auc, value
     evaluation = {}
+    if progress is not None:
+        progress.relabel("tune: joining the whole log")
+    judging = _Replays(settings, options, events)
     for name, candidate in (("defaults", settings), ("tuned", best)):
         if progress is not None:
             progress.relabel(f"tune: judging the {name} after the split")
-        evaluation[name] = _auc(candidate, options, events, split_ms, progress)
+        evaluation[name] = _auc(candidate, judging, split_ms, progress)
     if progress is not None:
         progress.relabel("tune")
     return TuneResult(chosen, {"defaults": default_auc, "tuned": best_auc}, evaluation, split_ms, trials)
