@@ -9,7 +9,9 @@ windows close during the replay) is written to Avro container files once. Each l
 * ``read_log``: reading and ordering the event log (``EventLog.from_paths``), the
   ceiling of any replay of these files;
 * ``backtest`` at 1 s, 200 ms and per-event latency (the per-event replay runs on the
-  first ``--per-event-events`` events only: every event is its own micro-batch).
+  first ``--per-event-events`` events only: every event is its own micro-batch);
+* ``tune``: ``glmix tune`` at 1 s latency on the first ``--tune-events`` events (155,000: issue 24's aim is
+  <= 2 minutes for a log that long), with the time of one whole backtest of the same events beside it.
 
 Aim (issue "Learning from real data"): >= 50k events/s at 1 s latency.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from stream.backtest.events import EventLog
 from stream.backtest.replay import Backtest, BacktestOptions
+from stream.backtest.tune import tune
 from stream.config import load_settings
 from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files
@@ -36,10 +39,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40_000, help="requests of five impressions each")
     parser.add_argument("--gap-ms", type=int, default=20, help="mean event time between requests")
     parser.add_argument("--per-event-events", type=int, default=20_000)
+    parser.add_argument("--tune-events", type=int, default=155_000)
     parser.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.gap_ms, args.per_event_events = 2_000, 100, 3_000
+        args.requests, args.gap_ms, args.per_event_events, args.tune_events = 2_000, 100, 3_000, 5_000
     settings = load_settings(overrides={"joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "60000",
                                         "joiner.bootstrap_impressions": "2000"})
     with tempfile.TemporaryDirectory() as directory:
@@ -58,6 +62,12 @@ def main() -> None:
               "micro_batches": report["micro_batches"], "events_per_s": report["events_per_s"],
               "x_read_log": round(report["events_per_s"] / (len(log) / read_s), 3),
               "auc": report["variants"]["global+member+job"]["auc"]})
+    events = log.events[: args.tune_events]
+    one = Backtest(settings, BacktestOptions(latency_ms=1000)).run(events).report["seconds"]
+    started = time.perf_counter()
+    result = tune(settings, events, BacktestOptions(latency_ms=1000))
+    emit({"measure": "tune", "latency": "1000 ms", "events": len(events), "trials": len(result.trials),
+          "seconds": round(time.perf_counter() - started, 1), "one_backtest_seconds": one, "aim_seconds": 120})
 
 
 def emit(line: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,7 @@ import numpy as np
 from stream.codec.avro import RecordCodec, SingleObjectCodec
 from stream.codec.columnar import FALLBACK_STATUSES, ColumnarBatch, ColumnarDecoder, decode_fallback
 from stream.codec.columnar.batch import ScalarColumn, StringColumn
-from stream.codec.schemas import load_schema
-from stream.codec.validation import impression_problems, interaction_problems
+from stream.codec.validation import decoded_impressions, impression_problems, interaction_problems
 
 _FALLBACK = [int(status) for status in FALLBACK_STATUSES]
 
@@ -107,19 +105,12 @@ def impression_rows(records: Sequence[Mapping[str, Any]]) -> list[DecodedRow | s
 
     The records are encoded with the packaged schema and decoded like any batch.
     """
-    reader, decoder = _packaged_reader()
-    batch = decoder.decode([reader.encode(record) for record in records])
+    batch = decoded_impressions(records)
     out: list[DecodedRow | str] = [""] * len(records)
     for row, reason in batch.failures():
         out[row] = reason
     _place(out, batch, np.flatnonzero(batch.ok), impression_problems)
     return out
-
-
-@cache
-def _packaged_reader() -> tuple[SingleObjectCodec, ColumnarDecoder]:
-    reader = SingleObjectCodec(load_schema("Impression"))
-    return reader, ColumnarDecoder.of_codec(reader)
 
 
 def impression_decoder(codec: RecordCodec) -> RowDecoder:
