@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.backtest.tune import tune
 from stream.config import load_settings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.backtest.events import EventLog  # noqa: E402
+from stream.event_log import EventLog  # noqa: E402
 from stream.backtest.replay import Backtest, BacktestOptions  # noqa: E402
 from stream.synthetic import World, WorldSpec, event_stream, ratings_like  # noqa: E402
 from stream.synthetic.sinks import write_avro_files  # noqa: E402

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from river import linear_model, optim, reco
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.config import load_settings
 from stream.model.metrics import auc

@@ -26,7 +26,7 @@ from stream.errors import GlmixError
 from stream.scoring.workers import WORKER_FLAG, serve_workers
 
 if TYPE_CHECKING:
-    from stream.backtest.events import EventLog
+    from stream.event_log import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     """Score container files of Impressions (or, with --format photon, Photon-ML GAME input records) offline."""
-    from stream.backtest.events import writer_schema_name
     from stream.codec.game_input import GameInputMapping
+    from stream.event_log import writer_schema_name
     from stream.progress import Progress
     from stream.scoring.offline import score_file, score_game_files
     from stream.scoring.scorer import Scorer
@@ -432,8 +432,8 @@ def cmd_evaluate_movielens(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     """Build the first feature indexes, a fitted global model and random effects from history; publish them."""
-    from stream.backtest.events import writer_schema_name
     from stream.codec.container import write_container
+    from stream.event_log import writer_schema_name
     from stream.progress import Progress
     from stream.refit.bootstrap import (
         BootstrapModel,
@@ -509,7 +509,7 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
 def _event_log(args: argparse.Namespace, settings: Settings) -> EventLog:
     """The event log the command names: container files, or a time range of the input topics."""
-    from stream.backtest.events import EventLog
+    from stream.event_log import EventLog
     from stream.progress import Progress
 
     if not args.from_topics:

@@ -8,7 +8,7 @@ the mapping of :class:`~stream.config.GameInputSettings` into the rows the rest 
 package scores and trains on: impression-like dicts (``member_id``, ``item_id``,
 ``context``, ``features`` by model bag) beside arrays of responses, weights, offsets and
 event times. A coordinate's id goes where its ``entity_field`` says (``member_id``,
-``item_id`` or ``context:<key>``), so :func:`stream.model.dataset.entity_of` and the
+``item_id`` or ``context:<key>``), so :func:`stream.config.settings.entity_of` and the
 scorer find it as they find it in an impression.
 
 Every file's schema is checked before its first record is read: a field the mapping
@@ -34,7 +34,7 @@ import numpy as np
 
 from stream.codec.exceptions import CodecError
 from stream.config import Settings
-from stream.model.dataset import entity_of
+from stream.config.settings import entity_of
 from stream.progress import Progress
 
 NUMERIC = ("int", "long", "float", "double")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
 
@@ -45,6 +45,13 @@ SEGMENT_FIELDS = ("member_id", "item_id", "random_bucket", "position")
 def is_segment_field(field: str) -> bool:
     """Whether labeled examples can be grouped by ``field``: a segment field, or ``context:<key>``."""
     return field in SEGMENT_FIELDS or (field.startswith("context:") and len(field) > len("context:"))
+
+
+def entity_of(record: Mapping[str, Any], entity_field: str) -> str:
+    """The entity id a coordinate keys on (its ``entity_field``): a record field, or ``context:<key>``."""
+    if entity_field.startswith("context:"):
+        return str(record.get("context", {}).get(entity_field[len("context:") :], ""))
+    return str(record[entity_field])
 
 
 MEMBER_BAGS = ("member_title", "member_skills", "member_seniority", "member_location")

@@ -19,7 +19,7 @@ from stream.codec.columnar import ColumnarBatch, ScalarColumn, StringColumn, Str
 from stream.codec.example_writer import UnlabeledColumns, encode_unlabeled_examples
 from stream.codec.feature_bags import encode_bags
 from stream.config import ModelSettings
-from stream.model.dataset import entity_of
+from stream.config.settings import entity_of
 from stream.model.game import GLOBAL
 from stream.tables.indexing import IndexedRows, MissedFeatures
 from stream.tables.models import EntityTable, GlobalModel
@@ -112,7 +112,7 @@ def _scalars(batch: ColumnarBatch, name: str, rows: np.ndarray) -> np.ndarray:
 
 
 def _entity_ids(batch: ColumnarBatch, rows: np.ndarray, entity_field: str, side: _SideBuffer) -> np.ndarray:
-    """(offsets, lengths) of each row's entity id (see :func:`stream.model.dataset.entity_of`)."""
+    """(offsets, lengths) of each row's entity id (see :func:`stream.config.settings.entity_of`)."""
     column = None if entity_field.startswith("context:") else batch.columns.get(entity_field)
     if isinstance(column, StringColumn) and column.text:
         return np.stack([column.offsets[rows], column.lengths[rows]])

@@ -12,16 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from stream.config.settings import entity_of
 from stream.model.features import FeatureIndex
 from stream.model.game import GameDataset, RandomEffectData
 from stream.model.transforms import FeatureTransforms
-
-
-def entity_of(record: Mapping[str, Any], entity_field: str) -> str:
-    """The entity id a coordinate keys on: a record field, or ``context:<key>``."""
-    if entity_field.startswith("context:"):
-        return str(record.get("context", {}).get(entity_field[len("context:") :], ""))
-    return str(record[entity_field])
 
 
 def build_dataset(

@@ -50,6 +50,7 @@ from stream.model.losses import Loss, get_loss
 from stream.model.transforms import FeatureTransforms
 from stream.progress import Progress
 from stream.refit.examples import ExampleSplit, MemoryExamples, RowBatch
+from stream.refit.first_models import publish_first_models
 from stream.state.partition_store import open_or_wipe
 from stream.tables.models import GlobalModel, GlobalModelTable
 
@@ -348,71 +349,6 @@ class PhotonHistory:
         )
 
 
-def published_global_model(settings: Settings, client: str) -> GlobalModel | None:
-    """The newest usable global model on ``model.global`` (None when nothing is published), read by ``client``."""
-    from stream.codec import make_codec
-    from stream.kafka.topic_reader import TopicReader
-
-    topic = settings.topics.model_global
-    codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
-    existing = GlobalModelTable(settings.model)
-    reader = TopicReader(
-        settings.kafka,
-        topic,
-        codec,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.group_id(client),
-    )
-    try:
-        for batch in reader.read_to_end(stall_timeout_s=60):
-            existing.apply(batch.records)
-    finally:
-        reader.close()
-    return existing.current
-
-
-def refuse_published_model(settings: Settings, client: str) -> None:
-    """Raise :class:`BootstrapError` when ``model.global`` already holds a model: a first model never replaces one.
-
-    Every state and coefficient already published refers to its feature indexes' columns,
-    and readers refuse a later version whose indexes do not keep them in place.
-    """
-    from stream.kafka.clients import prepare_topics
-
-    if not settings.kafka.bootstrap_servers:
-        raise BootstrapError(f"glmix {client} publishes to Kafka: give --bootstrap-servers")
-    prepare_topics(settings, settings.kafka.bootstrap_servers)
-    existing = published_global_model(settings, client)
-    if existing is not None:
-        raise BootstrapError(
-            f"{settings.topics.model_global} already holds global model version {existing.version}: its feature "
-            "indexes are what every state and coefficient refers to, so a first model (bootstrap or import) never "
-            "replaces it"
-        )
-
-
 def publish_bootstrap(settings: Settings, model: BootstrapModel) -> None:
     """Every coordinate's fitted entities, then the global model as version 1 (refused when a model is published)."""
-    from stream.refit.game_models import publish_first_models
-
     publish_first_models(settings, model.record, model.entity_models(), "bootstrap")
-
-
-def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:
-    """Publish ``record`` as the first model on ``model.global``; refuse when the topic already has one."""
-    from confluent_kafka import Producer
-
-    from stream.codec import make_codec
-    from stream.kafka.clients import producer_config
-
-    if not settings.kafka.bootstrap_servers:
-        raise BootstrapError(
-            "glmix bootstrap publishes to Kafka: give --bootstrap-servers (or --output FILE --no-publish)"
-        )
-    refuse_published_model(settings, "bootstrap")
-    topic = settings.topics.model_global
-    codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
-    producer = Producer(producer_config(settings.kafka, settings.kafka.bootstrap_servers))
-    producer.produce(topic, key=record["model_name"].encode(), value=codec.encode(record))
-    if producer.flush(30):
-        raise BootstrapError(f"could not publish the first global model to {topic} within 30 s")

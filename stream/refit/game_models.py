@@ -6,7 +6,7 @@ term) keys, in file order), each random-effect coordinate the configured coordin
 the same name (its index from the union of its entities' keys, in first-seen order;
 when they exceed ``max_features``, the keys the most entities carry are kept). The
 global model goes out as version 1 through the bootstrap's publishing
-(:func:`~stream.refit.bootstrap.publish_first_model`), so, like a bootstrap, an import
+(:func:`~stream.refit.first_models.publish_first_models`), so, like a bootstrap, an import
 never replaces a published model: version n+1 with other indexes would give every
 column of every published state a new meaning, and readers refuse such a version.
 Every entity's coefficients go out first, as ``EntityModel`` version 1 on the partition
@@ -22,7 +22,6 @@ the same layout: means by (name, term) over each index, variances from the preci
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,16 +46,19 @@ from stream.model.export import global_model_record, photon_key
 from stream.model.features import INTERCEPT_KEY, FeatureIndex, FeatureKey
 from stream.model.game import GLOBAL, GameModel
 from stream.model.losses import get_loss
+from stream.refit.first_models import FIRST_VERSION, publish_first_models, published_global_model
 from stream.tables.models import precision_matrix
 from stream.updaters.state_update import CoordinateMath
 
-IMPORTED_VERSION = 1
 # librdkafka's partitioners that place a non-empty key at CRC-32(key) mod partitions (the default is the first).
-CRC32_PARTITIONERS = ("consistent_random", "consistent")
 
 
 class PhotonModelMismatchError(GlmixError):
     """A GAME model does not fit the configuration (a coordinate, id field, shard or task type differs); says which."""
+
+
+class ExportError(GlmixError):
+    """Nothing to export: no broker was given, or no global model is published."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def plan_import(settings: Settings, directory: str | Path) -> PhotonImport:
         GameModel(model.loss, coefficients),
         global_index,
         {name: c.index for name, c in coordinates.items()},
-        IMPORTED_VERSION,
+        FIRST_VERSION,
         settings.refit.model_name,
     )
     return PhotonImport(record, coordinates, None if fixed is None else fixed.name)
@@ -193,13 +195,13 @@ def _check_shard(what: str, shard: str, bags: Sequence[str], model: ModelSetting
 def _global_coefficients(fixed: FixedEffect | None, model: ModelSettings) -> tuple[FeatureIndex, np.ndarray]:
     """The global index (the fixed effect's keys in file order) and its coefficients; no fixed effect: the intercept at 0."""
     if fixed is None:
-        return FeatureIndex(model.global_feature_bags, version=IMPORTED_VERSION), np.zeros(1)
+        return FeatureIndex(model.global_feature_bags, version=FIRST_VERSION), np.zeros(1)
     keys = list(fixed.model.keys)
     index = FeatureIndex(
         model.global_feature_bags,
         [k for k in keys if k != INTERCEPT_KEY],
         intercept=INTERCEPT_KEY in keys,
-        version=IMPORTED_VERSION,
+        version=FIRST_VERSION,
     )
     columns = {key: column for column, key in enumerate(index.keys)}
     coefficients = np.zeros(index.dim)
@@ -225,7 +227,7 @@ def _coordinate_index(
         [k for k in ordered if k in kept],
         intercept=settings.intercept,
         capacity=settings.max_features,
-        version=IMPORTED_VERSION,
+        version=FIRST_VERSION,
     )
     return index, [k for k in ordered if k not in kept]
 
@@ -265,11 +267,6 @@ def _coordinate_import(settings: Settings, name: str, effect: RandomEffect | Non
     )
 
 
-def entity_partitions(entity_ids: Sequence[str], partitions: int) -> np.ndarray:
-    """The partition librdkafka's default (``consistent_random``) partitioner gives each entity id's key: CRC-32 mod n."""
-    return np.array([zlib.crc32(e.encode()) % partitions for e in entity_ids], dtype=np.int64)
-
-
 def publish_import(settings: Settings, plan: PhotonImport) -> None:
     """Publish every coordinate's entities, then the global model as version 1 (refused when a model is published)."""
     publish_first_models(
@@ -280,114 +277,13 @@ def publish_import(settings: Settings, plan: PhotonImport) -> None:
     )
 
 
-def publish_first_models(
-    settings: Settings,
-    record: dict[str, Any],
-    coordinates: Mapping[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
-    client: str,
-) -> None:
-    """A first model: every coordinate's entities (:func:`publish_entity_models`), then ``record`` as version 1.
-
-    Refused before anything is written when ``model.global`` already holds a model; the
-    global model goes out only once every entity was delivered. ``client`` names the
-    command in errors (``import``, ``bootstrap``).
-    """
-    from stream.refit.bootstrap import publish_first_model, refuse_published_model
-
-    refuse_published_model(settings, client)
-    publish_entity_models(settings, coordinates, record["index_version"])
-    publish_first_model(settings, record)
-
-
-def publish_entity_models(
-    settings: Settings,
-    coordinates: Mapping[str, tuple[Sequence[str], np.ndarray, np.ndarray]],
-    index_version: int,
-) -> None:
-    """Every coordinate's (entity ids, means, precision diagonals) as ``EntityModel`` version 1, placed as updaters read.
-
-    Each entity goes to the partition of its coefficients topic that its examples land on
-    (librdkafka's default partitioner), so an updater restores it as its state.
-    """
-    from confluent_kafka import Producer
-
-    from stream.codec import make_codec
-    from stream.kafka.clients import max_poll_interval_s, producer_config
-    from stream.kafka.producing import produce_bounded
-    from stream.refit.bootstrap import BootstrapError
-    from stream.state.changelog import entity_model_values
-
-    config = producer_config(settings.kafka, settings.kafka.bootstrap_servers)
-    partitioner = config.get("partitioner", CRC32_PARTITIONERS[0])
-    if partitioner not in CRC32_PARTITIONERS:
-        raise BootstrapError(
-            f"kafka.producer partitioner = {partitioner!r}: entities are placed as {', '.join(CRC32_PARTITIONERS)} do"
-        )
-    producer = Producer(config)
-    failures: list[str] = []
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    for name, (entity_ids, means, precisions) in coordinates.items():
-        configured = settings.model.coordinates[name]
-        math = CoordinateMath.of(configured, get_loss(settings.model.loss))
-        topic = settings.topics.coefficients(name)
-        partitions = _partitions(producer, settings.topics.examples(name, configured.entity_field), topic)
-        states = math.layout.new_states(len(entity_ids), math.new_entity_precision)
-        states["mean"] = means
-        states["precision"] = math.layout.pack_precision(precisions)
-        states["version"] = IMPORTED_VERSION
-        states["index_version"] = index_version
-        codec = make_codec("EntityModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
-        placed = entity_partitions(entity_ids, partitions)
-        for partition in np.unique(placed):
-            rows = np.flatnonzero(placed == partition)
-            ids = [entity_ids[int(i)] for i in rows]
-            values = entity_model_values(codec, name, ids, states[rows], math.layout, int(partition))
-            for entity, value in zip(ids, values):
-                produce_bounded(
-                    producer,
-                    topic,
-                    entity.encode(),
-                    value,
-                    partition=int(partition),
-                    stall_timeout_s=max_poll_interval_s(settings.kafka),
-                    on_delivery=delivered,
-                )
-    if producer.flush(max_poll_interval_s(settings.kafka)) or failures:
-        raise BootstrapError(
-            f"entity coefficients not all delivered ({len(producer)} waiting, {len(failures)} failed"
-            f"{': ' + failures[0] if failures else ''}); the global model was not published"
-        )
-
-
-def _partitions(producer: Any, examples_topic: str, coefficients_topic: str) -> int:
-    """The partition count of a coordinate's examples topic, which its coefficients topic must share."""
-    from stream.refit.bootstrap import BootstrapError
-
-    counts = {
-        topic: len(producer.list_topics(topic, timeout=10).topics[topic].partitions)
-        for topic in (examples_topic, coefficients_topic)
-    }
-    if counts[examples_topic] != counts[coefficients_topic] or not counts[examples_topic]:
-        raise BootstrapError(
-            f"{examples_topic} has {counts[examples_topic]} partitions and {coefficients_topic} "
-            f"{counts[coefficients_topic]}: an updater restores partition p of its examples from partition p"
-        )
-    return counts[examples_topic]
-
-
 def export_game_model(settings: Settings, output: str | Path) -> dict[str, Any]:
     """Write the newest global model and every coordinate's latest coefficients to ``output`` in the GAME layout."""
-    from stream.refit.bootstrap import BootstrapError, published_global_model
-
     if not settings.kafka.bootstrap_servers:
-        raise BootstrapError("glmix export photon reads the models from Kafka: give --bootstrap-servers")
+        raise ExportError("glmix export photon reads the models from Kafka: give --bootstrap-servers")
     model = published_global_model(settings, "export")
     if model is None:
-        raise BootstrapError(f"no global model on {settings.topics.model_global} to export")
+        raise ExportError(f"no global model on {settings.topics.model_global} to export")
     entities = {}
     for name in settings.model.coordinates:
         records = latest_entity_models(settings, name)

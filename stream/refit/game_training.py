@@ -42,7 +42,8 @@ from stream.model.game import (
 from stream.model.losses import get_loss
 from stream.model.transforms import FeatureTransforms
 from stream.progress import Progress
-from stream.refit.game_models import IMPORTED_VERSION, CoordinateImport, PhotonImport, game_model_files
+from stream.refit.first_models import FIRST_VERSION
+from stream.refit.game_models import CoordinateImport, PhotonImport, game_model_files
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def train_rows(
     on_step: Callable[[TrainingStep], None] | None = None,
 ) -> TrainedGame:
     """Fit the configured GAME model on ``train``; with ``validation``, keep the best coordinate update on it."""
-    global_index, indices = indexes_from_history(train.rows, settings.model, IMPORTED_VERSION)
+    global_index, indices = indexes_from_history(train.rows, settings.model, FIRST_VERSION)
     result = train_game(
         game_dataset(settings, train, global_index, indices),
         None if validation is None else game_dataset(settings, validation, global_index, indices),
@@ -131,7 +132,7 @@ def trained_import(settings: Settings, trained: TrainedGame) -> PhotonImport:
     coordinate's first update) goes out without entities."""
     model = trained.result.model
     record = global_model_record(
-        model, trained.global_index, trained.coordinate_indices, IMPORTED_VERSION, settings.refit.model_name
+        model, trained.global_index, trained.coordinate_indices, FIRST_VERSION, settings.refit.model_name
     )
     coordinates = {}
     for name, configured in settings.model.coordinates.items():

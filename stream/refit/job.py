@@ -1,7 +1,7 @@
 """``glmix refit``: refit the global coordinate on archived examples and publish it if the gate passes.
 
 One run: read the current global model and every coordinate's coefficients from Kafka;
-have the engine (:class:`RefitEngine`: this process, or Spark executors) read a time window
+have the engine (:class:`~stream.refit.engine.RefitEngine`: this process, or Spark executors) read a time window
 of archived examples into chunks — the earlier part for
 training, the final ``holdout_fraction`` of the window as a holdout — with the random
 effects' scores as offsets (current coefficients or join-time scores for training;
@@ -19,9 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,18 +42,16 @@ from stream.model.game import GLOBAL, CoordinateSpec, GameModel, fit_global_bloc
 from stream.model.losses import get_loss
 from stream.model.priors import l2_precision_diagonal
 from stream.progress import Progress
+from stream.refit.engine import LocalEngine, RefitEngine, RefitInputs
 from stream.refit.examples import ExampleSplit
 from stream.refit.gate import STEPS, GateDecision, choose_trial, gate, holdout_metrics
-from stream.refit.spill import SpillDirectory
-from stream.refit.vocabulary import Growth, VocabularyCounter, growable_coordinates
-from stream.refit.window import RefitWindow, split_records
+from stream.refit.window import RefitWindow
 from stream.tables.follower import ModelFollower
 from stream.tables.models import CoefficientTable, GlobalModel, GlobalModelTable
 from stream.tables.stored_table import StoredCoefficientTable
 
 log = logging.getLogger(__name__)
 
-READ_BATCH = 20_000
 RESIDUAL, STANDALONE = "residual", "standalone"
 # What each candidate fit is fitted around (a column of the spilled training split).
 CANDIDATE_OFFSETS = {RESIDUAL: "offsets", STANDALONE: "fixed_offsets"}
@@ -138,108 +135,18 @@ class RefitResult:
         return out
 
 
-@dataclass(frozen=True)
-class RefitInputs:
-    """What a refit starts from: the current global model and the window's spilled splits."""
-
-    model: GlobalModel
-    window: RefitWindow
-    train: ExampleSplit
-    holdout: ExampleSplit
-    dropped: int
-    growth: Growth
-
-    def result(self) -> RefitResult:
-        """A result that says nothing was published yet."""
-        return RefitResult(
-            "skipped",
-            self.model.version,
-            window_ms=(self.window.start_ms, self.window.end_ms),
-            holdout_from_ms=self.window.holdout_ms,
-            train_examples=self.train.rows,
-            holdout_examples=self.holdout.rows,
-            dropped_examples=self.dropped,
-            admitted_features=dict(self.growth.admitted),
-        )
-
-
-class RefitEngine(ABC):
-    """Where a refit's examples are read and its sums are computed: the one seam between ``local`` and ``spark``.
-
-    An engine turns a window of the archive into the train and holdout splits
-    (:class:`~stream.refit.examples.ExampleSplit`) and the grown vocabulary; everything
-    after (the fits, the gate, publishing) is the same code for every engine.
-    """
-
-    @abstractmethod
-    def read(
-        self,
-        scope: ExitStack,
-        window: RefitWindow,
-        model: GlobalModel,
-        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
-    ) -> RefitInputs:
-        """``window``'s examples as splits in the columns of the grown index; what they hold lives until ``scope`` closes."""
-
-
-class LocalEngine(RefitEngine):
-    """This process streams the archive into chunks spilled to a temporary directory (:mod:`stream.refit.spill`)."""
-
-    def __init__(self, settings: Settings, show_progress: bool = False) -> None:
-        self.settings = settings
-        self.archive = ArchiveFiles(settings.archive_path)
-        self.loss = get_loss(settings.model.loss)
-        self._show_progress = show_progress
-
-    def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
-        progress = Progress("refit: reading the archive", unit="examples") if self._show_progress else None
-        batch: list[dict] = []
-        for record in self.archive.examples_between(window.start_ms, window.end_ms):
-            batch.append(record)
-            if len(batch) >= READ_BATCH:
-                if progress is not None:
-                    progress.advance(len(batch))
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-        if progress is not None:
-            progress.advance(len(batch))
-            progress.finish()
-
-    def read(
-        self,
-        scope: ExitStack,
-        window: RefitWindow,
-        model: GlobalModel,
-        tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
-    ) -> RefitInputs:
-        """The splits spilled to disk as the archive streams by; the vocabulary grows in the same read."""
-        refit = self.settings.refit
-        spill = scope.enter_context(SpillDirectory())
-        dim = model.global_index.dim
-        train = spill.split("train", dim, refit.chunk_rows)
-        holdout = spill.split("holdout", dim, refit.chunk_rows)
-        vocabulary = VocabularyCounter(model, growable_vocabulary(self.settings))
-        dropped = 0
-        for records in self._batches(window):
-            train_rows, holdout_rows, lost = split_records(records, model, tables, window, refit, self.loss, vocabulary)
-            train.add(*train_rows)
-            holdout.add(*holdout_rows)
-            dropped += lost
-        train.flush()
-        holdout.flush()
-        growth = vocabulary.grow(refit.vocabulary_min_count)
-        for split in (train, holdout):
-            split.move_columns(dim, growth.provisional_columns, growth.model.global_index.dim)
-        return RefitInputs(growth.model, window, train, holdout, dropped, growth)
-
-
-def growable_vocabulary(settings: Settings) -> list[str]:
-    """The coordinates whose index this refit grows (none without ``refit.grow_vocabulary``)."""
-    if not settings.refit.grow_vocabulary:
-        return []
-    return growable_coordinates(settings.model, settings.refit.grow_global_vocabulary)
+def _unpublished(inputs: RefitInputs) -> RefitResult:
+    """A result of ``inputs`` that says nothing was published yet."""
+    return RefitResult(
+        "skipped",
+        inputs.model.version,
+        window_ms=(inputs.window.start_ms, inputs.window.end_ms),
+        holdout_from_ms=inputs.window.holdout_ms,
+        train_examples=inputs.train.rows,
+        holdout_examples=inputs.holdout.rows,
+        dropped_examples=inputs.dropped,
+        admitted_features=dict(inputs.growth.admitted),
+    )
 
 
 def make_engine(settings: Settings, show_progress: bool = False) -> RefitEngine:
@@ -353,7 +260,7 @@ class GlobalRefit:
     ) -> RefitInputs:
         """``window``'s archived examples as train and holdout splits, with offsets from ``tables`` (or join time).
 
-        The engine reads them (:class:`RefitEngine`). The vocabulary grows in the same read
+        The engine reads them (:class:`~stream.refit.engine.RefitEngine`). The vocabulary grows in the same read
         (:mod:`stream.refit.vocabulary`): the splits come back in the columns of the grown
         index, and ``RefitInputs.model`` is the grown model (its global coefficients zero on
         the new columns).
@@ -383,7 +290,7 @@ class GlobalRefit:
         self.stats.runs += 1
         with ExitStack() as scope:
             inputs = prepare(scope)
-            result = inputs.result()
+            result = _unpublished(inputs)
             if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
                 log.warning(
                     "refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 
 from stream.archive.files import ArchiveFile, ArchiveFiles
-from stream.backtest.events import read_events, replay_key, valid_event
 from stream.config import Settings
 from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
 from stream.errors import GlmixError
+from stream.event_log import read_events, replay_key, valid_event
 from stream.model.export import index_counts, record_from_counts
 from stream.model.features import FeatureKey
 from stream.model.game import CoordinateSpec, RandomEffectData, RandomEffectModel, fit_random_effect
@@ -59,6 +59,7 @@ from stream.refit.bootstrap import (
     history_dataset,
     labels_of_history,
 )
+from stream.refit.engine import READ_BATCH, RefitEngine, RefitInputs, growable_vocabulary
 from stream.refit.examples import (
     TREE_FANOUT,
     Columns,
@@ -72,7 +73,6 @@ from stream.refit.examples import (
     tree_sum,
     unpack_columns,
 )
-from stream.refit.job import READ_BATCH, RefitEngine, RefitInputs, growable_vocabulary
 from stream.refit.vocabulary import VocabularyCounter
 from stream.refit.window import RefitWindow, split_records
 from stream.tables.models import CoefficientTable, GlobalModel
@@ -368,7 +368,7 @@ def spark_bootstrap_model(settings: Settings, paths: Sequence[str | Path]) -> tu
     """
     from pyspark import StorageLevel
 
-    from stream.backtest.events import writer_schema_name
+    from stream.event_log import writer_schema_name
 
     by_kind: dict[str, list[str]] = {"Impression": [], "Interaction": []}
     for path in paths:

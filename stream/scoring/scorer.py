@@ -21,9 +21,9 @@ import numpy as np
 
 from stream.codec.columnar.bags import field_values
 from stream.config import ModelSettings
+from stream.config.settings import entity_of
 from stream.errors import GlmixError, InvalidValueError
 from stream.gc_pause import cyclic_gc_paused
-from stream.model.dataset import entity_of
 from stream.model.game import GLOBAL
 from stream.model.losses import get_loss
 from stream.model.uncertainty import covariance, thompson_samples

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from tests.backtest.worlds import emerging_world_log
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.backtest.replay import Backtest, BacktestError, BacktestOptions
 from stream.cli import main
 from stream.codec.container import read_container

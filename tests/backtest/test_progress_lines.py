@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.consumers.labeling import IMPRESSION
 from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.backtest.replay import BacktestOptions, BacktestResult
 from stream.config import load_settings
 from stream.model.metrics import auc

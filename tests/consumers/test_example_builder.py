@@ -17,7 +17,7 @@ from stream.codec.schemas import AvroSchema
 from stream.config import load_settings
 from stream.consumers.impressions import impression_rows
 from stream.consumers.labeling import ExampleIndexer, unlabeled_records
-from stream.model.dataset import entity_of
+from stream.config.settings import entity_of
 from stream.model.export import initial_global_model_record
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.tables.indexing import FeatureResolver

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.archive.files import ArchiveFiles
-from stream.backtest.events import replay_order
+from stream.event_log import replay_order
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.codec import make_codec
 from stream.codec.validation import impression_problem, interaction_problem

@@ -27,7 +27,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.archive.files import ArchiveFiles
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.config import load_settings
 from stream.kafka import producer_config

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from stream.archive.files import ArchiveFiles, hour_of
-from stream.backtest.events import EventLog
+from stream.event_log import EventLog
 from stream.config import load_settings
 from stream.model.export import initial_global_model_record
 from stream.model.game import global_partial

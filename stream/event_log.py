@@ -1,4 +1,4 @@
-"""A time-ordered event log for a backtest: Impression and Interaction records from Avro container files or topics.
+"""A time-ordered event log for a backtest or a bootstrap: Impression and Interaction records from Avro container files or topics.
 
 Photon-ML GAME input files that carry an event time are read as such events too
 (:func:`game_input_events`).
