@@ -19,7 +19,7 @@ from typing import Any
 
 import fsspec
 
-from stream.codec.container import read_container_file, write_container_file
+from stream.codec.container import container_metadata, read_container_file, write_container_file
 from stream.errors import DiskFullError, GlmixError, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ HOUR_MS = 3_600_000
 SCHEMA = "LabeledExample"
 _HOUR_DIR = re.compile(r"dt=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})$")
 _PART = re.compile(r"part-(\d+)-(\d+)-(\d+)\.avro$")
+_FIRST_TIME, _LAST_TIME = "glmix.first_event_time", "glmix.last_event_time"  # in each file's header
 
 
 def hour_of(event_time_ms: int) -> int:
@@ -86,10 +87,13 @@ class ArchiveFiles:
         directory = self._dir(hour_ms)
         name = f"part-{partition:05d}-{first_offset:020d}-{last_offset:020d}.avro"
         temporary = f"{directory}/.{name}.tmp"
+        records = list(records)
+        times = [int(r["event_time"]) for r in records]
+        metadata = {_FIRST_TIME: str(min(times)), _LAST_TIME: str(max(times))} if times else {}
         try:
             self.fs.makedirs(directory, exist_ok=True)
             with self.fs.open(temporary, "wb") as out:
-                write_container_file(out, SCHEMA, records)
+                write_container_file(out, SCHEMA, records, metadata=metadata)
             self.fs.mv(temporary, f"{directory}/{name}")
         except OSError as exc:
             self._remove_partial(temporary)
@@ -138,6 +142,18 @@ class ArchiveFiles:
         """Stream one file's examples."""
         with self.fs.open(file.path, "rb") as fh:
             yield from read_container_file(fh, SCHEMA, file.path)
+
+    def event_times(self, file: ArchiveFile) -> tuple[int, int] | None:
+        """The first and last event time of ``file``'s examples (None when it holds none), from its header.
+
+        A file written without them in its header (by an older version) is read through.
+        """
+        with self.fs.open(file.path, "rb") as fh:
+            metadata = container_metadata(fh, file.path)
+        if _FIRST_TIME in metadata and _LAST_TIME in metadata:
+            return int(metadata[_FIRST_TIME]), int(metadata[_LAST_TIME])
+        times = [int(r["event_time"]) for r in self.read(file)]
+        return (min(times), max(times)) if times else None
 
     def examples_between(self, from_ms: int, to_ms: int) -> Iterator[dict[str, Any]]:
         """Stream every archived example with ``from_ms <= event_time < to_ms`` (hour by hour)."""

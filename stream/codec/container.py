@@ -18,9 +18,16 @@ from stream.codec.schemas import load_schema
 
 
 def write_container_file(
-    out: IO[bytes], schema_name: str, records: Iterable[Mapping[str, Any]], codec: str = "deflate"
+    out: IO[bytes],
+    schema_name: str,
+    records: Iterable[Mapping[str, Any]],
+    codec: str = "deflate",
+    metadata: Mapping[str, str] | None = None,
 ) -> int:
-    """Write ``records`` as an Avro container with schema ``schema_name`` to ``out``; returns the count."""
+    """Write ``records`` as an Avro container with schema ``schema_name`` to ``out``; returns the count.
+
+    ``metadata`` goes into the file's header (:func:`container_metadata` reads it back without the records).
+    """
     schema = load_schema(schema_name)
     count = 0
 
@@ -31,7 +38,7 @@ def write_container_file(
             yield record
 
     try:
-        fastavro.writer(out, schema.parsed, counted(), codec=codec)
+        fastavro.writer(out, schema.parsed, counted(), codec=codec, metadata=dict(metadata or {}))
     except (ValueError, TypeError, KeyError) as exc:
         raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
     return count
@@ -75,6 +82,14 @@ def read_container_file(fh: IO[bytes], schema_name: str, name: str = "<stream>")
             yield record
     except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
         raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
+
+
+def container_metadata(fh: IO[bytes], name: str = "<stream>") -> dict[str, str]:
+    """The key-value metadata of an open container file's header (``avro.schema`` and ``avro.codec`` included)."""
+    try:
+        return dict(fastavro.reader(fh).metadata)
+    except (ValueError, EOFError) as exc:
+        raise DecodeError(f"{name}: not an Avro container file: {exc}") from exc
 
 
 def read_container(path: str | Path, schema_name: str) -> Iterator[dict[str, Any]]:

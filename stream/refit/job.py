@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,8 +204,12 @@ class GlobalRefit:
             raise RefitError(f"empty refit window [{from_ms}, {to_ms})")
         return RefitWindow(from_ms, to_ms - int((to_ms - from_ms) * self.refit.holdout_fraction), to_ms)
 
-    def _event_time(self, hour_ms: int, pick) -> int:
-        return pick(r["event_time"] for f in self.archive.files(hour_ms) for r in self.archive.read(f))
+    def _event_time(self, hour_ms: int, pick: Callable[[Iterable[int]], int]) -> int:
+        """The first (``min``) or last (``max``) event time archived in the hour, from the files' headers."""
+        bounds = [b for f in self.archive.files(hour_ms) if (b := self.archive.event_times(f)) is not None]
+        if not bounds:
+            raise RefitError(f"the archive's hour {hour_ms} holds no examples")
+        return pick(t for first, last in bounds for t in (first, last))
 
     # ------------------------------------------------------------------ the run
 

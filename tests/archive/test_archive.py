@@ -43,9 +43,22 @@ def test_files_are_hourly_whole_and_expire_by_retention(tmp_path):
     assert files.archived_through(START + HOUR_MS, 0) == 11
     inside = list(files.examples_between(START + 6, START + 2 * HOUR_MS))
     assert [e["example_id"] for e in inside] == ["imp-1", "imp-10", "imp-11"]
+    [first, second] = files.files(START)
+    assert files.event_times(first) == (START + 5, START + 6) and files.event_times(second) == (START + 1, START + 1)
     assert files.expire(START + 3 * HOUR_MS, retention_hours=2) == [START]
     assert files.hours() == [START + h * HOUR_MS for h in range(1, 4)]
     assert files.expire(START + 3 * HOUR_MS, retention_hours=0) == []
+
+
+def test_a_file_without_its_event_times_in_the_header_is_read_through_for_them(tmp_path):
+    from stream.codec.container import write_container
+
+    files = ArchiveFiles(str(tmp_path / "archive"))
+    (tmp_path / "archive" / hour_dir(START)).mkdir(parents=True)
+    write_container(tmp_path / "archive" / hour_dir(START) / "part-00000-00000000000000000000-00000000000000000001.avro",
+                    "LabeledExample", [example(0, START + 9), example(1, START + 4)])  # as versions before wrote them
+    [file] = files.files(START)
+    assert files.event_times(file) == (START + 4, START + 9)
 
 
 @pytest.mark.kafka
