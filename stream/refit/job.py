@@ -135,7 +135,7 @@ class RefitResult:
         return out
 
 
-def _unpublished(inputs: RefitInputs) -> RefitResult:
+def unpublished_result(inputs: RefitInputs) -> RefitResult:
     """A result of ``inputs`` that says nothing was published yet."""
     return RefitResult(
         "skipped",
@@ -294,7 +294,7 @@ class GlobalRefit:
         self.stats.runs += 1
         with ExitStack() as scope:
             inputs = prepare(scope)
-            result = _unpublished(inputs)
+            result = unpublished_result(inputs)
             if inputs.train.rows < self.refit.min_examples or inputs.holdout.rows == 0:
                 log.warning(
                     "refit: too few examples (%d training, %d holdout; need %d and 1); nothing published",

@@ -18,7 +18,7 @@ from stream.codec.photon import read_models
 from stream.config import load_settings
 from stream.kafka import producer_config
 from stream.model.export import initial_global_model_record
-from stream.refit.job import GlobalRefit, RefitError
+from stream.refit.job import GlobalRefit, RefitError, unpublished_result
 from stream.refit.spill import SpillDirectory
 from stream.scoring.scorer import Scorer
 from stream.synthetic import World, WorldSpec, labeled_impressions
@@ -138,7 +138,7 @@ def test_refit_improves_holdout_auc_publishes_reruns_safely_and_refuses_a_worse_
                          x.data)
         shuffled.flush()
         worse = refit.fit(shuffled, np.zeros(inputs.train.dim))
-        outcome = inputs.result()
+        outcome = unpublished_result(inputs)
         decision = refit.decide(outcome, inputs.model, {"residual": worse}, shuffled, inputs.holdout)
     assert not decision.passed and outcome.status == "refused" and refit.stats.refused == 1
     assert outcome.candidate_metrics["auc"] < outcome.current_metrics["auc"] - 0.002
