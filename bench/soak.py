@@ -154,8 +154,12 @@ def summary(process: Watched, warmup_s: float, mode: str) -> dict:
             line.update(archive_mb_end=round(last["archive_bytes"] / MB, 1),
                         archive_mb_per_hour=slope_per_hour(fitted, "archive_bytes", MB))
     if process.metrics_port is not None:
+        loop = [s["loop_p99_ms"] for s in fitted if s.get("loop_p99_ms") is not None]
         line.update(lag_end_messages=last["lag_messages"], loop_p99_ms_end=last["loop_p99_ms"],
-                    lag_max_messages=max((s["lag_messages"] or 0) for s in fitted))
+                    lag_max_messages=max((s["lag_messages"] or 0) for s in fitted),
+                    lag_messages_per_hour=slope_per_hour(fitted, "lag_messages"),
+                    loop_p99_ms_median=round(float(np.median(loop)), 1) if loop else None,
+                    loop_p99_ms_max=round(float(max(loop)), 1) if loop else None)
     return {**line, "reproduce": REPRODUCE}
 
 
