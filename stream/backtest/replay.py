@@ -16,6 +16,9 @@ from a warm-up of ``joiner.bootstrap_impressions`` impressions, as the live join
 builds it; every ``refit_every_ms`` the examples so far are archived and the refit runs
 (vocabulary growth included) on the last ``refit.window_hours``. The replay is one
 partition: the watermark is the whole log's, not one Kafka partition's.
+
+Without refits the join does not depend on what the models learn, so a log can be joined once
+(:meth:`Backtest.joined`) and learned from under many priors (:meth:`Backtest.run_joined`), as ``glmix tune`` does.
 """
 
 from __future__ import annotations
