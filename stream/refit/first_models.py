@@ -71,18 +71,15 @@ def refuse_published_model(settings: Settings, client: str) -> None:
         )
 
 
-def publish_first_model(settings: Settings, record: dict[str, Any]) -> None:
-    """Publish ``record`` as the first model on ``model.global``; refuse when the topic already has one."""
+def _publish_global_model(settings: Settings, record: dict[str, Any], client: str) -> None:
+    """Publish ``record`` on ``model.global``, refused when a model got there meanwhile (checked again: the
+    entities took time)."""
     from confluent_kafka import Producer
 
     from stream.codec import make_codec
     from stream.kafka.clients import producer_config
 
-    if not settings.kafka.bootstrap_servers:
-        raise FirstModelError(
-            "glmix bootstrap publishes to Kafka: give --bootstrap-servers (or --output FILE --no-publish)"
-        )
-    refuse_published_model(settings, "bootstrap")
+    refuse_published_model(settings, client)
     topic = settings.topics.model_global
     codec = make_codec("GlobalModel", topic, settings.kafka.schema_registry_url, settings.kafka.schema_registry)
     producer = Producer(producer_config(settings.kafka, settings.kafka.bootstrap_servers))
@@ -110,7 +107,7 @@ def publish_first_models(
     """
     refuse_published_model(settings, client)
     publish_entity_models(settings, coordinates, record["index_version"])
-    publish_first_model(settings, record)
+    _publish_global_model(settings, record, client)
 
 
 def publish_entity_models(
