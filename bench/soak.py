@@ -30,6 +30,12 @@ of it for the rest of ``--minutes``; the target is the measured maximum (``--loa
 line per process and phase gives its RSS peak, the lag's peak and end, the loop p99 at the phase's end, and for
 the recovery how long the lag took to fall below a tenth of its peak (``drained_after_s``).
 
+The glmix processes fetch with ``kafka.consumer.fetch.wait.max.ms`` = ``--fetch-wait-ms`` (500), not the setting's
+50: Tansu 0.6's in-memory log answers a fetch with nothing when gathering its records takes longer than the wait, and
+once it holds a few GB a 50 ms wait starved the joiner (an hour at 1,262 events/s: the lag grew from minute ~35 on;
+a probe at the joiner's offsets read 0 records/s at 50 ms, ~2,200 at 100-200 ms and 25,000 at 500 ms). A real
+Kafka broker answers as soon as records are there, whatever the wait.
+
 Lines: ``max`` (unless --rate), ``soak-sample`` per process and sample (--verbose only), ``soak`` per process (the
 slopes and the figures at the end), ``soak-state`` per stage store, and ``soak-run`` (the run's parameters, the
 rate produced, the machine's 1-minute load average at start and end).
@@ -257,7 +263,7 @@ def stop(popens: list[subprocess.Popen], grace_s: float = 60.0) -> None:
 
 
 def soak(broker: BrokerProcess, phases: list[tuple[float, float]], split: bool, retention_ms: int,
-         verbose: bool) -> tuple[list[Watched], dict]:
+         verbose: bool, fetch_wait_ms: int) -> tuple[list[Watched], dict]:
     """Run the processes through ``phases`` ((events/s, seconds) each), sampling each every 10 s; returns them and
     what was produced.
 
@@ -265,7 +271,7 @@ def soak(broker: BrokerProcess, phases: list[tuple[float, float]], split: bool, 
     """
     root = Path(tempfile.mkdtemp(prefix="glmix-bench-soak-"))
     try:
-        watched, produced = loaded_run(broker, root, phases, split, retention_ms, verbose)
+        watched, produced = loaded_run(broker, root, phases, split, retention_ms, verbose, fetch_wait_ms)
         lines = list(state_lines([w for w in watched if w.state_dir is not None], "split" if split else "all"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -273,12 +279,13 @@ def soak(broker: BrokerProcess, phases: list[tuple[float, float]], split: bool, 
 
 
 def loaded_run(broker: BrokerProcess, root: Path, phases: list[tuple[float, float]], split: bool,
-               retention_ms: int, verbose: bool) -> tuple[list[Watched], dict]:
+               retention_ms: int, verbose: bool, fetch_wait_ms: int) -> tuple[list[Watched], dict]:
     """The processes under ``root`` with the live producer and the follower; the samples and what was produced."""
     bootstrap = broker.bootstrap_servers
     values = run_all.overrides(bootstrap, str(root), **{
         "joiner.attribution_window_ms": "60000", "joiner.allowed_lateness_ms": "5000",
-        "joiner.early_positives": "true", "joiner.emitted_retention_ms": str(retention_ms), "batching": "natural"})
+        "joiner.early_positives": "true", "joiner.emitted_retention_ms": str(retention_ms), "batching": "natural",
+        "kafka.consumer.fetch.wait.max.ms": str(fetch_wait_ms)})
     settings = load_settings(overrides=values)
     prepare_topics(settings, bootstrap)
     pipeline.publish_first_model(settings)
@@ -332,6 +339,9 @@ def main() -> None:
     parser.add_argument("--overload", action="store_true",
                         help="twice the target for --overload-minutes, then half of it for the rest of --minutes")
     parser.add_argument("--overload-minutes", type=float, default=5.0, help="the overload phase (default 5)")
+    parser.add_argument("--fetch-wait-ms", type=int, default=500,
+                        help="the glmix processes' kafka.consumer.fetch.wait.max.ms (default 500: with the setting's "
+                             "50, Tansu's in-memory log answers fetches with nothing once it holds a few GB)")
     parser.add_argument("--verbose", action="store_true", help="also print every sample")
     args = parser.parse_args()
     minutes = 3.0 if args.quick else args.minutes
@@ -350,7 +360,7 @@ def main() -> None:
         overload_s = min(args.overload_minutes * 60, seconds) if args.overload else 0.0
         phases = [(2 * target, overload_s), (target / 2, seconds - overload_s)] if args.overload else [(target, seconds)]
         watched, outcome = soak(broker, [(rate, s) for rate, s in phases if s > 0], args.split,
-                                int(args.retention_minutes * 60_000), args.verbose)
+                                int(args.retention_minutes * 60_000), args.verbose, args.fetch_wait_ms)
     for process in watched:
         print(json.dumps(summary(process, warmup_s, mode)), flush=True)
         if args.overload:
@@ -367,6 +377,7 @@ def main() -> None:
                       "events_per_s": round((produced["impressions"] + produced["clicks"]) / seconds),
                       "impressions": produced["impressions"], "clicks": produced["clicks"],
                       "attribution_window_ms": 60_000, "emitted_retention_ms": int(args.retention_minutes * 60_000),
+                      "fetch_wait_ms": args.fetch_wait_ms,
                       "cores": os.cpu_count(), "load_avg_1m_start": round(load_start, 2),
                       "load_avg_1m_end": round(os.getloadavg()[0], 2), "reproduce": REPRODUCE}), flush=True)
 
