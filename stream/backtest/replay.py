@@ -133,7 +133,7 @@ class _CoordinateReplay:
         self.name = name
         coordinate = settings.model.coordinates[name]
         self.math = CoordinateMath.of(coordinate, get_loss(settings.model.loss))
-        self.store, _ = open_or_wipe(directory / f"states-{name}")
+        self.store, _ = open_or_wipe(directory / f"states-{name}", write_ahead_log=False)  # a replay's temporary state
         self.table = CoefficientTable(name, coordinate.max_features)
         self.reader = ExampleReader(SingleObjectCodec(load_schema("LabeledExample")), name, self.math.layout.dim)
         self._next_offset = 0
@@ -287,7 +287,7 @@ class _Run:
         model_record: dict[str, Any] | None,
     ) -> None:
         self.settings, self.options, self.join = settings, options, join
-        self.store: PartitionStore = open_or_wipe(workdir / "join")[0]
+        self.store: PartitionStore = open_or_wipe(workdir / "join", write_ahead_log=False)[0]
         self.coordinates = [_CoordinateReplay(settings, name, workdir) for name in settings.model.coordinates]
         self.tables = {c.name: c.table for c in self.coordinates}
         self.model = GlobalModelTable(settings.model)

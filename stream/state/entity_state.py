@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -36,12 +37,12 @@ class StateLayout:
         """Stored precision values: d (diagonal) or d(d+1)/2 (packed upper triangle)."""
         return self.dim if self.diagonal else packed_size(self.dim)
 
-    @property
+    @cached_property
     def tag(self) -> int:
         """A 32-bit fingerprint of the layout, stored in every state."""
         return zlib.crc32(f"glmix-state-v1:{self.dim}:{int(self.diagonal)}:{self.window}".encode())
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
         """The numpy record type of one state."""
         d, w = self.dim, self.window

@@ -132,33 +132,47 @@ class FeatureColumns:
 
     def missed_features(self) -> MissedFeatures:
         """The missed features as the resolver lists them, keys decoded to strings (the joiner packs and counts these)."""
-        return self._missed(np.flatnonzero(self.missed), self.rows, self.lacking)
+        where = np.flatnonzero(self.missed)
+        return self._missed(where, self.rows[where], self.lacking.sum(axis=1))
 
     def indexed(self, rows: np.ndarray) -> IndexedRows:
-        """Features of the batch rows ``rows`` only, as the resolver indexes them: row ``i`` of the result is ``rows[i]``."""
-        position = np.full(len(self.features.row_offsets) - 1, -1, dtype=np.int64)
-        position[rows] = np.arange(len(rows))
-        renumbered = position[self.rows]
-        kept = renumbered >= 0
-        out_rows, out_columns, out_values = [], [], []
-        for slot in range(self.columns.shape[0]):
-            placed = kept & (self.columns[slot] >= 0)
-            out_rows.append(renumbered[placed])
-            out_columns.append(self.columns[slot, placed])
-            out_values.append(self.features.values[placed])
-        lacking = self.lacking & kept
-        missed = self._missed(np.flatnonzero(lacking.any(axis=0)), renumbered, lacking)
-        return IndexedRows(rows=out_rows, columns=out_columns, values=out_values, missed=missed)
+        """Features of the batch rows ``rows`` only, as the resolver indexes them: row ``i`` of the result is ``rows[i]``.
 
-    def _missed(self, where: np.ndarray, rows: np.ndarray, lacking: np.ndarray) -> MissedFeatures:
+        Only those rows' features are touched, so a micro-batch of a long decoded batch (a
+        backtest's whole log) costs what its own rows hold.
+        """
+        offsets = self.features.row_offsets
+        ordered = np.sort(rows)
+        starts, ends = offsets[ordered], offsets[ordered + 1]
+        counts = ends - starts
+        total = int(counts.sum())
+        run_starts = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        elements = run_starts + np.arange(total)  # the rows' features in batch order, as the resolver lists them
+        position = np.empty(len(offsets) - 1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        renumbered = position[self.rows[elements]]
+        columns = self.columns[:, elements]
+        values = self.features.values[elements]
+        placed = columns >= 0
+        lacking = self.lacking[:, elements]
+        where = np.flatnonzero(lacking.any(axis=0))
+        return IndexedRows(
+            rows=[renumbered[p] for p in placed],
+            columns=[c[p] for c, p in zip(columns, placed)],
+            values=[values[p] for p in placed],
+            missed=self._missed(elements[where], renumbered[where], lacking.sum(axis=1)),
+        )
+
+    def _missed(self, elements: np.ndarray, rows: np.ndarray, per_slot: np.ndarray) -> MissedFeatures:
+        """Features ``elements`` of the batch, on rows ``rows`` of the result; ``per_slot`` as :class:`MissedFeatures`."""
         f = self.features
         keys = [
             (f.text(f.bag_offsets[e], f.bag_lengths[e]),
              f.text(f.name_offsets[e], f.name_lengths[e]),
              f.text(f.term_offsets[e], f.term_lengths[e]))
-            for e in where.tolist()
+            for e in elements.tolist()
         ]  # fmt: skip
-        return MissedFeatures(rows[where], keys, f.values[where], lacking.sum(axis=1))
+        return MissedFeatures(rows, keys, f.values[elements], per_slot)
 
 
 @dataclass(frozen=True)
