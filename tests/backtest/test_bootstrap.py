@@ -14,7 +14,7 @@ from stream.refit.game_models import latest_entity_models
 from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files
 from stream.tables.follower import ModelFollower
-from tests.backtest.worlds import backtest_settings
+from tests.backtest.worlds import backtest_settings, emerging_world_log
 
 
 @pytest.mark.kafka
@@ -80,13 +80,14 @@ def _photon_records(events, labels: dict[str, float]) -> list[dict]:
 
 
 def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impressions_give(
-        emerging_log, tmp_path, capsys):
+        tmp_path, capsys):
     from stream.codec.photon import write_training_examples
     from stream.model.export import fitted_global_model_record
     from stream.refit.bootstrap import labels_of_history
 
     settings = backtest_settings()
-    events = emerging_log.events[: len(emerging_log) // 3]
+    history = emerging_world_log(tmp_path / "history", requests=2000)
+    events = history.events
     labels = labels_of_history(settings, events)
     photon = tmp_path / "train.avro"
     write_training_examples(photon, _photon_records(events, labels))
@@ -118,6 +119,6 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     assert main(["bootstrap", "--from", str(unknown_only), "--no-publish"]) == 2
     assert "no Photon-ML feature maps to a feature bag of the model (most frequent names: browser)" in (
         capsys.readouterr().err)
-    assert main(["bootstrap", "--from", str(photon), *emerging_log.sources[:1], "--no-publish"]) == 2
+    assert main(["bootstrap", "--from", str(photon), *history.sources[:1], "--no-publish"]) == 2
     assert "give one kind of history: event files, Photon-ML TrainingExampleAvro files or GAME input files" in (
         capsys.readouterr().err)

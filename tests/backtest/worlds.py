@@ -14,9 +14,11 @@ from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files
 
 
-def emerging_world_log(directory) -> EventLog:
+def emerging_world_log(directory, requests: int = 6000) -> EventLog:
     """A world whose vocabulary arrives over time: new skills and companies, many jobs with few impressions each."""
-    world = World(WorldSpec(seed=5, members=300, jobs=3000, requests=6000, emerging_terms=20, mean_request_gap_ms=200))
+    world = World(
+        WorldSpec(seed=5, members=300, jobs=3000, requests=requests, emerging_terms=20, mean_request_gap_ms=200)
+    )
     write_avro_files(event_stream(world), directory)
     return EventLog.from_paths([directory / "impressions.avro", directory / "interactions.avro"])
 
