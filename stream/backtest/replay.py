@@ -56,7 +56,7 @@ from stream.refit.schedule import next_refit_due
 from stream.state.partition_store import PartitionStore, open_or_wipe
 from stream.tables.models import CoefficientTable, GlobalModelTable
 from stream.updaters.entity_updates import update_entities
-from stream.updaters.examples import ExampleReader, valid_entity_batch
+from stream.updaters.examples import ExampleReader, valid_entity_batches
 from stream.updaters.state_update import CoordinateMath
 
 log = logging.getLogger(__name__)
@@ -151,16 +151,19 @@ class _CoordinateReplay:
         read = self.reader.read(values, offsets)
         if not len(read.rows):
             return
-        batch, _ = valid_entity_batch(read.examples)
-        update = update_entities(self.store, self.math, batch)
-        self.store.commit(update.writes, offsets={"input": int(offsets[-1])})
-        self.table.apply(
-            {"entity_id": e, "version": v, "means": m}
-            for e, v, m in zip(update.entity_ids, update.states["version"], update.states["mean"])
-        )
-        self.entity_updates += len(update.entity_ids)
-        self.widened_entities += update.outcome.widened_entities
-        self.reset_entities += update.outcome.reset_entities
+        batches, _ = valid_entity_batches(read.examples)
+        writes: list[tuple[bytes, bytes]] = []
+        for batch in batches:
+            update = update_entities(self.store, self.math, batch)
+            writes += update.writes
+            self.table.apply(
+                {"entity_id": e, "version": v, "means": m}
+                for e, v, m in zip(update.entity_ids, update.states["version"], update.states["mean"])
+            )
+            self.entity_updates += len(update.entity_ids)
+            self.widened_entities += update.outcome.widened_entities
+            self.reset_entities += update.outcome.reset_entities
+        self.store.commit(writes, offsets={"input": int(offsets[-1])})
 
     def close(self) -> None:
         self.store.close()

@@ -207,11 +207,46 @@ def group_by_entity(examples: CoordinateExamples) -> EntityBatch:
     )
 
 
-def valid_entity_batch(examples: CoordinateExamples) -> tuple[EntityBatch, np.ndarray]:
-    """``examples`` grouped by entity, and the positions of those left out for invalid values.
+# Entities are padded to the most events one of them has in the batch; a batch is cut in two where that would
+# more than double the cells of its entities' real events (a hot entity would otherwise pad every other one), unless
+# its cells stay this few (one more update call costs more than padding them).
+_MAX_PADDING = 2.0
+_SMALL_CELLS = 4096
+
+
+def entity_batches(examples: CoordinateExamples) -> list[EntityBatch]:
+    """``examples`` grouped by entity, entities of alike event counts together, so padding stays within 2x.
+
+    Every entity is in exactly one batch; the updates of entities are independent, so the
+    batches give what one batch of them all would.
+    """
+    if not len(examples):
+        return [group_by_entity(examples)]
+    _, inverse, counts = np.unique(examples.entity_ids.astype(str), return_inverse=True, return_counts=True)
+    by_count = np.argsort(counts, kind="stable")
+    values, multiplicity = np.unique(counts[by_count], return_counts=True)
+    ends = np.cumsum(multiplicity).tolist()
+    cuts, first, real = [], 0, 0
+    for count, many, end in zip(values.tolist(), multiplicity.tolist(), ends):
+        padded = (end - first) * count  # this count is the group's largest: every entity padded to it
+        if first < end - many and padded > _SMALL_CELLS and padded > _MAX_PADDING * (real + count * many):
+            cuts.append(end - many)
+            first, real = end - many, 0
+        real += count * many
+    if not cuts:
+        return [group_by_entity(examples)]
+    group = np.empty(len(counts), dtype=np.int64)
+    for number, members in enumerate(np.split(by_count, cuts)):
+        group[members] = number
+    of_example = group[inverse]
+    return [group_by_entity(examples.take(of_example == number)) for number in range(len(cuts) + 1)]
+
+
+def valid_entity_batches(examples: CoordinateExamples) -> tuple[list[EntityBatch], np.ndarray]:
+    """``examples`` grouped by entity (:func:`entity_batches`), and the positions of those left out for invalid values.
 
     The one way from read examples to an update's input: the live updater (which
     dead-letters the examples left out) and the backtest both call it.
     """
     invalid = invalid_values(examples)
-    return group_by_entity(examples.take(~invalid) if invalid.any() else examples), np.flatnonzero(invalid)
+    return entity_batches(examples.take(~invalid) if invalid.any() else examples), np.flatnonzero(invalid)

@@ -42,7 +42,7 @@ from stream.state.exceptions import StateLayoutError
 from stream.state.partition_store import NO_OFFSET, PartitionStore
 from stream.state.store_changelog import throttle
 from stream.updaters.entity_updates import entity_key, update_entities
-from stream.updaters.examples import CoordinateExamples, ExampleReader, valid_entity_batch
+from stream.updaters.examples import CoordinateExamples, EntityBatch, ExampleReader, valid_entity_batches
 from stream.updaters.state_update import CoordinateMath
 
 log = logging.getLogger(__name__)
@@ -232,17 +232,25 @@ class CoordinateUpdater(Stage):
         checkpoint: Checkpoint,
     ) -> list[tuple[bytes, bytes]]:
         """Update one partition's entities and publish them; returns the store writes (key, state)."""
-        layout = self.math.layout
-        batch, invalid_rows = valid_entity_batch(examples)
+        batches, invalid_rows = valid_entity_batches(examples)
         for row in invalid_rows.tolist():
             self.clients.dead_letters.send(
                 checkpoint, messages[row], "non-finite feature, label, weight, offset or score, or a negative weight"
             )
+        writes: list[tuple[bytes, bytes]] = []
+        for batch in batches:
+            writes += self._update_entities(store, partition, batch, checkpoint)
+        return writes
+
+    def _update_entities(
+        self, store: PartitionStore, partition: int, batch: EntityBatch, checkpoint: Checkpoint
+    ) -> list[tuple[bytes, bytes]]:
+        """Update one batch of the partition's entities and publish them; returns the store writes (key, state)."""
         self.stats.examples += int(batch.mask.sum())
         update = update_entities(store, self.math, batch)
         outcome = update.outcome
         values = entity_model_values(
-            self._model_codec, self.coordinate, update.entity_ids, update.states, layout, partition
+            self._model_codec, self.coordinate, update.entity_ids, update.states, self.math.layout, partition
         )
         for entity_id, value in zip(update.entity_ids, values):
             checkpoint.produce(self.coefficients_topic, entity_id.encode(), value, partition)

@@ -14,7 +14,7 @@ from stream.codec import AvroSchema, DecodeError, SingleObjectCodec, load_schema
 from stream.codec.avro import REGISTRY_MAGIC, SINGLE_OBJECT_MAGIC
 from stream.codec.columnar import Status
 from stream.codec.labeled_example import scan_labeled
-from stream.updaters.examples import ExampleReader, valid_entity_batch
+from stream.updaters.examples import ExampleReader, valid_entity_batches
 from tests.codec.test_columnar import LONG_EDGES, STRICTER_THAN_FASTAVRO, ints, longs, text
 
 SCHEMA = load_schema("LabeledExample")
@@ -148,7 +148,7 @@ def test_a_bad_value_is_named_and_the_batch_goes_on():
     assert examples.input_offsets.tolist() == [100, 107, 108]
     assert examples.offsets.tolist() == [0.5 + 0.25 + 0.125] * 3  # the fixed offset and the other coordinates' scores
     assert examples.features[0].tolist() == [0.0, 1.0, 2.0] and examples.entity_ids.tolist() == ["m1"] * 3
-    batch, invalid = valid_entity_batch(examples)
+    [batch], invalid = valid_entity_batches(examples)
     assert invalid.tolist() == [1] and batch.mask.sum() == 2  # the negative weight
 
 

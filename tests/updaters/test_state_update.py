@@ -9,7 +9,7 @@ from stream.config import CoordinateSettings
 from stream.model.losses import get_loss
 from stream.model.newton import EntityEvents, GaussianPrior, newton_update
 from stream.model.priors import l2_prior
-from stream.updaters.examples import CoordinateExamples, group_by_entity
+from stream.updaters.examples import CoordinateExamples, entity_batches, group_by_entity
 from stream.updaters.state_update import CoordinateMath, apply_batch
 
 D = 4
@@ -52,6 +52,26 @@ def test_grouping_pads_each_entity_in_input_order():
     assert batch.mask.sum(axis=1).tolist() == [3, 4]
     assert batch.input_offsets[0, :3].tolist() == [1, 3, 5] and batch.input_offsets[1].tolist() == [0, 2, 4, 6]
     assert np.array_equal(batch.features[0, 1], ex.features[3])
+
+
+@pytest.mark.parametrize("prior", ["bayes", "l2"])
+def test_a_hot_entity_gets_a_batch_of_its_own_and_every_state_is_what_one_batch_gives(prior):
+    """One entity with 3,000 events among 2,000 with one each: one padded batch would be 3,000 x 2,001 slots."""
+    entities = [f"e{i}" for i in range(2000)]
+    ex = _examples(5000, entities + ["hot"] * 3000, seed=4)
+    batches = entity_batches(ex)
+    assert len(batches) == 2 and [b.num_entities for b in batches] == [2000, 1]
+    assert all(b.mask.sum() == b.mask.size for b in batches)  # no padding left: each batch's counts are alike
+    math = _math(prior=prior)
+    whole = group_by_entity(ex)
+    expected = apply_batch(math, _fresh(math, whole), whole).states
+    got = np.concatenate([apply_batch(math, _fresh(math, b), b).states for b in batches])
+    ids = np.concatenate([b.entity_ids for b in batches])
+    order = np.argsort(ids)
+    assert ids[order].tolist() == whole.entity_ids.tolist()
+    for field in ("mean", "precision", "version", "last_offset", "event_count"):
+        assert np.array_equal(got[order][field], expected[field]), field
+    assert len(entity_batches(_examples(60, ["a", "b", "c"], seed=1))) == 1  # a small batch stays whole
 
 
 def test_bayes_update_is_the_newton_solution_from_the_new_entity_prior():
