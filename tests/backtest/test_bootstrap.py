@@ -29,7 +29,8 @@ def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its
     windows = ["--set", "joiner.attribution_window_ms=60000", "--set", "joiner.allowed_lateness_ms=60000"]
     args = ["--bootstrap-servers", kafka_bootstrap, "--set", f"topics.model_global=global-{unique_name}",
             "--set", f"kafka.group_prefix={unique_name}", "--set", f"topics.coefficients_prefix=coef-{unique_name}-",
-            *windows]
+            "--set", f"topics.examples_by_member=by-member-{unique_name}",  # the defaults may exist with other
+            "--set", f"topics.examples_by_job=by-job-{unique_name}", *windows]  # partition counts on this broker
     assert main(["bootstrap", "--from", *paths, "--output", str(model_file), *args]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["events"] == len(history) and summary["published_to"] == f"global-{unique_name}"
