@@ -114,7 +114,10 @@ class EventLog:
         return log
 
     def _add(self, kind: str, records: Iterable[Mapping], progress: Progress | None = None) -> None:
-        listed = list(records)
+        # Chunks of event-time order: a replay's micro-batch then finds its impressions in one or two decoded chunks,
+        # whose feature lookup the join keeps (a chunk of file order scattered them over four or five). The sort is
+        # stable, so the replay order (replay_order, also stable) is what it was.
+        listed = sorted(records, key=lambda record: record["event_time"])
         for start in range(0, len(listed), _IMPRESSION_CHUNK):
             chunk = listed[start : start + _IMPRESSION_CHUNK]
             if kind == INTERACTION:
