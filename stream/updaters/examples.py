@@ -179,7 +179,16 @@ class EntityBatch:
 
 def group_by_entity(examples: CoordinateExamples) -> EntityBatch:
     """Pad ``examples`` into per-entity rows without a Python loop over entities."""
+    return _padded(examples, *_entities(examples))
+
+
+def _entities(examples: CoordinateExamples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted distinct entity ids, each example's entity among them, and each entity's example count."""
     ids, inverse, counts = np.unique(examples.entity_ids.astype(str), return_inverse=True, return_counts=True)
+    return ids, inverse, counts
+
+
+def _padded(examples: CoordinateExamples, ids: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> EntityBatch:
     order = np.argsort(inverse, kind="stable")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     slot = np.arange(len(order)) - np.repeat(starts, counts)
@@ -220,9 +229,7 @@ def entity_batches(examples: CoordinateExamples) -> list[EntityBatch]:
     Every entity is in exactly one batch; the updates of entities are independent, so the
     batches give what one batch of them all would.
     """
-    if not len(examples):
-        return [group_by_entity(examples)]
-    _, inverse, counts = np.unique(examples.entity_ids.astype(str), return_inverse=True, return_counts=True)
+    ids, inverse, counts = _entities(examples)
     by_count = np.argsort(counts, kind="stable")
     values, multiplicity = np.unique(counts[by_count], return_counts=True)
     ends = np.cumsum(multiplicity).tolist()
@@ -234,7 +241,7 @@ def entity_batches(examples: CoordinateExamples) -> list[EntityBatch]:
             first, real = end - many, 0
         real += count * many
     if not cuts:
-        return [group_by_entity(examples)]
+        return [_padded(examples, ids, inverse, counts)]
     group = np.empty(len(counts), dtype=np.int64)
     for number, members in enumerate(np.split(by_count, cuts)):
         group[members] = number
