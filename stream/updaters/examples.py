@@ -190,7 +190,7 @@ def _entities(examples: CoordinateExamples) -> tuple[np.ndarray, np.ndarray, np.
 
 def _padded(examples: CoordinateExamples, ids: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> EntityBatch:
     order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    starts = np.cumsum(counts) - counts
     slot = np.arange(len(order)) - np.repeat(starts, counts)
     rows = inverse[order]
     b, n, d = len(ids), int(counts.max(initial=0)), examples.features.shape[1]

@@ -9,7 +9,7 @@ from stream.config import CoordinateSettings
 from stream.model.losses import get_loss
 from stream.model.newton import EntityEvents, GaussianPrior, newton_update
 from stream.model.priors import l2_prior
-from stream.updaters.examples import CoordinateExamples, entity_batches, group_by_entity
+from stream.updaters.examples import CoordinateExamples, entity_batches, group_by_entity, valid_entity_batches
 from stream.updaters.state_update import CoordinateMath, apply_batch
 
 D = 4
@@ -72,6 +72,16 @@ def test_a_hot_entity_gets_a_batch_of_its_own_and_every_state_is_what_one_batch_
     for field in ("mean", "precision", "version", "last_offset", "event_count"):
         assert np.array_equal(got[order][field], expected[field]), field
     assert len(entity_batches(_examples(60, ["a", "b", "c"], seed=1))) == 1  # a small batch stays whole
+
+
+def test_a_micro_batch_whose_examples_are_all_invalid_groups_to_no_entity_and_updates_nothing():
+    ex = _examples(3, ["a", "b"], seed=5)
+    ex.features[:, 1] = np.nan
+    [batch], invalid = valid_entity_batches(ex)
+    assert invalid.tolist() == [0, 1, 2] and batch.num_entities == 0 and batch.features.shape == (0, 0, D)
+    math = _math()
+    outcome = apply_batch(math, _fresh(math, batch), batch)
+    assert not outcome.changed.any() and outcome.absorbed_events == 0
 
 
 def test_bayes_update_is_the_newton_solution_from_the_new_entity_prior():
