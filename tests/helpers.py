@@ -130,3 +130,19 @@ def assert_screen(screen: list[str], patterns: list[str]) -> list[int]:
         assert match, (line, pattern)
         counts.append(int(match.group(1).replace(",", "")))
     return counts
+
+
+def scanned_examples(records: list[dict]):
+    """``LabeledExample`` records as the refit reads them from the archive: Avro bodies back to back, scanned."""
+    import io
+
+    from fastavro import schemaless_writer
+
+    from stream.codec import load_schema
+    from stream.codec.labeled_example import scan_bodies
+    from stream.model.game import GLOBAL
+
+    out = io.BytesIO()
+    for record in records:
+        schemaless_writer(out, load_schema("LabeledExample").parsed, record)
+    return scan_bodies(out.getvalue(), len(records), GLOBAL, 0)

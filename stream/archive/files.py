@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import numpy as np
 
-from stream.codec.container import container_metadata, read_container_file, write_container_file
+from stream.codec.container import container_bodies, container_metadata, read_container_file, write_container_file
+from stream.codec.labeled_example import LabeledColumns, scan_bodies
 from stream.errors import DiskFullError, GlmixError, is_disk_full
+from stream.model.game import GLOBAL
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,28 @@ class ArchiveFiles:
         with self.fs.open(file.path, "rb") as fh:
             yield from read_container_file(fh, SCHEMA, file.path)
 
+    def scanned(self, files: Sequence[ArchiveFile], rows: int) -> Iterator[LabeledColumns]:
+        """The examples of ``files``, in order, scanned into columns in batches of about ``rows`` (whole blocks).
+
+        The refit's read: the compiled scan of the blocks' bodies, with the global
+        coordinate as the scan's own (``margin`` is then the fixed offset plus every random
+        effect's join-time score). Raises :class:`ArchiveError` naming the file of an example that does not scan.
+        """
+        parts: list[bytes] = []
+        counts: list[tuple[ArchiveFile, int]] = []
+        held = 0
+        for file in files:
+            with self.fs.open(file.path, "rb") as fh:
+                for data, count in container_bodies(fh, SCHEMA, file.path):
+                    parts.append(data)
+                    counts.append((file, count))
+                    held += count
+                    if held >= rows:
+                        yield _scanned(parts, counts, held)
+                        parts, counts, held = [], [], 0
+        if counts:
+            yield _scanned(parts, counts, held)
+
     def event_times(self, file: ArchiveFile) -> tuple[int, int] | None:
         """The first and last event time of ``file``'s examples (None when it holds none), from its header.
 
@@ -172,3 +197,16 @@ class ArchiveFiles:
             self.fs.rm(self._dir(h), recursive=True)
             log.info("archive: deleted hour %s (retention %d h)", hour_dir(h), retention_hours)
         return expired
+
+
+def _scanned(parts: list[bytes], counts: list[tuple[ArchiveFile, int]], rows: int) -> LabeledColumns:
+    """One scan of consecutive blocks' bodies (``rows`` in all); a body that does not scan fails it, naming its file."""
+    columns = scan_bodies(b"".join(parts), rows, GLOBAL, 0)
+    bad = np.flatnonzero(~columns.ok)
+    if len(bad):
+        row = int(bad[0])
+        for file, count in counts:
+            if row < count:
+                raise ArchiveError(f"{file.path}: an archived example does not read: {columns.reason(int(bad[0]))}")
+            row -= count
+    return columns

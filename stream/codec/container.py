@@ -6,6 +6,8 @@ The ``*_file`` variants take an open binary file, so callers can use any filesys
 
 from __future__ import annotations
 
+import io
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import IO, Any, cast
 import fastavro
 
 from stream.codec.exceptions import DecodeError, EncodeError
-from stream.codec.schemas import load_schema
+from stream.codec.schemas import AvroSchema, load_schema
 
 
 def write_container_file(
@@ -80,7 +82,31 @@ def read_container_file(fh: IO[bytes], schema_name: str, name: str = "<stream>")
                 if isinstance(value, datetime):
                     record[key] = (value - _EPOCH) // _MILLISECOND
             yield record
-    except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
+    except (ValueError, EOFError, zlib.error, fastavro.read.SchemaResolutionError) as exc:
+        raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
+
+
+def container_bodies(fh: IO[bytes], schema_name: str, name: str = "<stream>") -> Iterator[tuple[bytes, int]]:
+    """Each block of an open container file as (its records' Avro bodies back to back, how many), in ``schema_name``.
+
+    A compiled scan reads the bodies without fastavro building a dict per record. When the
+    file's writer schema is ``schema_name``'s (the same parsing canonical form) a block's
+    bodies are its own decompressed bytes; records of any other writer schema are resolved
+    by fastavro and encoded again, so the bodies always have the one layout the scan knows.
+    """
+    schema = load_schema(schema_name)
+    try:
+        blocks = fastavro.block_reader(fh, reader_schema=schema.plain)
+        same = AvroSchema.from_json(blocks.metadata["avro.schema"]).fingerprint == schema.fingerprint
+        for block in blocks:
+            if same:  # a block's decompressed bytes; fastavro's type stubs leave the attribute out
+                yield block.bytes_.getvalue(), block.num_records  # type: ignore[attr-defined]
+            else:
+                out = io.BytesIO()
+                for record in block:
+                    fastavro.schemaless_writer(out, schema.parsed, record)
+                yield out.getvalue(), block.num_records
+    except (ValueError, EOFError, KeyError, zlib.error, fastavro.read.SchemaResolutionError) as exc:
         raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
 
 

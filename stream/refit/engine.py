@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from stream.archive.files import ArchiveFiles
+from stream.codec.labeled_example import LabeledColumns
 from stream.config import Settings
 from stream.model.losses import get_loss
 from stream.progress import Progress
@@ -66,20 +67,14 @@ class LocalEngine(RefitEngine):
         self.loss = get_loss(settings.model.loss)
         self._show_progress = show_progress
 
-    def _batches(self, window: RefitWindow) -> Iterator[list[dict]]:
+    def _batches(self, window: RefitWindow) -> Iterator[LabeledColumns]:
         progress = Progress("refit: reading the archive", unit="examples") if self._show_progress else None
-        batch: list[dict] = []
-        for record in self.archive.examples_between(window.start_ms, window.end_ms):
-            batch.append(record)
-            if len(batch) >= READ_BATCH:
-                if progress is not None:
-                    progress.advance(len(batch))
-                yield batch
-                batch = []
-        if batch:
+        files = self.archive.files_between(window.start_ms, window.end_ms)
+        for batch in self.archive.scanned(files, READ_BATCH):
             yield batch
+            if progress is not None:
+                progress.advance(len(batch))
         if progress is not None:
-            progress.advance(len(batch))
             progress.finish()
 
     def read(
@@ -97,8 +92,10 @@ class LocalEngine(RefitEngine):
         holdout = spill.split("holdout", dim, refit.chunk_rows)
         vocabulary = VocabularyCounter(model, growable_vocabulary(self.settings))
         dropped = 0
-        for records in self._batches(window):
-            train_rows, holdout_rows, lost = split_records(records, model, tables, window, refit, self.loss, vocabulary)
+        for examples in self._batches(window):
+            train_rows, holdout_rows, lost = split_records(
+                examples, model, tables, window, refit, self.loss, vocabulary
+            )
             train.add(*train_rows)
             holdout.add(*holdout_rows)
             dropped += lost

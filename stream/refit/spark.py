@@ -3,8 +3,9 @@
 What runs where, for one refit:
 
 * **Executors read.** Each archive file is one task: the package's own Avro reader
-  (:class:`~stream.archive.files.ArchiveFiles`, fastavro; no Maven package, no Spark Avro
-  data source) streams its examples through :func:`~stream.refit.window.split_records`,
+  (:meth:`~stream.archive.files.ArchiveFiles.scanned`, the compiled scan of the file's
+  blocks; no Maven package, no Spark Avro data source) streams its examples through
+  :func:`~stream.refit.window.split_records`,
   the same rule the local engine applies, and counts the vocabulary
   (:class:`~stream.refit.vocabulary.VocabularyCounter`) on the way.
 * **The driver grows the vocabulary** from the added-up counts (the same
@@ -177,11 +178,8 @@ def _read_file(
     vocabulary = VocabularyCounter(model, growable)
     parts: dict[str, list[RowBatch]] = {name: [] for name in SPLITS}
     dropped = 0
-    records = [r for r in archive.read(file) if window.start_ms <= r["event_time"] < window.end_ms]
-    for start in range(0, len(records), READ_BATCH):
-        train, holdout, lost = split_records(
-            records[start : start + READ_BATCH], model, {}, window, settings.refit, loss, vocabulary
-        )
+    for examples in archive.scanned([file], READ_BATCH):
+        train, holdout, lost = split_records(examples, model, {}, window, settings.refit, loss, vocabulary)
         parts["train"].append(train)
         parts["holdout"].append(holdout)
         dropped += lost

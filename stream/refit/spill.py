@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,11 +132,3 @@ class SpillDirectory:
 
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def packed_global_features(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row lengths, int32 columns and float32 values of records' packed global features."""
-    indices = [r["global_features"]["indices"] for r in records]
-    values = [r["global_features"]["values"] for r in records]
-    lengths = np.fromiter((len(b) // 4 for b in indices), dtype=np.int64, count=len(records))
-    return (lengths, np.frombuffer(b"".join(indices), dtype="<i4"), np.frombuffer(b"".join(values), dtype="<f4"))

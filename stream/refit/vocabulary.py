@@ -23,7 +23,6 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
@@ -89,17 +88,17 @@ class VocabularyCounter:
         return hit
 
     def global_columns(
-        self, records: Sequence[Mapping[str, Any]], count: np.ndarray
+        self, unindexed: Sequence[bytes | None], count: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per record, its unindexed global features as (lengths, columns, values); rows where ``count`` is set are counted.
+        """Per example, its unindexed global features (``unindexed``: each example's packed
+        ``unindexed_features``) as (lengths, columns, values); rows where ``count`` is set are counted.
 
         Columns at or past the global index's ``dim`` are provisional until :meth:`grow`.
         """
-        lengths = np.zeros(len(records), dtype=np.int64)
+        lengths = np.zeros(len(unindexed), dtype=np.int64)
         columns: list[int] = []
         values: list[float] = []
-        for row, record in enumerate(records):
-            packed = record.get("unindexed_features")
+        for row, packed in enumerate(unindexed):
             if not packed:
                 continue
             for bag, items in decode_bags(packed).items():

@@ -1,8 +1,8 @@
-"""What the refit makes of archived records, batch by batch: the usable rows of its train and holdout splits.
+"""What the refit makes of archived examples, batch by batch: the usable rows of its train and holdout splits.
 
 One function, :func:`split_records`, for every engine: the local refit calls it on the
-batches it streams from the archive, Spark executors on the records of the files they read
-(:mod:`stream.refit.spark`). Every step is row by row (offsets, validity, the split by
+batches it scans from the archive (:meth:`stream.archive.files.ArchiveFiles.scanned`),
+Spark executors on those of the files they read (:mod:`stream.refit.spark`). Every step is row by row (offsets, validity, the split by
 event time, the sample), except that the vocabulary counter gives new global features
 provisional columns in the order it meets them; the columns they end in do not depend on
 that order (:mod:`stream.refit.vocabulary`).
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream.codec.labeled_example import LabeledColumns, rescanned
 from stream.config import RefitSettings
-from stream.consumers.example_builder import add_scores
+from stream.consumers.example_builder import join_time_scores
 from stream.model.game import GLOBAL
 from stream.model.losses import Loss
 from stream.refit.examples import RowBatch
-from stream.refit.spill import packed_global_features
 from stream.refit.vocabulary import VocabularyCounter
-from stream.tables.models import CoefficientTable, GlobalModel
+from stream.tables.models import CoefficientTable, EntityTable, GlobalModel
 from stream.tables.stored_table import StoredCoefficientTable
 
 _HASH_SCALE = float(2**64)
@@ -38,9 +38,28 @@ class RefitWindow:
     end_ms: int
 
 
-def random_effect_offsets(records: Sequence[Mapping]) -> np.ndarray:
-    """Each example's fixed offset plus every random-effect coordinate's recorded score."""
-    return np.array([r["offset"] + sum(v for k, v in r["scores"].items() if k != GLOBAL) for r in records])
+def current_offsets(
+    examples: LabeledColumns, rows: np.ndarray, model: GlobalModel, tables: Mapping[str, EntityTable]
+) -> np.ndarray:
+    """The fixed offsets of ``rows`` plus every random effect's margin under ``tables`` (the current coefficients)."""
+    global_lengths, global_columns, global_values, _ = examples.global_features(rows)
+    global_coo = (
+        np.repeat(np.arange(len(rows)), global_lengths),
+        global_columns.astype(np.int64),
+        global_values.astype(np.float64),
+    )
+    coordinates = {}
+    for name, table in tables.items():
+        scanned = rescanned(examples, name, table.dim)
+        present = scanned.found[rows]
+        ids = scanned.entity_ids(rows)
+        coordinates[name] = (scanned.features(rows), [i if p else "" for i, p in zip(ids, present)], present)
+    scores = join_time_scores(len(rows), global_coo, coordinates, model, tables)
+    others = np.zeros(len(rows))
+    for k, name in enumerate(scores.names):
+        if name != GLOBAL:
+            others = others + scores.scores[:, k]
+    return examples.offset[rows] + others
 
 
 def with_rows(
@@ -70,7 +89,7 @@ def sample_uniform(example_ids: Sequence[str]) -> np.ndarray:
 
 
 def split_records(
-    records: Sequence[dict],
+    examples: LabeledColumns,
     model: GlobalModel,
     tables: Mapping[str, CoefficientTable | StoredCoefficientTable],
     window: RefitWindow,
@@ -78,39 +97,41 @@ def split_records(
     loss: Loss,
     vocabulary: VocabularyCounter,
 ) -> tuple[RowBatch, RowBatch, int]:
-    """The training and holdout rows of ``records`` (archived examples of ``window``) and how many were dropped.
+    """The training and holdout rows of ``examples`` (archived, scanned) in ``window``, and how many were dropped.
 
     Indexes only append columns, so examples of every index version up to ``model``'s are
     used; each example's unindexed global features get the columns ``vocabulary`` gives
     them (and are counted on the training rows). Training negatives are kept at
     ``refit.negative_sample_rate`` with weight ``1 / rate``.
     """
-    usable = [r for r in records if r["index_version"] <= model.index_version]
-    dropped = len(records) - len(usable)
-    times = np.array([r["event_time"] for r in usable], dtype=np.int64)
-    offsets = random_effect_offsets(usable)
-    fixed = np.array([r["offset"] for r in usable], dtype=np.float64)
+    event_times = examples.event_time
+    in_window = examples.ok & (event_times >= window.start_ms) & (event_times < window.end_ms)
+    rows = np.flatnonzero(in_window & (examples.index_version <= model.index_version))
+    dropped = int(in_window.sum()) - len(rows)
+    times = event_times[rows]
+    offsets = examples.margin[rows]
+    fixed = examples.offset[rows]
     if refit.offsets == "current":
-        add_scores(usable, model, tables)
-        offsets = np.where(times < window.holdout_ms, random_effect_offsets(usable), offsets)
-    labels = np.array([r["label"] for r in usable], dtype=np.float64)
-    weights = np.array([r["weight"] for r in usable], dtype=np.float64)
-    lengths, indices, values = packed_global_features(usable)
-    rows = np.repeat(np.arange(len(usable)), lengths)
-    bad_rows = rows[(indices < 0) | (indices >= model.global_index.dim) | ~np.isfinite(values)]
-    ok = np.isfinite(offsets) & np.isfinite(labels) & np.isfinite(weights) & (weights >= 0)
+        offsets = np.where(times < window.holdout_ms, current_offsets(examples, rows, model, tables), offsets)
+    labels = examples.label[rows]
+    weights = examples.weight[rows]
+    lengths, indices, values, malformed = examples.global_features(rows)
+    feature_rows = np.repeat(np.arange(len(rows)), lengths)
+    bad_rows = feature_rows[(indices < 0) | (indices >= model.global_index.dim) | ~np.isfinite(values)]
+    ok = np.isfinite(offsets) & np.isfinite(labels) & np.isfinite(weights) & (weights >= 0) & ~malformed
     ok &= loss.valid_labels(labels)
     ok[bad_rows] = False
     dropped += int((~ok).sum())
     trainable = ok & (times < window.holdout_ms)
-    unindexed = vocabulary.global_columns(usable, trainable)
+    unindexed = vocabulary.global_columns(examples.unindexed_features(rows), trainable)
     lengths, indices, values = with_rows((lengths, indices, values), unindexed)
     if refit.training_examples == "random_bucket":
-        trainable &= np.array([bool(r.get("random_bucket")) for r in usable], dtype=bool)
+        trainable &= examples.random_bucket[rows]
     train_weights = weights
     if refit.negative_sample_rate < 1.0:
         negative = trainable & (labels == 0)
-        kept = sample_uniform([r["example_id"] for r in usable]) < refit.negative_sample_rate
+        kept = np.zeros(len(rows), dtype=bool)
+        kept[negative] = sample_uniform(examples.example_ids(rows[negative])) < refit.negative_sample_rate
         trainable &= ~negative | kept
         train_weights = np.where(negative, weights / refit.negative_sample_rate, weights)
     splits = []

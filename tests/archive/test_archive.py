@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.archive.archiver import Archiver
-from stream.archive.files import HOUR_MS, ArchiveFiles, hour_dir
+from stream.archive.files import HOUR_MS, ArchiveError, ArchiveFiles, hour_dir
 from stream.codec import make_codec
 from stream.config import load_settings
 from stream.kafka import producer_config
@@ -59,6 +59,26 @@ def test_a_file_without_its_event_times_in_the_header_is_read_through_for_them(t
                     "LabeledExample", [example(0, START + 9), example(1, START + 4)])  # as versions before wrote them
     [file] = files.files(START)
     assert files.event_times(file) == (START + 4, START + 9)
+
+
+def test_the_refit_scans_the_archive_in_batches_of_whole_blocks_and_a_corrupt_file_is_named(tmp_path):
+    files = ArchiveFiles(str(tmp_path / "archive"))
+    for p in range(3):
+        files.write(START, p, 0, 99, [example(100 * p + i, START + i) for i in range(100)])
+    batches = list(files.scanned(files.files(START), rows=150))
+    assert [len(b) for b in batches] == [200, 100]  # a file's examples are one block: batches end at whole blocks
+    ids = [i for b in batches for i in b.example_ids(np.arange(len(b)))]
+    assert ids == [f"imp-{100 * p + i}" for p in range(3) for i in range(100)]
+    assert batches[0].margin.tolist() == [0.0] * 200  # the global coordinate's own score is not an offset
+    lengths, columns, values, malformed = batches[1].global_features(np.array([0, 99]))
+    assert lengths.tolist() == [2, 2] and columns.tolist() == [0, 3, 0, 3] and values.tolist() == [1, 0.5, 1, 0.5]
+    assert not malformed.any()
+    [_, broken, _] = files.files(START)
+    raw = bytearray(open(broken.path, "rb").read())
+    raw[-40:-16] = b"\x7f" * 24  # inside the block's deflated records, before its sync marker
+    open(broken.path, "wb").write(bytes(raw))
+    with pytest.raises(ArchiveError, match=r"part-00001-.*\.avro: "):
+        list(files.scanned(files.files(START), rows=150))
 
 
 @pytest.mark.kafka

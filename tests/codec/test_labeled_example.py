@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
+
+import fastavro
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ from hypothesis import strategies as st
 from stream.codec import AvroSchema, DecodeError, SingleObjectCodec, load_schema
 from stream.codec.avro import REGISTRY_MAGIC, SINGLE_OBJECT_MAGIC
 from stream.codec.columnar import Status
-from stream.codec.labeled_example import scan_labeled
+from stream.codec.container import container_bodies
+from stream.codec.labeled_example import rescanned, scan_bodies, scan_labeled
 from stream.updaters.examples import ExampleReader, valid_entity_batches
 from tests.codec.test_columnar import LONG_EDGES, STRICTER_THAN_FASTAVRO, ints, longs, text
 
@@ -69,6 +73,12 @@ def assert_row_is(columns, row: int, record: dict[str, Any]) -> None:
     assert same(columns.margin[row], expected_margin(record))
     assert columns.event_time[row] == record["event_time"] and columns.label_time[row] == record["label_time"]
     assert columns.index_version[row] == record["index_version"]
+    assert same(columns.offset[row], record["offset"]) and columns.random_bucket[row] == record["random_bucket"]
+    assert columns.example_ids(np.array([row])) == [record["example_id"]]
+    assert columns.unindexed_features(np.array([row])) == [record["unindexed_features"]]
+    for k, part in enumerate(("indices", "values")):
+        at, length = (columns.global_indices, columns.global_values)[k][:, row]
+        assert columns.data[at : at + length].tobytes() == record["global_features"][part]
     mine = record["coordinates"].get(COORDINATE)
     assert bool(columns.found[row]) == (mine is not None)
     if mine is not None:
@@ -86,6 +96,45 @@ def test_every_field_the_update_reads_equals_fastavro(records):
     columns = scan(values)
     for row, value in enumerate(values):
         assert_row_is(columns, row, CODEC.decode(value))
+
+
+def _container(records: list[dict[str, Any]], schema: AvroSchema = SCHEMA) -> io.BytesIO:
+    out = io.BytesIO()
+    # Without logical types, so that fastavro, the oracle, reads extreme times as the ints they are.
+    fastavro.writer(out, schema.plain, records, sync_interval=64)  # small blocks: several per file
+    out.seek(0)
+    return out
+
+
+@settings(deadline=None)
+@given(st.lists(examples, min_size=1, max_size=8))
+def test_a_container_files_bodies_scan_back_to_back_as_fastavro_reads_them(records):
+    blocks = list(container_bodies(_container(records), "LabeledExample"))
+    columns = scan_bodies(b"".join(data for data, _ in blocks), sum(n for _, n in blocks), COORDINATE, DIM)
+    decoded = list(fastavro.reader(_container(records)))
+    assert len(columns) == len(decoded)
+    for row, record in enumerate(decoded):
+        assert_row_is(columns, row, record)
+    again = rescanned(columns, "job", DIM)
+    for row, record in enumerate(decoded):
+        assert bool(again.found[row]) == ("job" in record["coordinates"])
+
+
+def test_an_older_writer_schemas_container_is_resolved_and_scanned_like_the_shipped_one():
+    plain = json.loads(SCHEMA.to_json())
+    plain["fields"] = [f for f in plain["fields"] if f["name"] != "position"]  # the reader's default fills it
+    older = AvroSchema.from_json(json.dumps(plain))
+    record = {k: v for k, v in _record().items() if k != "position"}
+    blocks = list(container_bodies(_container([record, record], older), "LabeledExample"))
+    columns = scan_bodies(b"".join(data for data, _ in blocks), 2, COORDINATE, DIM)
+    assert columns.ok.all() and columns.label.tolist() == [1.0, 1.0] and columns.margin.tolist() == [0.875, 0.875]
+
+
+def test_a_body_that_does_not_scan_fails_the_bodies_after_it():
+    body = CODEC.encode(_record())[len(CODEC.header()) :]
+    columns = scan_bodies(body + body[:-3] + body, 3, COORDINATE, DIM)
+    assert columns.status[0] == Status.OK and (columns.status[1:] != Status.OK).all()
+    assert scan_bodies(body + body + b"\0", 2, COORDINATE, DIM).status.tolist() == [Status.OK, Status.TRAILING_BYTES]
 
 
 def _agrees_with_fastavro(values: list[bytes]) -> None:

@@ -15,6 +15,7 @@ from stream.refit.window import RefitWindow, sample_uniform, split_records
 from stream.synthetic import World, WorldSpec, labeled_impressions
 from stream.synthetic.examples import joined_examples
 from stream.tables.models import GlobalModelTable
+from tests.helpers import scanned_examples
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +32,14 @@ def test_kept_negatives_are_chosen_by_example_id_and_weighted_by_the_inverse_rat
     settings = load_settings(overrides={"refit.negative_sample_rate": "0.25"})
     model, examples = world
     window = RefitWindow(0, 2**62, 2**63 - 1)  # every example trains
-    train, _, _ = split_records(examples, model, {}, window, settings.refit, get_loss("logistic"),
+    train, _, _ = split_records(scanned_examples(examples), model, {}, window, settings.refit, get_loss("logistic"),
                                 VocabularyCounter(model, []))
     labels = np.array([e["label"] for e in examples])
     kept = sample_uniform([e["example_id"] for e in examples]) < 0.25
     assert train.rows == int((labels == 1).sum() + (kept & (labels == 0)).sum())
     assert 0.2 < (kept & (labels == 0)).sum() / (labels == 0).sum() < 0.3
     assert set(train.weights[train.labels == 0]) == {4.0} and set(train.weights[train.labels == 1]) == {1.0}
-    again, _, _ = split_records(examples[::-1], model, {}, window, settings.refit, get_loss("logistic"),
+    again, _, _ = split_records(scanned_examples(examples[::-1]), model, {}, window, settings.refit, get_loss("logistic"),
                                 VocabularyCounter(model, []))
     assert again.rows == train.rows  # the same examples in any order, any batch: a hash, not a draw
 

@@ -42,6 +42,10 @@ def _examples(model: GlobalModel, impressions: list[dict], counts: dict | None =
     return [codec.decode(value) for value in encoded]
 
 
+def unindexed(records: list[dict]) -> list[bytes | None]:
+    return [r.get("unindexed_features") for r in records]
+
+
 def test_the_joiner_packs_and_counts_what_each_index_could_not_place():
     model = _model([_impression(0, ["python"], "nurse")])
     counts: dict[str, int] = {}
@@ -61,7 +65,7 @@ def test_growth_admits_by_count_most_frequent_first_up_to_capacity_and_fits_in_p
     impressions = [_impression(i + 1, ["python"], t) for i, t in enumerate(titles)]
     records = _examples(model, impressions)
     counter = VocabularyCounter(model, growable_coordinates(SETTINGS.model, grow_global=True))
-    lengths, columns, values = counter.global_columns(records, np.ones(len(records), dtype=bool))
+    lengths, columns, values = counter.global_columns(unindexed(records), np.ones(len(records), dtype=bool))
     assert lengths.tolist() == [1] * len(records) and values.tolist() == [1.0] * len(records)
     assert counter.counts["member"] == {("job_title", "pilot"): 8, ("job_title", "chef"): 6, ("job_title", "baker"): 5,
                                         ("job_title", "rare"): 2}
@@ -93,10 +97,10 @@ def test_examples_of_an_older_index_use_the_columns_a_later_version_gave_their_f
     model = _model([_impression(0, ["python"], "nurse")])
     older = _examples(model, [_impression(i, ["python"], "chef") for i in range(6)])
     counter = VocabularyCounter(model, ["global"])
-    counter.global_columns(older, np.ones(6, dtype=bool))
+    counter.global_columns(unindexed(older), np.ones(6, dtype=bool))
     grown = counter.grow(min_count=5).model
     again = VocabularyCounter(grown, ["global"])
-    lengths, columns, _ = again.global_columns(older, np.ones(6, dtype=bool))
+    lengths, columns, _ = again.global_columns(unindexed(older), np.ones(6, dtype=bool))
     assert columns.tolist() == [grown.global_index.column("job_title", "chef")] * 6 and not again.counts["global"]
     assert not again.grow(min_count=5).grew
 
@@ -124,7 +128,7 @@ def test_joiner_updaters_and_scorer_give_the_same_margins_across_a_version_chang
     v1.apply([record])
     counter = VocabularyCounter(v1.current, growable_coordinates(settings.model, grow_global=True))
     history = joined_examples(labeled, v1.current, settings.model)
-    counter.global_columns(history, np.ones(len(history), dtype=bool))
+    counter.global_columns(unindexed(history), np.ones(len(history), dtype=bool))
     growth = counter.grow(min_count=1)
     assert growth.grew
     v2 = GlobalModelTable(settings.model)
