@@ -2,14 +2,15 @@
 
 The local engine reads the archive once and writes each chunk of ``chunk_rows`` examples
 as plain ``.npy`` columns (:func:`stream.refit.examples.chunk_columns`). L-BFGS then passes
-over the chunks one at a time, each read back whole (from the page cache when it fits
-there) and dropped after use: the process holds one chunk plus the model, for 10M
-examples as for 10k. A split of a single chunk keeps it in memory between passes, which
+over the chunks one at a time, each memory-mapped (served from the page cache when it fits
+there, without a copy) and dropped after use: the process holds one chunk plus the model,
+for 10M examples as for 10k. A split of a single chunk keeps it in memory between passes, which
 is the same bound and spares every L-BFGS pass of a small refit its reads.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ from typing_extensions import Self
 from stream.model.game import GlobalBlock
 from stream.refit.examples import Columns, ExampleSplit, RowBatch, block_of, chunk_columns, remap_columns, tree_sum
 
-_COLUMNS = ("labels", "weights", "offsets", "fixed_offsets", "event_times", "indptr", "indices", "values")
+_FEATURES = ("indptr", "indices", "values")
+_COLUMNS = ("labels", "weights", "offsets", "fixed_offsets", "event_times", *_FEATURES)
 
 
 @dataclass
@@ -40,8 +42,6 @@ class SpilledExamples(ExampleSplit):
     rows: int = field(default=0, init=False)
     _pending: list[RowBatch] = field(default_factory=list, init=False)
     _pending_rows: int = field(default=0, init=False)
-    _moved: np.ndarray | None = field(default=None, init=False)
-    _moved_from: int = field(default=0, init=False)
     _resident: tuple[Path, dict[str, np.ndarray]] | None = field(default=None, init=False)
 
     def add(
@@ -88,17 +88,21 @@ class SpilledExamples(ExampleSplit):
         """Columns ``first + i`` stored so far now mean column ``moved[i]`` (-1: dropped) of a ``dim``-column problem.
 
         The vocabulary writer spills new features under provisional columns and decides
-        afterwards which it admits; chunks are mapped as they are read back.
+        afterwards which it admits. Each chunk is rewritten once, here, so that the fit's passes read it as it is.
         """
-        self._moved, self._moved_from, self.dim = np.asarray(moved, dtype=np.int64), first, dim
+        self.dim = dim
         self._resident = None
+        if not len(moved):
+            return
+        for chunk in self.chunks:
+            stored = {key: np.load(chunk / f"{key}.npy") for key in _FEATURES}
+            for key, array in remap_columns(stored, first, np.asarray(moved, dtype=np.int64)).items():
+                _replace(chunk / f"{key}.npy", array)
 
     def _columns(self, chunk: Path) -> dict[str, np.ndarray]:
         if self._resident is not None and self._resident[0] == chunk:
             return self._resident[1]
-        columns = {key: np.load(chunk / f"{key}.npy") for key in _COLUMNS}
-        if self._moved is not None:
-            columns = remap_columns(columns, self._moved_from, self._moved)
+        columns = {key: np.load(chunk / f"{key}.npy", mmap_mode="r") for key in _COLUMNS}
         if len(self.chunks) == 1:
             self._resident = (chunk, columns)
         return columns
@@ -115,6 +119,14 @@ class SpilledExamples(ExampleSplit):
     def mapped(self, per_chunk: Callable[[Columns], np.ndarray]) -> np.ndarray:
         """``per_chunk`` of every chunk, concatenated in chunk order."""
         return np.concatenate([per_chunk(self._columns(chunk)) for chunk in self.chunks])
+
+
+def _replace(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` by renaming a new file over it: a reader still mapping the old one keeps it whole."""
+    written = path.with_suffix(".new")
+    with open(written, "wb") as out:
+        np.save(out, array)
+    os.replace(written, path)
 
 
 class SpillDirectory:
