@@ -10,6 +10,7 @@ local directory or any fsspec URL.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,7 +21,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from stream.codec.container import container_bodies, container_metadata, read_container_file, write_container_file
+from stream.codec.container import (
+    container_bodies,
+    container_metadata,
+    encoded_bodies,
+    read_container_file,
+    write_container_bodies,
+)
 from stream.codec.labeled_example import LabeledColumns, scan_bodies
 from stream.errors import DiskFullError, GlmixError, is_disk_full
 from stream.model.game import GLOBAL
@@ -81,7 +88,21 @@ class ArchiveFiles:
     def write(
         self, hour_ms: int, partition: int, first_offset: int, last_offset: int, records: Iterable[Mapping[str, Any]]
     ) -> ArchiveFile:
-        """Write one file atomically (dot-name, then rename) and return it.
+        """Write one file of ``records`` (example dicts); see :meth:`write_bodies`."""
+        listed = list(records)
+        times = np.array([int(r["event_time"]) for r in listed], dtype=np.int64)
+        return self.write_bodies(hour_ms, partition, first_offset, last_offset, encoded_bodies(SCHEMA, listed), times)
+
+    def write_bodies(
+        self,
+        hour_ms: int,
+        partition: int,
+        first_offset: int,
+        last_offset: int,
+        bodies: Sequence[bytes],
+        event_times: np.ndarray,
+    ) -> ArchiveFile:
+        """Write one file atomically (dot-name, then rename) of examples already encoded (unframed bodies); return it.
 
         A write that fails leaves no file behind: the partial dot-file is deleted (on a full
         disk it holds the space a retry needs) and the error names the file, as
@@ -90,13 +111,11 @@ class ArchiveFiles:
         directory = self._dir(hour_ms)
         name = f"part-{partition:05d}-{first_offset:020d}-{last_offset:020d}.avro"
         temporary = f"{directory}/.{name}.tmp"
-        records = list(records)
-        times = [int(r["event_time"]) for r in records]
-        metadata = {_FIRST_TIME: str(min(times)), _LAST_TIME: str(max(times))} if times else {}
+        metadata = {_FIRST_TIME: str(event_times.min()), _LAST_TIME: str(event_times.max())} if len(bodies) else {}
         try:
             self.fs.makedirs(directory, exist_ok=True)
             with self.fs.open(temporary, "wb") as out:
-                write_container_file(out, SCHEMA, records, metadata=metadata)
+                write_container_bodies(out, SCHEMA, bodies, metadata=metadata)
             self.fs.mv(temporary, f"{directory}/{name}")
         except OSError as exc:
             self._remove_partial(temporary)
@@ -158,13 +177,14 @@ class ArchiveFiles:
         held = 0
         for file in files:
             with self.fs.open(file.path, "rb") as fh:
-                for data, count in container_bodies(fh, SCHEMA, file.path):
-                    parts.append(data)
-                    counts.append((file, count))
-                    held += count
-                    if held >= rows:
-                        yield _scanned(parts, counts, held)
-                        parts, counts, held = [], [], 0
+                whole = io.BytesIO(fh.read())  # one read: fastavro's many small ones through fsspec cost more
+            for data, count in container_bodies(whole, SCHEMA, file.path):
+                parts.append(data)
+                counts.append((file, count))
+                held += count
+                if held >= rows:
+                    yield _scanned(parts, counts, held)
+                    parts, counts, held = [], [], 0
         if counts:
             yield _scanned(parts, counts, held)
 

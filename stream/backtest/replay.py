@@ -29,7 +29,6 @@ import itertools
 import logging
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from stream.archive.files import ArchiveFiles, hour_of
+from stream.archive.files import HOUR_MS, ArchiveFiles
 from stream.codec.avro import SingleObjectCodec
 from stream.codec.schemas import load_schema
 from stream.config import Settings
@@ -301,6 +300,7 @@ class _Run:
         self.archive = ArchiveFiles(settings.archive_path)
         self.examples: list[dict[str, Any]] = []
         self._stored = SingleObjectCodec(load_schema("LabeledExample"))
+        self._bodies: list[bytes] = []  # self.examples as the archive keeps them
         self._unarchived = 0
         self.join_counts = JoinCounts()
         self.micro_batches = 0
@@ -367,6 +367,8 @@ class _Run:
         if examples:
             self.examples.extend(examples)
             values = self.join.encoded(labeled, self._stored)
+            header = len(self._stored.header())
+            self._bodies.extend(value[header:] for value in values)
             for coordinate in self.coordinates:
                 coordinate.absorb(values)
         self._note_vocabulary()
@@ -403,12 +405,13 @@ class _Run:
 
         False when the refit was skipped for want of examples, as ``glmix refit --every`` skips it.
         """
-        fresh = self.examples[self._unarchived :]
-        by_hour: dict[int, list[tuple[int, dict]]] = defaultdict(list)
-        for offset, example in enumerate(fresh, start=self._unarchived):
-            by_hour[hour_of(example["event_time"])].append((offset, example))
-        for hour, rows in sorted(by_hour.items()):
-            self.archive.write(hour, 0, rows[0][0], rows[-1][0], [e for _, e in rows])
+        times = np.fromiter((e["event_time"] for e in self.examples[self._unarchived :]), dtype=np.int64)
+        hours = times - times % HOUR_MS
+        for hour in np.unique(hours).tolist():
+            rows = np.flatnonzero(hours == hour)
+            first, last = self._unarchived + int(rows[0]), self._unarchived + int(rows[-1])
+            bodies = [self._bodies[self._unarchived + i] for i in rows.tolist()]
+            self.archive.write_bodies(hour, 0, first, last, bodies, times[rows])
         self._unarchived = len(self.examples)
         if self.model.current is None or not self.examples:
             return False

@@ -7,8 +7,9 @@ The ``*_file`` variants take an open binary file, so callers can use any filesys
 from __future__ import annotations
 
 import io
+import os
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, cast
@@ -44,6 +45,65 @@ def write_container_file(
     except (ValueError, TypeError, KeyError) as exc:
         raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
     return count
+
+
+_MAGIC = b"Obj\x01"
+_BLOCK_BYTES = 64 * 1024  # uncompressed record bytes per block
+
+
+def _long(value: int) -> bytes:
+    """``value`` as an Avro long (zig-zag varint)."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _bytes(value: bytes) -> bytes:
+    return _long(len(value)) + value
+
+
+def encoded_bodies(schema_name: str, records: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    """Each record Avro-encoded with ``schema_name``'s schema (unframed), for :func:`write_container_bodies`."""
+    schema = load_schema(schema_name)
+    bodies = []
+    for count, record in enumerate(records):
+        out = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(out, schema.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise EncodeError(f"{schema_name} record {count} does not match the schema: {exc}") from exc
+        bodies.append(out.getvalue())
+    return bodies
+
+
+def write_container_bodies(
+    out: IO[bytes], schema_name: str, bodies: Sequence[bytes], metadata: Mapping[str, str] | None = None
+) -> int:
+    """Write records already Avro-encoded with ``schema_name``'s schema (``bodies``, unframed) as a deflate container.
+
+    What :func:`write_container_file` writes, without decoding and encoding each record
+    again: the bodies go into the blocks as they are, so they must come from an encoder or
+    a scan of that schema. Returns the count.
+    """
+    header = {"avro.schema": load_schema(schema_name).text, "avro.codec": "deflate", **(metadata or {})}
+    sync = os.urandom(16)
+    out.write(_MAGIC + _long(len(header)))
+    out.write(b"".join(_bytes(k.encode()) + _bytes(v.encode()) for k, v in header.items()) + _long(0) + sync)
+    start = 0
+    while start < len(bodies):
+        end, size = start, 0
+        while end < len(bodies) and (size < _BLOCK_BYTES or end == start):
+            size += len(bodies[end])
+            end += 1
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec has it
+        block = compressor.compress(b"".join(bodies[start:end])) + compressor.flush()
+        out.write(_long(end - start) + _long(len(block)) + block + sync)
+        start = end
+    return len(bodies)
 
 
 def write_container(

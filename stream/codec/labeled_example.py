@@ -132,8 +132,14 @@ class LabeledColumns:
         return f"LabeledExample: {STATUS_TEXT[status]}{where} at byte {int(self.error_at[row])} of {length}"
 
     def _strings(self, refs: np.ndarray, rows: np.ndarray) -> list[str]:
-        raw = self.data.tobytes()
-        return [raw[a : a + n].decode() for a, n in zip(refs[0, rows].tolist(), refs[1, rows].tolist())]
+        return [text.decode() for text in self._slices(refs, rows)]
+
+    def _slices(self, refs: np.ndarray, rows: np.ndarray) -> list[bytes]:
+        """The bytes ``refs`` point at in ``rows``, gathered in one copy and cut apart."""
+        lengths = refs[1, rows]
+        raw = _gathered(self.data, refs[0, rows], lengths).tobytes()
+        ends = np.cumsum(lengths).tolist()
+        return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
     def entity_ids(self, rows: np.ndarray) -> list[str]:
         """The entity ids of ``rows`` (decoded: the scan checked their UTF-8)."""
@@ -145,9 +151,11 @@ class LabeledColumns:
 
     def unindexed_features(self, rows: np.ndarray) -> list[bytes | None]:
         """The packed unindexed features of ``rows`` (None where the example has none)."""
-        raw = self.data.tobytes()
-        refs = self.unindexed[:, rows].T.tolist()
-        return [raw[a : a + n] if has else None for (a, n), has in zip(refs, self.has_unindexed[rows].tolist())]
+        out: list[bytes | None] = [None] * len(rows)
+        present = np.flatnonzero(self.has_unindexed[rows])
+        for at, packed in zip(present.tolist(), self._slices(self.unindexed, rows[present])):
+            out[at] = packed
+        return out
 
     def global_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per row of ``rows``, its packed global features as (lengths, int32 columns, float32 values, malformed).
@@ -170,8 +178,17 @@ class LabeledColumns:
 
 def _gathered(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``data[offsets[i] : offsets[i] + lengths[i]]`` for every i, one after the other."""
-    ends = np.cumsum(lengths)
-    return data[np.repeat(offsets - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0)]
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    _gather(data, offsets, lengths, out)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _gather(data, offsets, lengths, out):
+    at = 0
+    for i in range(offsets.shape[0]):
+        out[at : at + lengths[i]] = data[offsets[i] : offsets[i] + lengths[i]]
+        at += lengths[i]
 
 
 def scan_labeled(
