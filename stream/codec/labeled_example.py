@@ -212,6 +212,9 @@ def scan_labeled(
     return _columns(data, starts, present, np.frombuffer(magic, dtype=np.uint8), prefixes, coordinate, dim, False)
 
 
+# No framing: the magic read-only and the header table writable, as scan_labeled passes them, so that numba
+# compiles (and caches) one specialization of the scan for both.
+_NO_MAGIC = np.frombuffer(b"", dtype=np.uint8)
 _NO_HEADER = np.zeros((1, 0), dtype=np.uint8)
 
 
@@ -224,13 +227,13 @@ def scan_bodies(data: bytes, count: int, coordinate: str, dim: int) -> LabeledCo
     starts[count] = len(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     present = np.ones(count, dtype=np.uint8)
-    return _columns(buffer, starts, present, _NO_HEADER[0], _NO_HEADER, coordinate, dim, True)
+    return _columns(buffer, starts, present, _NO_MAGIC, _NO_HEADER, coordinate, dim, True)
 
 
 def rescanned(columns: LabeledColumns, coordinate: str, dim: int) -> LabeledColumns:
     """The unframed bodies ``columns`` were scanned from, read again for another coordinate."""
     present = np.ones(len(columns), dtype=np.uint8)
-    return _columns(columns.data, columns.starts, present, _NO_HEADER[0], _NO_HEADER, coordinate, dim, False)
+    return _columns(columns.data, columns.starts, present, _NO_MAGIC, _NO_HEADER, coordinate, dim, False)
 
 
 def _columns(
