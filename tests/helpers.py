@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from stream.codec.container import encoded_bodies
+from stream.codec.labeled_example import LabeledColumns, scan_bodies
+from stream.model.game import GLOBAL
+
 T = TypeVar("T")
 
 
@@ -132,17 +136,6 @@ def assert_screen(screen: list[str], patterns: list[str]) -> list[int]:
     return counts
 
 
-def scanned_examples(records: list[dict]):
+def scanned_examples(records: list[dict]) -> LabeledColumns:
     """``LabeledExample`` records as the refit reads them from the archive: Avro bodies back to back, scanned."""
-    import io
-
-    from fastavro import schemaless_writer
-
-    from stream.codec import load_schema
-    from stream.codec.labeled_example import scan_bodies
-    from stream.model.game import GLOBAL
-
-    out = io.BytesIO()
-    for record in records:
-        schemaless_writer(out, load_schema("LabeledExample").parsed, record)
-    return scan_bodies(out.getvalue(), len(records), GLOBAL, 0)
+    return scan_bodies(b"".join(encoded_bodies("LabeledExample", records)), len(records), GLOBAL, 0)
