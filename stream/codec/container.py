@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import fastavro
+import numpy as np
 
+from stream.codec.columnar.writer import MAX_VARINT, write_long
 from stream.codec.exceptions import DecodeError, EncodeError
 from stream.codec.schemas import AvroSchema, load_schema
 
@@ -47,23 +49,7 @@ def write_container_file(
     return count
 
 
-_MAGIC = b"Obj\x01"
 _BLOCK_BYTES = 64 * 1024  # uncompressed record bytes per block
-
-
-def _long(value: int) -> bytes:
-    """``value`` as an Avro long (zig-zag varint)."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _bytes(value: bytes) -> bytes:
-    return _long(len(value)) + value
 
 
 def encoded_bodies(schema_name: str, records: Iterable[Mapping[str, Any]]) -> list[bytes]:
@@ -89,10 +75,12 @@ def write_container_bodies(
     again: the bodies go into the blocks as they are, so they must come from an encoder or
     a scan of that schema. Returns the count.
     """
-    header = {"avro.schema": load_schema(schema_name).text, "avro.codec": "deflate", **(metadata or {})}
     sync = os.urandom(16)
-    out.write(_MAGIC + _long(len(header)))
-    out.write(b"".join(_bytes(k.encode()) + _bytes(v.encode()) for k, v in header.items()) + _long(0) + sync)
+    # The header is fastavro's, written for no records; the blocks carry the same sync marker.
+    fastavro.writer(
+        out, load_schema(schema_name).parsed, [], codec="deflate", metadata=dict(metadata or {}), sync_marker=sync
+    )
+    counts = np.empty(2 * MAX_VARINT, dtype=np.uint8)
     start = 0
     while start < len(bodies):
         end, size = start, 0
@@ -101,7 +89,8 @@ def write_container_bodies(
             end += 1
         compressor = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec has it
         block = compressor.compress(b"".join(bodies[start:end])) + compressor.flush()
-        out.write(_long(end - start) + _long(len(block)) + block + sync)
+        used = write_long(counts, write_long(counts, 0, end - start), len(block))
+        out.write(counts[:used].tobytes() + block + sync)
         start = end
     return len(bodies)
 
@@ -162,10 +151,7 @@ def container_bodies(fh: IO[bytes], schema_name: str, name: str = "<stream>") ->
             if same:  # a block's decompressed bytes; fastavro's type stubs leave the attribute out
                 yield block.bytes_.getvalue(), block.num_records  # type: ignore[attr-defined]
             else:
-                out = io.BytesIO()
-                for record in block:
-                    fastavro.schemaless_writer(out, schema.parsed, record)
-                yield out.getvalue(), block.num_records
+                yield b"".join(encoded_bodies(schema_name, cast(Iterable[Mapping[str, Any]], block))), block.num_records
     except (ValueError, EOFError, KeyError, zlib.error, fastavro.read.SchemaResolutionError) as exc:
         raise DecodeError(f"{name}: not a readable {schema_name} container file: {exc}") from exc
 
