@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from stream.codec.columnar.kernel import (
+    gathered,
     grown,
     has_repeated_key,
     read_block_count,
@@ -36,6 +37,7 @@ from stream.codec.columnar.kernel import (
     read_long,
     read_string,
     same_range,
+    sliced,
     writer_of,
 )
 from stream.codec.columnar.plan import STATUS_TEXT, Status
@@ -132,14 +134,7 @@ class LabeledColumns:
         return f"LabeledExample: {STATUS_TEXT[status]}{where} at byte {int(self.error_at[row])} of {length}"
 
     def _strings(self, refs: np.ndarray, rows: np.ndarray) -> list[str]:
-        return [text.decode() for text in self._slices(refs, rows)]
-
-    def _slices(self, refs: np.ndarray, rows: np.ndarray) -> list[bytes]:
-        """The bytes ``refs`` point at in ``rows``, gathered in one copy and cut apart."""
-        lengths = refs[1, rows]
-        raw = _gathered(self.data, refs[0, rows], lengths).tobytes()
-        ends = np.cumsum(lengths).tolist()
-        return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        return [text.decode() for text in sliced(self.data, refs[0, rows], refs[1, rows])]
 
     def entity_ids(self, rows: np.ndarray) -> list[str]:
         """The entity ids of ``rows`` (decoded: the scan checked their UTF-8)."""
@@ -153,7 +148,10 @@ class LabeledColumns:
         """The packed unindexed features of ``rows`` (None where the example has none)."""
         out: list[bytes | None] = [None] * len(rows)
         present = np.flatnonzero(self.has_unindexed[rows])
-        for at, packed in zip(present.tolist(), self._slices(self.unindexed, rows[present])):
+        chosen = rows[present]
+        for at, packed in zip(
+            present.tolist(), sliced(self.data, self.unindexed[0, chosen], self.unindexed[1, chosen])
+        ):
             out[at] = packed
         return out
 
@@ -166,29 +164,14 @@ class LabeledColumns:
         index_bytes, value_bytes = self.global_indices[1, rows], self.global_values[1, rows]
         whole = (index_bytes == value_bytes) & (index_bytes % 4 == 0)
         taken = np.where(whole, index_bytes, 0)
-        columns = _gathered(self.data, self.global_indices[0, rows], taken).view("<i4")
-        values = _gathered(self.data, self.global_values[0, rows], taken).view("<f4")
+        columns = gathered(self.data, self.global_indices[0, rows], taken).view("<i4")
+        values = gathered(self.data, self.global_values[0, rows], taken).view("<f4")
         return taken // 4, columns, values, ~whole
 
     def features(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float64 dense features of ``rows`` (zeros where the dense bytes are not ``dim`` floats)."""
         with np.errstate(invalid="ignore"):  # a signalling NaN stays NaN, and the update refuses it
             return self.dense_values[rows].astype(np.float64)
-
-
-def _gathered(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``data[offsets[i] : offsets[i] + lengths[i]]`` for every i, one after the other."""
-    out = np.empty(int(lengths.sum()), dtype=np.uint8)
-    _gather(data, offsets, lengths, out)
-    return out
-
-
-@njit(nogil=True, cache=True)
-def _gather(data, offsets, lengths, out):
-    at = 0
-    for i in range(offsets.shape[0]):
-        out[at : at + lengths[i]] = data[offsets[i] : offsets[i] + lengths[i]]
-        at += lengths[i]
 
 
 def scan_labeled(

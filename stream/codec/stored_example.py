@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from stream.codec.columnar.kernel import read_long, same_range
+from stream.codec.columnar.kernel import gathered, read_long, same_range, sliced
 from stream.codec.columnar.writer import MAX_VARINT, split_values, write_bytes, write_long, write_raw
 from stream.codec.exceptions import DecodeError
 
@@ -58,8 +58,7 @@ class StoredExamples:
 
     def strings(self, refs: np.ndarray) -> list[bytes]:
         """The bytes of each (offset, length) in ``refs`` (2, N)."""
-        raw = self.data.tobytes()
-        return [raw[a : a + n] for a, n in zip(refs[0].tolist(), refs[1].tolist())]
+        return sliced(self.data, refs[0], refs[1])
 
     def doubles_at(self, positions: np.ndarray) -> np.ndarray:
         """The little-endian doubles at ``positions``."""
@@ -82,8 +81,8 @@ class StoredExamples:
             )
         counts = refs[1] // 4
         rows = np.repeat(np.arange(len(self)), counts)
-        columns = _gather(self.data, self.global_features[0], self.global_features[1]).view("<i4")
-        values = _gather(self.data, self.global_features[2], self.global_features[3]).view("<f4")
+        columns = gathered(self.data, self.global_features[0], self.global_features[1]).view("<i4")
+        values = gathered(self.data, self.global_features[2], self.global_features[3]).view("<f4")
         return rows, columns.astype(np.int64), values.astype(np.float64)
 
     def dense(self, coordinate: int, width: int) -> np.ndarray:
@@ -91,16 +90,7 @@ class StoredExamples:
         starts, lengths = self.dense_refs[0, coordinate], self.dense_refs[1, coordinate]
         if len(self) and not (lengths == 4 * width).all():
             raise DecodeError(f"LabeledExample: a stored example's dense features are not {width} floats wide")
-        return _gather(self.data, starts, lengths).view("<f4").reshape(len(self), width)
-
-
-def _gather(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``data[starts[i]:starts[i]+lengths[i]]`` for every i, concatenated."""
-    total = int(lengths.sum())
-    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    index = np.repeat(starts - bounds[:-1], lengths) + np.arange(total)
-    return data[index].copy()
+        return gathered(self.data, starts, lengths).view("<f4").reshape(len(self), width)
 
 
 def scan_stored(values: Sequence[bytes], header_size: int, coordinates: Sequence[str]) -> StoredExamples:

@@ -483,3 +483,26 @@ def hash_triple(buf, bag_stop, name_stop):
     h = fnv1a_separator(fnv1a(buf, 0, bag_stop, FNV_OFFSET))
     h = fnv1a_separator(fnv1a(buf, bag_stop, name_stop, h))
     return fnv1a(buf, name_stop, buf.shape[0], h)
+
+
+def gathered(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``data[offsets[i] : offsets[i] + lengths[i]]`` for every i, one after the other, in one new array."""
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    gather_ranges(data, offsets, lengths, out)
+    return out
+
+
+def sliced(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """The bytes of each range ``(offsets[i], lengths[i])`` of ``data``: gathered in one copy, then cut apart."""
+    raw = gathered(data, offsets, lengths).tobytes()
+    ends = np.cumsum(lengths).tolist()
+    return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+
+@njit(nogil=True, cache=True)
+def gather_ranges(data, offsets, lengths, out):
+    """Copy the ranges ``data[offsets[i] : offsets[i] + lengths[i]]`` into ``out``, one after the other."""
+    at = 0
+    for i in range(offsets.shape[0]):
+        out[at : at + lengths[i]] = data[offsets[i] : offsets[i] + lengths[i]]
+        at += lengths[i]
