@@ -24,7 +24,6 @@ for a broker that drops acknowledged writes.
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,8 +60,6 @@ def own_broker(kafka_broker) -> Callable[..., BrokerProcess]:
 
     yield start
     for broker in started:
-        if broker.process.poll() is None:
-            broker.process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         broker.close()
 
 
@@ -135,9 +132,9 @@ def test_a_broker_stopped_past_the_session_timeout_ends_as_one_uninterrupted_run
 
     def stall(rng: random.Random) -> str:
         seconds = rng.uniform(8.0, longest_s)
-        broker.process.send_signal(signal.SIGSTOP)
+        broker.pause()
         time.sleep(seconds)
-        broker.process.send_signal(signal.SIGCONT)
+        broker.resume()
         return f"broker stopped {seconds:.1f} s"
 
     _run_through_faults(broker, tmp_path, unique_name, processes, faults, requests, stall)
@@ -179,9 +176,9 @@ def test_an_offset_commit_to_a_stopped_broker_gives_up_after_its_bound_naming_wh
                      what="records to commit")
     last = {(topic, taken[-1].partition()): taken[-1].offset()}
     assert commit_processed(consumer, last, "test-stage", timeout_s=10)  # answered while the broker runs
-    broker.process.send_signal(signal.SIGSTOP)
+    broker.pause()
     started = time.monotonic()
-    resume = threading.Timer(15, broker.process.send_signal, (signal.SIGCONT,))  # an unbounded commit returns then
+    resume = threading.Timer(15, broker.resume)  # an unbounded commit returns then
     resume.start()
     try:
         with pytest.raises(CommitTimeoutError, match=r"test-stage: the group coordinator did not answer the commit of "
@@ -190,7 +187,7 @@ def test_an_offset_commit_to_a_stopped_broker_gives_up_after_its_bound_naming_wh
         waited = time.monotonic() - started
     finally:
         resume.cancel()
-        broker.process.send_signal(signal.SIGCONT)
+        broker.resume()
     print(f"\ngave up after {waited:.1f} s")
     assert 3 <= waited < 6
     consumer.close()
