@@ -18,9 +18,10 @@ demo: $(STAMP)
 
 # Lint, format and types of the package, the whole suite on a Kafka broker process (Tansu), then the Kafka tests
 # again on librdkafka's mock cluster. The suite mostly waits on brokers and processes, so it runs on four pytest-xdist
-# workers (each with its own broker; one worker per test file keeps module fixtures built once). Tests marked `alone`
+# workers (each with its own broker; one worker per test file keeps module fixtures built once), modules marked `long`
+# first, in collection order (tests/conftest.py) rather than xdist's most-tests-first. Tests marked `alone`
 # judge a live pipeline against its replay and need the machine to themselves: they run after, one at a time.
-XDIST := -n 4 --dist loadfile
+XDIST := -n 4 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/ruff check stream
 	$(BIN)/ruff format --check stream

@@ -35,6 +35,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:  # every test that talks to the broker is a Kafka test, marked or not: `-m kafka` runs them all
         if {"kafka_bootstrap", "kafka_broker"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+    # Long modules first (a stable sort keeps each module's tests together): pytest-xdist hands out whole modules in
+    # this order (`--no-loadscope-reorder`), so the workers end together instead of one running a long module last.
+    items.sort(key=lambda item: "long" not in item.keywords)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow suite: run with --run-slow (make test-slow)")

@@ -3,6 +3,8 @@ and leave a deployment's archive and model directory as they were."""
 
 from __future__ import annotations
 
+import pytest
+
 from stream.backtest.replay import Backtest, BacktestOptions
 from stream.event_log import EventLog
 from stream.synthetic import World, event_stream, ratings_like
@@ -13,6 +15,8 @@ from tests.backtest.worlds import (
     backtest_settings,
     eight_refits,
 )
+
+pytestmark = pytest.mark.long
 
 
 def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_ratings_like_world(tmp_path):
