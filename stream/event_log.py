@@ -18,13 +18,20 @@ from pathlib import Path
 import fastavro
 import numpy as np
 
-from stream.codec import make_codec
-from stream.codec.container import read_container
+from stream.codec import load_schema, make_codec
+from stream.codec.columnar import ColumnarDecoder
+from stream.codec.columnar.batch import ScalarColumn
+from stream.codec.container import container_bodies, read_container
 from stream.codec.game_input import GameInputMapping, read_game_rows
-from stream.codec.validation import impression_problem, interaction_problem
+from stream.codec.validation import (
+    impression_problem,
+    impression_problems,
+    interaction_problem,
+    interaction_problems,
+)
 from stream.config import Settings
-from stream.consumers.impressions import impression_rows
-from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
+from stream.consumers.impressions import DecodedRow, impression_rows
+from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput, decoded_inputs
 from stream.errors import GlmixError
 from stream.kafka.topic_reader import TopicReader
 from stream.progress import Progress
@@ -37,6 +44,7 @@ _PROBLEMS: dict[str, Callable[[Mapping], str | None]] = {
 }
 
 _IMPRESSION_CHUNK = 4096  # impressions decoded into columns at a time (and counted by the progress line)
+_SCHEMAS = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
 
 
 class EventLogError(GlmixError):
@@ -63,12 +71,9 @@ class EventLog:
         ``progress`` counts the records read; the caller owns it.
         """
         log = cls([], 0, [str(p) for p in [*impressions, *interactions]])
-        for kind, schema, paths in (
-            (IMPRESSION, "Impression", impressions),
-            (INTERACTION, "Interaction", interactions),
-        ):
+        for kind, paths in ((IMPRESSION, impressions), (INTERACTION, interactions)):
             for path in paths:
-                log._add(kind, read_events(path, schema), progress)
+                log._add_file(kind, path, progress)
         log.events = replay_order(log.events)
         return log
 
@@ -112,6 +117,44 @@ class EventLog:
                 reader.close()
         log.events = replay_order(log.events)
         return log
+
+    def _add_file(self, kind: str, path: str | Path, progress: Progress | None) -> None:
+        """One event file's valid events, decoded from its blocks' bodies into columns in one compiled pass.
+
+        Impressions are decoded again in chunks of event-time order, for the same reason as
+        in :meth:`_add`; each event's record holds the join's fields (the row has the rest).
+        """
+        schema = _SCHEMAS[kind]
+        decoder = ColumnarDecoder.bodies(load_schema(schema))
+        data, count = read_bodies(path, schema)
+        batch = decoder.decode_bodies(data, count)
+        undecodable = batch.failures()
+        if undecodable:
+            row, reason = undecodable[0]
+            raise EventLogError(f"{path}: record {row} of {count} cannot be decoded: {reason}")
+        problems = impression_problems(batch) if kind == IMPRESSION else interaction_problems(batch)
+        self.invalid += len(problems)
+        keep = np.ones(count, dtype=bool)
+        keep[list(problems)] = False
+        valid = np.flatnonzero(keep)
+        if kind == IMPRESSION:
+            times = batch.columns["event_time"]
+            assert isinstance(times, ScalarColumn)
+            valid = valid[np.argsort(times.values[valid], kind="stable")]
+        for start in range(0, len(valid), _IMPRESSION_CHUNK):
+            chunk = valid[start : start + _IMPRESSION_CHUNK]
+            if kind == IMPRESSION:  # a batch of its own, whose feature lookup the join keeps
+                at = batch.starts
+                again = decoder.decode([data[a:b] for a, b in zip(at[chunk].tolist(), at[chunk + 1].tolist())])
+                rows = [DecodedRow(again, row) for row in range(len(chunk))]
+            else:
+                rows = [DecodedRow(batch, row) for row in chunk.tolist()]
+            nothing = [b""] * len(rows)
+            self.events += decoded_inputs(kind, rows, [-1] * len(rows), nothing, nothing)
+            if progress is not None:
+                progress.advance(len(chunk))
+        if progress is not None:
+            progress.advance(len(problems))
 
     def _add(self, kind: str, records: Iterable[Mapping], progress: Progress | None = None) -> None:
         # Chunks of event-time order: a replay's micro-batch then finds its impressions in one or two decoded chunks,
@@ -270,3 +313,18 @@ def read_events(path: str | Path, schema: str) -> Iterator[dict]:
         yield from read_container(path, schema)
     except OSError as exc:
         raise EventLogError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+
+
+def read_bodies(path: str | Path, schema: str) -> tuple[bytes, int]:
+    """Every record body of one event file (``Impression`` or ``Interaction``) back to back, and how many.
+
+    Fails with one line when the file cannot be read.
+    """
+    if not Path(path).is_file():
+        raise EventLogError(f"{path}: no such file (expected an Avro container file of {schema} records)")
+    try:
+        with open(path, "rb") as fh:
+            blocks = list(container_bodies(fh, schema, str(path)))
+    except OSError as exc:
+        raise EventLogError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    return b"".join(body for body, _ in blocks), sum(count for _, count in blocks)

@@ -376,7 +376,7 @@ class _Run:
     def _warm_up(self, events: Sequence[JoinInput]) -> list[JoinInput]:
         """Hold events until the live joiner's warm-up would be complete, then index the first model from them."""
         self._held.extend(events)
-        impressions = [e.record for e in self._held if e.kind == IMPRESSION]
+        impressions = [e.full_record() for e in self._held if e.kind == IMPRESSION]
         span = self._held[-1].record["event_time"] - self._held[0].record["event_time"] if self._held else 0
         if not warm_up_complete(len(impressions), span, self.settings.joiner):
             return []

@@ -40,9 +40,9 @@ IMPRESSION, INTERACTION = "impression", "interaction"
 class JoinInput:
     """One valid input event of a partition, in arrival order; ``raw``, ``key`` and ``offset`` feed dead letters.
 
-    An impression carries ``columns``, its row of a decoded batch (what the join indexes),
-    and as ``record`` at least its impression id and event time; an interaction as ``record``
-    at least its impression id, event time and type symbol.
+    ``columns`` is the event's row of a decoded batch when it came as one (an impression's
+    is what the join indexes). ``record`` holds at least the impression id and event time,
+    and an interaction's its type symbol.
     """
 
     kind: str
@@ -51,6 +51,13 @@ class JoinInput:
     raw: bytes = b""
     key: bytes = b""
     columns: DecodedRow | None = None
+
+    def full_record(self) -> Mapping[str, Any]:
+        """The whole record, for the few readers of more than the join's fields (a warm-up or a bootstrap counting
+        features): built from the decoded row when the event came as one (never the hot path's business)."""
+        if self.columns is None:
+            return self.record
+        return self.columns.batch.record(self.columns.row)
 
 
 class ExampleIndexer:
@@ -298,7 +305,7 @@ def decoded_inputs(
     fields = join_fields(rows)
     if kind == IMPRESSION:
         return [JoinInput(IMPRESSION, f, o, b"", k, row) for f, o, k, row in zip(fields, offsets, keys, rows)]
-    return [JoinInput(INTERACTION, f, o, raw, k) for f, o, raw, k in zip(fields, offsets, raws, keys)]
+    return [JoinInput(INTERACTION, f, o, raw, k, row) for f, o, raw, k, row in zip(fields, offsets, raws, keys, rows)]
 
 
 def _rows_of(impressions: Sequence[JoinInput]) -> list[DecodedRow]:

@@ -76,9 +76,11 @@ def labels_of_history(
     part's own watermark, which labels as the whole history does unless an interaction
     comes more than the allowed lateness before its impression in event time.
     """
-    impressions = [e.record for e in events if e.kind == IMPRESSION]
+    first = next((e.full_record() for e in events if e.kind == IMPRESSION), None)
     table = GlobalModelTable(settings.model)
-    table.apply([initial_global_model_record(impressions[:1], settings.model)])  # any index: only labels are kept
+    table.apply(
+        [initial_global_model_record([first] if first is not None else [], settings.model)]
+    )  # any index: only labels are kept
     join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
     labels: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="glmix-bootstrap-") as workdir:
@@ -240,7 +242,7 @@ def bootstrap_model(
     join rule, :func:`labels_of_history`) are fitted by :func:`first_model`. ``progress``
     counts the events labeled.
     """
-    impressions = [e.record for e in events if e.kind == IMPRESSION]
+    impressions = [e.full_record() for e in events if e.kind == IMPRESSION]
     if not impressions:
         raise BootstrapError("the history holds no impressions")
     record = initial_global_model_record(impressions, settings.model)

@@ -70,7 +70,7 @@ def _photon_records(events, labels: dict[str, float]) -> list[dict]:
     """Each labeled impression as Photon-ML writes training data: one flat feature list, ids in metadataMap."""
     records, seen = [], set()
     for event in events:
-        imp = event.record
+        imp = event.full_record()  # the event log's record holds the join's fields; the row has the rest
         if event.kind != "impression" or imp["impression_id"] not in labels or imp["impression_id"] in seen:
             continue  # duplicates (the world re-sends some impressions) are one example, as the join makes them
         seen.add(imp["impression_id"])
@@ -105,7 +105,7 @@ def test_bootstrap_from_photon_training_examples_fits_what_the_same_labeled_impr
     labeled: dict[str, dict] = {}
     for e in events:
         if e.kind == "impression" and e.record["impression_id"] in labels:
-            labeled.setdefault(e.record["impression_id"], e.record)
+            labeled.setdefault(e.record["impression_id"], e.full_record())
     labeled = list(labeled.values())
     expected = fitted_global_model_record(labeled, [labels[i["impression_id"]] for i in labeled], settings.model)
     assert record["features"] == expected["features"]

@@ -294,3 +294,43 @@ def test_corrupted_values_get_a_status_wherever_fastavro_fails(record, data):
 @given(st.lists(st.binary(max_size=80), min_size=1, max_size=4))
 def test_random_bodies_get_a_status_wherever_fastavro_fails(bodies):
     _agrees_with_fastavro([GOOD[:10] + body for body in bodies] + [bytes(b) for b in bodies])
+
+
+BODIES = ColumnarDecoder.bodies(IMPRESSION)
+
+
+def _bare_body(record: dict[str, Any]) -> bytes:
+    return CODEC.encode(record)[len(CODEC.header()) :]
+
+
+@settings(deadline=None)
+@given(st.lists(impressions, min_size=1, max_size=6))
+def test_bodies_back_to_back_are_found_and_decoded_as_fastavro_reads_each(records):
+    """A container block's bodies have no lengths: the sequential mode finds each end by decoding the body."""
+    bodies = [_bare_body(r) for r in records]
+    batch = BODIES.decode_bodies(b"".join(bodies), len(bodies))
+    assert batch.status.tolist() == [Status.OK] * len(bodies), batch.failures()
+    assert np.diff(batch.starts).tolist() == [len(b) for b in bodies]
+    for i, record in enumerate(records):
+        assert bits(batch.record(i)) == bits(CODEC.decode(CODEC.header() + bodies[i]))
+
+
+@settings(deadline=None)
+@given(st.lists(impressions, min_size=2, max_size=5), st.data())
+def test_after_a_body_that_does_not_decode_every_later_body_fails_and_nothing_before(records, data):
+    bodies = [_bare_body(r) for r in records]
+    broken = data.draw(st.integers(0, len(bodies) - 1))
+    bodies[broken] = b"\xff" * 11  # the impression id's length: a varint past 64 bits
+    batch = BODIES.decode_bodies(b"".join(bodies), len(bodies))
+    assert np.flatnonzero(batch.status != Status.OK).tolist() == list(range(broken, len(bodies)))
+    assert batch.status[broken] == Status.BAD_VARINT and "field 'impression_id'" in batch.reason(broken)
+    assert all(batch.status[i] == Status.AFTER_UNDECODABLE for i in range(broken + 1, len(bodies)))
+    for i in range(broken):
+        assert bits(batch.record(i)) == bits(CODEC.decode(CODEC.header() + bodies[i]))
+
+
+def test_bytes_after_the_last_body_fail_the_last_one():
+    good = _bare_body(_record())
+    batch = BODIES.decode_bodies(good + good + b"\x00", 2)
+    assert batch.status.tolist() == [Status.OK, Status.TRAILING_BYTES]
+    assert "trailing bytes" in batch.reason(1)

@@ -117,12 +117,28 @@ class ColumnarDecoder:
         """How many writer schemas have a compiled program."""
         return len(self._writer_fields)
 
+    @classmethod
+    def bodies(cls, reader: AvroSchema) -> ColumnarDecoder:
+        """The decoder of bare Avro bodies written with ``reader`` itself, as a container file's blocks hold them."""
+        return cls(reader, b"", {b"": reader})
+
     def decode(self, values: Sequence[bytes | None]) -> ColumnarBatch:
         """Decode a batch of message values (None: a tombstone); never raises for a bad value."""
         present = np.fromiter((v is not None for v in values), dtype=np.uint8, count=len(values))
         starts = np.zeros(len(values) + 1, dtype=np.int64)
         np.cumsum(np.fromiter((len(v) if v is not None else 0 for v in values), np.int64, len(values)), out=starts[1:])
-        data = b"".join(v for v in values if v is not None)
+        return self._decoded(b"".join(v for v in values if v is not None), starts, present, sequential=False)
+
+    def decode_bodies(self, data: bytes, count: int) -> ColumnarBatch:
+        """Decode ``count`` values lying back to back in ``data``, each one's end found by decoding it.
+
+        A value that does not decode fails with its reason and every value after it with
+        ``AFTER_UNDECODABLE``; bytes left after the last value fail the last one.
+        """
+        starts = np.zeros(count + 1, dtype=np.int64)
+        return self._decoded(data, starts, np.ones(count, dtype=np.uint8), sequential=True)
+
+    def _decoded(self, data: bytes, starts: np.ndarray, present: np.ndarray, sequential: bool) -> ColumnarBatch:
         scalars, maps, bags, outcome = decode_values(
             np.frombuffer(data, dtype=np.uint8),
             starts,
@@ -132,7 +148,8 @@ class ColumnarDecoder:
             self._ops,
             self._op_starts,
             self._slots,
-            max(1, len(values)) * _FEATURES_PER_ROW,
+            max(1, len(present)) * _FEATURES_PER_ROW,
+            sequential,
         )
         status, error_at, error_field, writer = outcome
         columns = {c.name: self._column(c, data, scalars, maps, bags) for c in self.columns}

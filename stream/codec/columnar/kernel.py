@@ -24,6 +24,7 @@ _BAD_HEADER = int(Status.BAD_HEADER)
 _UNKNOWN_WRITER = int(Status.UNKNOWN_WRITER_SCHEMA)
 _TRUNCATED = int(Status.TRUNCATED)
 _TRAILING = int(Status.TRAILING_BYTES)
+_AFTER_UNDECODABLE = int(Status.AFTER_UNDECODABLE)
 _BAD_UTF8 = int(Status.BAD_UTF8)
 _BAD_UNION = int(Status.BAD_UNION_INDEX)
 _BAD_ENUM = int(Status.BAD_ENUM_INDEX)
@@ -342,12 +343,15 @@ def writer_of(buf, start, end, magic, prefixes):
 
 
 @njit(nogil=True, cache=True)
-def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, capacity):
+def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, capacity, sequential):
     """Decode every value ``buf[starts[i]:starts[i+1]]`` with the program of its writer.
 
     ``slots`` gives the number of rows of each storage table (see ``plan.Storage``);
     ``capacity`` the initial entries per row of the map and feature tables. Returns the
     tables in ``plan.Storage`` order, each with what indexes it, and the per-row outcome.
+    ``sequential`` values lie back to back with unknown ends (a container file's bodies):
+    each one's end, found by decoding it, is written to ``starts`` as the next one's start,
+    and after a value that does not decode the rest cannot be found and fail with it.
     """
     n = starts.shape[0] - 1
     status = np.zeros(n, dtype=np.uint8)
@@ -374,14 +378,19 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
     as_double = bits.view(np.float64)
     bits32 = np.zeros(1, dtype=np.uint32)
     as_float = bits32.view(np.float32)
+    lost = _OK
     for i in range(n):
         start, end = starts[i], starts[i + 1]
+        if sequential:
+            end = buf.shape[0]
         for c in range(slots[4]):
             map_rows[c, i] = map_counts[c]
         for c in range(slots[5]):
             feature_rows[c, i] = feature_counts[c]
             bag_rows[c, i] = bag_counts[c]
-        if not present[i]:
+        if lost != _OK:
+            w, code = -1, lost
+        elif not present[i]:
             w, code = -1, _MISSING
         else:
             w, code = writer_of(buf, start, end, magic, prefixes)
@@ -452,8 +461,14 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
                     as_double,
                 )
                 feature_counts[slot], bag_counts[slot] = features, bags
-        if code == _OK and pos != end:
+        if code == _OK and pos != end and not sequential:
             code = _TRAILING
+        if sequential:
+            if code == _OK and i == n - 1 and pos != end:
+                code = _TRAILING
+            starts[i + 1] = pos if code == _OK else end  # a failed value's end is unknown: it keeps the rest
+            if code != _OK:
+                lost = _AFTER_UNDECODABLE
         if code != _OK:
             status[i] = code
             error_at[i] = max(pos - start, 0)

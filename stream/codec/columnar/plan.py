@@ -42,6 +42,7 @@ class Status(IntEnum):
     INT_OUT_OF_RANGE = 11
     BAD_BOOLEAN = 12
     DUPLICATE_MAP_KEY = 13
+    AFTER_UNDECODABLE = 14
 
 
 STATUS_TEXT = {
@@ -59,6 +60,7 @@ STATUS_TEXT = {
     Status.INT_OUT_OF_RANGE: "int outside 32 bits",
     Status.BAD_BOOLEAN: "boolean byte is neither 0 nor 1",
     Status.DUPLICATE_MAP_KEY: "map key repeated",
+    Status.AFTER_UNDECODABLE: "follows a body that does not decode, so where it starts is unknown",
 }
 
 
