@@ -307,6 +307,7 @@ class _Run:
         self.refits: list[dict[str, Any]] = []
         self.vocabulary: list[dict[str, Any]] = []
         self._held: list[JoinInput] = []
+        self._held_impressions = 0
 
     def _take_model(self, record: dict[str, Any]) -> None:
         self.model.apply([record])
@@ -376,13 +377,14 @@ class _Run:
     def _warm_up(self, events: Sequence[JoinInput]) -> list[JoinInput]:
         """Hold events until the live joiner's warm-up would be complete, then index the first model from them."""
         self._held.extend(events)
-        impressions = [e.full_record() for e in self._held if e.kind == IMPRESSION]
+        self._held_impressions += sum(1 for e in events if e.kind == IMPRESSION)
         span = self._held[-1].record["event_time"] - self._held[0].record["event_time"] if self._held else 0
-        if not warm_up_complete(len(impressions), span, self.settings.joiner):
+        if not warm_up_complete(self._held_impressions, span, self.settings.joiner):
             return []
+        impressions = [e.full_record() for e in self._held if e.kind == IMPRESSION]
         self.model_record = initial_global_model_record(impressions, self.settings.model)
         self.model.apply([self.model_record])
-        held, self._held = self._held, []
+        held, self._held, self._held_impressions = self._held, [], 0
         return held
 
     def _note_vocabulary(self) -> None:
