@@ -31,7 +31,7 @@ from stream.codec.validation import (
 )
 from stream.config import Settings
 from stream.consumers.impressions import DecodedRow, impression_rows
-from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput, decoded_inputs
+from stream.consumers.labeling import IMPRESSION, INTERACTION, KIND_SCHEMAS, JoinInput, decoded_inputs
 from stream.errors import GlmixError
 from stream.kafka.topic_reader import TopicReader
 from stream.progress import Progress
@@ -44,7 +44,6 @@ _PROBLEMS: dict[str, Callable[[Mapping], str | None]] = {
 }
 
 _IMPRESSION_CHUNK = 4096  # impressions decoded into columns at a time (and counted by the progress line)
-_SCHEMAS = {IMPRESSION: "Impression", INTERACTION: "Interaction"}
 
 
 class EventLogError(GlmixError):
@@ -96,11 +95,8 @@ class EventLog:
             raise EventLogError(f"an empty time range: --until ({until_ms}) must be after --since ({since_ms})")
         topics, kafka = settings.topics, settings.kafka
         log = cls([], 0, [f"kafka:{topics.impressions}", f"kafka:{topics.interactions}"])
-        for kind, schema, topic in (
-            (IMPRESSION, "Impression", topics.impressions),
-            (INTERACTION, "Interaction", topics.interactions),
-        ):
-            codec = make_codec(schema, topic, kafka.schema_registry_url, kafka.schema_registry)
+        for kind, topic in ((IMPRESSION, topics.impressions), (INTERACTION, topics.interactions)):
+            codec = make_codec(KIND_SCHEMAS[kind], topic, kafka.schema_registry_url, kafka.schema_registry)
             reader = TopicReader(
                 kafka,
                 topic,
@@ -124,7 +120,7 @@ class EventLog:
         Impressions are decoded again in chunks of event-time order, for the same reason as
         in :meth:`_add`; each event's record holds the join's fields (the row has the rest).
         """
-        schema = _SCHEMAS[kind]
+        schema = KIND_SCHEMAS[kind]
         decoder = ColumnarDecoder.bodies(load_schema(schema))
         data, count = read_bodies(path, schema)
         batch = decoder.decode_bodies(data, count)
@@ -307,8 +303,7 @@ def writer_schema_name(path: str | Path) -> str:
 
 def read_events(path: str | Path, schema: str) -> Iterator[dict]:
     """The records of one event file (``Impression`` or ``Interaction``), failing with one line when it cannot be read."""
-    if not Path(path).is_file():
-        raise EventLogError(f"{path}: no such file (expected an Avro container file of {schema} records)")
+    _require_file(path, schema)
     try:
         yield from read_container(path, schema)
     except OSError as exc:
@@ -320,11 +315,15 @@ def read_bodies(path: str | Path, schema: str) -> tuple[bytes, int]:
 
     Fails with one line when the file cannot be read.
     """
-    if not Path(path).is_file():
-        raise EventLogError(f"{path}: no such file (expected an Avro container file of {schema} records)")
+    _require_file(path, schema)
     try:
         with open(path, "rb") as fh:
             blocks = list(container_bodies(fh, schema, str(path)))
     except OSError as exc:
         raise EventLogError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     return b"".join(body for body, _ in blocks), sum(count for _, count in blocks)
+
+
+def _require_file(path: str | Path, schema: str) -> None:
+    if not Path(path).is_file():
+        raise EventLogError(f"{path}: no such file (expected an Avro container file of {schema} records)")

@@ -34,6 +34,7 @@ from stream.tables.indexing import FeatureResolver, IndexedRows
 from stream.tables.models import EntityTable, GlobalModel
 
 IMPRESSION, INTERACTION = "impression", "interaction"
+KIND_SCHEMAS = {IMPRESSION: "Impression", INTERACTION: "Interaction"}  # the schema of each kind of input event
 
 
 @dataclass(frozen=True)

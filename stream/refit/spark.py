@@ -45,7 +45,7 @@ import numpy as np
 
 from stream.archive.files import ArchiveFile, ArchiveFiles
 from stream.config import Settings
-from stream.consumers.labeling import IMPRESSION, INTERACTION, JoinInput
+from stream.consumers.labeling import IMPRESSION, INTERACTION, KIND_SCHEMAS, JoinInput
 from stream.errors import GlmixError
 from stream.event_log import read_events, replay_key, valid_event
 from stream.model.export import index_counts, record_from_counts
@@ -409,7 +409,7 @@ def spark_bootstrap_model(settings: Settings, paths: Sequence[str | Path]) -> tu
 def _history_events(file: tuple[int, str, str]) -> Iterator[tuple[str | None, tuple[tuple, str, dict]]]:
     """One event file's records keyed by impression id with their replay-order key (None for invalid records)."""
     seq, kind, path = file
-    for position, record in enumerate(read_events(path, "Impression" if kind == IMPRESSION else "Interaction")):
+    for position, record in enumerate(read_events(path, KIND_SCHEMAS[kind])):
         key = (*replay_key(kind, record["event_time"]), seq, position)
         yield (record["impression_id"] if valid_event(kind, record) else None), (key, kind, record)
 

@@ -38,11 +38,18 @@ bags = st.one_of(
     st.dictionaries(text, st.lists(ntv, min_size=30, max_size=60), min_size=1, max_size=2),
     st.dictionaries(st.text(max_size=4), st.lists(ntv, max_size=1), min_size=17, max_size=24),
 )
-impressions = st.fixed_dictionaries({
-    "impression_id": text, "request_id": text, "member_id": text, "item_id": text,
-    "position": ints, "event_time": longs, "random_bucket": st.booleans(),
-    "features": bags, "context": st.dictionaries(text, text, max_size=20),
-})
+
+
+def impression_records(features: st.SearchStrategy, contexts: int) -> st.SearchStrategy:
+    """Impression records with ``features`` for their bags and up to ``contexts`` context entries."""
+    return st.fixed_dictionaries({
+        "impression_id": text, "request_id": text, "member_id": text, "item_id": text,
+        "position": ints, "event_time": longs, "random_bucket": st.booleans(),
+        "features": features, "context": st.dictionaries(text, text, max_size=contexts),
+    })
+
+
+impressions = impression_records(bags, 20)
 
 
 def bits(value: Any) -> Any:
@@ -298,12 +305,7 @@ def test_random_bodies_get_a_status_wherever_fastavro_fails(bodies):
 
 BODIES = ColumnarDecoder.bodies(IMPRESSION)
 # Bodies back to back need varied lengths (short and long strings, empty and full bags), not the long bags above.
-small_impressions = st.fixed_dictionaries({
-    "impression_id": text, "request_id": text, "member_id": text, "item_id": text,
-    "position": ints, "event_time": longs, "random_bucket": st.booleans(),
-    "features": st.dictionaries(text, st.lists(ntv, max_size=5), max_size=4),
-    "context": st.dictionaries(text, text, max_size=4),
-})
+small_impressions = impression_records(st.dictionaries(text, st.lists(ntv, max_size=5), max_size=4), 4)
 
 
 def _bare_body(record: dict[str, Any]) -> bytes:

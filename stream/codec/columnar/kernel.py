@@ -461,11 +461,9 @@ def decode_values(buf, starts, present, magic, prefixes, ops, op_starts, slots, 
                     as_double,
                 )
                 feature_counts[slot], bag_counts[slot] = features, bags
-        if code == _OK and pos != end and not sequential:
+        if code == _OK and pos != end and (not sequential or i == n - 1):
             code = _TRAILING
         if sequential:
-            if code == _OK and i == n - 1 and pos != end:
-                code = _TRAILING
             starts[i + 1] = pos if code == _OK else end  # a failed value's end is unknown: it keeps the rest
             if code != _OK:
                 lost = _AFTER_UNDECODABLE
