@@ -24,6 +24,7 @@ Without refits the join does not depend on what the models learn, so a log can b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import itertools
 import logging
@@ -44,7 +45,7 @@ from stream.config import Settings
 from stream.consumers.join_state import IMPRESSIONS, INTERACTIONS, Emission, JoinCounts
 from stream.consumers.labeling import IMPRESSION, ExampleJoin, JoinInput, interaction_types, warm_up_complete
 from stream.errors import GlmixError
-from stream.evaluation.progressive import collect, progressive_report
+from stream.evaluation.progressive import TraceColumns, progressive_report
 from stream.gc_pause import cyclic_gc_paused
 from stream.model.export import initial_global_model_record
 from stream.model.game import GLOBAL
@@ -117,12 +118,65 @@ def same_join(a: Settings, b: Settings) -> bool:
     return a.model.coordinates.keys() == b.model.coordinates.keys() and joining(a) == joining(b)
 
 
-@dataclass
+class EmittedExamples:
+    """What a replay emitted, in emission order: each example's value as the joiner publishes it (a
+    ``LabeledExample`` in single-object encoding), the columns the progressive report reads, and the
+    history the joiner counted for each coordinate's entity.
+
+    The report is computed from the columns; a record per example is decoded only when asked for (:attr:`records`).
+    """
+
+    def __init__(self, codec: SingleObjectCodec, coordinates: Sequence[str]) -> None:
+        self.codec, self.coordinates = codec, list(coordinates)
+        self.values: list[bytes] = []
+        self._columns: list[TraceColumns] = []
+        self._history: list[dict[str, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, values: list[bytes], columns: TraceColumns, history: dict[str, np.ndarray]) -> None:
+        """One micro-batch's examples."""
+        self.values.extend(values)
+        self._columns.append(columns)
+        self._history.append(history)
+
+    def columns(self) -> TraceColumns:
+        """Every example's trace columns."""
+        if not self._columns:
+            return TraceColumns.of_records([], self.coordinates)
+        return TraceColumns.concatenate(self._columns)
+
+    def event_times(self) -> np.ndarray:
+        """Every example's event time."""
+        return np.concatenate([c.event_times for c in self._columns]) if self._columns else np.zeros(0, np.int64)
+
+    def bodies(self, rows: Sequence[int]) -> list[bytes]:
+        """The examples at ``rows`` as the archive keeps them (the values without their single-object header)."""
+        header = len(self.codec.header())
+        return [self.values[i][header:] for i in rows]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every example as a record, with the joiner's ``entity_history``, as :meth:`ExampleJoin.records` makes them."""
+        names = list(self._history[0]) if self._history else []
+        history = {name: np.concatenate([h[name] for h in self._history]).tolist() for name in names}
+        records = [self.codec.decode(value) for value in self.values]
+        for i, record in enumerate(records):
+            record["entity_history"] = {name: counts[i] for name, counts in history.items()}
+        return records
+
+
 class BacktestResult:
     """The progressive report, the emitted examples (scored at emission) and how the replay went."""
 
-    report: dict[str, Any]
-    examples: list[dict[str, Any]] = field(repr=False)
+    def __init__(self, report: dict[str, Any], emitted: EmittedExamples) -> None:
+        self.report = report
+        self.emitted = emitted
+
+    @functools.cached_property
+    def examples(self) -> list[dict[str, Any]]:
+        """The emitted examples as ``LabeledExample`` records, in emission order (decoded on first use)."""
+        return self.emitted.records()
 
 
 class _CoordinateReplay:
@@ -238,9 +292,8 @@ class Backtest:
                 gc.unfreeze()
                 run.close()
         seconds = time.monotonic() - started
-        coordinates = list(self.settings.model.coordinates)
         report = progressive_report(
-            collect(run.examples, coordinates),
+            run.emitted.columns().trace(),
             get_loss(self.settings.model.loss),
             self.options.windows,
             history_edges=self.settings.metrics.history_edges,
@@ -260,7 +313,7 @@ class Backtest:
                 "reset_entities": {c.name: c.reset_entities for c in run.coordinates},
             }
         )
-        return BacktestResult(report, run.examples)
+        return BacktestResult(report, run.emitted)
 
 
 def _isolated(settings: Settings, workdir: str) -> Settings:
@@ -298,9 +351,9 @@ class _Run:
             self.model.apply([model_record])
         self.refit = GlobalRefit(settings, publish=self._take_model)
         self.archive = ArchiveFiles(settings.archive_path)
-        self.examples: list[dict[str, Any]] = []
-        self._stored = SingleObjectCodec(load_schema("LabeledExample"))
-        self._bodies: list[bytes] = []  # self.examples as the archive keeps them
+        self.emitted = EmittedExamples(
+            SingleObjectCodec(load_schema("LabeledExample")), list(settings.model.coordinates)
+        )
         self._unarchived = 0
         self.join_counts = JoinCounts()
         self.micro_batches = 0
@@ -364,12 +417,10 @@ class _Run:
     def learn(self, emissions: list[Emission]) -> None:
         """Score one micro-batch's emitted examples with the models as they are, then let every coordinate absorb them."""
         labeled = self.join.emitted(emissions, self.model.current, self.tables)
-        examples = self.join.records(labeled)
-        if examples:
-            self.examples.extend(examples)
-            values = self.join.encoded(labeled, self._stored)
-            header = len(self._stored.header())
-            self._bodies.extend(value[header:] for value in values)
+        if len(labeled):
+            values = self.join.encoded(labeled, self.emitted.codec)
+            history = labeled.scores.history if labeled.scores is not None else {}
+            self.emitted.add(values, self.join.trace_columns(labeled), history)
             for coordinate in self.coordinates:
                 coordinate.absorb(values)
         self._note_vocabulary()
@@ -390,7 +441,8 @@ class _Run:
     def _note_vocabulary(self) -> None:
         model = self.model.current
         if model is not None and (not self.vocabulary or self.vocabulary[-1]["index_version"] != model.index_version):
-            last = self.examples[-1]["event_time"] if self.examples else None
+            times = self.emitted.event_times()
+            last = int(times[-1]) if len(times) else None
             self.vocabulary.append(
                 {
                     "index_version": model.index_version,
@@ -407,15 +459,15 @@ class _Run:
 
         False when the refit was skipped for want of examples, as ``glmix refit --every`` skips it.
         """
-        times = np.fromiter((e["event_time"] for e in self.examples[self._unarchived :]), dtype=np.int64)
+        times = self.emitted.event_times()[self._unarchived :]
         hours = times - times % HOUR_MS
         for hour in np.unique(hours).tolist():
             rows = np.flatnonzero(hours == hour)
             first, last = self._unarchived + int(rows[0]), self._unarchived + int(rows[-1])
-            bodies = [self._bodies[self._unarchived + i] for i in rows.tolist()]
+            bodies = self.emitted.bodies((self._unarchived + rows).tolist())
             self.archive.write_bodies(hour, 0, first, last, bodies, times[rows])
-        self._unarchived = len(self.examples)
-        if self.model.current is None or not self.examples:
+        self._unarchived = len(self.emitted)
+        if self.model.current is None or not len(self.emitted):
             return False
         try:
             result = self.refit.run_from(self.model.current)

@@ -25,7 +25,7 @@ from stream.backtest.replay import Backtest, BacktestOptions, BacktestResult, Jo
 from stream.config import Settings
 from stream.consumers.labeling import IMPRESSION, JoinInput
 from stream.errors import GlmixError
-from stream.evaluation.progressive import collect, progressive_report
+from stream.evaluation.progressive import progressive_report
 from stream.model.losses import get_loss
 from stream.progress import Progress
 
@@ -96,9 +96,9 @@ class _Replays:
 
 def _auc(settings: Settings, replays: _Replays, from_ms: int, progress: Progress | None = None) -> float:
     """Full-model progressive AUC of the examples at or after ``from_ms`` in a backtest of the replayed log."""
-    examples = [e for e in replays.run(settings, progress).examples if e["event_time"] >= from_ms]
+    columns = replays.run(settings, progress).emitted.columns()
     report = progressive_report(
-        collect(examples, list(settings.model.coordinates)), get_loss(settings.model.loss), windows=1
+        columns.take(columns.event_times >= from_ms).trace(), get_loss(settings.model.loss), windows=1
     )
     full = list(report["variants"])[-1]
     return float(report["variants"][full]["auc"] or 0.0)

@@ -27,6 +27,7 @@ from stream.consumers.example_builder import JoinTimeScores, join_time_scores, u
 from stream.consumers.impressions import DecodedRow, impression_rows, join_fields
 from stream.consumers.join_state import Emission, ImpressionEvent, InteractionEvent, JoinBatch, JoinRules, label_types
 from stream.errors import InvalidValueError
+from stream.evaluation.progressive import TraceColumns
 from stream.model.game import GLOBAL
 from stream.state.partition_store import PartitionStore
 from stream.tables.hash_index import FeatureColumns, FeatureLookup, model_indexer
@@ -235,6 +236,25 @@ class ExampleJoin:
                 example["model_versions"] = dict(zip(batch.scores.names, batch.scores.versions[i].tolist()))
                 example["entity_history"] = {name: int(h[i]) for name, h in batch.scores.history.items()}
         return examples
+
+    def trace_columns(self, batch: LabeledBatch) -> TraceColumns:
+        """``batch`` as the progressive report reads it (what :meth:`records` would hold, without a record each)."""
+        stored, names = batch.stored, (GLOBAL, *self.coordinates)
+        scores = np.zeros((len(batch), len(names)))
+        if batch.scores is not None:
+            for j, name in enumerate(batch.scores.names):
+                scores[:, names.index(name)] = batch.scores.scores[:, j]
+        return TraceColumns(
+            event_times=stored.event_time,
+            labels=batch.labels,
+            weights=stored.weights(),
+            offsets=stored.offsets(),
+            member_ids=np.array(_texts(stored.strings(stored.ids[:, 1]))),
+            type_bits=batch.types,
+            type_symbols=tuple(self.type_symbols),
+            scores=scores,
+            entity_ids={name: np.array(_texts(batch.entity_keys(c))) for c, name in enumerate(self.coordinates)},
+        )
 
     def encoded(self, batch: LabeledBatch, codec: RecordCodec) -> list[bytes]:
         """``batch`` as ``codec`` values.

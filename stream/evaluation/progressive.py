@@ -99,32 +99,132 @@ def variant_names(coordinates: Sequence[str]) -> list[str]:
     return ["+".join([GLOBAL, *coordinates[:i]]) for i in range(len(coordinates) + 1)]
 
 
+def cumulative_margins(scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(N, variants) margins from (N, 1 + coordinates) join-time scores: the offset plus global, then each coordinate."""
+    return np.cumsum(scores, axis=1) + offsets[:, None]
+
+
+def _scores(examples: Sequence[Mapping[str, Any]], coordinates: Sequence[str]) -> np.ndarray:
+    """(N, 1 + coordinates) join-time scores of records, global first (0 where a record has none)."""
+    scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in examples])
+    return scores.reshape(len(examples), len(coordinates) + 1)
+
+
 def variant_margins(examples: Sequence[Mapping[str, Any]], coordinates: Sequence[str]) -> np.ndarray:
     """(N, variants) margins: the offset plus global, then plus each coordinate's join-time score in turn."""
-    scores = np.array([[e["scores"].get(c, 0.0) for c in (GLOBAL, *coordinates)] for e in examples])
-    scores = scores.reshape(len(examples), len(coordinates) + 1)
-    return np.cumsum(scores, axis=1) + np.array([e["offset"] for e in examples], dtype=np.float64)[:, None]
+    offsets = np.array([e["offset"] for e in examples], dtype=np.float64)
+    return cumulative_margins(_scores(examples, coordinates), offsets)
 
 
-def collect(examples: Iterable[dict], coordinates: Sequence[str], by: str | None = None) -> ProgressiveTrace:
+@dataclass(frozen=True)
+class TraceColumns:
+    """Per example, in any order, what a progressive trace is made of: the fields :func:`collect` reads from records.
+
+    A backtest builds them from its emitted batches' arrays, so its report needs no record per example.
+    ``scores`` (N, 1 + coordinates) holds each example's join-time margin of the global model,
+    then of each coordinate; ``type_bits`` its interaction types as bits of ``type_symbols``;
+    ``entity_ids``, per coordinate (in order), the entity the example belongs to.
+    """
+
+    event_times: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    offsets: np.ndarray
+    member_ids: np.ndarray
+    type_bits: np.ndarray
+    type_symbols: tuple[str, ...]
+    scores: np.ndarray
+    entity_ids: dict[str, np.ndarray]
+    segments: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def of_records(
+        cls, examples: Iterable[Mapping[str, Any]], coordinates: Sequence[str], by: str | None = None
+    ) -> TraceColumns:
+        """The columns of ``LabeledExample`` records, with each one's ``by`` segment if given."""
+        rows = list(examples)
+        symbols = tuple(sorted({t for e in rows for t in e["interaction_types"]}))
+        code = {symbol: j for j, symbol in enumerate(symbols)}
+        return cls(
+            event_times=np.array([e["event_time"] for e in rows], dtype=np.int64),
+            labels=np.array([e["label"] for e in rows], dtype=np.float64),
+            weights=np.array([e["weight"] for e in rows], dtype=np.float64),
+            offsets=np.array([e["offset"] for e in rows], dtype=np.float64),
+            member_ids=np.array([e["member_id"] for e in rows]),
+            type_bits=np.array([sum(1 << code[t] for t in set(e["interaction_types"])) for e in rows], dtype=np.int64),
+            type_symbols=symbols,
+            scores=_scores(rows, coordinates),
+            entity_ids={
+                c: np.array([e["coordinates"].get(c, {}).get("entity_id", "") for e in rows]) for c in coordinates
+            },
+            segments=None if by is None else np.array([segment_value(e, by) for e in rows], dtype=object),
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TraceColumns]) -> TraceColumns:
+        """The examples of ``parts`` (at least one; all of the same coordinates and type symbols), in order."""
+        first = parts[0]
+        if any(p.type_symbols != first.type_symbols or list(p.entity_ids) != list(first.entity_ids) for p in parts):
+            raise ValueError("trace columns of different interaction types or coordinates cannot be concatenated")
+        segments = None if first.segments is None else np.concatenate([p.segments for p in parts])
+        return cls(
+            event_times=np.concatenate([p.event_times for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            weights=np.concatenate([p.weights for p in parts]),
+            offsets=np.concatenate([p.offsets for p in parts]),
+            member_ids=np.concatenate([p.member_ids for p in parts]),
+            type_bits=np.concatenate([p.type_bits for p in parts]),
+            type_symbols=first.type_symbols,
+            scores=np.concatenate([p.scores for p in parts]),
+            entity_ids={c: np.concatenate([p.entity_ids[c] for p in parts]) for c in first.entity_ids},
+            segments=segments,
+        )
+
+    def take(self, rows: np.ndarray) -> TraceColumns:
+        """The examples at ``rows`` (indexes or a boolean mask)."""
+        return TraceColumns(
+            event_times=self.event_times[rows],
+            labels=self.labels[rows],
+            weights=self.weights[rows],
+            offsets=self.offsets[rows],
+            member_ids=self.member_ids[rows],
+            type_bits=self.type_bits[rows],
+            type_symbols=self.type_symbols,
+            scores=self.scores[rows],
+            entity_ids={c: ids[rows] for c, ids in self.entity_ids.items()},
+            segments=None if self.segments is None else self.segments[rows],
+        )
+
+    def trace(self) -> ProgressiveTrace:
+        """The trace of these examples in event-time order (ties as given), each entity's history counted in it."""
+        order = np.argsort(self.event_times, kind="stable")
+        bits = self.type_bits[order]
+        types = {}
+        for j, symbol in sorted(enumerate(self.type_symbols), key=lambda item: item[1]):
+            mask = (bits >> j) & 1 == 1
+            if mask.any():
+                types[symbol] = mask
+        margins = cumulative_margins(self.scores[order], self.offsets[order])
+        return ProgressiveTrace(
+            event_times=self.event_times[order],
+            labels=self.labels[order],
+            weights=self.weights[order],
+            member_ids=self.member_ids[order],
+            types=types,
+            margins={name: margins[:, i] for i, name in enumerate(variant_names(list(self.entity_ids)))},
+            segments=None if self.segments is None else self.segments[order],
+            history={c: earlier_occurrences(ids[order]) for c, ids in self.entity_ids.items()},
+        )
+
+
+def collect(
+    examples: Iterable[Mapping[str, Any]], coordinates: Sequence[str], by: str | None = None
+) -> ProgressiveTrace:
     """The trace of ``examples`` (any order; sorted by event time here), with each one's ``by`` segment if given."""
-    rows = list(examples)
-    rows.sort(key=lambda e: e["event_time"])
-    cumulative = variant_margins(rows, coordinates)
-    all_types = sorted({t for e in rows for t in e["interaction_types"]})
-    return ProgressiveTrace(
-        event_times=np.array([e["event_time"] for e in rows], dtype=np.int64),
-        labels=np.array([e["label"] for e in rows], dtype=np.float64),
-        weights=np.array([e["weight"] for e in rows], dtype=np.float64),
-        member_ids=np.array([e["member_id"] for e in rows]),
-        types={t: np.array([t in e["interaction_types"] for e in rows]) for t in all_types},
-        margins={name: cumulative[:, i] for i, name in enumerate(variant_names(coordinates))},
-        segments=None if by is None else np.array([segment_value(e, by) for e in rows], dtype=object),
-        history={
-            c: earlier_occurrences(np.array([e["coordinates"].get(c, {}).get("entity_id", "") for e in rows]))
-            for c in coordinates
-        },
-    )
+    return TraceColumns.of_records(examples, coordinates, by).trace()
 
 
 def _safe(value: float) -> float | None:

@@ -11,7 +11,9 @@ from stream.backtest.replay import Backtest, BacktestError, BacktestOptions
 from stream.cli import main
 from stream.codec.container import read_container
 from stream.config import load_settings
+from stream.evaluation.progressive import collect, progressive_report
 from stream.event_log import EventLog
+from stream.model.losses import get_loss
 from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files
 from tests.backtest.worlds import backtest_settings
@@ -38,6 +40,11 @@ def test_a_log_joined_once_and_learned_from_under_other_priors_reports_what_a_wh
         learned = Backtest(settings, options).run_joined(joined)
         assert _without_timing(learned.report) == _without_timing(whole.report)
         assert learned.examples == whole.examples and len(whole.examples) > 1000
+        # the report comes from the emitted batches' columns; the same report from the records, as `glmix evaluate`
+        coordinates = list(settings.model.coordinates)
+        from_records = progressive_report(collect(whole.examples, coordinates), get_loss(settings.model.loss),
+                                          options.windows, history_edges=settings.metrics.history_edges)
+        assert {key: whole.report[key] for key in from_records} == from_records
     with pytest.raises(BacktestError, match="join alike"):  # a join setting, or another latency, joins differently
         Backtest(backtest_settings(**{"joiner.attribution_window_ms": "30000"}), options).run_joined(joined)
     with pytest.raises(BacktestError, match="join alike"):

@@ -11,7 +11,7 @@ from stream.archive.files import ArchiveFiles, hour_of
 from stream.cli import main
 from stream.config import load_settings
 from stream.evaluation.plots import write_plots
-from stream.evaluation.progressive import collect, progressive_report, reliability, variant_names
+from stream.evaluation.progressive import TraceColumns, collect, progressive_report, reliability, variant_names
 from stream.model.losses import get_loss
 from stream.model.metrics import auc, grouped_auc
 from stream.synthetic import World, WorldSpec, labeled_impressions
@@ -212,3 +212,15 @@ def test_the_live_metrics_report_quality_by_the_entity_history_the_joiner_saw():
                for s in family.samples if s.name == "glmix_progressive_auc_by_history"}
     assert set(samples) == {("0", "global"), ("0", "global+member"), ("20+", "global"), ("20+", "global+member")}
     assert samples[("0", "global+member")] < 0.2 and samples[("20+", "global+member")] > 0.8
+
+
+def test_trace_columns_taken_apart_and_concatenated_give_the_trace_of_the_whole():
+    examples, _ = _examples(seed=5, requests=600)
+    columns = TraceColumns.of_records(examples, ["member", "job"], by="member_id")
+    half = len(columns) // 2
+    rejoined = TraceColumns.concatenate([columns.take(np.arange(half)), columns.take(np.arange(half, len(columns)))])
+    loss = get_loss("logistic")
+    assert progressive_report(rejoined.trace(), loss) == progressive_report(collect(examples, ["member", "job"], by="member_id"), loss)
+    later = columns.event_times >= np.median(columns.event_times)
+    assert progressive_report(columns.take(later).trace(), loss) == progressive_report(
+        collect([e for e in examples if e["event_time"] >= np.median(columns.event_times)], ["member", "job"], by="member_id"), loss)
