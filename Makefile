@@ -22,13 +22,18 @@ demo: $(STAMP)
 # first, in collection order (tests/conftest.py) rather than xdist's most-tests-first. Tests marked `alone`
 # judge a live pipeline against its replay and need the machine to themselves: they run after, one at a time.
 XDIST := -n 4 --dist loadfile --no-loadscope-reorder
+MOCK_XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+MOCK_LOG := .pytest-mock-tier.log
 test: $(STAMP)
 	$(BIN)/ruff check stream
 	$(BIN)/ruff format --check stream
 	$(BIN)/mypy
-	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q $(XDIST) --durations=15 -m "not alone"
+	@KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(MOCK_XDIST) -p no:cacheprovider -m "kafka and not alone" \
+		> $(MOCK_LOG) 2>&1 & mock=$$!; \
+	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q $(XDIST) --durations=15 -m "not alone"; process=$$?; \
+	wait $$mock; mocked=$$?; echo "--- the Kafka tests on librdkafka's mock cluster, run alongside ---"; \
+	cat $(MOCK_LOG); test $$process -eq 0 && test $$mocked -eq 0
 	KAFKA_TEST_BROKER=process $(BIN)/python -m pytest -q -m alone
-	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m "kafka and not alone"
 
 test-mock: $(STAMP)
 	KAFKA_TEST_BROKER=mock $(BIN)/python -m pytest -q $(XDIST) -m kafka
