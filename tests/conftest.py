@@ -1,13 +1,16 @@
-"""Shared fixtures: the Kafka broker chosen per DESIGN §6, and the --run-slow switch."""
+"""Shared fixtures: the Kafka broker chosen per DESIGN §6, the --run-slow switch, and the modules' order."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -22,22 +25,51 @@ hypothesis_settings.load_profile("ci")
 log = logging.getLogger(__name__)
 
 
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
+"""Each test module's wall time in a run of the parallel suite (``--record-module-seconds`` writes it). Modules are
+handed out longest first, so the workers end together instead of one running a long module last."""
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption(
+        "--record-module-seconds", action="store_true", help=f"write each module's wall time to {MODULE_SECONDS.name}"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--run-slow"):
         hypothesis_settings.load_profile("thorough")
+    if config.getoption("--record-module-seconds") and not hasattr(config, "workerinput"):  # xdist's controller
+        config.pluginmanager.register(_ModuleSeconds(), "module-seconds")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+class _ModuleSeconds:
+    """Adds up the setup, call and teardown time of every test (as the workers report them) per module."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[_module(report.nodeid)] += report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        rounded = {module: round(s, 1) for module, s in sorted(self.seconds.items(), key=lambda item: -item[1])}
+        MODULE_SECONDS.write_text(json.dumps(rounded, indent=1) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:  # every test that talks to the broker is a Kafka test, marked or not: `-m kafka` runs them all
         if {"kafka_bootstrap", "kafka_broker"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
-    # Long modules first (a stable sort keeps each module's tests together): pytest-xdist hands out whole modules in
-    # this order (`--no-loadscope-reorder`), so the workers end together instead of one running a long module last.
-    items.sort(key=lambda item: "long" not in item.keywords)
+    # Longest modules first (a stable sort keeps each module's tests together; a new module counts as short):
+    # pytest-xdist hands out whole modules in this order (`--no-loadscope-reorder`).
+    seconds = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(_module(item.nodeid), 0.0))
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow suite: run with --run-slow (make test-slow)")

@@ -130,13 +130,13 @@ class EmittedExamples:
         self.codec, self.coordinates = codec, list(coordinates)
         self.values: list[bytes] = []
         self._columns: list[TraceColumns] = []
-        self._history: list[dict[str, np.ndarray]] = []
+        self._history: list[dict[str, np.ndarray] | None] = []
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def add(self, values: list[bytes], columns: TraceColumns, history: dict[str, np.ndarray]) -> None:
-        """One micro-batch's examples."""
+    def add(self, values: list[bytes], columns: TraceColumns, history: dict[str, np.ndarray] | None) -> None:
+        """One micro-batch's examples (``history`` None: they were not scored)."""
         self.values.extend(values)
         self._columns.append(columns)
         self._history.append(history)
@@ -151,18 +151,26 @@ class EmittedExamples:
         """Every example's event time."""
         return np.concatenate([c.event_times for c in self._columns]) if self._columns else np.zeros(0, np.int64)
 
+    def last_event_time(self) -> int | None:
+        """The event time of the last example emitted, if any."""
+        return int(self._columns[-1].event_times[-1]) if self._columns else None
+
     def bodies(self, rows: Sequence[int]) -> list[bytes]:
         """The examples at ``rows`` as the archive keeps them (the values without their single-object header)."""
         header = len(self.codec.header())
         return [self.values[i][header:] for i in rows]
 
     def records(self) -> list[dict[str, Any]]:
-        """Every example as a record, with the joiner's ``entity_history``, as :meth:`ExampleJoin.records` makes them."""
-        names = list(self._history[0]) if self._history else []
-        history = {name: np.concatenate([h[name] for h in self._history]).tolist() for name in names}
-        records = [self.codec.decode(value) for value in self.values]
-        for i, record in enumerate(records):
-            record["entity_history"] = {name: counts[i] for name, counts in history.items()}
+        """Every example as a record, with the joiner's ``entity_history`` when scored, as
+        :meth:`~stream.consumers.labeling.ExampleJoin.records` makes them."""
+        records: list[dict[str, Any]] = []
+        for columns, history in zip(self._columns, self._history):
+            batch = [self.codec.decode(value) for value in self.values[len(records) : len(records) + len(columns)]]
+            if history is not None:
+                counts = {name: h.tolist() for name, h in history.items()}
+                for i, record in enumerate(batch):
+                    record["entity_history"] = {name: c[i] for name, c in counts.items()}
+            records += batch
         return records
 
 
@@ -419,7 +427,7 @@ class _Run:
         labeled = self.join.emitted(emissions, self.model.current, self.tables)
         if len(labeled):
             values = self.join.encoded(labeled, self.emitted.codec)
-            history = labeled.scores.history if labeled.scores is not None else {}
+            history = labeled.scores.history if labeled.scores is not None else None
             self.emitted.add(values, self.join.trace_columns(labeled), history)
             for coordinate in self.coordinates:
                 coordinate.absorb(values)
@@ -441,8 +449,7 @@ class _Run:
     def _note_vocabulary(self) -> None:
         model = self.model.current
         if model is not None and (not self.vocabulary or self.vocabulary[-1]["index_version"] != model.index_version):
-            times = self.emitted.event_times()
-            last = int(times[-1]) if len(times) else None
+            last = self.emitted.last_event_time()
             self.vocabulary.append(
                 {
                     "index_version": model.index_version,

@@ -18,9 +18,6 @@ from stream.synthetic import World, WorldSpec, event_stream
 from stream.synthetic.sinks import write_avro_files
 from tests.backtest.worlds import backtest_settings
 
-pytestmark = pytest.mark.long
-
-
 def _without_timing(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("seconds", "events_per_s")}
 

@@ -16,9 +16,6 @@ from stream.synthetic.sinks import write_avro_files
 from stream.tables.follower import ModelFollower
 from tests.backtest.worlds import backtest_settings, emerging_world_log
 
-pytestmark = pytest.mark.long
-
-
 @pytest.mark.kafka
 def test_bootstrap_publishes_a_first_model_once_and_the_backtest_starts_from_its_file(
         kafka_bootstrap, tmp_path, unique_name, capsys):

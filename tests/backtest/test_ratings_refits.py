@@ -16,9 +16,6 @@ from tests.backtest.worlds import (
     eight_refits,
 )
 
-pytestmark = pytest.mark.long
-
-
 def test_refits_help_the_full_model_and_never_cost_global_only_quality_on_the_ratings_like_world(tmp_path):
     write_avro_files(event_stream(World(ratings_like(requests=12_000))), tmp_path)
     log = EventLog.from_paths([tmp_path / "impressions.avro", tmp_path / "interactions.avro"])

@@ -8,9 +8,6 @@ import pytest
 from stream.backtest.replay import Backtest, BacktestOptions, BacktestResult
 from tests.backtest.worlds import assert_refits_help_and_global_only_holds, backtest_settings, eight_refits
 
-pytestmark = pytest.mark.long
-
-
 @pytest.fixture(scope="module")
 def emerging_with_refits(emerging_log) -> BacktestResult:
     return Backtest(backtest_settings(), eight_refits(emerging_log)).run(emerging_log.events)

@@ -44,7 +44,7 @@ from tests.faults.harness import (
 )
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from tests.faults.harness import (
 )
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 # The slow run's state outgrows 8 MB by itself (a store's write-ahead log grows until RocksDB flushes its 64 MB
 # memtable): its filesystem is larger, and filled the same way.

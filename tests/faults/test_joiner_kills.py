@@ -28,7 +28,7 @@ from tests.faults.harness import (
 )
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 KILLS = [pytest.param(3, 1_500, id="3-kills"), pytest.param(20, 8_000, id="20-kills", marks=pytest.mark.slow)]
 

@@ -21,7 +21,7 @@ import pytest
 from stream.config import load_settings
 from tests.faults.harness import JoinerInput, KilledProcesses, check_pipeline, pipeline_overrides
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 
 # Without the write-ahead log a SIGKILL also loses the stores' latest writes (still in memtables), so every

@@ -33,7 +33,7 @@ from stream.tables.models import GlobalModelTable
 from stream.updaters.updater import CoordinateUpdater
 from tests.faults.harness import differing, latest_coefficients, start_glmix_run
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 
 def _overrides(prefix: str, state_dir: Path, examples_topic: str) -> dict[str, str]:

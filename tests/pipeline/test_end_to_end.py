@@ -38,7 +38,7 @@ from stream.synthetic.sinks import event_topics_and_codecs, produce_to_kafka
 from stream.tables.models import GlobalModel
 from tests.helpers import read_topic, wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 WINDOW_MS = 60_000
 LATENESS_MS = 65_000  # out-of-order arrivals are up to 60 s late, so no in-window click arrives after its window closed

@@ -28,7 +28,7 @@ from stream.tables.follower import ModelFollower
 from stream.tables.models import CoefficientTable, GlobalModelTable
 from tests.helpers import assert_screen, glmix_on_a_terminal_and_piped, progress_done, wait_for
 
-pytestmark = [pytest.mark.kafka, pytest.mark.long]
+pytestmark = pytest.mark.kafka
 
 
 def _settings(kafka_bootstrap, tmp_path, unique_name, **extra):

@@ -27,7 +27,7 @@ from stream.synthetic.examples import joined_examples
 from stream.synthetic.sinks import write_avro_files
 from stream.tables.models import GlobalModelTable
 
-pytestmark = [pytest.mark.spark, pytest.mark.long]
+pytestmark = pytest.mark.spark
 FILE_RECORDS = 1700  # several archive files per hour, so chunks are cut across file boundaries
 
 
