@@ -17,7 +17,7 @@ import numpy as np
 
 from stream.codec.columnar import ColumnarBatch, ScalarColumn, StringColumn, StringMapColumn
 from stream.codec.example_writer import UnlabeledColumns, encode_unlabeled_examples
-from stream.codec.feature_bags import encode_bags
+from stream.codec.feature_bags import pack_feature_rows
 from stream.config import ModelSettings
 from stream.config.settings import entity_of
 from stream.model.game import GLOBAL
@@ -133,15 +133,13 @@ def _map_rows(column: StringMapColumn, rows: np.ndarray) -> tuple[np.ndarray, np
 
 def _packed_misses(missed: MissedFeatures | None, n: int, side: _SideBuffer) -> np.ndarray:
     """Per row, (offset, length) of the features some index could not place, packed (length -1: none)."""
-    refs = np.zeros((2, n), dtype=np.int64)
-    refs[1] = -1
     if missed is None or not len(missed.rows):
+        refs = np.zeros((2, n), dtype=np.int64)
+        refs[1] = -1
         return refs
-    per_row: dict[int, dict[str, list[dict[str, Any]]]] = {}
-    for row, (bag, name, term), value in zip(missed.rows.tolist(), missed.keys, missed.values.tolist()):
-        per_row.setdefault(row, {}).setdefault(bag, []).append({"name": name, "term": term, "value": value})
-    for row, bags in per_row.items():
-        refs[:, row] = side.add(encode_bags(bags) or b"")
+    packed, refs = pack_feature_rows(missed.strings, missed.refs, missed.rows, missed.values, n)
+    at, _ = side.add(packed)
+    refs[0, refs[1] >= 0] += at
     return refs
 
 

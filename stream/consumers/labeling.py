@@ -21,6 +21,7 @@ from stream.codec import load_schema
 from stream.codec.avro import RecordCodec, SingleObjectCodec, encode_batch
 from stream.codec.columnar import ColumnarBatch, FeatureBagsColumn
 from stream.codec.example_writer import check_labeled_example_schema
+from stream.codec.feature_bags import pack_feature_rows
 from stream.codec.stored_example import StoredExamples, scan_stored, splice_labels
 from stream.config import ConfigError, JoinerSettings, ModelSettings, Settings
 from stream.consumers.example_builder import JoinTimeScores, join_time_scores, unlabeled_examples
@@ -31,7 +32,7 @@ from stream.evaluation.progressive import TraceColumns
 from stream.model.game import GLOBAL
 from stream.state.partition_store import PartitionStore
 from stream.tables.hash_index import FeatureColumns, FeatureLookup, model_indexer
-from stream.tables.indexing import FeatureResolver, IndexedRows
+from stream.tables.indexing import FeatureResolver, IndexedRows, MissedFeatures
 from stream.tables.models import EntityTable, GlobalModel
 
 IMPRESSION, INTERACTION = "impression", "interaction"
@@ -360,7 +361,8 @@ def warm_up_join_kernels(settings: Settings) -> list[bytes]:
     """Compile the join's numba kernels (decode, lookup, example writer, scan, splice) into numba's disk cache.
 
     One made-up impression goes through the columnar path, so a stage's first batch does not pay the compile.
-    Returns the labeled example value it made (the updaters' reader warms up on it).
+    Returns the labeled example value it made (the updaters' reader warms up on it). The made-up impression's
+    features are all indexed, so the packer of unindexed features warms up on a feature of its own.
     """
     from stream.model.export import initial_global_model_record
     from stream.tables.models import GlobalModelTable
@@ -378,4 +380,6 @@ def warm_up_join_kernels(settings: Settings) -> list[bytes]:
     join = ExampleJoin(settings, interaction_types(load_schema("Interaction").plain))
     [stored] = join.indexer.examples(_rows_of([JoinInput(IMPRESSION, impression)]), model)
     batch = join.emitted([Emission(stored, 1.0, 1, 2, False)], model, {})
+    unindexed = MissedFeatures.of_keys(np.zeros(1, dtype=np.int64), [(bag, "n", "u")], np.ones(1), np.zeros(1))
+    pack_feature_rows(unindexed.strings, unindexed.refs, unindexed.rows, unindexed.values, 1)  # features no index has
     return join.encoded(batch, join._stored)

@@ -166,13 +166,14 @@ class FeatureColumns:
     def _missed(self, elements: np.ndarray, rows: np.ndarray, per_slot: np.ndarray) -> MissedFeatures:
         """Features ``elements`` of the batch, on rows ``rows`` of the result; ``per_slot`` as :class:`MissedFeatures`."""
         f = self.features
-        keys = [
-            (f.text(f.bag_offsets[e], f.bag_lengths[e]),
-             f.text(f.name_offsets[e], f.name_lengths[e]),
-             f.text(f.term_offsets[e], f.term_lengths[e]))
-            for e in elements.tolist()
-        ]  # fmt: skip
-        return MissedFeatures(rows, keys, f.values[elements], per_slot)
+        refs = np.stack(
+            [
+                f.bag_offsets[elements], f.bag_lengths[elements],
+                f.name_offsets[elements], f.name_lengths[elements],
+                f.term_offsets[elements], f.term_lengths[elements],
+            ]
+        )  # fmt: skip
+        return MissedFeatures(rows, f.data, refs, f.values[elements], per_slot)
 
 
 @dataclass(frozen=True)

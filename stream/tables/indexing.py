@@ -47,15 +47,39 @@ class IndexedRows:
 class MissedFeatures:
     """Features some coordinate's index could not place: the vocabulary's growth candidates (DESIGN §1).
 
-    ``rows[i]`` is the row of ``keys[i]`` = (bag, name, term) with ``values[i]``; a
-    feature is listed once when at least one slot whose bags include its bag lacks it.
-    ``per_slot[s]`` counts the occurrences slot ``s`` could not place.
+    Feature ``i`` is on row ``rows[i]`` with ``values[i]``; its bag, name and term lie at
+    ``refs[:, i]`` (offset and length of each: six rows) in ``strings`` (a decoded batch's
+    buffer, as the compiled lookup leaves them). A feature is listed once when at least one
+    slot whose bags include its bag lacks it. ``per_slot[s]`` counts the occurrences slot
+    ``s`` could not place.
     """
 
     rows: np.ndarray
-    keys: list[tuple[str, str, str]]
+    strings: bytes
+    refs: np.ndarray
     values: np.ndarray
     per_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def of_keys(
+        cls, rows: np.ndarray, keys: Sequence[tuple[str, str, str]], values: np.ndarray, per_slot: np.ndarray
+    ) -> MissedFeatures:
+        """The missed features ``keys`` ((bag, name, term) each) on ``rows``."""
+        parts = [part.encode() for key in keys for part in key]
+        lengths = np.array([len(part) for part in parts], dtype=np.int64)
+        offsets = np.zeros(len(parts), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        refs = np.stack([offsets, lengths]).reshape(2, len(keys), 3).transpose(2, 0, 1).reshape(6, len(keys))
+        return cls(rows, b"".join(parts), refs, values, per_slot)
+
+    @property
+    def keys(self) -> list[tuple[str, str, str]]:
+        """Each feature's (bag, name, term), decoded (for readers of single features; the packer reads ``refs``)."""
+        text = self.strings
+        return [
+            (text[b : b + bl].decode(), text[n : n + nl].decode(), text[t : t + tl].decode())
+            for b, bl, n, nl, t, tl in self.refs.T.tolist()
+        ]
 
 
 class FeatureResolver:
@@ -140,7 +164,7 @@ class FeatureResolver:
             misses = self._missing[:, ids]
             where = np.flatnonzero(misses.any(axis=0))
             assert keys is not None
-            missed = MissedFeatures(rows[where], [keys[i] for i in where], values[where], misses.sum(axis=1))
+            missed = MissedFeatures.of_keys(rows[where], [keys[i] for i in where], values[where], misses.sum(axis=1))
         return IndexedRows(rows=out_rows, columns=out_cols, values=out_vals, missed=missed)
 
     @property
