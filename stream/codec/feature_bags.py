@@ -84,6 +84,7 @@ def pack_feature_rows(
 def _pack_rows(data, refs, rows, value_bytes, order, out, spans):
     m = order.shape[0]
     first = np.empty(m, dtype=np.int64)  # per position in ``order``: the position of the first feature of its bag
+    counts = np.zeros(m, dtype=np.int64)  # per first feature of a bag: the bag's features on the row
     pos = 0
     i = 0
     while i < m:
@@ -100,6 +101,7 @@ def _pack_rows(data, refs, rows, value_bytes, order, out, spans):
                 ):
                     first[a] = b
                     break
+            counts[first[a]] += 1
             if first[a] == a:
                 bags += 1
         start = pos
@@ -109,11 +111,7 @@ def _pack_rows(data, refs, rows, value_bytes, order, out, spans):
                 continue
             e = order[a]
             pos = write_bytes(out, pos, data, refs[0, e], refs[0, e] + refs[1, e])
-            count = 0
-            for c in range(a, j):
-                if first[c] == a:
-                    count += 1
-            pos = write_long(out, pos, np.int64(count))
+            pos = write_long(out, pos, counts[a])
             for c in range(a, j):
                 if first[c] != a:
                     continue

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.errors import InvalidValueError
 from stream.model.game import GLOBAL
 from stream.model.losses import Loss
 from stream.model.metrics import auc, grouped_auc, log_loss, observed_expected
@@ -168,7 +169,9 @@ class TraceColumns:
         """The examples of ``parts`` (at least one; all of the same coordinates and type symbols), in order."""
         first = parts[0]
         if any(p.type_symbols != first.type_symbols or list(p.entity_ids) != list(first.entity_ids) for p in parts):
-            raise ValueError("trace columns of different interaction types or coordinates cannot be concatenated")
+            raise InvalidValueError(
+                "trace columns of different interaction types or coordinates cannot be concatenated"
+            )
         segments = None if first.segments is None else np.concatenate([p.segments for p in parts])
         return cls(
             event_times=np.concatenate([p.event_times for p in parts]),
