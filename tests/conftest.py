@@ -58,8 +58,11 @@ class _ModuleSeconds:
         self.seconds[_module(report.nodeid)] += report.duration
 
     def pytest_sessionfinish(self) -> None:
-        rounded = {module: round(s, 1) for module, s in sorted(self.seconds.items(), key=lambda item: -item[1])}
-        MODULE_SECONDS.write_text(json.dumps(rounded, indent=1) + "\n")
+        """The modules that ran replace their entries; the others keep theirs (a run of some modules updates those)."""
+        recorded = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+        recorded.update({module: round(s, 1) for module, s in self.seconds.items()})
+        ordered = dict(sorted(recorded.items(), key=lambda item: -item[1]))
+        MODULE_SECONDS.write_text(json.dumps(ordered, indent=1) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
