@@ -21,8 +21,8 @@ demo: $(STAMP)
 # any one failing fails the target. The suite mostly waits on brokers and processes, so it runs on four pytest-xdist
 # workers (each with its own broker; one worker per test file keeps module fixtures built once), the longest modules
 # first (tests/module_seconds.json, which `--record-module-seconds` updates; tests/conftest.py), rather than xdist's
-# most-tests-first; the mock's tier, waiting still more, fills the idle CPU on two workers of its own. Tests marked `alone` judge a live pipeline against its
-# replay and need the machine to themselves: they run after, one at a time.
+# most-tests-first; the mock's tier, waiting still more, fills the idle CPU on two workers of its own. Tests marked
+# `alone` judge a live pipeline against its replay and need the machine to themselves: they run after, one at a time.
 XDIST := -n 4 --dist loadfile --no-loadscope-reorder
 MOCK_XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 MOCK_LOG := .pytest-mock-tier.log

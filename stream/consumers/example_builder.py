@@ -133,7 +133,7 @@ def _map_rows(column: StringMapColumn, rows: np.ndarray) -> tuple[np.ndarray, np
 
 def _packed_misses(missed: MissedFeatures | None, n: int, side: _SideBuffer) -> np.ndarray:
     """Per row, (offset, length) of the features some index could not place, packed (length -1: none)."""
-    if missed is None or not len(missed.rows):
+    if missed is None:
         refs = np.zeros((2, n), dtype=np.int64)
         refs[1] = -1
         return refs
